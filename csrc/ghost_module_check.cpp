@@ -1,0 +1,67 @@
+#include "ghost_module_check.h"
+
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace ghostkernels {
+
+Act parse_act(c10::string_view act) {
+  if (act == "identity") return Act::Identity;
+  if (act == "relu") return Act::ReLU;
+  if (act == "relu6") return Act::ReLU6;
+  if (act == "silu") return Act::SiLU;
+  if (act == "hardswish") return Act::HardSwish;
+  TORCH_CHECK_VALUE(false, "ghostkernels: unknown act '", std::string(act),
+                    "'; expected one of identity, relu, relu6, silu, hardswish");
+}
+
+at::MemoryFormat output_memory_format(const at::Tensor& x) {
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+GhostDims check_ghost_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary,
+                             const at::Tensor& b_primary, const at::Tensor& w_cheap, const at::Tensor& b_cheap,
+                             int64_t out_channels, c10::string_view act) {
+  GhostDims d{};
+  d.act = parse_act(act);
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [N, C, H, W], got ", x.dim(), "-D with shape ", x.sizes());
+  TORCH_CHECK_VALUE(w_primary.dim() == 4 && w_primary.size(2) == 1 && w_primary.size(3) == 1, op,
+                    ": w_primary must be [init, C, 1, 1], got shape ", w_primary.sizes());
+  d.N = x.size(0);
+  d.C = x.size(1);
+  d.H = x.size(2);
+  d.W = x.size(3);
+  d.I = w_primary.size(0);
+  TORCH_CHECK_VALUE(d.I > 0, op, ": w_primary has zero output channels");
+  TORCH_CHECK_VALUE(w_primary.size(1) == d.C, op, ": channel mismatch: x has ", d.C,
+                    " channels but w_primary expects ", w_primary.size(1));
+  TORCH_CHECK_VALUE(b_primary.dim() == 1 && b_primary.size(0) == d.I, op, ": b_primary must be [", d.I,
+                    "], got shape ", b_primary.sizes());
+  TORCH_CHECK_VALUE(w_cheap.dim() == 4 && w_cheap.size(1) == 1, op,
+                    ": w_cheap must be a depthwise weight [init*(ratio-1), 1, k, k], got shape ", w_cheap.sizes());
+  TORCH_CHECK_VALUE(w_cheap.size(0) >= d.I && w_cheap.size(0) % d.I == 0, op, ": w_cheap has ", w_cheap.size(0),
+                    " channels, which is not a positive multiple of init=", d.I, " (init*(ratio-1) with ratio >= 2)");
+  d.M = w_cheap.size(0) / d.I;
+  d.K = w_cheap.size(2);
+  TORCH_CHECK_VALUE(w_cheap.size(3) == d.K, op, ": w_cheap must be square k x k, got shape ", w_cheap.sizes());
+  TORCH_CHECK_VALUE(d.K >= 1 && d.K % 2 == 1, op, ": the depthwise kernel size must be odd (padding k//2 keeps the size), got k=", d.K);
+  TORCH_CHECK_VALUE(b_cheap.dim() == 1 && b_cheap.size(0) == w_cheap.size(0), op, ": b_cheap must be [",
+                    w_cheap.size(0), "], got shape ", b_cheap.sizes());
+  TORCH_CHECK_VALUE(out_channels >= 1 && out_channels <= d.I * (d.M + 1), op, ": out_channels=", out_channels,
+                    " is outside [1, init*ratio=", d.I * (d.M + 1), "]");
+  d.oc = out_channels;
+
+  const at::Tensor* ts[] = {&w_primary, &b_primary, &w_cheap, &b_cheap};
+  const char* names[] = {"w_primary", "b_primary", "w_cheap", "b_cheap"};
+  for (int i = 0; i < 4; ++i) {
+    TORCH_CHECK_TYPE(ts[i]->scalar_type() == x.scalar_type(), op, ": dtype mismatch: x is ", x.scalar_type(),
+                     " but ", names[i], " is ", ts[i]->scalar_type());
+    TORCH_CHECK_VALUE(ts[i]->device() == x.device(), op, ": device mismatch: x is on ", x.device(), " but ",
+                      names[i], " is on ", ts[i]->device());
+  }
+  return d;
+}
+
+}  // namespace ghostkernels

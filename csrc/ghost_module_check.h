@@ -1,0 +1,34 @@
+// Input validation and shape bookkeeping shared by the CPU and CUDA bindings.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include "activations.h"
+
+namespace ghostkernels {
+
+// Sizes of one ghost_module call. I = init channels (primary), M = channel multiplier of the depthwise conv
+// (ratio - 1), K = depthwise kernel size, oc = out_channels kept after the slice.
+struct GhostDims {
+  int64_t N, C, H, W;
+  int64_t I, M, K, oc;
+  Act act;
+  // Channels actually produced by each half after the slice.
+  int64_t primary_kept() const { return oc < I ? oc : I; }
+  int64_t cheap_kept() const { return oc > I ? oc - I : 0; }
+};
+
+Act parse_act(c10::string_view act);
+
+// Checks ranks, shapes, dtypes and devices of a ghost_module call and returns its sizes. `op` names the op in
+// messages. Raises ValueError / TypeError (via TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) naming the problem.
+GhostDims check_ghost_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary,
+                             const at::Tensor& b_primary, const at::Tensor& w_cheap, const at::Tensor& b_cheap,
+                             int64_t out_channels, c10::string_view act);
+
+// The output (and grad_x) memory format rule, mirrored by the fake kernels in ghostkernels/_registration.py:
+// channels_last when x is channels_last-contiguous and not contiguous, else contiguous.
+at::MemoryFormat output_memory_format(const at::Tensor& x);
+
+}  // namespace ghostkernels

@@ -1,0 +1,58 @@
+"""Fake kernels and autograd for the ops defined in csrc/ghost_module.cpp.
+
+Registered once, right after the op library is loaded (the ops must exist first), as torchvision does with its
+meta registrations. The fakes make torch.compile(fullgraph=True) and torch.export trace through the ops without
+running them; the autograd formula is itself an op (ghost_module_backward), so it is traced and exported too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._validation import check_ghost_inputs, output_memory_format
+
+_registered = False
+
+
+def _ghost_module_fake(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act):
+    check_ghost_inputs("ghostkernels::ghost_module", x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    n, _, h, w = x.shape
+    return torch.empty((n, out_channels, h, w), dtype=x.dtype, device=x.device,
+                       memory_format=output_memory_format(x))
+
+
+def _ghost_module_backward_fake(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act):
+    op = "ghostkernels::ghost_module_backward"
+    check_ghost_inputs(op, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    n, _, h, w = x.shape
+    if tuple(grad_out.shape) != (n, out_channels, h, w):
+        raise ValueError(f"{op}: grad_out must be [{n}, {out_channels}, {h}, {w}], got {tuple(grad_out.shape)}")
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    return (grad_x,) + tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                             for t in (w_primary, b_primary, w_cheap, b_cheap))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act = inputs
+    # Only the inputs are kept: the backward op recomputes x1 and the depthwise pre-activation from x.
+    ctx.save_for_backward(x, w_primary, b_primary, w_cheap, b_cheap)
+    ctx.out_channels = out_channels
+    ctx.act = act
+
+
+def _backward(ctx, grad_out):
+    x, w_primary, b_primary, w_cheap, b_cheap = ctx.saved_tensors
+    grads = torch.ops.ghostkernels.ghost_module_backward(
+        grad_out, x, w_primary, b_primary, w_cheap, b_cheap, ctx.out_channels, ctx.act)
+    grads = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:5]))
+    return grads + (None, None)
+
+
+def register_all() -> None:
+    global _registered
+    if _registered:
+        return
+    torch.library.register_fake("ghostkernels::ghost_module")(_ghost_module_fake)
+    torch.library.register_fake("ghostkernels::ghost_module_backward")(_ghost_module_backward_fake)
+    torch.library.register_autograd("ghostkernels::ghost_module", _backward, setup_context=_setup_context)
+    _registered = True
