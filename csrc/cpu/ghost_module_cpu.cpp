@@ -1,18 +1,18 @@
 // Fused Ghost-module forward and backward on the CPU.
 //
-// Forward, per work item = (image n, band of output rows [r0, r1)):
-//   1. z1 = W1 . x over the band plus a halo of k//2 rows (one GEMM on the band's pixels; the halo rows are
-//      recomputed by the neighbouring band too, which is cheaper than sharing them between threads);
-//   2. x1 = act(z1 + b1), kept in a cache-resident buffer, never written to memory as a full tensor;
-//   3. the primary half of the output is x1 on the band's own rows; the cheap half is
-//      act(b2 + depthwise_kxk(x1)), computed from the buffer, positions outside the image counting as zero.
-// Backward recomputes everything it needs from x the same way (over a halo of 2*(k//2) rows, because the gradient
-// of x1 at a row needs the depthwise-output gradient k//2 rows around it, which needs x1 k//2 rows further), so
-// nothing from the forward pass is saved. Weight gradients are summed per thread and reduced at the end.
+// Forward, per work item (images x primary-channel block x row band, see work_plan.h):
+//   1. z1 = W1 . x for the item's channels over its rows plus a halo of k//2 rows: one GEMM (at::mm, so MKL or
+//      oneDNN) over all the item's pixels; a halo shared with a neighbouring band is recomputed, not exchanged;
+//   2. x1 = act(z1 + b1) into zero-padded, cache-resident planes (plane_ops.h), never written out as a tensor;
+//   3. the primary half of the output is x1 on the item's own rows; the cheap half is act(b2 + depthwise(x1)),
+//      computed from the planes (positions outside the image are the planes' zeros), straight into the output.
+// Backward recomputes what it needs from x the same way, over a halo of 2*(k//2) rows (the gradient of x1 at a
+// row needs the cheap half's gradient k//2 rows around it, which needs x1 k//2 rows further), so nothing from
+// the forward pass is saved. Weight gradients are summed per thread and reduced at the end.
 //
-// Numerics: bfloat16 inputs take bfloat16 GEMMs (oneDNN uses the CPU's bf16 dot-product instructions) with float
-// accumulation; everything after the GEMM (bias, activation, depthwise conv, gradients) is computed in float.
-// float64 is computed in float64 throughout (that is what gradcheck needs).
+// Numerics: bfloat16 takes bfloat16 GEMMs in the forward pass (oneDNN uses the CPU's bf16 dot-product
+// instructions, accumulating in float, rounding z1 to bfloat16 as eager's convolution does); everything after the
+// GEMM, and the whole backward pass, is computed in float. float64 is computed in float64 throughout.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -23,163 +23,154 @@
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
+#include "plane_ops.h"
+#include "work_plan.h"
 
 namespace ghostkernels {
 namespace {
 
+using cpu::ceil_div;
+
 constexpr const char* kForwardOp = "ghostkernels::ghost_module (CPU)";
 constexpr const char* kBackwardOp = "ghostkernels::ghost_module_backward (CPU)";
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Rows per work item: the band's working set (bytes_per_row each) should stay within a core's L2, and there should
-// be a few work items per thread so that at::parallel_for can balance them.
-int64_t pick_band_rows(int64_t N, int64_t H, int64_t halo, int64_t bytes_per_row) {
-  constexpr int64_t kBudget = 768 * 1024;
-  int64_t rows = std::max<int64_t>(1, kBudget / std::max<int64_t>(1, bytes_per_row) - 2 * halo);
-  rows = std::min(rows, H);
-  const int64_t want_items = 4 * static_cast<int64_t>(at::get_num_threads());
-  if (N * ceil_div(H, rows) < want_items) {
-    const int64_t bands = ceil_div(want_items, std::max<int64_t>(N, 1));
-    // Do not cut bands much thinner than the halo: the recomputed halo would dominate.
-    rows = std::max(std::min(rows, ceil_div(H, bands)), std::min<int64_t>(H, std::max<int64_t>(2, 2 * halo)));
-  }
-  return std::max<int64_t>(rows, 1);
+// The GEMM operand of g images from n0 on, rows [a0, a0 + na): a [C, g*na*W] matrix. A view where the memory
+// allows it (one image; or whole channels_last images, whose pixels are contiguous); otherwise packed into `pack`.
+at::Tensor input_matrix(const at::Tensor& x, int64_t n0, int64_t g, int64_t a0, int64_t na, bool channels_last,
+                        const at::Tensor& pack) {
+  const int64_t C = x.size(1), W = x.size(3), P = g * na * W;
+  const at::Tensor xs = x.narrow(0, n0, g).narrow(2, a0, na);  // [g, C, na, W]
+  if (channels_last && (g == 1 || na == x.size(2))) return xs.permute({0, 2, 3, 1}).reshape({P, C}).t();
+  if (!channels_last && g == 1) return xs.reshape({C, P});
+  at::Tensor packed = pack.narrow(0, 0, C * P).view({C, g, na, W});
+  packed.copy_(xs.transpose(0, 1));
+  return packed.view({C, P});
 }
 
-// x[n] restricted to rows [r0, r0 + nr) as a [C, nr*W] matrix view (strided for channels_last).
-at::Tensor band_matrix(const at::Tensor& x, int64_t n, int64_t r0, int64_t nr, bool channels_last) {
-  at::Tensor b = x.select(0, n).narrow(1, r0, nr);  // [C, nr, W]
-  const int64_t C = b.size(0), P = nr * b.size(2);
-  if (!channels_last) return b.reshape({C, P});
-  return b.permute({1, 2, 0}).reshape({P, C}).t();
-}
-
-// Pointer-and-stride access to a 4-D tensor element (n, c, h, w).
-template <typename T>
-struct Strided4d {
+// Rows of a 4-D tensor; CL fixes the element stride along W at compile time where it is 1 (NCHW), so row loops
+// vectorize.
+template <typename T, bool CL>
+struct RowAccess {
   T* data;
   int64_t sn, sc, sh, sw;
-  explicit Strided4d(const at::Tensor& t)
+  explicit RowAccess(const at::Tensor& t)
       : data(static_cast<T*>(t.data_ptr())), sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
   T* row(int64_t n, int64_t c, int64_t h) const { return data + n * sn + c * sc + h * sh; }
+  int64_t step() const { return CL ? sw : 1; }
 };
 
-// out_row[w] += wv * src_row[w + off] for the w where w + off lies inside [0, W).
-template <typename acc_t>
-inline void shifted_axpy(acc_t* __restrict__ out_row, const acc_t* __restrict__ src_row, acc_t wv, int64_t off,
-                         int64_t W) {
-  const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
-  for (int64_t w = lo; w < hi; ++w) out_row[w] += wv * src_row[w + off];
+// A band's compact planes (see plane_ops.h): image rows [top, top + rows), pitch W, p elements of slack on each
+// side; channel planes are `stride` elements apart and plane data starts at offset p.
+struct Planes {
+  int64_t top, rows, W, p, stride;
+};
+
+// Fills the plane at `origin` (its first element, after the front slack): rows outside [a0, a1) and the slack are
+// zero, and the in-image element of compact index q (counted from row a0) is f(q).
+template <typename acc_t, typename F>
+inline void fill_plane(acc_t* origin, const Planes& g, int64_t a0, int64_t a1, F&& f) {
+  acc_t* first = origin + (a0 - g.top) * g.W;
+  acc_t* last = origin + (a1 - g.top) * g.W;
+  std::fill(origin - g.p, first, acc_t(0));
+  const int64_t n = last - first;
+  for (int64_t q = 0; q < n; ++q) first[q] = f(q);
+  std::fill(last, origin + g.rows * g.W + g.p, acc_t(0));
 }
 
-// sum_w a[w] * b[w + off] over the w where w + off lies inside [0, W).
-template <typename acc_t>
-inline acc_t shifted_dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t off, int64_t W) {
-  const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
-  acc_t s = 0;
-  for (int64_t w = lo; w < hi; ++w) s += a[w] * b[w + off];
-  return s;
-}
-
-// One row of the depthwise conv's pre-activation: row[w] = b + sum_{dy,dx} wk[dy,dx] * x1[src_c, r+dy-p, w+dx-p].
-// x1 holds rows [a0, a0 + na) of channel planes of P = na*W elements each.
-template <typename acc_t>
-inline void depthwise_row(acc_t* __restrict__ row, const acc_t* x1_plane, const acc_t* wk, acc_t b, int64_t r,
-                          int64_t a0, int64_t H, int64_t W, int64_t K) {
-  const int64_t p = K / 2;
-  std::fill(row, row + W, b);
-  for (int64_t dy = 0; dy < K; ++dy) {
-    const int64_t rr = r + dy - p;
-    if (rr < 0 || rr >= H) continue;
-    const acc_t* src = x1_plane + (rr - a0) * W;
-    for (int64_t dx = 0; dx < K; ++dx) shifted_axpy(row, src, wk[dy * K + dx], dx - p, W);
-  }
-}
-
-template <typename scalar_t, Act A>
+template <typename scalar_t, Act A, bool CL>
 void forward_kernel(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                    const at::Tensor& b2, const at::Tensor& out, const GhostDims& d, bool channels_last) {
+                    const at::Tensor& b2, const at::Tensor& out, const GhostDims& d) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-  const int64_t H = d.H, W = d.W, I = d.I, M = d.M, K = d.K, p = K / 2;
+  const int64_t N = d.N, C = d.C, H = d.H, W = d.W, I = d.I, M = d.M, K = d.K, p = K / 2;
   const int64_t n_primary = d.primary_kept(), n_cheap = d.cheap_kept();
 
-  const at::Tensor w1m = w1.reshape({I, d.C});
+  const at::Tensor w1m = w1.reshape({I, C});
   const at::Tensor b1a = b1.to(acc_type).contiguous();
   const at::Tensor w2a = w2.to(acc_type).contiguous();
   const at::Tensor b2a = b2.to(acc_type).contiguous();
   const acc_t* b1p = b1a.data_ptr<acc_t>();
   const acc_t* w2p = w2a.data_ptr<acc_t>();
   const acc_t* b2p = b2a.data_ptr<acc_t>();
-  const Strided4d<scalar_t> o(out);
+  const RowAccess<scalar_t, CL> o(out);
 
-  const int64_t band = pick_band_rows(d.N, H, p, I * W * int64_t(sizeof(acc_t) + sizeof(scalar_t)));
-  const int64_t bands = ceil_div(H, band);
-  const int64_t max_rows = std::min(H, band + 2 * p);
+  const int64_t ss = sizeof(scalar_t), as = sizeof(acc_t);
+  const cpu::WorkPlan plan = cpu::plan_work(N, H, W, I, p, /*split_channels=*/true, [&](int64_t G, int64_t Ib, int64_t B) {
+    const int64_t rows = std::min(H, B + 2 * p);
+    return G * Ib * rows * W * ss + Ib * (B + 2 * p) * W * as + (G > 1 ? G * C * rows * W * ss : 0);
+  });
+  const int64_t max_rows = std::min(H, plan.B + 2 * p);
+  const int64_t plane_stride = (plan.B + 2 * p) * W + 2 * p;
+  const cpu::ColumnMasks<acc_t> masks(K, W, (plan.B + 2 * p) * W);
 
-  at::parallel_for(0, d.N * bands, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor zbuf = at::empty({I * max_rows * W}, x.options().memory_format(at::MemoryFormat::Contiguous));
-    std::vector<acc_t> x1(I * max_rows * W);
-    std::vector<acc_t> row(W);
+  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
+    const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor zbuf = at::empty({plan.Ib * plan.G * max_rows * W}, opts);
+    at::Tensor pack = at::empty({plan.G > 1 ? C * plan.G * max_rows * W : 0}, opts);
+    std::vector<acc_t> x1(plan.Ib * plane_stride);
+    std::vector<acc_t> acc(plan.B * W);
+    std::vector<acc_t> scratch(std::max(masks.length(), cpu::kChunk + (K - 1) * W));
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / bands;
-      const int64_t r0 = (item % bands) * band, r1 = std::min(H, r0 + band);
-      const int64_t a0 = std::max<int64_t>(0, r0 - p), a1 = std::min(H, r1 + p);
-      const int64_t P = (a1 - a0) * W;
+      const int64_t n0 = plan.group_of(item) * plan.G, g = std::min(plan.G, N - n0);
+      const int64_t c0 = plan.block_of(item) * plan.Ib, cb = std::min(plan.Ib, I - c0), c1 = c0 + cb;
+      if (c0 >= n_primary && c0 * M >= n_cheap) continue;  // every channel of this block is sliced away
+      const int64_t r0 = plan.band_of(item) * plan.B, r1 = std::min(H, r0 + plan.B), own = r1 - r0;
+      const Planes pl{r0 - p, own + 2 * p, W, p, plane_stride};
+      const int64_t a0 = std::max<int64_t>(0, pl.top), a1 = std::min(H, r1 + p), PA = (a1 - a0) * W;
 
-      // 1. z1 = W1 . x on rows [a0, a1)
-      at::Tensor z = zbuf.narrow(0, 0, I * P).view({I, P});
-      at::mm_out(z, w1m, band_matrix(x, n, a0, a1 - a0, channels_last));
+      // z1 = W1[c0:c1] . x on the in-image rows of the band, all g images in one GEMM.
+      at::Tensor z = zbuf.narrow(0, 0, cb * g * PA).view({cb, g * PA});
+      at::mm_out(z, w1m.narrow(0, c0, cb), input_matrix(x, n0, g, a0, a1 - a0, CL, pack));
       const scalar_t* zp = z.const_data_ptr<scalar_t>();
 
-      // 2. x1 = act(z1 + b1); primary half of the output on the band's own rows
-      for (int64_t c = 0; c < I; ++c) {
-        const acc_t bc = b1p[c];
-        const scalar_t* zc = zp + c * P;
-        acc_t* xc = x1.data() + c * P;
-        for (int64_t q = 0; q < P; ++q) xc[q] = act_forward(A, static_cast<acc_t>(zc[q]) + bc);
-      }
-      for (int64_t c = 0; c < n_primary; ++c) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const acc_t* src = x1.data() + c * P + (r - a0) * W;
-          scalar_t* dst = o.row(n, c, r);
-          for (int64_t w = 0; w < W; ++w) dst[w * o.sw] = static_cast<scalar_t>(src[w]);
+      for (int64_t i = 0; i < g; ++i) {
+        const int64_t n = n0 + i;
+        // x1 = act(z1 + b1) into the planes.
+        for (int64_t c = c0; c < c1; ++c) {
+          const acc_t bc = b1p[c];
+          const scalar_t* zc = zp + (c - c0) * g * PA + i * PA;
+          fill_plane(x1.data() + (c - c0) * plane_stride + p, pl, a0, a1,
+                     [&](int64_t q) { return act_forward(A, static_cast<acc_t>(zc[q]) + bc); });
         }
-      }
-
-      // 3. cheap half: act(b2 + depthwise(x1)) straight into the output
-      for (int64_t j = 0; j < n_cheap; ++j) {
-        const acc_t* plane = x1.data() + (j / M) * P;
-        for (int64_t r = r0; r < r1; ++r) {
-          depthwise_row(row.data(), plane, w2p + j * K * K, b2p[j], r, a0, H, W, K);
-          scalar_t* dst = o.row(n, I + j, r);
-          for (int64_t w = 0; w < W; ++w) dst[w * o.sw] = static_cast<scalar_t>(act_forward(A, row[w]));
+        // Primary half: x1 on the band's own rows (contiguous in the planes, and in the output up to the
+        // channels_last element stride).
+        for (int64_t c = c0; c < std::min(c1, n_primary); ++c) {
+          const acc_t* src = x1.data() + (c - c0) * plane_stride + p + p * W;
+          scalar_t* dst = o.row(n, c, r0);
+          for (int64_t q = 0; q < own * W; ++q) dst[q * o.step()] = static_cast<scalar_t>(src[q]);
+        }
+        // Cheap half: act(b2 + depthwise(x1)) straight into the output; acc[q], q = (r - r0)*W + w.
+        for (int64_t j = c0 * M; j < std::min(c1 * M, n_cheap); ++j) {
+          cpu::stencil(acc.data(), x1.data() + (j / M - c0) * plane_stride + p, w2p + j * K * K, K, W, own * W,
+                       /*init=*/true, b2p[j], masks, scratch.data());
+          scalar_t* dst = o.row(n, I + j, r0);
+          for (int64_t q = 0; q < own * W; ++q) dst[q * o.step()] = static_cast<scalar_t>(act_forward(A, acc[q]));
         }
       }
     }
   });
 }
 
-template <typename scalar_t, Act A>
+template <typename scalar_t, Act A, bool CL>
 void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                      const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& grad_x, at::Tensor& gw1,
-                     at::Tensor& gb1, at::Tensor& gw2, at::Tensor& gb2, const GhostDims& d, bool channels_last) {
+                     at::Tensor& gb1, at::Tensor& gw2, at::Tensor& gb2, const GhostDims& d) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
   const bool same_type = std::is_same<acc_t, scalar_t>::value;
-  const int64_t C = d.C, H = d.H, W = d.W, I = d.I, M = d.M, K = d.K, p = K / 2, KK = K * K;
+  const int64_t N = d.N, C = d.C, H = d.H, W = d.W, I = d.I, M = d.M, K = d.K, p = K / 2, KK = K * K;
   const int64_t n_cheap = d.cheap_kept(), OC = d.oc;
 
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
-  const at::Tensor w1a_t = w1a.t();
   const at::Tensor b1a = b1.to(acc_type).contiguous();
   const at::Tensor w2a = w2.to(acc_type).contiguous();
+  const at::Tensor w2flip = w2a.flip({2, 3}).contiguous();  // taps of the transposed depthwise conv
   const at::Tensor b2a = b2.to(acc_type).contiguous();
   const acc_t* b1p = b1a.data_ptr<acc_t>();
   const acc_t* w2p = w2a.data_ptr<acc_t>();
+  const acc_t* w2fp = w2flip.data_ptr<acc_t>();
   const acc_t* b2p = b2a.data_ptr<acc_t>();
-  const Strided4d<const scalar_t> go(grad_out);
+  const RowAccess<const scalar_t, CL> go(grad_out);
 
   // Per-thread partial sums of the weight gradients.
   const int64_t T = at::get_num_threads();
@@ -189,116 +180,110 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   at::Tensor part_w2 = at::zeros({T, I * M, KK}, acc_opts);
   at::Tensor part_b2 = at::zeros({T, I * M}, acc_opts);
 
-  const int64_t bytes_per_row = (2 * I + n_cheap + I + C) * W * int64_t(sizeof(acc_t));
-  const int64_t band = pick_band_rows(d.N, H, 2 * p, bytes_per_row);
-  const int64_t bands = ceil_div(H, band);
-  const int64_t max_a = std::min(H, band + 4 * p), max_b = std::min(H, band + 2 * p);
+  const int64_t as = sizeof(acc_t);
+  const cpu::WorkPlan plan = cpu::plan_work(N, H, W, I, 2 * p, /*split_channels=*/false, [&](int64_t G, int64_t, int64_t B) {
+    const int64_t rows = std::min(H, B + 4 * p);
+    return G * (I + C) * rows * W * as + G * I * B * W * as + (I + n_cheap + 2) * (B + 4 * p) * W * as;
+  });
+  const int64_t max_rows = std::min(H, plan.B + 4 * p);
+  const int64_t x1_stride = (plan.B + 4 * p) * W + 2 * p, g2_stride = (plan.B + 2 * p) * W + 2 * p;
+  const cpu::ColumnMasks<acc_t> masks(K, W, (plan.B + 4 * p) * W);
 
-  at::parallel_for(0, d.N * bands, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
     at::Tensor pw1 = part_w1.select(0, tid);
     acc_t* pb1 = part_b1.select(0, tid).data_ptr<acc_t>();
     acc_t* pw2 = part_w2.select(0, tid).data_ptr<acc_t>();
     acc_t* pb2 = part_b2.select(0, tid).data_ptr<acc_t>();
-    at::Tensor zbuf = at::empty({I * max_a * W}, acc_opts);
-    at::Tensor g1buf = at::empty({I * band * W}, acc_opts);
-    std::vector<acc_t> x1(I * max_a * W);
-    std::vector<acc_t> g2(n_cheap * max_b * W);
-    std::vector<acc_t> row(W);
+    const auto x_opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor pack = at::empty({plan.G > 1 ? C * plan.G * max_rows * W : 0}, x_opts);
+    at::Tensor zbuf = at::empty({I * plan.G * max_rows * W}, acc_opts);
+    at::Tensor g1buf = at::empty({I * plan.G * plan.B * W}, acc_opts);
+    std::vector<acc_t> x1(I * x1_stride);
+    std::vector<acc_t> g2(n_cheap * g2_stride);
+    std::vector<acc_t> tmp((plan.B + 2 * p) * W);
+    std::vector<acc_t> scratch(std::max(masks.length(), cpu::kChunk + (K - 1) * W));
 
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / bands;
-      const int64_t r0 = (item % bands) * band, r1 = std::min(H, r0 + band), own = r1 - r0;
-      const int64_t a0 = std::max<int64_t>(0, r0 - 2 * p), a1 = std::min(H, r1 + 2 * p);
-      const int64_t b0 = std::max<int64_t>(0, r0 - p), b1r = std::min(H, r1 + p);
-      const int64_t PA = (a1 - a0) * W, PB = (b1r - b0) * W, PO = own * W;
+      const int64_t n0 = plan.group_of(item) * plan.G, g = std::min(plan.G, N - n0);
+      const int64_t r0 = plan.band_of(item) * plan.B, r1 = std::min(H, r0 + plan.B), own = r1 - r0;
+      const Planes px1{r0 - 2 * p, own + 4 * p, W, p, x1_stride};  // x1 planes
+      const Planes pg2{r0 - p, own + 2 * p, W, p, g2_stride};      // g2 planes
+      const int64_t a0 = std::max<int64_t>(0, px1.top), a1 = std::min(H, r1 + 2 * p), PA = (a1 - a0) * W;
+      const int64_t b0 = std::max<int64_t>(0, pg2.top), b1r = std::min(H, r1 + p);
+      const int64_t PO = own * W;
 
-      // Recompute z1 and x1 on rows [a0, a1).
-      at::Tensor xa = band_matrix(x, n, a0, a1 - a0, channels_last);
+      // Recompute z1 = W1 . x (bias not yet added) on rows [r0 - 2p, r1 + 2p) of all g images.
+      at::Tensor xa = input_matrix(x, n0, g, a0, a1 - a0, CL, pack);
       if (!same_type) xa = xa.to(acc_type);
-      at::Tensor z = zbuf.narrow(0, 0, I * PA).view({I, PA});
+      at::Tensor z = zbuf.narrow(0, 0, I * g * PA).view({I, g * PA});
       at::mm_out(z, w1a, xa);
-      acc_t* zp = z.data_ptr<acc_t>();
-      for (int64_t c = 0; c < I; ++c) {
-        const acc_t bc = b1p[c];
-        for (int64_t q = 0; q < PA; ++q) {
-          zp[c * PA + q] += bc;
-          x1[c * PA + q] = act_forward(A, zp[c * PA + q]);
-        }
-      }
+      const acc_t* zp = z.const_data_ptr<acc_t>();
+      acc_t* g1 = g1buf.data_ptr<acc_t>();  // [I, g, own*W]
 
-      // g2 = grad of the cheap half's pre-activation, on rows [b0, b1r); its weight gradients on own rows only
-      // (the neighbouring bands account for theirs).
-      for (int64_t j = 0; j < n_cheap; ++j) {
-        const acc_t* plane = x1.data() + (j / M) * PA;
-        const acc_t* wk = w2p + j * KK;
-        for (int64_t r = b0; r < b1r; ++r) {
-          acc_t* g = g2.data() + j * PB + (r - b0) * W;
-          const scalar_t* gor = go.row(n, I + j, r);
-          if (A == Act::Identity) {
-            for (int64_t w = 0; w < W; ++w) g[w] = static_cast<acc_t>(gor[w * go.sw]);
-          } else {
-            depthwise_row(row.data(), plane, wk, b2p[j], r, a0, H, W, K);
-            for (int64_t w = 0; w < W; ++w) g[w] = static_cast<acc_t>(gor[w * go.sw]) * act_derivative(A, row[w]);
-          }
+      for (int64_t i = 0; i < g; ++i) {
+        const int64_t n = n0 + i;
+        for (int64_t c = 0; c < I; ++c) {
+          const acc_t bc = b1p[c];
+          const acc_t* zc = zp + c * g * PA + i * PA;
+          fill_plane(x1.data() + c * x1_stride + p, px1, a0, a1, [&](int64_t q) { return act_forward(A, zc[q] + bc); });
         }
-        for (int64_t r = r0; r < r1; ++r) {
-          const acc_t* g = g2.data() + j * PB + (r - b0) * W;
-          acc_t s = 0;
-          for (int64_t w = 0; w < W; ++w) s += g[w];
-          pb2[j] += s;
-          for (int64_t dy = 0; dy < K; ++dy) {
-            const int64_t rr = r + dy - p;
-            if (rr < 0 || rr >= H) continue;
-            const acc_t* src = plane + (rr - a0) * W;
-            for (int64_t dx = 0; dx < K; ++dx) pw2[j * KK + dy * K + dx] += shifted_dot(g, src, dx - p, W);
-          }
-        }
-      }
 
-      // g1 = (grad of x1 from the output slice + transposed depthwise conv of g2) * act'(z1), on own rows.
-      acc_t* g1 = g1buf.data_ptr<acc_t>();
-      for (int64_t c = 0; c < I; ++c) {
-        for (int64_t r = r0; r < r1; ++r) {
-          acc_t* gr = g1 + c * PO + (r - r0) * W;
-          if (c < OC) {
-            const scalar_t* gor = go.row(n, c, r);
-            for (int64_t w = 0; w < W; ++w) gr[w] = static_cast<acc_t>(gor[w * go.sw]);
-          } else {
-            std::fill(gr, gr + W, acc_t(0));
+        // g2 = dL/d(cheap pre-activation) on rows [r0 - p, r1 + p). Its weight gradients are summed over the
+        // band's own rows only (the neighbouring bands account for theirs).
+        for (int64_t j = 0; j < n_cheap; ++j) {
+          const acc_t* x1c = x1.data() + (j / M) * x1_stride + p;
+          acc_t* g2j = g2.data() + j * g2_stride + p;
+          if (A != Act::Identity) {
+            // z2 on rows [r0 - p, r1 + p): tmp[q], q = (rr - (r0 - p))*W + w.
+            cpu::stencil(tmp.data(), x1c, w2p + j * KK, K, W, pg2.rows * W, /*init=*/true, b2p[j], masks,
+                         scratch.data());
           }
-          for (int64_t m = 0; m < M; ++m) {
-            const int64_t j = c * M + m;
-            if (j >= n_cheap) break;
-            const acc_t* wk = w2p + j * KK;
+          const scalar_t* gor = go.row(n, I + j, b0);
+          const acc_t* z2 = tmp.data() + (b0 - pg2.top) * W;
+          fill_plane(g2j, pg2, b0, b1r, [&](int64_t q) {
+            const acc_t gv = static_cast<acc_t>(gor[q * go.step()]);
+            return A == Act::Identity ? gv : gv * act_derivative(A, z2[q]);
+          });
+          const acc_t* g2own = g2j + p * W;  // the band's own rows: g2own[q], q = (r - r0)*W + w
+          pb2[j] += cpu::sum(g2own, own * W);
+          // dL/dw2[dy][dx] = sum_q g2own[q] * mask_dx[q] * x1(r + dy - p, w + dx - p); x1(r + dy - p, .) is row
+          // (r - r0) + p + dy of the x1 plane.
+          for (int64_t dx = 0; dx < K; ++dx) {
+            cpu::masked_shift(scratch.data(), x1c, masks(dx), dx - p, px1.rows * W);
             for (int64_t dy = 0; dy < K; ++dy) {
-              const int64_t rs = r - dy + p;
-              if (rs < 0 || rs >= H) continue;
-              const acc_t* g = g2.data() + j * PB + (rs - b0) * W;
-              for (int64_t dx = 0; dx < K; ++dx) shifted_axpy(gr, g, wk[dy * K + dx], p - dx, W);
+              pw2[j * KK + dy * K + dx] += cpu::dot(g2own, scratch.data() + (p + dy) * W, own * W);
             }
           }
-          const acc_t* zr = zp + c * PA + (r - a0) * W;
-          acc_t s = 0;
-          for (int64_t w = 0; w < W; ++w) {
-            gr[w] *= act_derivative(A, zr[w]);
-            s += gr[w];
+        }
+
+        // g1 = (dL/dx1 from the output slice + transposed depthwise conv of g2) * act'(z1) on the own rows. The
+        // transposed conv is the same stencil over the g2 planes with the taps flipped: w2[K-1-dy][K-1-dx].
+        for (int64_t c = 0; c < I; ++c) {
+          if (c < OC) {
+            const scalar_t* gor = go.row(n, c, r0);
+            for (int64_t q = 0; q < own * W; ++q) tmp[q] = static_cast<acc_t>(gor[q * go.step()]);
+          } else {
+            std::fill(tmp.begin(), tmp.begin() + own * W, acc_t(0));
           }
-          pb1[c] += s;
+          for (int64_t j = c * M; j < std::min((c + 1) * M, n_cheap); ++j) {
+            cpu::stencil(tmp.data(), g2.data() + j * g2_stride + p, w2fp + j * KK, K, W, own * W, /*init=*/false,
+                         acc_t(0), masks, scratch.data());
+          }
+          const acc_t bc = b1p[c];
+          acc_t* g1c = g1 + (c * g + i) * PO;
+          const acc_t* zc = zp + c * g * PA + i * PA + (r0 - a0) * W;
+          for (int64_t q = 0; q < PO; ++q) g1c[q] = tmp[q] * act_derivative(A, zc[q] + bc);
+          pb1[c] += cpu::sum(g1c, PO);
         }
       }
 
-      // The two 1x1 GEMMs: grad W1 += g1 . x^T and grad x = W1^T . g1 on own rows.
-      const at::Tensor g1m = g1buf.narrow(0, 0, I * PO).view({I, PO});
-      const at::Tensor xo = xa.narrow(1, (r0 - a0) * W, PO);
-      pw1.addmm_(g1m, xo.t());
-      at::Tensor gx_band = grad_x.select(0, n).narrow(1, r0, own);  // [C, own, W]
-      if (!channels_last && same_type) {
-        at::Tensor gx_mat = gx_band.view({C, PO});
-        at::mm_out(gx_mat, w1a_t, g1m);
-      } else {
-        gx_band.copy_(at::mm(w1a_t, g1m).view({C, own, W}));
-      }
+      // The two 1x1 GEMMs over all g images: grad W1 += g1 . x^T and grad x = W1^T . g1 on the own rows.
+      const at::Tensor g1m = g1buf.narrow(0, 0, I * g * PO).view({I, g, PO});
+      const at::Tensor xo = xa.view({C, g, a1 - a0, W}).narrow(2, r0 - a0, own).reshape({C, g * PO});
+      pw1.addmm_(g1m.view({I, g * PO}), xo.t());
+      const at::Tensor gx = at::mm(w1a.t(), g1m.view({I, g * PO})).view({C, g, own, W});
+      grad_x.narrow(0, n0, g).narrow(2, r0, own).copy_(gx.transpose(0, 1));
     }
   });
 
@@ -329,7 +314,11 @@ at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, co
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghost_module_cpu", [&] {
     dispatch_act(d.act, [&](auto a) {
-      forward_kernel<scalar_t, decltype(a)::value>(xc, w1, b1, w2, b2, out, d, cl);
+      if (cl) {
+        forward_kernel<scalar_t, decltype(a)::value, true>(xc, w1, b1, w2, b2, out, d);
+      } else {
+        forward_kernel<scalar_t, decltype(a)::value, false>(xc, w1, b1, w2, b2, out, d);
+      }
     });
   });
   return out;
@@ -366,7 +355,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_mod
   const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghost_module_backward_cpu", [&] {
     dispatch_act(d.act, [&](auto a) {
-      backward_kernel<scalar_t, decltype(a)::value>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d, cl);
+      if (cl) {
+        backward_kernel<scalar_t, decltype(a)::value, true>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d);
+      } else {
+        backward_kernel<scalar_t, decltype(a)::value, false>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d);
+      }
     });
   });
   return {grad_x, gw1, gb1, gw2, gb2};
