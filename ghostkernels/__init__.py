@@ -1,8 +1,12 @@
 """ghostkernels: fused kernels for GhostNet's Ghost module, as PyTorch custom ops with autograd."""
 
-from . import ops
+from . import models, ops
+from .fuse import fuse
+from .models import GhostModule
+from .modules import FusedGhostConv, FusedGhostModule
 from .ops import ghost_module, load_library
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "ghost_module", "load_library", "__version__"]
+__all__ = ["FusedGhostConv", "FusedGhostModule", "GhostModule", "fuse", "ghost_module", "load_library", "models",
+           "ops", "__version__"]
