@@ -1,0 +1,43 @@
+"""A small forward + backward of the CUDA kernels for compute-sanitizer (memcheck, racecheck).
+
+  compute-sanitizer --tool memcheck --kernel-name kns=ghost_ python3 bench/gpu/sanitize_case.py
+
+Covers both layouts, float16 (16-byte vector loads) and float32 (element loads, exact FMA GEMM), k = 3 and k = 5,
+a ratio of 3, several tiles and channel chunks, image borders and an out_channels slice, while staying small
+enough for the instrumented run (a few seconds). Set PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its
+own allocation and an out-of-bounds access cannot land inside a neighbouring cached block unnoticed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import ghostkernels
+
+
+def main() -> None:
+    ghostkernels.load_library()
+    torch.backends.cudnn.allow_tf32 = False
+    gen = torch.Generator().manual_seed(0)
+    cases = [  # (dtype, channels_last, N, C, H, W, init, ratio, k, out_channels, act)
+        (torch.float16, True, 2, 40, 23, 21, 36, 2, 3, 70, "relu"),
+        (torch.float32, False, 1, 20, 17, 30, 10, 3, 5, 25, "silu"),
+    ]
+    for dtype, cl, n, c, h, w, init, ratio, k, oc, act in cases:
+        def r(*s):
+            return torch.randn(*s, generator=gen).to("cuda", dtype)
+
+        x = r(n, c, h, w)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        params = [r(init, c, 1, 1) / c ** 0.5, r(init), r(init * (ratio - 1), 1, k, k) / k, r(init * (ratio - 1))]
+        leaves = [t.requires_grad_() for t in [x] + params]
+        out = ghostkernels.ops.ghost_module(*leaves, oc, act, backend="cuda")
+        out.backward(torch.randn(out.shape, generator=gen).to("cuda", dtype))
+        torch.cuda.synchronize()
+        print(f"{dtype} channels_last={cl}: out {tuple(out.shape)}, |grad x| = {x.grad.float().norm().item():.3f}")
+    print("sanitize_case: done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+// Runs the CUDA Ghost-module kernels (forward and fused backward) on the host, block by block, with every thread
+// of a block a cooperative fiber (see cuda_host_emulation.h for what is emulated). Used by
+// tests/test_cuda_compile.py to check the kernels' results against a float64 reference without a GPU.
+//
+// Build: g++ -std=c++17 -O1 -I<cuda include> ghost_cuda_emulator.cpp -o ghost_cuda_emulator  (no CUDA library).
+//
+// Usage: ghost_cuda_emulator IN OUT [--reverse]
+//   IN : "GKEM", then 15 int64 (mode 0 forward / 1 backward, dtype 0 float32 / 1 float16 / 2 bfloat16,
+//        fp32_math 0 exact / 1 tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, unused), then float32
+//        arrays: x [N,C,H,W], w1 [I,C], b1 [I], w2 [I*M,K*K], b2 [I*M], and for backward grad_out [N,OC,H,W]; all
+//        NCHW, values exactly representable in the dtype.
+//   OUT: float32 arrays: forward out [N,OC,H,W]; backward grad_z1 [N,I,H,W] then the group-summed partials
+//        [I*M, K*K+1]. NCHW whatever the kernel's layout. A line "plan th tw ..." goes to stdout.
+//   --reverse runs each block's threads in descending order (a missing barrier shows up as a different result).
+// Outputs are filled with NaN before the kernels run, so an element the kernels fail to write comes back as NaN.
+#include "cuda_host_emulation.h"
+
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../ghost_backward_kernel.cuh"
+#include "../ghost_cuda_plan.cu"  // the host planner, compiled into this program
+#include "../ghost_forward_kernel.cuh"
+
+// The planner's device query, answered as an H100 SXM would.
+extern "C" cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /*device*/) {
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrMultiProcessorCount: *value = 132; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 227 * 1024; break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = 228 * 1024; break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+
+// The planner also sets kernel attributes and asks for occupancy; the emulator launches blocks itself (with group
+// counts chosen by its caller) and has no shared-memory limit, so these only need to answer.
+extern "C" cudaError_t cudaFuncSetAttribute(const void* /*func*/, cudaFuncAttribute /*attr*/, int /*value*/) {
+  return cudaSuccess;
+}
+extern "C" cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* num_blocks, const void* /*func*/,
+                                                                     int /*block_size*/, size_t /*smem*/) {
+  *num_blocks = 1;
+  return cudaSuccess;
+}
+
+namespace ghostkernels {
+namespace emulation {
+
+uint3 thread_index;
+uint3 block_index;
+
+namespace {
+
+constexpr int kT = cuda::kThreads;
+constexpr size_t kStackBytes = 256 * 1024;
+
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+
+using KernelFn = void (*)(cuda::KernelParams);
+
+struct Scheduler {
+  ucontext_t main_ctx;
+  ucontext_t ctx[kT];
+  State state[kT];
+  std::vector<char> stacks = std::vector<char>(kStackBytes * kT);
+  std::vector<unsigned char> smem;
+  float slots[kT];
+  int current = 0;
+  KernelFn kernel = nullptr;
+  const cuda::KernelParams* params = nullptr;
+};
+Scheduler* g = nullptr;
+
+[[noreturn]] void fail(const std::string& what) {
+  std::fprintf(stderr, "emulator: block %u: %s\n", block_index.x, what.c_str());
+  std::exit(3);
+}
+
+void fiber_entry() {
+  g->kernel(*g->params);
+  g->state[g->current] = State::Done;  // then uc_link returns to the scheduler
+}
+
+void yield(State s) {
+  const int t = g->current;
+  g->state[t] = s;
+  swapcontext(&g->ctx[t], &g->main_ctx);
+}
+
+// Runs one block to completion: every runnable fiber until it blocks, then release whole barriers.
+void run_block(KernelFn kernel, const cuda::KernelParams& P, unsigned block, bool reverse) {
+  block_index = make_uint3(block, 0, 0);
+  g->kernel = kernel;
+  g->params = &P;
+  g->smem.assign(P.L.total, 0xFF);  // all-ones bytes: NaN as float, float16 and bfloat16
+  for (int t = 0; t < kT; ++t) {
+    getcontext(&g->ctx[t]);
+    g->ctx[t].uc_stack.ss_sp = g->stacks.data() + size_t(t) * kStackBytes;
+    g->ctx[t].uc_stack.ss_size = kStackBytes;
+    g->ctx[t].uc_link = &g->main_ctx;
+    makecontext(&g->ctx[t], fiber_entry, 0);
+    g->state[t] = State::Runnable;
+  }
+  for (;;) {
+    for (int k = 0; k < kT; ++k) {
+      const int t = reverse ? kT - 1 - k : k;
+      if (g->state[t] != State::Runnable) continue;
+      g->current = t;
+      thread_index = make_uint3(unsigned(t), 0, 0);
+      swapcontext(&g->main_ctx, &g->ctx[t]);
+    }
+    int done = 0, at_block = 0;
+    for (int t = 0; t < kT; ++t) {
+      done += g->state[t] == State::Done;
+      at_block += g->state[t] == State::AtBlockBarrier;
+    }
+    if (done == kT) return;
+    bool released = false;
+    if (at_block > 0 && at_block + done == kT) {
+      if (done > 0) fail("threads exited while others wait at __syncthreads (divergent barrier)");
+      for (int t = 0; t < kT; ++t) g->state[t] = State::Runnable;
+      released = true;
+    }
+    for (int w = 0; w < kT / 32; ++w) {
+      int at_warp = 0, warp_done = 0;
+      for (int l = 0; l < 32; ++l) {
+        at_warp += g->state[w * 32 + l] == State::AtWarpBarrier;
+        warp_done += g->state[w * 32 + l] == State::Done;
+      }
+      if (at_warp > 0 && at_warp + warp_done == 32) {
+        if (warp_done > 0) fail("a warp shuffle with exited lanes");
+        for (int l = 0; l < 32; ++l) g->state[w * 32 + l] = State::Runnable;
+        released = true;
+      }
+    }
+    if (!released) fail("deadlock: threads wait at different barriers");
+  }
+}
+
+}  // namespace
+
+unsigned char* block_shared_memory() { return g->smem.data(); }
+
+void block_barrier() { yield(State::AtBlockBarrier); }
+
+float warp_shuffle_xor(float v, int lane_mask) {
+  const int t = g->current;
+  g->slots[t] = v;
+  yield(State::AtWarpBarrier);  // every lane has published its value
+  const float r = g->slots[(t & ~31) | ((t & 31) ^ lane_mask)];
+  yield(State::AtWarpBarrier);  // every lane has read before the slots are reused
+  return r;
+}
+
+}  // namespace emulation
+}  // namespace ghostkernels
+
+namespace {
+
+using namespace ghostkernels;
+using namespace ghostkernels::cuda;
+using emulation::KernelFn;
+
+struct Header {
+  int64_t mode, dtype, fp32_math, channels_last, act, N, C, H, W, I, M, K, OC, groups, unused;
+};
+
+template <typename T>
+T from_float(float v);
+template <>
+float from_float<float>(float v) {
+  return v;
+}
+template <>
+__half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+float as_float(float v) { return v; }
+float as_float(__half v) { return __half2float(v); }
+float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// An [N, Ct, H, W] NCHW float array in dtype T and the kernel's layout.
+template <typename T>
+std::vector<T> to_layout(const std::vector<float>& v, int64_t N, int64_t Ct, int64_t HW, bool cl) {
+  std::vector<T> r(v.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < Ct; ++c)
+      for (int64_t q = 0; q < HW; ++q)
+        r[cl ? (n * HW + q) * Ct + c : (n * Ct + c) * HW + q] = from_float<T>(v[(n * Ct + c) * HW + q]);
+  return r;
+}
+template <typename T>
+std::vector<float> from_layout(const std::vector<T>& v, int64_t N, int64_t Ct, int64_t HW, bool cl) {
+  std::vector<float> r(v.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < Ct; ++c)
+      for (int64_t q = 0; q < HW; ++q)
+        r[(n * Ct + c) * HW + q] = as_float(v[cl ? (n * HW + q) * Ct + c : (n * Ct + c) * HW + q]);
+  return r;
+}
+template <typename T>
+std::vector<T> convert(const std::vector<float>& v) {
+  std::vector<T> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = from_float<T>(v[i]);
+  return r;
+}
+
+std::vector<float> read_floats(FILE* f, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  if (n > 0 && std::fread(v.data(), sizeof(float), size_t(n), f) != size_t(n)) throw std::runtime_error("short input");
+  return v;
+}
+
+template <typename T, bool kTF32>
+KernelFn forward_kernel(int K) {
+  return K == 3 ? ghost_forward_kernel<T, kTF32, 3> : ghost_forward_kernel<T, kTF32, 0>;
+}
+template <typename T, bool kTF32>
+KernelFn backward_kernel(int K) {
+  return K == 3 ? ghost_backward_kernel<T, kTF32, 3> : ghost_backward_kernel<T, kTF32, 0>;
+}
+
+template <typename T, bool kTF32>
+void run(const Header& h, FILE* in, FILE* out, bool reverse) {
+  GhostShape s;
+  s.N = h.N;
+  s.C = h.C;
+  s.H = h.H;
+  s.W = h.W;
+  s.I = h.I;
+  s.M = h.M;
+  s.K = h.K;
+  s.OC = h.OC;
+  s.act = Act(h.act);
+  s.dtype = DType(h.dtype);
+  s.fp32_math = Fp32Math(h.fp32_math);
+  s.channels_last = h.channels_last != 0;
+  const bool backward = h.mode == 1, cl = s.channels_last;
+  const int64_t HW = h.H * h.W, KK = h.K * h.K;
+  if (const char* why = unsupported_reason(s, backward)) throw std::runtime_error(why);
+
+  const std::vector<T> x = to_layout<T>(read_floats(in, h.N * h.C * HW), h.N, h.C, HW, cl);
+  const std::vector<T> w1 = convert<T>(read_floats(in, h.I * h.C));
+  const std::vector<T> b1 = convert<T>(read_floats(in, h.I));
+  const std::vector<T> w2 = convert<T>(read_floats(in, h.I * h.M * KK));
+  const std::vector<T> b2 = convert<T>(read_floats(in, h.I * h.M));
+  const Plan pl = backward ? plan_backward(s) : plan_forward(s);
+  std::printf("plan th=%d tw=%d tiles=%dx%d halo=%d rect=%dx%d cols=%d chunks=%d smem=%u\n", pl.g.th, pl.g.tw,
+              pl.g.tiles_y, pl.g.tiles_x, pl.g.halo, pl.g.rh, pl.g.rw, pl.L.cols, pl.g.chunks, pl.L.total);
+  KernelParams P = make_kernel_params(s, pl.g, pl.L, x.data(), w1.data(), b1.data(), w2.data(), b2.data());
+  emulation::Scheduler sched;
+  emulation::g = &sched;
+  const T nan_t = from_float<T>(std::nanf(""));
+
+  if (!backward) {
+    std::vector<T> o(size_t(h.N * h.OC * HW), nan_t);
+    P.out = o.data();
+    const KernelFn k = forward_kernel<T, kTF32>(int(h.K));
+    const long long blocks = (long long)pl.g.chunks * P.items;
+    for (long long b = 0; b < blocks; ++b) emulation::run_block(k, P, unsigned(b), reverse);
+    const std::vector<float> r = from_layout(o, h.N, h.OC, HW, cl);
+    std::fwrite(r.data(), sizeof(float), r.size(), out);
+    return;
+  }
+  const std::vector<T> gout = to_layout<T>(read_floats(in, h.N * h.OC * HW), h.N, h.OC, HW, cl);
+  std::vector<T> gz1(size_t(h.N * h.I * HW), nan_t);
+  const int64_t groups = std::min<int64_t>(h.groups, P.items);
+  std::vector<float> partials(size_t(groups * h.I * h.M * (KK + 1)), std::nanf(""));
+  P.grad_out = gout.data();
+  P.grad_z1 = gz1.data();
+  P.partials = partials.data();
+  P.groups = groups;
+  const KernelFn k = backward_kernel<T, kTF32>(int(h.K));
+  const long long blocks = (long long)pl.g.chunks * groups;
+  for (long long b = 0; b < blocks; ++b) emulation::run_block(k, P, unsigned(b), reverse);
+  const std::vector<float> r = from_layout(gz1, h.N, h.I, HW, cl);
+  std::fwrite(r.data(), sizeof(float), r.size(), out);
+  const int64_t row = h.I * h.M * (KK + 1);
+  std::vector<float> sums(size_t(row), 0.f);
+  for (int64_t gi = 0; gi < groups; ++gi)
+    for (int64_t e = 0; e < row; ++e) sums[size_t(e)] += partials[size_t(gi * row + e)];
+  std::fwrite(sums.data(), sizeof(float), sums.size(), out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s IN OUT [--reverse]\n", argv[0]);
+    return 2;
+  }
+  const bool reverse = argc > 3 && std::string(argv[3]) == "--reverse";
+  FILE* in = std::fopen(argv[1], "rb");
+  FILE* out = std::fopen(argv[2], "wb");
+  if (!in || !out) {
+    std::fprintf(stderr, "emulator: cannot open %s or %s\n", argv[1], argv[2]);
+    return 2;
+  }
+  char magic[4];
+  Header h;
+  if (std::fread(magic, 1, 4, in) != 4 || std::memcmp(magic, "GKEM", 4) != 0 || std::fread(&h, sizeof(h), 1, in) != 1) {
+    std::fprintf(stderr, "emulator: bad input header\n");
+    return 2;
+  }
+  try {
+    if (h.dtype == 1)
+      run<__half, false>(h, in, out, reverse);
+    else if (h.dtype == 2)
+      run<__nv_bfloat16, false>(h, in, out, reverse);
+    else if (h.fp32_math == 1)
+      run<float, true>(h, in, out, reverse);
+    else
+      run<float, false>(h, in, out, reverse);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "emulator: %s\n", e.what());
+    return 4;
+  }
+  std::fclose(out);
+  return 0;
+}

@@ -1,0 +1,145 @@
+// Device-side parameter block and small utilities shared by the forward and backward kernels.
+//
+// Tensor addressing: every 4-D tensor the kernels touch (x, out, grad_out, grad_z1) is NCHW- or NHWC-contiguous
+// (the binding makes it so and passes `cl`), so an element's offset follows from its channel count Ct alone:
+//   NCHW: n*Ct*HW + c*HW + lin,   NHWC: n*Ct*HW + lin*Ct + c,   with lin = y*W + x (int64 throughout).
+// Using these canonical strides instead of the tensor's own also sidesteps the arbitrary strides PyTorch allows on
+// size-1 dimensions of a "contiguous" tensor.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "../activations.h"
+#include "ghost_cuda.h"
+#include "ghost_cuda_layout.h"
+
+// A kernel's dynamic shared memory. The host emulator (emulation/) compiles the kernels as plain C++ and hands each
+// emulated block its own buffer instead.
+#if defined(GHOSTKERNELS_HOST_EMULATION)
+#define GK_DYNAMIC_SHARED_MEMORY(name) unsigned char* name = ::ghostkernels::emulation::block_shared_memory()
+#else
+#define GK_DYNAMIC_SHARED_MEMORY(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
+
+namespace ghostkernels {
+namespace cuda {
+
+struct KernelParams {
+  int C = 0, H = 0, W = 0;  // x
+  int I = 0, M = 0, K = 0;  // init channels, ratio - 1, depthwise size
+  int OC = 0;               // out_channels
+  int PK = 0, CK = 0;       // primary / cheap channels kept after the slice
+  long long N = 0, HW = 0;
+  long long items = 0;      // N * tiles: (image, tile) work items
+  long long groups = 0;     // backward: blocks per chunk, each looping over items
+  Act act = Act::Identity;
+  bool cl = false;          // channels_last (NHWC) tensors
+  bool vec_x = false;       // x rows can be fetched as 16-byte vectors (NHWC, C*sizeof % 16 == 0, aligned)
+  bool vec_w1 = false;      // same for the rows of W1
+  TileGeom g;
+  SmemLayout L;
+  const void* x = nullptr;
+  const void* w1 = nullptr;
+  const void* b1 = nullptr;
+  const void* w2 = nullptr;
+  const void* b2 = nullptr;
+  void* out = nullptr;            // forward output
+  const void* grad_out = nullptr;  // backward
+  void* grad_z1 = nullptr;
+  float* partials = nullptr;
+};
+
+// The parameter block of a launch (sizes, tiling, flags, the input pointers); outputs are set by the launcher.
+KernelParams make_kernel_params(const GhostShape& s, const TileGeom& g, const SmemLayout& L, const void* x,
+                                const void* w1, const void* b1, const void* w2, const void* b2);
+
+// Offset of element (n, c, lin) of an [N, Ct, H, W] tensor in the layout described above.
+__device__ __forceinline__ long long elem_offset(const KernelParams& P, long long n, int Ct, int c, long long lin) {
+  const long long base = n * Ct * P.HW;
+  return P.cl ? base + lin * Ct + c : base + (long long)c * P.HW + lin;
+}
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  __device__ static __forceinline__ float load(const float* p) { return __ldg(p); }
+  __device__ static __forceinline__ float from_float(float v) { return v; }
+};
+template <>
+struct Elem<__half> {
+  __device__ static __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
+  __device__ static __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  __device__ static __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+  __device__ static __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+// e / d and e % d for small non-negative e through a float reciprocal, corrected to the exact quotient. Replaces
+// the ~20-instruction integer division in the per-element index arithmetic of the epilogues.
+struct FastDiv {
+  int d = 1;
+  float inv = 1.f;
+  __device__ __forceinline__ explicit FastDiv(int divisor) : d(divisor), inv(1.f / float(divisor)) {}
+  __device__ __forceinline__ int div(int e) const {
+    int q = __float2int_rz(float(e) * inv);
+    int r = e - q * d;
+    while (r < 0) {
+      --q;
+      r += d;
+    }
+    while (r >= d) {
+      ++q;
+      r -= d;
+    }
+    return q;
+  }
+};
+
+// The pixel table of the GEMM rect: for rect pixel q, -1 when it lies outside the image (or in the padding columns
+// past the rect), else 2*lin + own, own = 1 for the tile's own pixels. Built once per work item so that the stage
+// loaders and the epilogues need no division by the rect width.
+__device__ __forceinline__ void build_pixel_table(const KernelParams& P, long long* pix, int ty0, int tx0, int tha,
+                                                  int twa) {
+  const int rw = P.g.rw, rect = P.g.rh * P.g.rw, halo = P.g.halo;
+  const FastDiv rwd(rw);
+  for (int q = threadIdx.x; q < P.L.cols; q += kThreads) {
+    long long v = -1;
+    if (q < rect) {
+      const int ry = rwd.div(q), rx = q - ry * rw;
+      const int gy = ty0 - halo + ry, gx = tx0 - halo + rx;
+      if (gy >= 0 && gy < P.H && gx >= 0 && gx < P.W) {
+        const bool own = ry >= halo && ry < halo + tha && rx >= halo && rx < halo + twa;
+        v = 2 * ((long long)gy * P.W + gx) + (own ? 1 : 0);
+      }
+    }
+    pix[q] = v;
+  }
+}
+
+// The chunk's depthwise weights and biases as float in shared memory (zero past the last channel).
+template <typename T>
+__device__ __forceinline__ void load_chunk_weights(const KernelParams& P, unsigned char* smem, int c0) {
+  const int KK = P.K * P.K, cheap = P.L.cheap;
+  const long long j0 = (long long)c0 * P.M, nj = (long long)P.I * P.M;
+  float* w2s = reinterpret_cast<float*>(smem + P.L.w2);
+  float* b2s = reinterpret_cast<float*>(smem + P.L.bias2);
+  float* b1s = reinterpret_cast<float*>(smem + P.L.bias1);
+  const T* w2 = static_cast<const T*>(P.w2);
+  const T* b2 = static_cast<const T*>(P.b2);
+  const T* b1 = static_cast<const T*>(P.b1);
+  for (int e = threadIdx.x; e < cheap * KK; e += kThreads) {
+    const long long j = j0 + e / KK;
+    w2s[e] = j < nj ? Elem<T>::load(w2 + j0 * KK + e) : 0.f;
+  }
+  for (int e = threadIdx.x; e < cheap; e += kThreads) b2s[e] = j0 + e < nj ? Elem<T>::load(b2 + j0 + e) : 0.f;
+  for (int e = threadIdx.x; e < kChunk; e += kThreads) b1s[e] = c0 + e < P.I ? Elem<T>::load(b1 + c0 + e) : 0.f;
+}
+
+}  // namespace cuda
+}  // namespace ghostkernels
