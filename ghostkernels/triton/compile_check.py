@@ -1,0 +1,137 @@
+"""Compile the Triton kernels for an NVIDIA GPU on a machine without one, and report their resource usage.
+
+    python -m ghostkernels.triton.compile_check [--arch 90] [--configs first|all] [--case NAME ...]
+
+Triton compiles for a target given by its driver; this tool installs a stand-in driver that names the target
+(sm_<arch>) and compiles each kernel through JITFunction.run(warmup=True), which compiles without launching.
+ptxas (shipped with triton) runs for real, so what this reports is what the GPU would load: registers per thread,
+spill stack, shared memory. It catches code that the interpreter accepts but the compiler rejects, and register
+blow-ups (a kernel over 128 registers at 4 warps runs at most 4 programs per SM).
+
+It must run without TRITON_INTERPRET=1 (the interpreter replaces the compiler). It uses triton's driver hook and
+JITFunction.run, internal APIs that exist in triton 3.6 and 3.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+# name: (dtype, C, init, H, W, M, k, out_channels, channels_last) -- GhostNet-like shapes plus the contract's
+# corners (float32 NCHW, bfloat16, k = 7, ratio 3).
+CASES = {
+    "fp16-cl-72to24-56": ("float16", 72, 12, 56, 56, 1, 3, 24, True),
+    "fp16-cl-160to960-7": ("float16", 160, 480, 7, 7, 1, 3, 960, True),
+    "fp32-nchw-72to24-56": ("float32", 72, 12, 56, 56, 1, 3, 24, False),
+    "bf16-cl-k5-ratio3-28": ("bfloat16", 40, 40, 28, 28, 2, 5, 120, True),
+    "fp16-nchw-k7-112": ("float16", 16, 8, 112, 112, 1, 7, 16, False),
+}
+
+
+class _TargetOnlyDriver:
+    """Answers the driver queries JITFunction.run makes before compiling; launching is never asked for."""
+
+    def __init__(self, arch: int):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+def _resource_usage(cubin: bytes) -> str:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "REG:" in line:
+            return " ".join(tok for tok in line.split() if tok.split(":")[0] in ("REG", "STACK"))
+    return "resource usage unavailable"
+
+
+def _case_tensors(dtype_name, C, init, H, W, M, k, oc, channels_last):
+    import torch
+
+    dt = getattr(torch, dtype_name)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.empty(2, C, H, W, dtype=dt, memory_format=fmt)
+    weights = (torch.empty(init, C, 1, 1, dtype=dt), torch.empty(init, dtype=dt),
+               torch.empty(init * M, 1, k, k, dtype=dt), torch.empty(init * M, dtype=dt))
+    out = torch.empty(2, oc, H, W, dtype=dt, memory_format=fmt)
+    return x, weights, out, fmt
+
+
+def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3):
+    """Compile every (case, kernel, config); return a list of (description, ok, detail)."""
+    import triton
+    from triton.runtime.driver import driver
+
+    from . import configs
+    from .backward_kernels import backward_launch_plan, ghost_backward_kernel
+    from .forward_kernels import forward_launch_plan, ghost_forward_kernel
+
+    previous = driver._active  # reset_active() would look for a real driver, which fails without a GPU
+    driver.set_active(_TargetOnlyDriver(arch))
+    try:
+        results = []
+        cfgs = configs.autotune_configs(triton)
+        if configs_mode == "first":
+            cfgs = cfgs[:1]
+        for name in case_names:
+            case = CASES[name]
+            x, (wp, bp, wc, bc), out, fmt = _case_tensors(*case)
+            oc = case[7]
+            plans = (("forward", ghost_forward_kernel, forward_launch_plan(x, wp, bp, wc, bc, out, oc, act_id)[1:3]),
+                     ("backward", ghost_backward_kernel,
+                      backward_launch_plan(out, x, wp, bp, wc, bc, oc, act_id, fmt)[1:3]))
+            for kname, kernel, (args, consts) in plans:
+                for cfg in cfgs:
+                    desc = (f"{name} {kname} BLOCK_C={cfg.kwargs['BLOCK_C']} warps={cfg.num_warps} "
+                            f"stages={cfg.num_stages}")
+                    t0 = time.time()
+                    try:
+                        compiled = kernel.fn.run(*args, grid=(1,), warmup=True, num_warps=cfg.num_warps,
+                                                 num_stages=cfg.num_stages, **consts, **cfg.kwargs)
+                    except Exception as e:  # report every failure, keep compiling the rest
+                        results.append((desc, False, f"{type(e).__name__}: {e}"))
+                        continue
+                    detail = (f"{_resource_usage(compiled.asm['cubin'])} smem={compiled.metadata.shared} "
+                              f"({time.time() - t0:.1f}s)")
+                    results.append((desc, True, detail))
+        return results
+    finally:
+        driver._active = previous
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability as an integer (90 = H100)")
+    parser.add_argument("--configs", choices=("first", "all"), default="all")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("compile_check: unset TRITON_INTERPRET; the interpreter does not compile", file=sys.stderr)
+        return 2
+    results = compile_kernels(args.arch, args.configs, args.case or list(CASES))
+    for desc, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'} sm_{args.arch} {desc}: {detail}", flush=True)
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

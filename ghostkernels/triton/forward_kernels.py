@@ -1,0 +1,137 @@
+"""The fused forward kernel: out = cat(x1, x2)[:, :OC] in one pass over x.
+
+Work item = (image n, spatial tile, block of BLOCK_I primary channels), with the channel block varying fastest so
+that the programs running at the same time read the same x tile (the re-reads hit L2). The grid is persistent:
+each program loops over work items and owns one scratch slot of BLOCK_I x BLOCK_P elements for the whole launch.
+
+Per work item:
+  1. z1 = w_primary @ x + b_primary on the tile plus a halo of r = k // 2 pixels (tl.dot, fp32 accumulation);
+     x1 = act(z1), set to 0 outside the image (the depthwise conv zero-pads x1), rounded to the output dtype and
+     stored into the scratch slot. Triton cannot shift a register tile, hence the round trip; the slot was just
+     written by the same program, so it is read back from L1/L2.
+  2. The x1 half of the output is the centre tap of the scratch, written straight into out[:, i].
+  3. For each of the M = ratio - 1 cheap channels of every primary channel (j = i*M + m): z2 = sum over the k*k
+     taps of w_cheap[j, dy, dx] * x1[y + dy - r, x + dx - r] + b_cheap[j], read as shifted loads of the scratch;
+     x2 = act(z2) goes straight into out[:, init + j]. Channels >= OC are never computed, so for OC <= init the
+     depthwise pass is compiled out (CHEAP = False).
+
+Numerics: x2 is computed from x1 rounded to the output dtype, exactly as eager computes the depthwise conv on the
+x1 tensor it returns, so the two halves of the output are consistent with each other.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from .tile_math import apply_act, primary_conv_region
+
+
+@triton.autotune(configs=configs.autotune_configs(triton), key=configs.AUTOTUNE_KEY)
+@triton.jit
+def ghost_forward_kernel(
+        x_ptr, wp_ptr, bp_ptr, wc_ptr, bc_ptr, out_ptr, scratch_ptr,
+        sxn, sxc, sxh, sxw, son, soc, soh, sow,
+        C, I, H, W, HW, OC, tiles_x, tiles_per_image, num_work, nprog,
+        K: tl.constexpr, M: tl.constexpr, ACT: tl.constexpr, CHEAP: tl.constexpr,
+        TH: tl.constexpr, TW: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, SUB_P: tl.constexpr,
+        SUB_Q: tl.constexpr, IEEE_FP32: tl.constexpr, BLOCK_C: tl.constexpr):
+    """See the module docstring. The 1x1 conv walks the halo tile in chunks of SUB_P slots, the output pass walks
+    the tile in chunks of SUB_Q pixels with a loop over the k*k taps (not unrolled), so that one [BLOCK_I, chunk]
+    tile is live at a time: whole tiles and unrolled taps need more than 255 registers per thread and spill.
+    HW is unused in the body; it is an argument so that the autotuner can key on it. nprog is the grid size,
+    passed in because the interpreter's tl.num_programs is not a scalar."""
+    R: tl.constexpr = K // 2
+    KK: tl.constexpr = K * K
+    RH: tl.constexpr = TH + 2 * R
+    RW: tl.constexpr = TW + 2 * R
+    pid = tl.program_id(0)
+    n_iblocks = tl.cdiv(I, BLOCK_I)
+
+    il = tl.arange(0, BLOCK_I)
+    scratch = scratch_ptr + pid.to(tl.int64) * (BLOCK_I * BLOCK_P)
+    rows = scratch + il[:, None] * BLOCK_P
+
+    for work in range(pid, num_work, nprog):
+        ib = work % n_iblocks
+        t = work // n_iblocks
+        tile = t % tiles_per_image
+        n = t // tiles_per_image
+        ty0 = (tile // tiles_x) * TH
+        tx0 = (tile % tiles_x) * TW
+        i0 = ib * BLOCK_I
+        ii = i0 + il
+        i_ok = ii < I
+
+        # The previous work item's shifted loads must be finished before its slot is overwritten (WAR) ...
+        tl.debug_barrier()
+        for p0 in range(0, RH * RW, SUB_P):
+            z1, in_image = primary_conv_region(x_ptr + n.to(tl.int64) * sxn, sxc, sxh, sxw, wp_ptr, bp_ptr, i0,
+                                               ty0 - R, tx0 - R, p0, C, I, H, W, RH, RW, SUB_P, BLOCK_I, BLOCK_C,
+                                               IEEE_FP32)
+            x1 = tl.where(in_image[None, :], apply_act(z1, ACT), 0.0).to(out_ptr.dtype.element_ty)
+            tl.store(rows + p0 + tl.arange(0, SUB_P)[None, :], x1)
+        # ... and every thread's stores must be visible before the shifted loads read them (RAW).
+        tl.debug_barrier()
+
+        out_img = out_ptr + n.to(tl.int64) * son
+        for q0 in range(0, TH * TW, SUB_Q):
+            q = q0 + tl.arange(0, SUB_Q)
+            qy = q // TW
+            qx = q % TW
+            q_ok = q < TH * TW
+            oy = ty0 + qy
+            ox = tx0 + qx
+            pix_ok = q_ok & (oy < H) & (ox < W)
+            out_pix = oy * soh + ox * sow
+            centre = tl.load(rows + ((qy + R) * RW + qx + R)[None, :], mask=q_ok[None, :], other=0.0)
+            tl.store(out_img + ii[:, None] * soc + out_pix[None, :], centre,
+                     mask=(i_ok & (ii < OC))[:, None] & pix_ok[None, :])
+            if CHEAP:
+                for m in tl.static_range(M):
+                    j = ii * M + m
+                    acc = tl.zeros([BLOCK_I, SUB_Q], dtype=tl.float32)
+                    for tap in range(KK):
+                        dy = tap // K
+                        dx = tap % K
+                        wv = tl.load(wc_ptr + j * KK + tap, mask=i_ok, other=0.0).to(tl.float32)
+                        xs = tl.load(rows + ((qy + dy) * RW + qx + dx)[None, :], mask=q_ok[None, :],
+                                     other=0.0).to(tl.float32)
+                        acc += wv[:, None] * xs
+                    bias = tl.load(bc_ptr + j, mask=i_ok, other=0.0).to(tl.float32)
+                    x2 = apply_act(acc + bias[:, None], ACT)
+                    ch = I + j
+                    tl.store(out_img + ch[:, None] * soc + out_pix[None, :], x2.to(out_ptr.dtype.element_ty),
+                             mask=(i_ok & (ch < OC))[:, None] & pix_ok[None, :])
+
+
+def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int):
+    """(grid, positional args, constexpr kwargs) of ghost_forward_kernel writing into `out` (already allocated in
+    the output memory format); allocates the per-program scratch. Weights are made contiguous here: the kernel
+    indexes w_primary as [init, C] and w_cheap as [init*M, k*k]."""
+    N, C, H, W = (int(s) for s in x.shape)
+    init = int(w_primary.shape[0])
+    M = int(w_cheap.shape[0]) // init
+    K = int(w_cheap.shape[-1])
+    geo = configs.choose_tile(H, W, K, 1, configs.max_halo_block(K, 1))
+    block_i = configs.choose_block_i(init)
+    num_work = N * geo.tiles_per_image * triton.cdiv(init, block_i)
+    nprog = configs.num_programs(num_work, x.device)
+    scratch = torch.empty((nprog, block_i, geo.BLOCK_P), dtype=out.dtype, device=x.device)
+    args = (x, w_primary.contiguous(), b_primary.contiguous(), w_cheap.contiguous(), b_cheap.contiguous(), out,
+            scratch, *x.stride(), *out.stride(),
+            C, init, H, W, H * W, out_channels, geo.tiles_x, geo.tiles_per_image, num_work, nprog)
+    consts = dict(K=K, M=M, ACT=act_id, CHEAP=out_channels > init, TH=geo.TH, TW=geo.TW, BLOCK_I=block_i,
+                  BLOCK_P=geo.BLOCK_P, SUB_P=configs.sub_block(geo.BLOCK_P, block_i, 16),
+                  SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i), IEEE_FP32=x.dtype == torch.float32)
+    return (nprog,), args, consts
+
+
+def launch_forward(launcher, x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int):
+    """Run ghost_forward_kernel into `out`. `launcher` is torch.library.wrap_triton on the GPU (so torch.compile
+    traces the launch) and the identity under the interpreter."""
+    if out.numel() == 0:  # N, H, W or out_channels is 0: nothing to compute (and no grid to launch)
+        return out
+    grid, args, consts = forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels, act_id)
+    launcher(ghost_forward_kernel)[grid](*args, **consts)
+    return out

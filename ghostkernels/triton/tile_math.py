@@ -1,0 +1,80 @@
+"""Triton device functions shared by the forward and backward kernels: activations and the tiled 1x1 conv.
+
+Activation ids follow ghostkernels.reference.ACTS (and csrc/activations.h): 0 identity, 1 relu, 2 relu6, 3 silu,
+4 hardswish. The derivatives use PyTorch's conventions at the kinks (relu'(0) = 0, relu6'(0) = relu6'(6) = 0,
+hardswish'(-3) = 0, hardswish'(3) = 1) so that gradients agree with eager autograd bit-for-bit in the masks.
+All math here is float32: callers convert loads with .to(tl.float32) before calling.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def apply_act(z, ACT: tl.constexpr):
+    """act(z) for an fp32 tensor. silu is z / (1 + exp(-z)): for z -> -inf exp overflows to inf and the result is
+    -0.0, the correct limit, so no clamping is needed."""
+    if ACT == 1:
+        z = tl.where(z > 0.0, z, 0.0)
+    elif ACT == 2:
+        z = tl.minimum(tl.where(z > 0.0, z, 0.0), 6.0)
+    elif ACT == 3:
+        z = z / (1.0 + tl.exp(-z))
+    elif ACT == 4:
+        z = z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+    return z
+
+
+@triton.jit
+def act_derivative(z, ACT: tl.constexpr):
+    """d act / dz evaluated at the pre-activation z (fp32)."""
+    if ACT == 0:
+        d = tl.full(z.shape, 1.0, tl.float32)
+    elif ACT == 1:
+        d = tl.where(z > 0.0, 1.0, 0.0)
+    elif ACT == 2:
+        d = tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
+    elif ACT == 3:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        d = s * (1.0 + z * (1.0 - s))
+    else:
+        d = tl.where(z <= -3.0, 0.0, tl.where(z < 3.0, z / 3.0 + 0.5, 1.0))
+    return d
+
+
+@triton.jit
+def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I, H, W,
+                        RH: tl.constexpr, RW: tl.constexpr, SUB_P: tl.constexpr, BLOCK_I: tl.constexpr,
+                        BLOCK_C: tl.constexpr, IEEE_FP32: tl.constexpr):
+    """z1 = w_primary[i0:i0+BLOCK_I] @ x[:, pixels] + b_primary for SUB_P consecutive slots p0 + [0, SUB_P) of an
+    RH x RW pixel region with origin (y0, x0), flattened row-major: slot p is pixel (y0 + p // RW, x0 + p % RW).
+
+    x_ptr already points at the image (batch offset applied, in 64-bit). Pixels outside the image (and slots past
+    RH*RW) load x = 0, so their z1 is just the bias; the caller must zero x1 there itself, because the depthwise
+    conv pads x1 (post-activation) with zeros and act(bias) is generally not 0. Callers walk the region in chunks
+    of SUB_P slots because a whole 256-slot region at once needs > 255 registers per thread (the 2-D pointer and
+    mask tensors of the x tile dominate) and spills.
+
+    Returns (z1 [BLOCK_I, SUB_P] fp32, in_image [SUB_P]). Accumulation is fp32 in tl.dot; x and w keep their
+    dtype on the tensor cores (fp16/bf16); float32 with IEEE_FP32 uses full-precision FMA instead of TF32 (whose
+    10-bit mantissa would give float32 results float16-like error).
+    """
+    p = p0 + tl.arange(0, SUB_P)
+    py = y0 + p // RW
+    px = x0 + p % RW
+    in_image = (p < RH * RW) & (py >= 0) & (py < H) & (px >= 0) & (px < W)
+    ii = i0 + tl.arange(0, BLOCK_I)
+    i_ok = ii < I
+    pix_off = py * sxh + px * sxw
+    acc = tl.zeros([BLOCK_I, SUB_P], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cc = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cc < C
+        xt = tl.load(x_ptr + cc[:, None] * sxc + pix_off[None, :], mask=c_ok[:, None] & in_image[None, :], other=0.0)
+        wt = tl.load(w_ptr + ii[:, None] * C + cc[None, :], mask=i_ok[:, None] & c_ok[None, :], other=0.0)
+        if IEEE_FP32:
+            acc = tl.dot(wt, xt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(wt, xt, acc)
+    bias = tl.load(b_ptr + ii, mask=i_ok, other=0.0).to(tl.float32)
+    return acc + bias[:, None], in_image
