@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from .reference import ACTS
+from .reference import ACTS, output_memory_format  # noqa: F401  (output_memory_format is re-exported)
 
 
 def check_ghost_inputs(op: str, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act: str):
     """Validate a ghost_module call; return (init, multiplier, k)."""
     if act not in ACTS:
         raise ValueError(f"{op}: unknown act {act!r}; expected one of {', '.join(ACTS)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be 4-D [N, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}")
     if w_primary.dim() != 4 or w_primary.shape[2] != 1 or w_primary.shape[3] != 1:
@@ -50,10 +52,3 @@ def check_ghost_inputs(op: str, x, w_primary, b_primary, w_cheap, b_cheap, out_c
         if t.device != x.device:
             raise ValueError(f"{op}: device mismatch: x is on {x.device} but {name} is on {t.device}")
     return init, mult, k
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """Mirror of csrc/ghost_module_check.cpp: channels_last iff x is channels_last-contiguous and not contiguous."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format

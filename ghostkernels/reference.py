@@ -33,4 +33,13 @@ def ghost_module_reference(x, w_primary, b_primary, w_cheap, b_cheap, out_channe
     k = w_cheap.shape[-1]
     x1 = f(F.conv2d(x, w_primary, b_primary))
     x2 = f(F.conv2d(x1, w_cheap, b_cheap, padding=k // 2, groups=init))
-    return torch.cat([x1, x2], dim=1)[:, :out_channels]
+    # The slice is a strided view; the contract returns a dense tensor in x's memory format.
+    return torch.cat([x1, x2], dim=1)[:, :out_channels].contiguous(memory_format=output_memory_format(x))
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The contract's output format (mirrors csrc/ghost_module_check.cpp): channels_last iff x is
+    channels_last-contiguous and not contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -1,0 +1,70 @@
+"""Forward of ghostkernels.ops.ghost_module on every backend against the float64 eager reference.
+
+Each check asserts, besides the values: dtype, device and shape of the output, the output memory-format rule
+(channels_last iff x is channels_last-contiguous and not contiguous), no NaN (conftest poisons fresh allocations
+with NaN, so an element the kernel never writes is caught), and that the inputs are left untouched.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ghost_testing as gt
+
+
+def check_forward(backend: str, dtype: torch.dtype, case: gt.GhostCase, seed: int) -> None:
+    gt.skip_unless_backend(backend)
+    device = gt.backend_device(backend)
+    inputs = gt.make_inputs(case, dtype, device, seed)
+    before = [t.clone() for t in inputs]
+    with torch.no_grad():
+        out = gt.call_op(backend, inputs, case.oc, case.act)
+    assert out.dtype == dtype and out.device.type == device.type
+    assert tuple(out.shape) == (case.n, case.oc, case.h, case.w)
+    expected = gt.reference_forward(inputs, case.oc, case.act)
+    gt.assert_close_to_reference(out, expected, gt.forward_tol(backend, dtype), "output")
+    gt.assert_memory_format(out, gt.expected_memory_format(inputs[0]), "output")
+    for name, t, b in zip(("x", "w_primary", "b_primary", "w_cheap", "b_cheap"), inputs, before):
+        assert torch.equal(t, b), f"the op modified its input {name}"
+
+
+@pytest.mark.parametrize("backend,dtype,case", gt.op_params(gt.ghostnet_cases()))
+def test_forward_ghostnet_100_shapes(backend, dtype, case, seed):
+    check_forward(backend, dtype, case, seed)
+
+
+@pytest.mark.parametrize("backend,dtype,case", gt.op_params(gt.edge_cases()))
+def test_forward_edge_cases(backend, dtype, case, seed):
+    check_forward(backend, dtype, case, seed)
+
+
+def test_nan_poisoning_is_active():
+    """The NaN checks above are only meaningful while fresh allocations are filled with NaN."""
+    assert torch.isnan(torch.empty(16)).all()
+    assert torch.isnan(torch.empty(2, 3, 4, 5, memory_format=torch.channels_last)).all()
+
+
+@pytest.mark.parametrize("backend", gt.BACKENDS)
+def test_forward_channels_last_output_is_channels_last(backend, seed):
+    """An unambiguous channels_last x (C > 1, H*W > 1) gives an output that is channels_last and NOT contiguous."""
+    gt.skip_unless_backend(backend)
+    case = gt.GhostCase(n=2, c=6, h=5, w=4, init=4, k=3, out_channels=7, layout="channels_last")
+    inputs = gt.make_inputs(case, torch.float32, gt.backend_device(backend), seed)
+    out = gt.call_op(backend, inputs, case.oc, case.act)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
+def test_ghostnet_100_has_32_ghost_modules_at_expected_sizes():
+    shapes = gt.ghostnet_100_shapes()
+    assert len(shapes) == 32
+    assert {s.h for s in shapes} == {112, 56, 28, 14, 7}
+    assert [(s.inp, s.oup, s.act) for s in shapes[:3]] == [(16, 16, "relu"), (16, 16, "identity"), (16, 48, "relu")]
+    assert (shapes[-1].inp, shapes[-1].oup, shapes[-1].h) == (960, 160, 7)
+    assert all(s.ratio == 2 and s.k == 3 for s in shapes)
+
+
+@pytest.mark.skipif(not gt.models_available(), reason="ghostkernels.models is not written yet")
+def test_ghostnet_100_shapes_from_model_match_config():
+    """The shapes come from the model's forward hooks; the configuration walk must agree with them."""
+    assert list(gt.ghostnet_100_shapes()) == gt.ghost_shapes_from_config()
