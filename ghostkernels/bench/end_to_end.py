@@ -1,0 +1,143 @@
+"""End-to-end inference: a whole GhostNet, batch 1 (latency) and the throughput batch (images/s).
+
+Providers: eager, compile (freezing), fused-<backend> (ghostkernels.fuse(model, strict=True): every Ghost module
+must be fused, or the case fails instead of timing a half-fused model), fused-<backend>+compile and, on CPU in
+float32, onnxruntime (the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked
+against the float64 eager model before it is timed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from collections.abc import Callable, Sequence
+
+import torch
+
+from . import checks, onnx_peer
+from .cases import DTypeConfig, build_model
+from .providers import compile_module, fused_backend_of, fused_model, make_step, place, set_mode
+from .timing import TimingBudget, rotation_copies, time_step
+
+
+@dataclasses.dataclass(frozen=True)
+class EndToEndCase:
+    model: str
+    batch: int
+    config: DTypeConfig
+    resolution: int = 224
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.config.label} b{self.batch} @{self.resolution}"
+
+
+def end_to_end_providers(device: torch.device, backends: Sequence[str], with_compile: bool = True,
+                         with_onnx: bool = True) -> tuple[list[str], list[str]]:
+    """(providers to run, messages about the ones left out)."""
+    names, skipped = ["eager"], []
+    if with_compile:
+        names.append("compile")
+    for b in backends:
+        names.append(f"fused-{b}")
+        if with_compile:
+            names.append(f"fused-{b}+compile")
+    if with_onnx and device.type == "cpu":
+        reason = onnx_peer.unavailable_reason()
+        if reason is None:
+            names.append("onnxruntime")
+        else:
+            skipped.append(f"onnxruntime skipped: {reason}")
+    return names, skipped
+
+
+class EndToEndRunner:
+    """Runs end-to-end cases; keeps the float32 models and the ONNX Runtime sessions (one export per model)."""
+
+    def __init__(self, device: torch.device, threads: int, budget: TimingBudget, strict: bool = False):
+        self.device, self.threads, self.budget, self.strict = device, threads, budget, strict
+        self._models: dict[str, torch.nn.Module] = {}
+        self._onnx: dict[tuple[str, int], onnx_peer.OnnxRuntimeModel] = {}
+
+    def close(self) -> None:
+        for sess in self._onnx.values():
+            sess.close()
+        self._onnx.clear()
+
+    def base_model(self, name: str) -> torch.nn.Module:
+        if name not in self._models:
+            self._models[name] = build_model(name)
+        return self._models[name]
+
+    def inputs(self, case: EndToEndCase) -> list[torch.Tensor]:
+        shape = (case.batch, 3, case.resolution, case.resolution)
+        elt = torch.empty((), dtype=case.config.dtype).element_size()
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        n = rotation_copies(case.batch * 3 * case.resolution ** 2 * elt, self.device)
+        return [torch.randn(shape, generator=gen, device=self.device).to(dtype=case.config.dtype,
+                                                                          memory_format=case.config.memory_format)
+                for _ in range(n)]
+
+    def step(self, provider: str, case: EndToEndCase, example: torch.Tensor) -> Callable:
+        base = self.base_model(case.model)
+        if provider in ("eager", "compile"):
+            model = set_mode(place(base, self.device, case.config), "forward")
+        elif provider == "onnxruntime":
+            if case.config.dtype != torch.float32 or self.device.type != "cpu":
+                raise ValueError("the onnxruntime peer runs float32 on CPU only")
+            key = (case.model, case.resolution)
+            if key not in self._onnx:
+                self._onnx[key] = onnx_peer.OnnxRuntimeModel(base, example, self.threads)
+            return make_step(self._onnx[key], "forward")
+        elif provider.startswith("fused-"):
+            model = set_mode(fused_model(base, fused_backend_of(provider), self.device, case.config), "forward")
+        else:
+            raise ValueError(f"ghostkernels.bench: unknown end-to-end provider {provider!r}")
+        if provider == "compile" or provider.endswith("+compile"):
+            return compile_module(model, "forward", (example, None))
+        return make_step(model, "forward")
+
+    def reference(self, case: EndToEndCase, x: torch.Tensor) -> torch.Tensor:
+        """The float64 eager model's logits for x."""
+        ref_model = set_mode(place(self.base_model(case.model), self.device, DTypeConfig(torch.float64, False)),
+                             "forward")
+        with torch.no_grad():
+            return ref_model(x.to(torch.float64))
+
+    def checked_step(self, provider: str, case: EndToEndCase, x: torch.Tensor,
+                     reference: torch.Tensor) -> tuple[Callable, float]:
+        """The provider's step and its relative error on x; raises AssertionError beyond the dtype's tolerance."""
+        step = self.step(provider, case, x)
+        err, ok = checks.check(step(x), reference, case.config.dtype, checks.MODEL_TOLERANCE)
+        if not ok:
+            raise AssertionError(f"{provider} on {case.label}: relative error {err:.3g} exceeds the "
+                                 f"{case.config.name} tolerance {checks.MODEL_TOLERANCE[case.config.dtype]}")
+        return step, err
+
+    def run(self, case: EndToEndCase, providers: Sequence[str],
+            on_result: Callable[[dict], None] | None = None) -> list[dict]:
+        """Check and time every provider on one case; one record per provider (see run_module_case)."""
+        inputs = self.inputs(case)
+        reference = self.reference(case, inputs[0])
+        records = []
+        for provider in providers:
+            if provider == "onnxruntime" and case.config.dtype != torch.float32:
+                continue  # the ONNX peer is float32 only; nothing to report for other dtypes
+            rec = {"model": case.model, "resolution": case.resolution, "batch": case.batch,
+                   "dtype": case.config.name,
+                   "memory_format": "channels_last" if case.config.channels_last else "nchw",
+                   "provider": provider, "input_copies": len(inputs)}
+            try:
+                step, rec["rel_err"] = self.checked_step(provider, case, inputs[0], reference)
+                timing = time_step(step, [(x,) for x in inputs], self.device, self.budget)
+                rec.update(timing.to_json())
+                rec["images_per_s"] = case.batch / (timing.median_ms * 1e-3)
+            except Exception as e:  # noqa: BLE001 - recorded, reported, and re-raised in strict mode
+                if self.strict:
+                    raise
+                rec["error"] = f"{type(e).__name__}: {e}"
+                rec["traceback"] = traceback.format_exc(limit=4)
+            records.append(rec)
+            if on_result is not None:
+                on_result(rec)
+        return records

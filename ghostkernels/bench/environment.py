@@ -1,0 +1,121 @@
+"""What a benchmark ran on: device, core count, library versions, git commit, thread count.
+
+Everything here goes into the "environment" block of the results JSON, so that a number can always be traced back
+to the conditions that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+
+import torch
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor(), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one: a container may see fewer)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning() -> str | None:
+    """A warning when other processes already keep the cores busy: CPU timings are then unreliable."""
+    load = load_average()
+    cores = usable_cores()
+    if load is not None and load > 0.5 * cores:
+        return (f"the machine is busy (load average {load:.1f} on {cores} cores): CPU timings will be noisy; "
+                "measure on an idle machine")
+    return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model_name()
+
+
+def device_slug(device: torch.device) -> str:
+    """A file-name-safe device id for bench/results/<slug>.json, e.g. 'cpu-amd-epyc-2c' or 'cuda-nvidia-h100-80gb-hbm3'.
+
+    The CPU slug carries the core count because the same CPU model in a smaller VM is a different benchmark machine.
+    """
+    name = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    if device.type == "cpu":
+        return f"cpu-{name}-{usable_cores()}c"
+    return f"{device.type}-{name}"
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return getattr(triton, "__version__", "unknown")
+
+
+def git_commit() -> dict | None:
+    """The commit of the source checkout this package was imported from (None when it is not a git checkout)."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def describe(device: torch.device, threads: int) -> dict:
+    """The environment block of the results JSON."""
+    env = {
+        "device_type": device.type,
+        "device_name": device_name(device),
+        "device_slug": device_slug(device),
+        "cpu_name": cpu_model_name(),
+        "cpu_cores": usable_cores(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": threads,
+        "load_average_at_start": load_average(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["gpu_memory_bytes"] = props.total_memory
+        env["gpu_l2_cache_bytes"] = getattr(props, "L2_cache_size", None)
+        env["gpu_capability"] = f"{props.major}.{props.minor}"
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    return env
