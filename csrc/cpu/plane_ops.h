@@ -46,16 +46,21 @@ inline void masked_shift(acc_t* __restrict__ dst, const acc_t* __restrict__ src,
 
 // Elements of output per chunk: the chunk of acc and its shifted source rows stay in L1 while the k*k taps run.
 constexpr int64_t kChunk = 1024;
+// Loops run over whole multiples of this many elements (one AVX-512 register of floats), so no loop ends in a
+// scalar tail: a 49- or 119-element loop would otherwise spend as long in its tail as in its vector body. Callers
+// leave kVec elements of slack after every buffer a stencil writes or reads; the extra outputs are junk.
+constexpr int64_t kVec = 16;
+inline int64_t round_up_vec(int64_t n) { return (n + kVec - 1) / kVec * kVec; }
 
 // acc[q] (= bias first, if init) += sum_{dy,dx} wk[dy*K + dx] * mask_dx[q] * src[q + dy*W + dx - p], q in [0, n).
-// `scratch` holds kChunk + (K-1)*W elements; src needs p elements of slack on both sides of [0, n + (K-1)*W), and
-// the masks must cover that range too.
+// `scratch` holds kChunk + (K-1)*W elements; src needs p elements of slack before and p + kVec after
+// [0, n + (K-1)*W), the masks must cover [0, n + (K-1)*W + kVec), and acc must have room for n rounded up to kVec.
 template <typename acc_t>
 inline void stencil(acc_t* __restrict__ acc, const acc_t* src, const acc_t* wk, int64_t K, int64_t W, int64_t n,
                     bool init, acc_t bias, const ColumnMasks<acc_t>& masks, acc_t* __restrict__ scratch) {
   const int64_t p = K / 2;
   for (int64_t q0 = 0; q0 < n; q0 += kChunk) {
-    const int64_t len = std::min(kChunk, n - q0);
+    const int64_t len = round_up_vec(std::min(kChunk, n - q0));
     acc_t* __restrict__ a = acc + q0;
     if (init) std::fill(a, a + len, bias);
     for (int64_t dx = 0; dx < K; ++dx) {
