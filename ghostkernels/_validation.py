@@ -16,8 +16,6 @@ def check_ghost_inputs(op: str, x, w_primary, b_primary, w_cheap, b_cheap, out_c
     """Validate a ghost_module call; return (init, multiplier, k)."""
     if act not in ACTS:
         raise ValueError(f"{op}: unknown act {act!r}; expected one of {', '.join(ACTS)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be 4-D [N, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}")
     if w_primary.dim() != 4 or w_primary.shape[2] != 1 or w_primary.shape[3] != 1:

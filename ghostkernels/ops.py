@@ -73,6 +73,8 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
             return ghost_module(*args, out_channels, act, backend)
     if backend == "eager":
         check_ghost_inputs("ghostkernels (eager)", x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+        if not x.is_floating_point():
+            raise TypeError(f"ghostkernels (eager): x must be a floating-point tensor, got {x.dtype}")
         return ghost_module_reference(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
     if backend == "triton":
         from .triton import ghost_module_triton
