@@ -32,20 +32,26 @@ def _ghost_module_backward_fake(grad_out, x, w_primary, b_primary, w_cheap, b_ch
                              for t in (w_primary, b_primary, w_cheap, b_cheap))
 
 
-def _setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output):
+    """Shared by every backend's op: only the inputs are kept, the backward op recomputes x1 and the depthwise
+    pre-activation from x."""
     x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act = inputs
-    # Only the inputs are kept: the backward op recomputes x1 and the depthwise pre-activation from x.
     ctx.save_for_backward(x, w_primary, b_primary, w_cheap, b_cheap)
     ctx.out_channels = out_channels
     ctx.act = act
 
 
-def _backward(ctx, grad_out):
-    x, w_primary, b_primary, w_cheap, b_cheap = ctx.saved_tensors
-    grads = torch.ops.ghostkernels.ghost_module_backward(
-        grad_out, x, w_primary, b_primary, w_cheap, b_cheap, ctx.out_channels, ctx.act)
-    grads = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:5]))
-    return grads + (None, None)
+def make_backward(backward_op):
+    """The autograd formula of a ghost_module op whose gradients come from ``backward_op`` (same schema as
+    ghostkernels::ghost_module_backward)."""
+
+    def backward(ctx, grad_out):
+        x, w_primary, b_primary, w_cheap, b_cheap = ctx.saved_tensors
+        grads = backward_op(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, ctx.out_channels, ctx.act)
+        grads = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:5]))
+        return grads + (None, None)
+
+    return backward
 
 
 def register_all() -> None:
@@ -54,5 +60,7 @@ def register_all() -> None:
         return
     torch.library.register_fake("ghostkernels::ghost_module")(_ghost_module_fake)
     torch.library.register_fake("ghostkernels::ghost_module_backward")(_ghost_module_backward_fake)
-    torch.library.register_autograd("ghostkernels::ghost_module", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(
+        "ghostkernels::ghost_module", make_backward(torch.ops.ghostkernels.ghost_module_backward),
+        setup_context=setup_context)
     _registered = True

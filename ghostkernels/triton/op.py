@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
+from .._registration import make_backward, setup_context
 from .._validation import check_ghost_inputs, output_memory_format
 from ..reference import ACTS
 from . import torch_math
@@ -125,19 +126,6 @@ def ghost_module_triton_backward_op(grad_out: torch.Tensor, x: torch.Tensor, w_p
     return (grad_x,) + tuple(g.contiguous() for g in rest)
 
 
-def _setup_context(ctx, inputs, output):
-    x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act = inputs
-    ctx.save_for_backward(x, w_primary, b_primary, w_cheap, b_cheap)
-    ctx.out_channels = out_channels
-    ctx.act = act
-
-
-def _backward(ctx, grad_out):
-    x, w_primary, b_primary, w_cheap, b_cheap = ctx.saved_tensors
-    grads = torch.ops.ghostkernels.ghost_module_triton_backward(
-        grad_out, x, w_primary, b_primary, w_cheap, b_cheap, ctx.out_channels, ctx.act)
-    grads = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:5]))
-    return grads + (None, None)
-
-
-ghost_module_triton_op.register_autograd(_backward, setup_context=_setup_context)
+ghost_module_triton_op.register_autograd(
+    make_backward(lambda *args: torch.ops.ghostkernels.ghost_module_triton_backward(*args)),
+    setup_context=setup_context)
