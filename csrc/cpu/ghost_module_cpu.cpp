@@ -3,9 +3,11 @@
 // Forward, per work item (images x primary-channel block x row band, see work_plan.h):
 //   1. z1 = W1 . x for the item's channels over its rows plus a halo of k//2 rows: one GEMM (at::mm, so MKL or
 //      oneDNN) over all the item's pixels; a halo shared with a neighbouring band is recomputed, not exchanged;
-//   2. x1 = act(z1 + b1) into zero-padded, cache-resident planes (plane_ops.h), never written out as a tensor;
+//   2. x1 = act(z1 + b1) into compact, cache-resident planes with zero rows above and below (plane_ops.h),
+//      never written out as a tensor;
 //   3. the primary half of the output is x1 on the item's own rows; the cheap half is act(b2 + depthwise(x1)),
-//      computed from the planes (positions outside the image are the planes' zeros), straight into the output.
+//      computed from the planes (rows outside the image are the planes' zero rows, columns outside it are
+//      masked), straight into the output.
 // Backward recomputes what it needs from x the same way, over a halo of 2*(k//2) rows (the gradient of x1 at a
 // row needs the cheap half's gradient k//2 rows around it, which needs x1 k//2 rows further), so nothing from
 // the forward pass is saved. Weight gradients are summed per thread and reduced at the end.

@@ -4,7 +4,7 @@
 // sizes:
 //  - GEMM efficiency: the 1x1 conv is a [Ib x C] . [C x pixels] GEMM per item. GhostNet's late layers are 7x7 or
 //    14x14, and a 49-column GEMM runs far below peak, so small images are grouped until an item has ~512 pixels.
-//  - Cache: an item's buffers (GEMM output, padded x1 planes, packed input) should stay in a core's L2.
+//  - Cache: an item's buffers (GEMM output, x1 planes, packed input) should stay in a core's L2.
 //  - Parallelism: at least two items per thread. Channel blocks are the cheap way to get there in the forward pass
 //    because the Ghost module is channel-separable after the 1x1 conv (cheap channel j reads only x1 channel
 //    j / (ratio-1)), so a block needs no halo and no data from other blocks. Row bands cost a recomputed halo and
