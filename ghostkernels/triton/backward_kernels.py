@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tile_math import act_derivative, apply_act, primary_conv_region
+from .tile_math import act_derivative, apply_act, primary_conv_region, work_item
 
 
 @triton.autotune(configs=configs.autotune_configs(triton), key=configs.AUTOTUNE_KEY)
@@ -63,13 +63,8 @@ def ghost_backward_kernel(
     g_rows = sg_ptr + slot * (M * BLOCK_I * BLOCK_P1) + il[:, None] * BLOCK_P1  # + m * BLOCK_I * BLOCK_P1
 
     for work in range(pid, num_work, nprog):
-        ib = work % n_iblocks
-        t = work // n_iblocks
-        tile = t % tiles_per_image
-        n = t // tiles_per_image
-        ty0 = (tile // tiles_x) * TH
-        tx0 = (tile % tiles_x) * TW
-        i0 = ib * BLOCK_I
+        n, ty0, tx0, i0 = work_item(work, n_iblocks, tiles_per_image, tiles_x, TH, TW, BLOCK_I)
+        t = work // n_iblocks  # (image, tile) index: this item's row of the depthwise partial sums
         ii = i0 + il
         i_ok = ii < I
         g_img = g_ptr + n.to(tl.int64) * sgn

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tile_math import apply_act, primary_conv_region
+from .tile_math import apply_act, primary_conv_region, work_item
 
 
 @triton.autotune(configs=configs.autotune_configs(triton), key=configs.AUTOTUNE_KEY)
@@ -53,13 +53,7 @@ def ghost_forward_kernel(
     rows = scratch + il[:, None] * BLOCK_P
 
     for work in range(pid, num_work, nprog):
-        ib = work % n_iblocks
-        t = work // n_iblocks
-        tile = t % tiles_per_image
-        n = t // tiles_per_image
-        ty0 = (tile // tiles_x) * TH
-        tx0 = (tile % tiles_x) * TW
-        i0 = ib * BLOCK_I
+        n, ty0, tx0, i0 = work_item(work, n_iblocks, tiles_per_image, tiles_x, TH, TW, BLOCK_I)
         ii = i0 + il
         i_ok = ii < I
 

@@ -43,6 +43,20 @@ def act_derivative(z, ACT: tl.constexpr):
 
 
 @triton.jit
+def work_item(work, n_iblocks, tiles_per_image, tiles_x, TH: tl.constexpr, TW: tl.constexpr,
+              BLOCK_I: tl.constexpr):
+    """Decode a persistent-grid work index into (image n, tile origin ty0/tx0, first primary channel i0).
+
+    The channel block varies fastest, so programs running side by side share the same x tile in L2.
+    """
+    ib = work % n_iblocks
+    t = work // n_iblocks
+    tile = t % tiles_per_image
+    n = t // tiles_per_image
+    return n, (tile // tiles_x) * TH, (tile % tiles_x) * TW, ib * BLOCK_I
+
+
+@triton.jit
 def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I, H, W,
                         RH: tl.constexpr, RW: tl.constexpr, SUB_P: tl.constexpr, BLOCK_I: tl.constexpr,
                         BLOCK_C: tl.constexpr, IEEE_FP32: tl.constexpr):
