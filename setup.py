@@ -29,7 +29,7 @@ def aot_ext_modules():
     srcs += sorted(glob.glob("csrc/cpu/*.cpp"))
     with_cuda = torch.version.cuda is not None and os.environ.get("GHOSTKERNELS_NO_CUDA", "0") != "1"
     kwargs = dict(name="ghostkernels._C", include_dirs=[os.path.join(HERE, "csrc")],
-                  extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
+                  extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
     if with_cuda:
         srcs += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
         kwargs["extra_compile_args"]["cxx"].append("-DGHOSTKERNELS_WITH_CUDA")

@@ -62,7 +62,10 @@ def sources(with_cuda: bool) -> list[str]:
 
 
 def cxx_flags() -> list[str]:
-    flags = ["-O3"]  # the C++ standard is torch's choice (its headers need C++17 or later)
+    # -fopenmp: at::parallel_for is a header template that is an OpenMP loop in torch's OpenMP builds; compiled
+    # without it, the pragma is dropped and every call runs on one thread. Nothing is linked for it: the GOMP
+    # symbols resolve to the OpenMP runtime torch itself loaded, so there is one thread pool per process.
+    flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's choice (its headers need C++17 or later)
     if os.environ.get("GHOSTKERNELS_NATIVE", "1") != "0" and platform.machine() in ("x86_64", "AMD64"):
         flags.append("-march=native")
     return flags

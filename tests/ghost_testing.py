@@ -37,6 +37,16 @@ BACKENDS = ("cpu", "cuda", "triton", "eager")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpu_has_avx512() -> bool:
+    """Whether this CPU has what the CPU backend's AVX-512 kernel needs (AVX-512 F, BW, VL and DQ)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags)
+
+
 def has_cuda_device() -> bool:
     return torch.cuda.is_available()
 

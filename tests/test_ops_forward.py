@@ -68,3 +68,34 @@ def test_ghostnet_100_has_32_ghost_modules_at_expected_sizes():
 def test_ghostnet_100_shapes_from_model_match_config():
     """The shapes come from the model's forward hooks; the configuration walk must agree with them."""
     assert list(gt.ghostnet_100_shapes()) == gt.ghost_shapes_from_config()
+
+
+# The CPU backend has two float32 kernels: the AVX-512 one (contiguous float32 on CPUs with AVX-512, depthwise
+# kernel size 1, 3, 5 or 7) and the generic one (everything else). The tests above run whichever this CPU takes;
+# these run the generic one as well, so that both are tested on an AVX-512 machine.
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in gt.ghostnet_cases() + gt.edge_cases()])
+def test_forward_generic_cpu_kernel(case, seed, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "generic")
+    check_forward("cpu", torch.float32, case, seed)
+
+
+def test_avx512_cpu_kernel_is_taken_where_the_cpu_has_it(seed, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "avx512")
+    case = gt.edge_cases()[0]
+    if gt.cpu_has_avx512():
+        check_forward("cpu", torch.float32, case, seed)
+    else:
+        with pytest.raises(RuntimeError, match="AVX-512"):
+            check_forward("cpu", torch.float32, case, seed)
+
+
+def test_avx512_cpu_kernel_refuses_a_kernel_size_it_lacks(seed, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "avx512")
+    with pytest.raises(RuntimeError, match="kernel size 9"):
+        check_forward("cpu", torch.float32, gt.edge_cases()[0].replace(k=9, h=10, w=10), seed)
+
+
+def test_cpu_kernel_knob_rejects_unknown_values(seed, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "fastest")
+    with pytest.raises(RuntimeError, match="GHOSTKERNELS_CPU_KERNEL must be auto, generic or avx512"):
+        check_forward("cpu", torch.float32, gt.edge_cases()[0], seed)

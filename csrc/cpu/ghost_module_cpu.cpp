@@ -18,13 +18,17 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
+#include "ghost_forward_avx512.h"
 #include "plane_ops.h"
 #include "work_plan.h"
 
@@ -111,7 +115,12 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   const int64_t plane_stride = plane_stride_for(plan.B), group_stride = plan.G * plane_stride;
   const cpu::ColumnMasks<acc_t> masks(K, W, group_stride + (K - 1) * W + cpu::kVec);
 
+  const at::ThreadLocalState tls;
   at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
+    // The generic kernels call ATen ops (at::mm) on the pool's threads, which do not inherit the calling thread's
+    // dispatcher state: without this, autograd (excluded below the op's autograd kernel on the calling thread)
+    // would see weights that require grad and refuse the out= GEMM.
+    const at::ThreadLocalStateGuard tls_guard(tls);
     const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
     at::Tensor zbuf = at::empty({plan.Ib * plan.G * max_rows * W}, opts);
     at::Tensor pack = at::empty({plan.G > 1 ? C * plan.G * max_rows * W : 0}, opts);
@@ -201,7 +210,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const int64_t x1_stride = (plan.B + 4 * p) * W + 2 * p, g2_stride = (plan.B + 2 * p) * W + 2 * p;
   const cpu::ColumnMasks<acc_t> masks(K, W, (plan.B + 4 * p) * W + cpu::kVec);
 
+  const at::ThreadLocalState tls;
   at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard tls_guard(tls);  // as in forward_kernel
     const int64_t tid = at::get_thread_num();
     at::Tensor pw1 = part_w1.select(0, tid);
     acc_t* pb1 = part_b1.select(0, tid).data_ptr<acc_t>();
@@ -312,6 +323,66 @@ void check_cpu(const char* op, const at::Tensor& x) {
                    ": supported dtypes are float64, float32 and bfloat16, got ", t);
 }
 
+// GHOSTKERNELS_CPU_KERNEL: "auto" (default) takes the AVX-512 kernel where it applies (float32 and bfloat16, NCHW),
+// "generic" never does (the tests run both), "avx512" insists on it and raises where the CPU cannot run it.
+bool use_avx512_forward(const at::Tensor& x, at::MemoryFormat fmt, const GhostDims& d) {
+  const char* knob = std::getenv("GHOSTKERNELS_CPU_KERNEL");
+  const bool generic = knob != nullptr && std::strcmp(knob, "generic") == 0;
+  const bool insist = knob != nullptr && std::strcmp(knob, "avx512") == 0;
+  TORCH_CHECK(knob == nullptr || generic || insist || std::strcmp(knob, "auto") == 0,
+              "GHOSTKERNELS_CPU_KERNEL must be auto, generic or avx512, got '", knob, "'");
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  if (generic || !(bf16 || x.scalar_type() == at::kFloat) || fmt != at::MemoryFormat::Contiguous) return false;
+  const bool available = cpu::avx512_forward_available(bf16, d.K);
+  TORCH_CHECK(available || !insist, "GHOSTKERNELS_CPU_KERNEL=avx512, but this CPU lacks AVX-512 F/BW/VL/DQ",
+              bf16 ? " or BF16" : "", ", or the depthwise kernel size ", d.K, " is not one of 1, 3, 5, 7");
+  return available;
+}
+
+// Float32 or bfloat16 NCHW forward on the AVX-512 kernel (ghost_forward_avx512.h); x and out are contiguous.
+void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                    const at::Tensor& b2, const at::Tensor& out, const GhostDims& d) {
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  // bfloat16 weights as pairs of neighbouring input channels (one 32-bit word each), an odd C padded with a zero.
+  at::Tensor w1k = w1.reshape({d.I, d.C});
+  if (bf16 && d.C % 2 == 1) w1k = at::constant_pad_nd(w1k, {0, 1});
+  w1k = w1k.contiguous();
+  const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  const at::Tensor b1f = f32(b1), w2f = f32(w2), b2f = f32(b2);
+
+  cpu::ForwardAvx512Params prm{};
+  prm.bf16 = bf16;
+  prm.x = x.const_data_ptr();
+  prm.w1 = w1k.const_data_ptr();
+  prm.b1 = b1f.const_data_ptr<float>();
+  prm.w2 = w2f.const_data_ptr<float>();
+  prm.b2 = b2f.const_data_ptr<float>();
+  prm.out = out.mutable_data_ptr();
+  prm.N = d.N, prm.C = d.C, prm.H = d.H, prm.W = d.W, prm.I = d.I, prm.M = d.M, prm.K = d.K, prm.OC = d.oc;
+  prm.n_primary = d.primary_kept();
+  prm.n_cheap = d.cheap_kept();
+  prm.act = static_cast<int>(d.act);
+  const int64_t p = d.K / 2, es = x.element_size();
+  // Working set of an item: x's rows of the item (packed or not, re-read once per tile of primaries, so it should
+  // stay in L2) and the float planes of one tile of primaries.
+  const cpu::WorkPlan plan = cpu::plan_work(d.N, d.H, d.W, d.I, p, /*split_channels=*/true, [&](int64_t G, int64_t, int64_t B) {
+    const int64_t rows = std::min(d.H, B + 2 * p);
+    return G * d.C * rows * d.W * es + cpu::kForwardTileChannels * G * (B + 2 * p) * d.W * int64_t(sizeof(float));
+  });
+  prm.G = plan.G, prm.Ib = plan.Ib, prm.B = plan.B;
+  prm.groups = plan.groups, prm.blocks = plan.blocks, prm.bands = plan.bands;
+  const std::vector<uint16_t> masks = cpu::avx512_column_masks(d.K, d.W, plan.B);
+  prm.colmask = masks.data();
+  const int64_t scratch_words = cpu::avx512_forward_scratch_words(prm);
+  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
+    // Kept per thread across calls: a fresh multi-megabyte buffer per call would cost its page faults every time.
+    // Zero-filled when it grows so that the junk lanes the kernel reads past a band are never denormals.
+    thread_local std::vector<uint32_t> scratch;
+    if (static_cast<int64_t>(scratch.size()) < scratch_words) scratch.assign(scratch_words, 0u);
+    cpu::avx512_forward_items(prm, begin, end, scratch.data());
+  });
+}
+
 at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                             const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
                             c10::string_view act) {
@@ -323,6 +394,10 @@ at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, co
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
   const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
+  if (use_avx512_forward(xc, fmt, d)) {
+    forward_avx512(xc, w1, b1, w2, b2, out, d);
+    return out;
+  }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghost_module_cpu", [&] {
     dispatch_act(d.act, [&](auto a) {

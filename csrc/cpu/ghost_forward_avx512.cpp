@@ -1,0 +1,419 @@
+// The AVX-512 NCHW forward kernel, float32 and bfloat16 (see ghost_forward_avx512.h for what it computes and why).
+//
+// No torch header here, and the only code compiled for AVX-512 sits in this file between the `#pragma GCC
+// target` lines, in an anonymous namespace (plus the one exported entry point), so no inline function shared with
+// other files is ever emitted with AVX-512 instructions: the library still loads and runs its generic kernels on
+// CPUs without AVX-512, which avx512_forward_available() keeps away from this code.
+//
+// Numerics: float32 accumulation throughout; each z1 is a sum over input channels in channel order with fused
+// multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM; the
+// depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
+// (the tests hold them to the dtype's tolerances against a float64 reference).
+#include "ghost_forward_avx512.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../activations.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GK_HAVE_AVX512_KERNEL 1
+#include <immintrin.h>
+#else
+#define GK_HAVE_AVX512_KERNEL 0
+#endif
+
+namespace ghostkernels {
+namespace cpu {
+
+namespace {
+constexpr int64_t kMR = kForwardTileChannels;
+constexpr int64_t kNV = 4;   // 16-float vectors of pixels per tile: 6 x 4 = 24 accumulator registers of 32
+constexpr int64_t kLanes = 16;
+// Elements kept before the first plane and after the last one, so every unmasked load of the stencil, including
+// the junk lanes past a band's last output, stays inside the buffer.
+int64_t plane_slack(int64_t W, int64_t K) { return (K / 2 + 1) * W + 2 * kLanes; }
+int64_t plane_stride(const ForwardAvx512Params& p) { return (p.B + 2 * (p.K / 2)) * p.W; }
+int64_t band_pixels_max(const ForwardAvx512Params& p) {
+  const int64_t rows = p.B + 2 * (p.K / 2);
+  return (rows < p.H ? rows : p.H) * p.W;
+}
+}  // namespace
+
+bool avx512_forward_available(bool bf16, int64_t K) {
+#if GK_HAVE_AVX512_KERNEL
+  static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  static const bool cpu_bf16 = cpu_ok && __builtin_cpu_supports("avx512bf16");
+  return (bf16 ? cpu_bf16 : cpu_ok) && (K == 1 || K == 3 || K == 5 || K == 7);
+#else
+  (void)bf16;
+  (void)K;
+  return false;
+#endif
+}
+
+std::vector<uint16_t> avx512_column_masks(int64_t K, int64_t W, int64_t B) {
+  const int64_t p = K / 2, vecs = (B * W + kLanes - 1) / kLanes;
+  std::vector<uint16_t> m(vecs * K);
+  for (int64_t v = 0; v < vecs; ++v) {
+    for (int64_t dx = 0; dx < K; ++dx) {
+      uint16_t bits = 0;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t col = (v * kLanes + l) % W + dx - p;
+        if (col >= 0 && col < W) bits = static_cast<uint16_t>(bits | (1u << l));
+      }
+      m[v * K + dx] = bits;
+    }
+  }
+  return m;
+}
+
+// The packed x of an item, in 4-byte words: float32 packs only groups of images; bfloat16 always packs (pairs of
+// channels per word).
+int64_t panel_words(const ForwardAvx512Params& p) {
+  if (p.bf16) return (p.C + 1) / 2 * p.G * band_pixels_max(p);
+  return p.G > 1 ? p.C * p.G * band_pixels_max(p) : 0;
+}
+
+int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p) {
+  return panel_words(p) + kMR * p.G * plane_stride(p) + 2 * plane_slack(p.W, p.K);
+}
+
+#if GK_HAVE_AVX512_KERNEL
+#pragma GCC push_options
+// avx512bf16 only adds the bf16 intrinsics the BF16 instantiations use; the F32 ones contain none of its
+// instructions, so they still run on AVX-512 CPUs without BF16.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Lanes [lo, hi) of a 16-lane vector, both clamped to [0, 16].
+inline __mmask16 lane_range(int64_t lo, int64_t hi) {
+  lo = imax(lo, 0);
+  hi = imin(hi, kLanes);
+  if (hi <= lo) return 0;
+  return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+// The same functions as act_forward in activations.h, 16 lanes at a time.
+template <Act A>
+inline __m512 act_v(__m512 z) {
+  const __m512 zero = _mm512_setzero_ps();
+  if constexpr (A == Act::ReLU) {
+    return _mm512_max_ps(z, zero);
+  } else if constexpr (A == Act::ReLU6) {
+    return _mm512_min_ps(_mm512_max_ps(z, zero), _mm512_set1_ps(6.f));
+  } else if constexpr (A == Act::HardSwish) {
+    const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(z, _mm512_set1_ps(3.f)), zero), _mm512_set1_ps(6.f));
+    return _mm512_div_ps(_mm512_mul_ps(z, r), _mm512_set1_ps(6.f));
+  } else if constexpr (A == Act::SiLU) {
+    // No vector exp in the ISA; a lane loop over expf keeps the result identical to the scalar kernels.
+    alignas(64) float t[kLanes];
+    _mm512_store_ps(t, z);
+    for (int64_t l = 0; l < kLanes; ++l) t[l] = t[l] / (1.f + std::exp(-t[l]));
+    return _mm512_load_ps(t);
+  } else {
+    return z;
+  }
+}
+
+// The element types and their GEMM step. A `word` is the GEMM operand unit: one float, or two bfloat16 of
+// neighbouring input channels; madd(acc, a, b) adds, per float lane, the products of a broadcast weight word and
+// a word of x.
+struct F32 {
+  using elem = float;
+  using word = float;
+  using wvec = __m512;
+  static constexpr bool bf16 = false;
+  static wvec load(const word* p) { return _mm512_loadu_ps(p); }
+  static wvec load(__mmask16 m, const word* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static wvec broadcast(word w) { return _mm512_set1_ps(w); }
+  static __m512 madd(__m512 acc, wvec a, wvec b) { return _mm512_fmadd_ps(a, b, acc); }
+};
+struct BF16 {
+  using elem = uint16_t;  // raw bfloat16
+  using word = uint32_t;
+  using wvec = __m512i;
+  static constexpr bool bf16 = true;
+  static wvec load(const word* p) { return _mm512_loadu_si512(p); }
+  static wvec load(__mmask16 m, const word* p) { return _mm512_maskz_loadu_epi32(m, p); }
+  static wvec broadcast(word w) { return _mm512_set1_epi32(static_cast<int>(w)); }
+  static __m512 madd(__m512 acc, wvec a, wvec b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+};
+
+// x's input channels per GEMM step.
+template <typename T>
+constexpr int64_t channels_per_word() { return T::bf16 ? 2 : 1; }
+
+// Stores the lanes `mask` of v at dst, rounding to the element type (bfloat16: round to nearest even).
+template <typename T>
+inline void store_lanes(typename T::elem* dst, __mmask16 mask, __m512 v) {
+  if constexpr (T::bf16) {
+    _mm256_mask_storeu_epi16(dst, mask, (__m256i)_mm512_cvtneps_pbh(v));
+  } else {
+    _mm512_mask_storeu_ps(dst, mask, v);
+  }
+}
+
+// One work item's pieces, shared by its tiles.
+template <typename T>
+struct Item {
+  const void* b;         // GEMM right operand: x of the item, [words][P] with row stride ldb (in 4-byte words)
+  int64_t ldb, P, PA;    // P = g * PA pixels; PA = pixels of one image's computed rows [a0, a1)
+  float* planes;         // plane(r, i) = planes + (r * G + i) * pstride, row t = image row top + t
+  int64_t pstride, x1_off;  // x1_off: where row a0 starts in a plane
+  typename T::elem* out_primary;  // where channel 0 of image 0's row a0 starts in the output
+  int64_t out_image;     // output elements per image (OC * H * W)
+  int64_t own_lo, own_hi;  // pixels (of PA) on the band's own rows
+};
+
+// z1 for channels [m0, m0 + MR) x pixels [s0, s0 + 16*NV) of the item, then its epilogue. `tail` masks the last
+// vector's lanes past the item's pixels.
+template <typename T, int MR, int NV, Act A>
+void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s0, __mmask16 tail) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  const int64_t words = (p.C + channels_per_word<T>() - 1) / channels_per_word<T>(), ldb = it.ldb;
+  using word = typename T::word;
+  const word* a = static_cast<const word*>(p.w1) + m0 * words;
+  const word* b = static_cast<const word*>(it.b) + s0;
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < words; ++k) {
+    const word* bk = b + k * ldb;
+    typename T::wvec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) bv[v] = T::load(bk + v * kLanes);
+    bv[NV - 1] = T::load(tail, bk + (NV - 1) * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const typename T::wvec av = T::broadcast(a[r * words + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = T::madd(acc[r][v], av, bv[v]);
+    }
+  }
+
+  // Epilogue: x1 = act(z1 + b1) to the planes (every computed row) and the output (own rows, kept channels).
+  const int64_t HW = p.H * p.W;
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const int64_t s = s0 + v * kLanes, valid = imin(kLanes, it.P - s);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r][v] = act_v<A>(_mm512_add_ps(acc[r][v], _mm512_set1_ps(p.b1[m0 + r])));
+    // Lanes of one image at a time: a vector spans two images where the pixels of an image are not a multiple
+    // of 16 (and more than two only for images under 16 pixels).
+    int64_t i = s / it.PA;
+    for (int64_t lo = 0; lo < valid; ++i) {
+      const int64_t hi = imin(valid, (i + 1) * it.PA - s);
+      const int64_t shift = s - i * it.PA;  // pixel (of the image's computed rows) of lane 0
+      const __mmask16 mine = lane_range(lo, hi);
+      const __mmask16 own = mine & lane_range(it.own_lo - shift, it.own_hi - shift);
+      float* x1 = it.planes + i * it.pstride + it.x1_off + shift;
+      typename T::elem* out = it.out_primary + i * it.out_image + m0 * HW + shift;
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, acc[r][v]);
+        if (own && m0 + r < p.n_primary) store_lanes<T>(out + r * HW, own, acc[r][v]);
+      }
+      lo = hi;
+    }
+  }
+}
+
+template <typename T, Act A>
+using TileFn = void (*)(const ForwardAvx512Params&, const Item<T>&, int64_t, int64_t, __mmask16);
+
+template <typename T, Act A, int MR>
+TileFn<T, A> tile_for_nv(int64_t nv) {
+  switch (nv) {
+    case 1: return &gemm_tile<T, MR, 1, A>;
+    case 2: return &gemm_tile<T, MR, 2, A>;
+    case 3: return &gemm_tile<T, MR, 3, A>;
+    default: return &gemm_tile<T, MR, 4, A>;
+  }
+}
+
+template <typename T, Act A>
+TileFn<T, A> tile_for(int64_t mr, int64_t nv) {
+  static_assert(kMR == 6 && kNV == 4, "the switches below enumerate the tile shapes");
+  switch (mr) {
+    case 1: return tile_for_nv<T, A, 1>(nv);
+    case 2: return tile_for_nv<T, A, 2>(nv);
+    case 3: return tile_for_nv<T, A, 3>(nv);
+    case 4: return tile_for_nv<T, A, 4>(nv);
+    case 5: return tile_for_nv<T, A, 5>(nv);
+    default: return tile_for_nv<T, A, 6>(nv);
+  }
+}
+
+// dst[q] = act(b2 + sum_{dy,dx} w[dy*K+dx] * x1(q + (dy-p)*W + dx-p)) for q in [0, n), where `centre` is x1 at
+// the band's first own row. colmask[(q/16)*K + dx] keeps the lanes whose column q%W + dx - p is inside the row.
+template <typename T, int K, Act A>
+void depthwise_rows(const float* centre, typename T::elem* dst, int64_t n, int64_t W, const float* w, float bias,
+                    const uint16_t* colmask) {
+  constexpr int P = K / 2;
+  for (int64_t q0 = 0; q0 < n; q0 += kLanes) {
+    const uint16_t* cm = colmask + (q0 / kLanes) * K;
+    __m512 acc = _mm512_set1_ps(bias);
+#pragma GCC unroll 7
+    for (int dy = 0; dy < K; ++dy) {
+      const float* row = centre + q0 + (dy - P) * W - P;
+#pragma GCC unroll 7
+      for (int dx = 0; dx < K; ++dx) {
+        const __m512 v = dx == P ? _mm512_loadu_ps(row + dx) : _mm512_maskz_loadu_ps(cm[dx], row + dx);
+        acc = _mm512_fmadd_ps(v, _mm512_set1_ps(w[dy * K + dx]), acc);
+      }
+    }
+    store_lanes<T>(dst + q0, lane_range(0, n - q0), act_v<A>(acc));
+  }
+}
+
+template <typename T, Act A>
+using DepthwiseFn = void (*)(const float*, typename T::elem*, int64_t, int64_t, const float*, float, const uint16_t*);
+
+template <typename T, Act A>
+DepthwiseFn<T, A> depthwise_for(int64_t K) {
+  switch (K) {
+    case 1: return &depthwise_rows<T, 1, A>;
+    case 3: return &depthwise_rows<T, 3, A>;
+    case 5: return &depthwise_rows<T, 5, A>;
+    default: return &depthwise_rows<T, 7, A>;
+  }
+}
+
+// Packs channels [2k, 2k+1] of g images' rows [a0, a1) into words (low half: channel 2k), row k of a [C/2][g*PA]
+// panel; an odd C's last word pairs its channel with zero (as the weights do).
+void pack_bf16_pairs(const uint16_t* x, int64_t C, int64_t HW, int64_t n0, int64_t g, int64_t a0W, int64_t PA,
+                     uint32_t* panel) {
+  const int64_t words = (C + 1) / 2, P = g * PA;
+  for (int64_t k = 0; k < words; ++k) {
+    for (int64_t i = 0; i < g; ++i) {
+      const uint16_t* lo = x + ((n0 + i) * C + 2 * k) * HW + a0W;
+      const uint16_t* hi = 2 * k + 1 < C ? lo + HW : nullptr;
+      uint32_t* dst = panel + k * P + i * PA;
+      for (int64_t q = 0; q < PA; q += kLanes) {
+        const __mmask16 m = lane_range(0, PA - q);
+        const __m512i l = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo + q));
+        const __m512i h = hi ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi + q)) : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(dst + q, m, _mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+      }
+    }
+  }
+}
+
+template <typename T, Act A>
+void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
+  using elem = typename T::elem;
+  const int64_t C = p.C, H = p.H, W = p.W, HW = H * W, I = p.I, M = p.M, K = p.K, pad = K / 2;
+  const int64_t pstride = plane_stride(p);
+  uint32_t* panel = static_cast<uint32_t*>(scratch);
+  float* planes = static_cast<float*>(scratch) + panel_words(p) + plane_slack(W, K);
+  const elem* x = static_cast<const elem*>(p.x);
+  elem* out_all = static_cast<elem*>(p.out);
+  const DepthwiseFn<T, A> depthwise = depthwise_for<T, A>(K);
+
+  for (int64_t item = begin; item < end; ++item) {
+    // item -> (group, block, band), band fastest: the order of work_plan.h's WorkPlan.
+    const int64_t band = item % p.bands, block = (item / p.bands) % p.blocks, group = item / (p.bands * p.blocks);
+    const int64_t n0 = group * p.G, g = imin(p.G, p.N - n0);
+    const int64_t c0 = block * p.Ib, c1 = imin(I, c0 + p.Ib);
+    const int64_t r0 = band * p.B, r1 = imin(H, r0 + p.B), own = r1 - r0;
+    const int64_t top = r0 - pad, a0 = imax(0, top), a1 = imin(H, r1 + pad), PA = (a1 - a0) * W;
+
+    Item<T> it;
+    it.PA = PA;
+    it.P = g * PA;
+    if constexpr (T::bf16) {
+      pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
+      it.b = panel;
+      it.ldb = it.P;
+    } else if (g == 1) {
+      it.b = x + n0 * C * HW + a0 * W;
+      it.ldb = HW;
+    } else {
+      float* fpanel = reinterpret_cast<float*>(panel);
+      for (int64_t k = 0; k < C; ++k) {
+        for (int64_t i = 0; i < g; ++i) {
+          std::memcpy(fpanel + k * it.P + i * PA, x + ((n0 + i) * C + k) * HW + a0 * W, PA * sizeof(float));
+        }
+      }
+      it.b = fpanel;
+      it.ldb = it.P;
+    }
+    it.planes = planes;
+    it.pstride = pstride;
+    it.x1_off = (a0 - top) * W;
+    it.out_primary = out_all + n0 * p.OC * HW + a0 * W;
+    it.out_image = p.OC * HW;
+    it.own_lo = (r0 - a0) * W;
+    it.own_hi = (r1 - a0) * W;
+
+    // Plane rows outside the image are the depthwise conv's zero padding; the epilogue never writes them.
+    const int64_t zero_top = (a0 - top) * W, zero_bottom_from = (a1 - top) * W, plane_end = (own + 2 * pad) * W;
+    for (int64_t t = 0; t < kMR * g; ++t) {
+      float* pl = planes + (t / g) * p.G * pstride + (t % g) * pstride;
+      if (zero_top > 0) std::memset(pl, 0, zero_top * sizeof(float));
+      if (plane_end > zero_bottom_from) std::memset(pl + zero_bottom_from, 0, (plane_end - zero_bottom_from) * sizeof(float));
+    }
+
+    for (int64_t m0 = c0; m0 < c1; m0 += kMR) {
+      if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;  // this and every later channel is sliced away
+      const int64_t mr = imin(kMR, c1 - m0);
+      for (int64_t s0 = 0; s0 < it.P; s0 += kNV * kLanes) {
+        const int64_t vecs = imin(kNV, (it.P - s0 + kLanes - 1) / kLanes);
+        const __mmask16 tail = lane_range(0, it.P - (s0 + (vecs - 1) * kLanes));
+        tile_for<T, A>(mr, vecs)(p, it, m0, s0, tail);
+      }
+      // Cheap channels of these primaries, from the planes while they are in L1.
+      for (int64_t r = 0; r < mr; ++r) {
+        const int64_t c = m0 + r;
+        for (int64_t j = c * M; j < imin((c + 1) * M, p.n_cheap); ++j) {
+          for (int64_t i = 0; i < g; ++i) {
+            const float* centre = planes + (r * p.G + i) * pstride + pad * W;
+            elem* dst = out_all + ((n0 + i) * p.OC + I + j) * HW + r0 * W;
+            depthwise(centre, dst, own * W, W, p.w2 + j * K * K, p.b2[j], p.colmask);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void run_items_for_act(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
+  switch (static_cast<Act>(p.act)) {
+    case Act::ReLU: run_items<T, Act::ReLU>(p, begin, end, scratch); break;
+    case Act::ReLU6: run_items<T, Act::ReLU6>(p, begin, end, scratch); break;
+    case Act::SiLU: run_items<T, Act::SiLU>(p, begin, end, scratch); break;
+    case Act::HardSwish: run_items<T, Act::HardSwish>(p, begin, end, scratch); break;
+    case Act::Identity:
+    default: run_items<T, Act::Identity>(p, begin, end, scratch); break;
+  }
+}
+
+}  // namespace
+
+void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
+  if (p.bf16) {
+    run_items_for_act<BF16>(p, begin, end, scratch);
+  } else {
+    run_items_for_act<F32>(p, begin, end, scratch);
+  }
+}
+
+#pragma GCC pop_options
+#else
+void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}  // never called: not available
+#endif
+
+}  // namespace cpu
+}  // namespace ghostkernels
