@@ -98,3 +98,11 @@ def test_backward_accumulates_into_leaf_grads(backend, seed):
     expected = gt.reference_grads(inputs, grad_out, case.oc, case.act)
     for name, t, e in zip(NAMES, inputs, expected):
         gt.assert_close_to_reference(t.grad, 2 * e, gt.backward_tol(backend, dtype), f"accumulated grad {name}")
+
+
+# The CPU backward of float32 NCHW runs its GEMMs on the AVX-512 microkernels where the CPU has them; the cases
+# above test whichever this CPU takes, these the generic ones too (see test_forward_generic_cpu_kernel).
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in gt.ghostnet_cases() + gt.edge_cases()])
+def test_backward_generic_cpu_kernel(case, seed, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "generic")
+    check_backward("cpu", torch.float32, case, seed)

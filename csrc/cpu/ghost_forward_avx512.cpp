@@ -400,7 +400,141 @@ void run_items_for_act(const ForwardAvx512Params& p, int64_t begin, int64_t end,
   }
 }
 
+
+// C tile [MR x 16*NV] at (m0, n0) of avx512_sgemm_nn; `tail` masks the last vector's columns past N.
+template <int MR, int NV>
+void sgemm_nn_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                   bool accumulate, __mmask16 tail) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(bk + v * kLanes);
+    bv[NV - 1] = _mm512_maskz_loadu_ps(tail, bk + (NV - 1) * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(A[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? tail : static_cast<__mmask16>(0xFFFF);
+      float* c = C + r * ldc + v * kLanes;
+      const __m512 old = accumulate ? _mm512_maskz_loadu_ps(m, c) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(c, m, _mm512_add_ps(old, acc[r][v]));
+    }
+  }
+}
+
+using SgemmNNTile = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool, __mmask16);
+
+template <int MR>
+SgemmNNTile sgemm_nn_tile_for_nv(int64_t nv) {
+  switch (nv) {
+    case 1: return &sgemm_nn_tile<MR, 1>;
+    case 2: return &sgemm_nn_tile<MR, 2>;
+    case 3: return &sgemm_nn_tile<MR, 3>;
+    default: return &sgemm_nn_tile<MR, 4>;
+  }
+}
+
+SgemmNNTile sgemm_nn_tile_for(int64_t mr, int64_t nv) {
+  switch (mr) {
+    case 1: return sgemm_nn_tile_for_nv<1>(nv);
+    case 2: return sgemm_nn_tile_for_nv<2>(nv);
+    case 3: return sgemm_nn_tile_for_nv<3>(nv);
+    case 4: return sgemm_nn_tile_for_nv<4>(nv);
+    case 5: return sgemm_nn_tile_for_nv<5>(nv);
+    default: return sgemm_nn_tile_for_nv<6>(nv);
+  }
+}
+
+// C tile [MR x NR] at (m0, n0) of avx512_sgemm_nt_accumulate: MR x NR dot products over k, 16 lanes at a time,
+// each reduced to one number at the end.
+template <int MR, int NR>
+void sgemm_nt_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int s = 0; s < NR; ++s) acc[r][s] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; k += kLanes) {
+    const __mmask16 m = lane_range(0, K - k);
+    __m512 bv[NR];
+#pragma GCC unroll 4
+    for (int s = 0; s < NR; ++s) bv[s] = _mm512_maskz_loadu_ps(m, B + s * ldb + k);
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_maskz_loadu_ps(m, A + r * lda + k);
+#pragma GCC unroll 4
+      for (int s = 0; s < NR; ++s) acc[r][s] = _mm512_fmadd_ps(av, bv[s], acc[r][s]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int s = 0; s < NR; ++s) C[r * ldc + s] += _mm512_reduce_add_ps(acc[r][s]);
+  }
+}
+
+using SgemmNTTile = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
+
+template <int MR>
+SgemmNTTile sgemm_nt_tile_for_nr(int64_t nr) {
+  switch (nr) {
+    case 1: return &sgemm_nt_tile<MR, 1>;
+    case 2: return &sgemm_nt_tile<MR, 2>;
+    case 3: return &sgemm_nt_tile<MR, 3>;
+    default: return &sgemm_nt_tile<MR, 4>;
+  }
+}
+
+SgemmNTTile sgemm_nt_tile_for(int64_t mr, int64_t nr) {
+  switch (mr) {
+    case 1: return sgemm_nt_tile_for_nr<1>(nr);
+    case 2: return sgemm_nt_tile_for_nr<2>(nr);
+    case 3: return sgemm_nt_tile_for_nr<3>(nr);
+    default: return sgemm_nt_tile_for_nr<4>(nr);
+  }
+}
+
 }  // namespace
+
+void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     float* C, int64_t ldc, bool accumulate) {
+  // Column strips outside, row tiles inside: a strip of B (K x 64) is re-read from cache by every row tile.
+  for (int64_t n0 = 0; n0 < N; n0 += kNV * kLanes) {
+    const int64_t vecs = imin(kNV, (N - n0 + kLanes - 1) / kLanes);
+    const __mmask16 tail = lane_range(0, N - (n0 + (vecs - 1) * kLanes));
+    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      sgemm_nn_tile_for(imin(kMR, M - m0), vecs)(K, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc,
+                                                 accumulate, tail);
+    }
+  }
+}
+
+void avx512_sgemm_nt_accumulate(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                                int64_t ldb, float* C, int64_t ldc) {
+  constexpr int64_t kTile = 4;
+  for (int64_t m0 = 0; m0 < M; m0 += kTile) {
+    for (int64_t n0 = 0; n0 < N; n0 += kTile) {
+      sgemm_nt_tile_for(imin(kTile, M - m0), imin(kTile, N - n0))(K, A + m0 * lda, lda, B + n0 * ldb, ldb,
+                                                                  C + m0 * ldc + n0, ldc);
+    }
+  }
+}
 
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
   if (p.bf16) {
@@ -412,7 +546,11 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
 
 #pragma GCC pop_options
 #else
-void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}  // never called: not available
+// Never called: avx512_forward_available() is false.
+void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}
+void avx512_sgemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool) {}
+void avx512_sgemm_nt_accumulate(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
+                                int64_t) {}
 #endif
 
 }  // namespace cpu

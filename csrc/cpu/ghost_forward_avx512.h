@@ -58,5 +58,15 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p);
 // Runs work items [begin, end). Items write disjoint parts of the output, so threads may run disjoint ranges.
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch);
 
+// Plain float32 GEMMs on the same microkernel, for the backward pass (whose three 1x1 GEMMs per work item are small
+// and were the slowest part of it when run by the BLAS). Row-major, leading dimensions in elements; available
+// where avx512_forward_available(false, 1) is.
+// C[m][n] = (accumulate ? C[m][n] : 0) + sum_k A[m][k] * B[k][n]
+void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     float* C, int64_t ldc, bool accumulate);
+// C[m][n] += sum_k A[m][k] * B[n][k]   (both operands contiguous along k: a sum of dot products)
+void avx512_sgemm_nt_accumulate(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                                int64_t ldb, float* C, int64_t ldc);
+
 }  // namespace cpu
 }  // namespace ghostkernels

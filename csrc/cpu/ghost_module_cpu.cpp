@@ -175,7 +175,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
 template <typename scalar_t, Act A, bool CL>
 void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                      const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& grad_x, at::Tensor& gw1,
-                     at::Tensor& gb1, at::Tensor& gw2, at::Tensor& gb2, const GhostDims& d) {
+                     at::Tensor& gb1, at::Tensor& gw2, at::Tensor& gb2, const GhostDims& d, bool avx512_gemms) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
   const bool same_type = std::is_same<acc_t, scalar_t>::value;
@@ -183,6 +183,11 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const int64_t n_cheap = d.cheap_kept(), OC = d.oc;
 
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
+  // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (ghost_forward_avx512.h), which run the
+  // small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
+  constexpr bool kFloatRows = std::is_same<scalar_t, float>::value && !CL;
+  const bool fast = kFloatRows && avx512_gemms;
+  const at::Tensor w1t = fast ? w1a.t().contiguous() : at::Tensor();
   const at::Tensor b1a = b1.to(acc_type).contiguous();
   const at::Tensor w2a = w2.to(acc_type).contiguous();
   const at::Tensor w2flip = w2a.flip({2, 3}).contiguous();  // taps of the transposed depthwise conv
@@ -240,7 +245,16 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       at::Tensor xa = input_matrix(x, n0, g, a0, a1 - a0, CL, pack);
       if (!same_type) xa = xa.to(acc_type);
       at::Tensor z = zbuf.narrow(0, 0, I * g * PA).view({I, g * PA});
-      at::mm_out(z, w1a, xa);
+      if constexpr (kFloatRows) {
+        if (fast && xa.stride(1) == 1) {
+          cpu::avx512_sgemm_nn(I, g * PA, C, w1a.const_data_ptr<float>(), C, xa.const_data_ptr<float>(), xa.stride(0),
+                               z.mutable_data_ptr<float>(), g * PA, /*accumulate=*/false);
+        } else {
+          at::mm_out(z, w1a, xa);
+        }
+      } else {
+        at::mm_out(z, w1a, xa);
+      }
       const acc_t* zp = z.const_data_ptr<acc_t>();
       acc_t* g1 = g1buf.data_ptr<acc_t>();  // [I, g, own*W]
 
@@ -304,6 +318,18 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       // The two 1x1 GEMMs over all g images: grad W1 += g1 . x^T and grad x = W1^T . g1 on the own rows.
       const at::Tensor g1m = g1buf.narrow(0, 0, I * g * PO).view({I, g, PO});
       const at::Tensor xo = xa.view({C, g, a1 - a0, W}).narrow(2, r0 - a0, own).reshape({C, g * PO});
+      if constexpr (kFloatRows) {
+        if (fast && xo.stride(1) == 1) {
+          cpu::avx512_sgemm_nt_accumulate(I, C, g * PO, g1, g * PO, xo.const_data_ptr<float>(), xo.stride(0),
+                                          pw1.mutable_data_ptr<float>(), C);
+          float* gx = grad_x.mutable_data_ptr<float>() + n0 * C * H * W + r0 * W;
+          for (int64_t i = 0; i < g; ++i) {
+            cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx + i * C * H * W,
+                                 H * W, /*accumulate=*/false);
+          }
+          continue;
+        }
+      }
       pw1.addmm_(g1m.view({I, g * PO}), xo.t());
       const at::Tensor gx = at::mm(w1a.t(), g1m.view({I, g * PO})).view({C, g, own, W});
       grad_x.narrow(0, n0, g).narrow(2, r0, own).copy_(gx.transpose(0, 1));
@@ -323,20 +349,33 @@ void check_cpu(const char* op, const at::Tensor& x) {
                    ": supported dtypes are float64, float32 and bfloat16, got ", t);
 }
 
-// GHOSTKERNELS_CPU_KERNEL: "auto" (default) takes the AVX-512 kernel where it applies (float32 and bfloat16, NCHW),
-// "generic" never does (the tests run both), "avx512" insists on it and raises where the CPU cannot run it.
-bool use_avx512_forward(const at::Tensor& x, at::MemoryFormat fmt, const GhostDims& d) {
+// GHOSTKERNELS_CPU_KERNEL: "auto" (default) takes the AVX-512 kernels where they apply (forward: float32 and
+// bfloat16 NCHW; backward: the GEMMs of float32 NCHW), "generic" never does (the tests run both), "avx512" insists
+// and raises where the CPU cannot run them.
+enum class CpuKernel { Auto, Generic, Avx512 };
+
+CpuKernel cpu_kernel_knob() {
   const char* knob = std::getenv("GHOSTKERNELS_CPU_KERNEL");
-  const bool generic = knob != nullptr && std::strcmp(knob, "generic") == 0;
-  const bool insist = knob != nullptr && std::strcmp(knob, "avx512") == 0;
-  TORCH_CHECK(knob == nullptr || generic || insist || std::strcmp(knob, "auto") == 0,
-              "GHOSTKERNELS_CPU_KERNEL must be auto, generic or avx512, got '", knob, "'");
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  if (generic || !(bf16 || x.scalar_type() == at::kFloat) || fmt != at::MemoryFormat::Contiguous) return false;
-  const bool available = cpu::avx512_forward_available(bf16, d.K);
-  TORCH_CHECK(available || !insist, "GHOSTKERNELS_CPU_KERNEL=avx512, but this CPU lacks AVX-512 F/BW/VL/DQ",
-              bf16 ? " or BF16" : "", ", or the depthwise kernel size ", d.K, " is not one of 1, 3, 5, 7");
+  if (knob == nullptr || std::strcmp(knob, "auto") == 0) return CpuKernel::Auto;
+  if (std::strcmp(knob, "generic") == 0) return CpuKernel::Generic;
+  TORCH_CHECK(std::strcmp(knob, "avx512") == 0, "GHOSTKERNELS_CPU_KERNEL must be auto, generic or avx512, got '",
+              knob, "'");
+  return CpuKernel::Avx512;
+}
+
+bool use_avx512(CpuKernel knob, bool bf16, int64_t K) {
+  if (knob == CpuKernel::Generic) return false;
+  const bool available = cpu::avx512_forward_available(bf16, K);
+  TORCH_CHECK(available || knob != CpuKernel::Avx512, "GHOSTKERNELS_CPU_KERNEL=avx512, but this CPU lacks AVX-512 ",
+              "F/BW/VL/DQ", bf16 ? " or BF16" : "", ", or the depthwise kernel size ", K, " is not one of 1, 3, 5, 7");
   return available;
+}
+
+bool use_avx512_forward(const at::Tensor& x, at::MemoryFormat fmt, const GhostDims& d) {
+  const CpuKernel knob = cpu_kernel_knob();
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  if (!(bf16 || x.scalar_type() == at::kFloat) || fmt != at::MemoryFormat::Contiguous) return false;
+  return use_avx512(knob, bf16, d.K);
 }
 
 // Float32 or bfloat16 NCHW forward on the AVX-512 kernel (ghost_forward_avx512.h); x and out are contiguous.
@@ -440,12 +479,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_mod
   const at::Tensor goc = grad_out.contiguous(fmt);
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
   const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
+  const bool avx512_gemms = x.scalar_type() == at::kFloat && !cl && use_avx512(cpu_kernel_knob(), false, 1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghost_module_backward_cpu", [&] {
     dispatch_act(d.act, [&](auto a) {
       if (cl) {
-        backward_kernel<scalar_t, decltype(a)::value, true>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d);
+        backward_kernel<scalar_t, decltype(a)::value, true>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d, avx512_gemms);
       } else {
-        backward_kernel<scalar_t, decltype(a)::value, false>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d);
+        backward_kernel<scalar_t, decltype(a)::value, false>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d, avx512_gemms);
       }
     });
   });
