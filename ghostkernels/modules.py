@@ -70,19 +70,34 @@ def _uses_batch_statistics(bn: nn.BatchNorm2d | None) -> bool:
 
 
 def _fold_sources(stages) -> list[torch.Tensor]:
-    """Every tensor the fold reads."""
+    """Every tensor the fold reads (from the modules' _parameters and _buffers dicts: attribute access through
+    nn.Module.__getattr__ is several times slower, and this runs on every call)."""
     out = []
     for st in stages:
-        out.append(st.conv.weight)
-        if st.conv.bias is not None:
-            out.append(st.conv.bias)
+        params = st.conv._parameters
+        out.append(params["weight"])
+        if params.get("bias") is not None:
+            out.append(params["bias"])
         if st.bn is not None:
-            out += [t for t in (st.bn.weight, st.bn.bias, st.bn.running_mean, st.bn.running_var) if t is not None]
+            bp, bb = st.bn._parameters, st.bn._buffers
+            out += [t for t in (bp.get("weight"), bp.get("bias"), bb.get("running_mean"), bb.get("running_var"))
+                    if t is not None]
     return out
 
 
-def _tensor_state(t: torch.Tensor):
-    return (t._version, t.data_ptr(), t.dtype, t.device, t.shape)
+def _fold_key(sources: list[torch.Tensor], grad_enabled: bool):
+    """What decides the folded weights besides the tensors' identity, or None when they must not be cached: a source
+    that is part of this call's autograd graph, or an inference tensor (no version counter, so an in-place update
+    could not be noticed). The version counter catches in-place updates; data_ptr catches ``.data =`` and
+    ``module.to()``, which swap a parameter's storage without touching its version; the shape, a same-storage view
+    swapped in. One flat tuple built in one loop: this check runs on every call, and on a batch-1 input it is a
+    visible share of the module's time."""
+    key = []
+    for t in sources:
+        if (grad_enabled and t.requires_grad) or t.is_inference():
+            return None
+        key += (t._version, t.data_ptr(), t.shape)
+    return tuple(key)
 
 
 class _FusedGhostBase(nn.Module):
@@ -132,14 +147,13 @@ class _FusedGhostBase(nn.Module):
         if torch.compiler.is_compiling():
             return self._fold(stages)
         sources = _fold_sources(stages)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
-            return self._fold(stages)  # part of this call's autograd graph: never cached
-        if any(t.is_inference() for t in sources):
-            # Inference tensors have no version counter, so an in-place update could not be noticed.
+        key = _fold_key(sources, torch.is_grad_enabled())
+        if key is None:
+            if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+                return self._fold(stages)  # part of this call's autograd graph: never cached
             with torch.no_grad():
                 return self._fold(stages)
-        state = (tuple(_tensor_state(t) for t in sources), tuple(st.bn.eps for st in stages if st.bn is not None),
-                 torch.is_inference_mode_enabled())
+        state = (key, tuple(st.bn.eps for st in stages if st.bn is not None), torch.is_inference_mode_enabled())
         cache = self._fold_cache
         if (cache is not None and len(cache[0]) == len(sources) and all(a is b for a, b in zip(cache[0], sources))
                 and cache[1] == state):
@@ -161,8 +175,10 @@ class _FusedGhostBase(nn.Module):
 
 
 def _sequential_stage(seq: nn.Sequential) -> Stage:
-    bn = seq[1] if len(seq) > 1 and isinstance(seq[1], nn.BatchNorm2d) else None
-    return Stage(seq[0], bn)
+    # Through the _modules dict rather than seq[i]: Sequential's indexing costs microseconds, on every call.
+    layers = list(seq._modules.values())
+    bn = layers[1] if len(layers) > 1 and isinstance(layers[1], nn.BatchNorm2d) else None
+    return Stage(layers[0], bn)
 
 
 class FusedGhostModule(_FusedGhostBase):
