@@ -188,6 +188,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   constexpr bool kFloatRows = std::is_same<scalar_t, float>::value && !CL;
   const bool fast = kFloatRows && avx512_gemms;
   const at::Tensor w1t = fast ? w1a.t().contiguous() : at::Tensor();
+  // ... and, where the depthwise kernel size has an AVX-512 kernel, the depthwise half of the backward as well.
+  const bool fast_dw = fast && cpu::avx512_forward_available(false, K);
   const at::Tensor b1a = b1.to(acc_type).contiguous();
   const at::Tensor w2a = w2.to(acc_type).contiguous();
   const at::Tensor w2flip = w2a.flip({2, 3}).contiguous();  // taps of the transposed depthwise conv
@@ -214,6 +216,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const int64_t max_rows = std::min(H, plan.B + 4 * p);
   const int64_t x1_stride = (plan.B + 4 * p) * W + 2 * p, g2_stride = (plan.B + 2 * p) * W + 2 * p;
   const cpu::ColumnMasks<acc_t> masks(K, W, (plan.B + 4 * p) * W + cpu::kVec);
+  const std::vector<uint16_t> vec_masks = fast_dw ? cpu::avx512_column_masks(K, W, plan.B + 2 * p) : std::vector<uint16_t>();
 
   const at::ThreadLocalState tls;
   at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
@@ -266,6 +269,29 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
           fill_plane(x1.data() + c * x1_stride + p, px1, a0, a1, [&](int64_t q) { return act_forward(A, zc[q] + bc); });
         }
 
+        if constexpr (kFloatRows) {
+          if (fast_dw) {
+            cpu::DepthwiseBackwardImage db{};
+            db.x1 = x1.data() + p;
+            db.x1_stride = x1_stride;
+            db.g2 = g2.data() + p;
+            db.g2_stride = g2_stride;
+            db.go = go.row(n, 0, 0);
+            db.z1 = zp + i * PA;
+            db.z1_cstride = g * PA;
+            db.z1_row0 = a0;
+            db.g1 = g1 + i * PO;
+            db.g1_cstride = g * PO;
+            db.b1 = b1p, db.w2 = w2p, db.w2_flip = w2fp, db.b2 = b2p;
+            db.pw2 = pw2, db.pb2 = pb2, db.pb1 = pb1;
+            db.H = H, db.W = W, db.I = I, db.M = M, db.K = K, db.OC = OC, db.n_cheap = n_cheap, db.r0 = r0;
+            db.own = own;
+            db.colmask = vec_masks.data();
+            db.act = static_cast<int>(A);
+            cpu::avx512_depthwise_backward_image(db);
+            continue;
+          }
+        }
         // g2 = dL/d(cheap pre-activation) on rows [r0 - p, r1 + p). Its weight gradients are summed over the
         // band's own rows only (the neighbouring bands account for theirs).
         for (int64_t j = 0; j < n_cheap; ++j) {
