@@ -100,9 +100,10 @@ def test_backward_accumulates_into_leaf_grads(backend, seed):
         gt.assert_close_to_reference(t.grad, 2 * e, gt.backward_tol(backend, dtype), f"accumulated grad {name}")
 
 
-# The CPU backward of float32 NCHW runs its GEMMs on the AVX-512 microkernels where the CPU has them; the cases
-# above test whichever this CPU takes, these the generic ones too (see test_forward_generic_cpu_kernel).
+# The CPU backward of float32 and bfloat16 NCHW runs on the AVX-512 kernels where the CPU has them; the cases above
+# test whichever this CPU takes, these the generic kernel too (see test_forward_generic_cpu_kernel).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=gt.dtype_name)
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in gt.ghostnet_cases() + gt.edge_cases()])
-def test_backward_generic_cpu_kernel(case, seed, monkeypatch):
+def test_backward_generic_cpu_kernel(case, dtype, seed, monkeypatch):
     monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "generic")
-    check_backward("cpu", torch.float32, case, seed)
+    check_backward("cpu", dtype, case, seed)

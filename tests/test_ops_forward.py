@@ -70,13 +70,14 @@ def test_ghostnet_100_shapes_from_model_match_config():
     assert list(gt.ghostnet_100_shapes()) == gt.ghost_shapes_from_config()
 
 
-# The CPU backend has two float32 kernels: the AVX-512 one (contiguous float32 on CPUs with AVX-512, depthwise
-# kernel size 1, 3, 5 or 7) and the generic one (everything else). The tests above run whichever this CPU takes;
+# The CPU backend has two kernels for float32 and bfloat16: the AVX-512 one (contiguous inputs on CPUs with AVX-512,
+# depthwise kernel size 1, 3, 5 or 7) and the generic one (everything else). The tests above run whichever this CPU takes;
 # these run the generic one as well, so that both are tested on an AVX-512 machine.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=gt.dtype_name)
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in gt.ghostnet_cases() + gt.edge_cases()])
-def test_forward_generic_cpu_kernel(case, seed, monkeypatch):
+def test_forward_generic_cpu_kernel(case, dtype, seed, monkeypatch):
     monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "generic")
-    check_forward("cpu", torch.float32, case, seed)
+    check_forward("cpu", dtype, case, seed)
 
 
 def test_avx512_cpu_kernel_is_taken_where_the_cpu_has_it(seed, monkeypatch):

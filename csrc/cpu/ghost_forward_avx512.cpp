@@ -460,6 +460,24 @@ SgemmNNTile sgemm_nn_tile_for(int64_t mr, int64_t nv) {
   }
 }
 
+// Lane i of the result is the sum of the 16 lanes of v[i]. A transpose-and-add tree: 8 + 4 + 4 adds and as many
+// shuffles for all 16 sums, where 16 separate horizontal sums cost about 10 instructions each; with the short
+// reductions of a backward work item (a few hundred pixels) those sums were half of the dot-product kernel.
+inline __m512 sum_lanes16(const __m512 (&v)[16]) {
+  __m512 s[8], t[4];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] of a = v[2i], b = v[2i+1]
+    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  for (int i = 0; i < 4; ++i) {  // per 128-bit block: the block's sums of v[4i], v[4i+1], v[4i+2], v[4i+3]
+    const __m512d a = _mm512_castps_pd(s[2 * i]), b = _mm512_castps_pd(s[2 * i + 1]);
+    t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  // Add the four 128-bit blocks of each t[i] and put t[i]'s result in block i.
+  const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x44), _mm512_shuffle_f32x4(t[0], t[1], 0xEE));
+  const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x44), _mm512_shuffle_f32x4(t[2], t[3], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xDD));
+}
+
 // C tile [MR x NR] at (m0, n0) of avx512_sgemm_nt_accumulate: MR x NR dot products over k, 16 lanes at a time,
 // each reduced to one number at the end.
 template <int MR, int NR>
@@ -482,10 +500,18 @@ void sgemm_nt_tile(int64_t K, const float* A, int64_t lda, const float* B, int64
       for (int s = 0; s < NR; ++s) acc[r][s] = _mm512_fmadd_ps(av, bv[s], acc[r][s]);
     }
   }
+  if constexpr (MR == 4 && NR == 4) {
+    __m512 all[16];
+    for (int i = 0; i < 16; ++i) all[i] = acc[i / 4][i % 4];
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, sum_lanes16(all));
+    for (int i = 0; i < 16; ++i) C[(i / 4) * ldc + i % 4] += sums[i];
+  } else {
 #pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
-    for (int s = 0; s < NR; ++s) C[r * ldc + s] += _mm512_reduce_add_ps(acc[r][s]);
+      for (int s = 0; s < NR; ++s) C[r * ldc + s] += _mm512_reduce_add_ps(acc[r][s]);
+    }
   }
 }
 

@@ -1,4 +1,8 @@
-// Fused Ghost-module forward and backward on the CPU.
+// Fused Ghost-module forward and backward on the CPU: the binding, and the generic kernels.
+//
+// On CPUs with AVX-512 the float32/bfloat16 NCHW forward runs on ghost_forward_avx512.cpp instead, and so do the
+// float32 NCHW backward's GEMMs and depthwise half (bfloat16 NCHW backward: in float32 on those kernels); the
+// GHOSTKERNELS_CPU_KERNEL knob below picks. What follows describes the generic kernels, which handle everything.
 //
 // Forward, per work item (images x primary-channel block x row band, see work_plan.h):
 //   1. z1 = W1 . x for the item's channels over its rows plus a halo of k//2 rows: one GEMM (at::mm, so MKL or
@@ -501,6 +505,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_mod
     return {grad_x, gw1, gb1, gw2, gb2};
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  if (x.scalar_type() == at::kBFloat16 && !cl && use_avx512(cpu_kernel_knob(), false, 1)) {
+    // bfloat16 NCHW: the backward computes in float in any case (see the file comment), so it runs on the float32
+    // AVX-512 kernels and only the gradients are rounded back; the inputs' float copies are the price.
+    const auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    const auto g = ghost_module_backward_cpu(f(grad_out), f(x), f(w_primary), f(b_primary), f(w_cheap), f(b_cheap),
+                                             out_channels, act);
+    const auto b = [](const at::Tensor& t) { return t.to(at::kBFloat16); };
+    return {b(std::get<0>(g)), b(std::get<1>(g)), b(std::get<2>(g)), b(std::get<3>(g)), b(std::get<4>(g))};
+  }
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor goc = grad_out.contiguous(fmt);
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
