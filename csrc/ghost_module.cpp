@@ -13,4 +13,21 @@ TORCH_LIBRARY(ghostkernels, m) {
   m.def(
       "ghost_module_backward(Tensor grad_out, Tensor x, Tensor w_primary, Tensor b_primary, Tensor w_cheap, "
       "Tensor b_cheap, SymInt out_channels, str act) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // GhostNet's bottleneck, inference only (no autograd; FusedGhostBottleneck runs it where nothing needs a
+  // gradient), BatchNorms folded into the convolutions, CPU only:
+  //   y = ghost_module(x, ghost1_*, mid_channels, act)
+  //   y = conv2d(y, dw_w, dw_b, stride, padding k//2, groups=mid)                  when stride == 2
+  //   y = y * hardsigmoid(conv1x1(relu(conv1x1(mean_hw(y), se_reduce_*)), se_expand_*))   when se_* are given
+  //   out = ghost_module(y, ghost2_*, out_channels, "identity") + shortcut(x)
+  //   shortcut(x) = x, or conv1x1(conv2d(x, shortcut_dw_*, stride, padding k//2, groups=C), shortcut_pw_*)
+  m.def(
+      "ghost_bottleneck(Tensor x, Tensor ghost1_w_primary, Tensor ghost1_b_primary, Tensor ghost1_w_cheap, "
+      "Tensor ghost1_b_cheap, SymInt mid_channels, str act, Tensor? dw_w, Tensor? dw_b, int stride, "
+      "Tensor? se_reduce_w, Tensor? se_reduce_b, Tensor? se_expand_w, Tensor? se_expand_b, "
+      "Tensor ghost2_w_primary, Tensor ghost2_b_primary, Tensor ghost2_w_cheap, Tensor ghost2_b_cheap, "
+      "SymInt out_channels, Tensor? shortcut_dw_w, Tensor? shortcut_dw_b, Tensor? shortcut_pw_w, "
+      "Tensor? shortcut_pw_b) -> Tensor");
+  // Internal (the tests reach the CPU depthwise kernel through it): act(conv2d(x, w, b, stride, padding k//2,
+  // groups=C)), contiguous output.
+  m.def("_depthwise_conv2d(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");
 }

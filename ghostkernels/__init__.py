@@ -1,6 +1,7 @@
 """ghostkernels: fused kernels for GhostNet's Ghost module, as PyTorch custom ops with autograd."""
 
 from . import models, ops
+from .bottleneck import FusedGhostBottleneck
 from .fuse import fuse
 from .models import GhostModule
 from .modules import FusedGhostConv, FusedGhostModule
@@ -8,5 +9,5 @@ from .ops import ghost_module, load_library
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedGhostConv", "FusedGhostModule", "GhostModule", "fuse", "ghost_module", "load_library", "models",
+__all__ = ["FusedGhostBottleneck", "FusedGhostConv", "FusedGhostModule", "GhostModule", "fuse", "ghost_module", "load_library", "models",
            "ops", "__version__"]

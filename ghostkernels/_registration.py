@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_ghost_inputs, output_memory_format
+from ._validation import check_bottleneck_inputs, check_depthwise_inputs, check_ghost_inputs, output_memory_format
 
 _registered = False
 
@@ -30,6 +30,29 @@ def _ghost_module_backward_fake(grad_out, x, w_primary, b_primary, w_cheap, b_ch
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     return (grad_x,) + tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device)
                              for t in (w_primary, b_primary, w_cheap, b_cheap))
+
+
+def _ghost_bottleneck_fake(x, g1w1, g1b1, g1w2, g1b2, mid_channels, act, dw_w, dw_b, stride, se_rw, se_rb, se_ew,
+                           se_eb, g2w1, g2b1, g2w2, g2b2, out_channels, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b):
+    ho, wo = check_bottleneck_inputs("ghostkernels::ghost_bottleneck", x, (g1w1, g1b1, g1w2, g1b2), mid_channels,
+                                     act, (dw_w, dw_b), stride, (se_rw, se_rb, se_ew, se_eb),
+                                     (g2w1, g2b1, g2w2, g2b2), out_channels, (sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b))
+    return torch.empty((x.shape[0], out_channels, ho, wo), dtype=x.dtype, device=x.device,
+                       memory_format=output_memory_format(x))
+
+
+def _depthwise_conv2d_fake(x, w, b, stride, act):
+    ho, wo = check_depthwise_inputs("ghostkernels::_depthwise_conv2d", "the convolution", x, w, b, stride)
+    return torch.empty((x.shape[0], x.shape[1], ho, wo), dtype=x.dtype, device=x.device)
+
+
+def _no_backward(op: str):
+    def backward(ctx, grad_out):
+        raise RuntimeError(
+            f"ghostkernels::{op} has no backward: it is an inference op. FusedGhostBottleneck runs it only where "
+            f"nothing needs a gradient and runs the block's own layers (with fused Ghost modules) otherwise")
+
+    return backward
 
 
 def setup_context(ctx, inputs, output):
@@ -63,4 +86,8 @@ def register_all() -> None:
     torch.library.register_autograd(
         "ghostkernels::ghost_module", make_backward(torch.ops.ghostkernels.ghost_module_backward),
         setup_context=setup_context)
+    torch.library.register_fake("ghostkernels::ghost_bottleneck")(_ghost_bottleneck_fake)
+    torch.library.register_fake("ghostkernels::_depthwise_conv2d")(_depthwise_conv2d_fake)
+    for op in ("ghost_bottleneck", "_depthwise_conv2d"):
+        torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
     _registered = True

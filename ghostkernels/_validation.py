@@ -50,3 +50,91 @@ def check_ghost_inputs(op: str, x, w_primary, b_primary, w_cheap, b_cheap, out_c
         if t.device != x.device:
             raise ValueError(f"{op}: device mismatch: x is on {x.device} but {name} is on {t.device}")
     return init, mult, k
+
+
+def _check_like(op: str, x, name: str, t) -> None:
+    if t.dtype != x.dtype:
+        raise TypeError(f"{op}: dtype mismatch: x is {x.dtype} but {name} is {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{op}: device mismatch: x is on {x.device} but {name} is on {t.device}")
+
+
+def check_depthwise_inputs(op: str, what: str, x, w, b, stride: int) -> tuple[int, int]:
+    """Validate a depthwise conv (padding k//2) over x; return its output (H, W)."""
+    if x.dim() != 4:
+        raise ValueError(f"{op}: the input of {what} must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if w.dim() != 4 or w.shape[0] != c or w.shape[1] != 1 or w.shape[2] != w.shape[3]:
+        raise ValueError(f"{op}: {what} weight must be depthwise [{c}, 1, k, k] for its {c}-channel input, got "
+                         f"shape {tuple(w.shape)}")
+    k = w.shape[2]
+    if k % 2 != 1:
+        raise ValueError(f"{op}: {what} kernel size must be odd (padding k//2), got k={k}")
+    if b.dim() != 1 or b.shape[0] != c:
+        raise ValueError(f"{op}: {what} bias must be [{c}], got shape {tuple(b.shape)}")
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: {what} stride must be 1 or 2, got {stride}")
+    for name, t in ((f"{what} weight", w), (f"{what} bias", b)):
+        _check_like(op, x, name, t)
+    return tuple((s + 2 * (k // 2) - k) // stride + 1 for s in x.shape[2:])
+
+
+def _check_conv1x1(op: str, x, what: str, w, b, in_channels: int) -> None:
+    if w.dim() != 4 or w.shape[1] != in_channels or w.shape[2] != 1 or w.shape[3] != 1:
+        raise ValueError(f"{op}: {what} weight must be [out, {in_channels}, 1, 1], got shape {tuple(w.shape)}")
+    if b.dim() != 1 or b.shape[0] != w.shape[0]:
+        raise ValueError(f"{op}: {what} bias must be [{w.shape[0]}], got shape {tuple(b.shape)}")
+    _check_like(op, x, f"{what} weight", w)
+    _check_like(op, x, f"{what} bias", b)
+
+
+def _stand_in(x, shape):
+    """A tensor of this shape with x's dtype and device for the shape checks (one element, expanded)."""
+    return x.new_empty(()).expand(shape)
+
+
+def _group(op: str, names: str, ts) -> bool:
+    given = sum(t is not None for t in ts)
+    if given not in (0, len(ts)):
+        raise ValueError(f"{op}: give all of {names} or none of them ({given} of {len(ts)} given)")
+    return given > 0
+
+
+def check_bottleneck_inputs(op: str, x, ghost1, mid_channels, act, dw, stride, se, ghost2, out_channels,
+                            shortcut) -> tuple[int, int]:
+    """Validate a ghost_bottleneck call (the checks of csrc/cpu/ghost_bottleneck_cpu.cpp); return the output
+    (H, W). ``dw``, ``se``, ``shortcut`` are tuples of tensors or Nones (None for an absent group)."""
+    check_ghost_inputs(f"{op} (ghost1)", x, *ghost1, mid_channels, act)
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+    n, c, h, w = x.shape
+    has_dw = _group(op, "dw_w, dw_b", dw)
+    if has_dw != (stride == 2):
+        raise ValueError(f"{op}: dw_w/dw_b (conv_dw) must be given exactly when stride is 2 (stride={stride}, "
+                         f"{'given' if has_dw else 'not given'})")
+    ho, wo = h, w
+    if has_dw:
+        ho, wo = check_depthwise_inputs(op, "conv_dw", _stand_in(x, (n, mid_channels, h, w)), *dw, stride)
+    if _group(op, "se_reduce_w, se_reduce_b, se_expand_w, se_expand_b", se):
+        rw, rb, ew, eb = se
+        _check_conv1x1(op, x, "se_reduce", rw, rb, mid_channels)
+        _check_conv1x1(op, x, "se_expand", ew, eb, rw.shape[0])
+        if ew.shape[0] != mid_channels:
+            raise ValueError(f"{op}: se_expand must give back the block's {mid_channels} channels, got weight shape "
+                             f"{tuple(ew.shape)}")
+    check_ghost_inputs(f"{op} (ghost2)", _stand_in(x, (n, mid_channels, ho, wo)), *ghost2, out_channels, "identity")
+    if _group(op, "shortcut_dw_w, shortcut_dw_b, shortcut_pw_w, shortcut_pw_b", shortcut):
+        sdw, sdb, spw, spb = shortcut
+        if has_dw and sdw.dim() == 4 and sdw.shape[-1] != dw[0].shape[-1]:
+            raise ValueError(f"{op}: the shortcut's depthwise kernel (k={sdw.shape[-1]}) must match conv_dw's "
+                             f"(k={dw[0].shape[-1]}) so both halve the image alike")
+        if check_depthwise_inputs(op, "the shortcut's depthwise conv", x, sdw, sdb, stride) != (ho, wo):
+            raise ValueError(f"{op}: the shortcut's output size differs from the main branch's")
+        _check_conv1x1(op, x, "shortcut_pw", spw, spb, c)
+        if spw.shape[0] != out_channels:
+            raise ValueError(f"{op}: shortcut_pw must make out_channels={out_channels} channels, got weight shape "
+                             f"{tuple(spw.shape)}")
+    elif c != out_channels or stride != 1:
+        raise ValueError(f"{op}: without shortcut weights the shortcut is the identity, which needs in_channels == "
+                         f"out_channels and stride 1 (got {c} -> {out_channels}, stride {stride})")
+    return ho, wo

@@ -30,6 +30,7 @@ from torch import nn
 
 from . import ops
 from ._bn_fold import fold_conv_bn
+from .bottleneck import FusedGhostBottleneck, bottleneck_layout
 from .modules import FusedGhostConv, FusedGhostModule, _FusedGhostBase, activation_name
 from .reference import ACTS, ghost_module_reference
 
@@ -250,8 +251,13 @@ def _fused_replacement(module: nn.Module, layout: str, backend: str) -> _FusedGh
     return FusedGhostConv.from_module(module, backend=backend)
 
 
-def fuse(model: nn.Module, backend: str = "auto", strict: bool = False) -> nn.Module:
+def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: bool = True) -> nn.Module:
     """Replace, in place, every Ghost module of ``model`` that the fused op can compute; return ``model``.
+
+    With ``blocks=True`` (the default) every GhostBottleneck whose Ghost modules were fused is then replaced too,
+    by a FusedGhostBottleneck (ghostkernels.bottleneck): on CPU tensors in inference the whole block runs as one
+    op; elsewhere it runs the block's own forward with the fused Ghost modules. ``blocks=False`` fuses the Ghost
+    modules only.
 
     See the module docstring for what is recognized. Modules already fused get ``backend``. What looks like a Ghost
     module but cannot be fused (an attention gate, a primary kernel_size other than 1 or a stride other than 1, an
@@ -276,17 +282,36 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False) -> nn.Mo
 
     def consider(module: nn.Module, qualname: str) -> nn.Module | None:
         """The replacement of ``module``, or None (then its children are looked at)."""
-        if isinstance(module, _FusedGhostBase):
+        if isinstance(module, (_FusedGhostBase, FusedGhostBottleneck)):
             already.append(module)
             return module
         layout = ghost_layout(module)
         if layout is None:
-            return None
+            return consider_block(module, qualname) if blocks and bottleneck_layout(module) else None
         try:
             return _fused_replacement(module, layout, backend)
         except NotFusableError as e:
             refused.append((qualname or type(module).__name__, str(e)))
             return None
+
+    def consider_block(block: nn.Module, qualname: str) -> nn.Module:
+        """A GhostBottleneck: its Ghost modules first (their swaps go into the block itself, so its own forward,
+        which runs in training and on GPUs, uses them), then the block."""
+        walk(block, f"{qualname}." if qualname else "")
+        ghosts = {}
+        for name in ("ghost1", "ghost2"):
+            child = block._modules[name]
+            ghosts[name] = replacement_of.get(id(child), child)
+        if not all(isinstance(g, FusedGhostModule) for g in ghosts.values()):
+            return block  # a Ghost module of it cannot be fused: already reported
+        try:
+            fused = FusedGhostBottleneck.__new__(FusedGhostBottleneck)
+            nn.Module.__init__(fused)
+            fused._adopt(block, backend, ghosts)
+            return fused
+        except NotFusableError as e:
+            refused.append((qualname or type(block).__name__, f"(a GhostBottleneck; its Ghost modules are fused) {e}"))
+            return block
 
     def walk(parent: nn.Module, prefix: str) -> None:
         # parent._modules, not named_children(): that skips a module's second occurrence under the same parent.
@@ -312,7 +337,8 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False) -> nn.Mo
 
     if refused:
         lines = "\n".join(f"  {name}: {reason}" for name, reason in refused)
-        message = f"ghostkernels.fuse: {len(refused)} Ghost module(s) cannot be fused and were left alone:\n{lines}"
+        message = (f"ghostkernels.fuse: {len(refused)} Ghost module(s) or bottleneck(s) cannot be fused and were left "
+                   f"alone:\n{lines}")
         if strict:
             raise NotFusableError(message)
         warnings.warn(message, GhostFuseWarning, stacklevel=2)

@@ -13,7 +13,8 @@ per call between two paths:
 
 Folded weights are cached between calls and recomputed only when a tensor they are computed from changes (another
 tensor object, an in-place update such as an optimizer step, which bumps ``Tensor._version``, new storage, dtype or
-device) or a BN's eps changes. A cached fold never carries an autograd graph: when autograd is recording and a
+device) or a BN's eps changes. (Not noticed: ``.data =`` swapping in a view of the same storage at the same address
+with another shape.) A cached fold never carries an autograd graph: when autograd is recording and a
 parameter requires grad, the fold is recomputed on every call. Under torch.compile the cache is skipped and the fold
 is traced into the graph (reading ``_version`` would break the graph).
 """
@@ -69,10 +70,10 @@ def _uses_batch_statistics(bn: nn.BatchNorm2d | None) -> bool:
     return bn is not None and (bn.training or bn.running_mean is None or bn.running_var is None)
 
 
-def _fold_sources(stages) -> list[torch.Tensor]:
-    """Every tensor the fold reads (from the modules' _parameters and _buffers dicts: attribute access through
-    nn.Module.__getattr__ is several times slower, and this runs on every call)."""
-    out = []
+def _fold_sources(stages) -> tuple[list[torch.Tensor], tuple[float, ...]]:
+    """Every tensor the fold reads, and the BNs' eps (from the modules' _parameters and _buffers dicts: attribute
+    access through nn.Module.__getattr__ is several times slower, and this runs on every call)."""
+    out, eps = [], []
     for st in stages:
         params = st.conv._parameters
         out.append(params["weight"])
@@ -82,22 +83,74 @@ def _fold_sources(stages) -> list[torch.Tensor]:
             bp, bb = st.bn._parameters, st.bn._buffers
             out += [t for t in (bp.get("weight"), bp.get("bias"), bb.get("running_mean"), bb.get("running_var"))
                     if t is not None]
-    return out
+            eps.append(st.bn.eps)
+    return out, tuple(eps)
 
 
 def _fold_key(sources: list[torch.Tensor], grad_enabled: bool):
-    """What decides the folded weights besides the tensors' identity, or None when they must not be cached: a source
-    that is part of this call's autograd graph, or an inference tensor (no version counter, so an in-place update
-    could not be noticed). The version counter catches in-place updates; data_ptr catches ``.data =`` and
-    ``module.to()``, which swap a parameter's storage without touching its version; the shape, a same-storage view
-    swapped in. One flat tuple built in one loop: this check runs on every call, and on a batch-1 input it is a
-    visible share of the module's time."""
-    key = []
-    for t in sources:
-        if (grad_enabled and t.requires_grad) or t.is_inference():
-            return None
-        key += (t._version, t.data_ptr(), t.shape)
-    return tuple(key)
+    """What decides the folded weights, or None when they must not be cached: a source that is part of this call's
+    autograd graph, or an inference tensor (it has no version counter, so an in-place update could not be noticed).
+
+    Per source: its identity (id() is safe: the cache entry keeps the sources alive, so no other tensor can take
+    their ids), its version counter (in-place updates: optimizer steps, load_state_dict, ``mul_``) and its data_ptr
+    (``.data =`` and ``module.to()``, which swap a parameter's storage without touching its version). This runs on
+    every call of every fused module; at batch 1 its cost is a visible share of a block's time, hence one flat
+    list comprehension."""
+    if grad_enabled:
+        for t in sources:
+            if t.requires_grad:
+                return None
+    try:
+        return [(id(t), t._version, t.data_ptr()) for t in sources]
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return None
+
+
+def checked_backend(owner: str, value: str) -> str:
+    """``value`` if it is one of ops.BACKENDS (else ValueError naming ``owner``); the C++ library is loaded now for
+    the backends that use it, so that a later torch.compile never has to build it."""
+    if value not in ops.BACKENDS:
+        raise ValueError(f"{owner}: unknown backend {value!r}; expected one of {', '.join(ops.BACKENDS)}")
+    if value in ("auto", "cpu", "cuda"):
+        ops.load_library()
+    return value
+
+
+class FoldCache:
+    """The BN-folded weights of a list of Stages, recomputed only when a tensor they come from changes (see the
+    module docstring). One per fused module; a plain attribute, never state."""
+
+    def __init__(self):
+        self._entry = None  # (source tensors, key, folded weights)
+
+    @staticmethod
+    def fold(stages) -> tuple[torch.Tensor, ...]:
+        """(w, b) of every stage, flattened: w0, b0, w1, b1, ..."""
+        return tuple(t for st in stages for t in fold_conv_bn(st.conv.weight, st.conv.bias, st.bn))
+
+    def get(self, stages) -> tuple[torch.Tensor, ...]:
+        """The folded weights of ``stages`` (as ``fold``), from the cache when still valid."""
+        if torch.compiler.is_compiling():
+            return self.fold(stages)
+        sources, eps = _fold_sources(stages)
+        grad_enabled = torch.is_grad_enabled()
+        key = _fold_key(sources, grad_enabled)
+        if key is None:
+            if grad_enabled and any(t.requires_grad for t in sources):
+                return self.fold(stages)  # part of this call's autograd graph: never cached
+            with torch.no_grad():
+                return self.fold(stages)
+        key.append((eps, torch.is_inference_mode_enabled()))
+        entry = self._entry
+        if entry is not None and entry[1] == key:
+            return entry[2]
+        with torch.no_grad():
+            folded = self.fold(stages)
+        self._entry = (sources, key, folded)
+        return folded
+
+    def clear(self) -> None:
+        self._entry = None
 
 
 class _FusedGhostBase(nn.Module):
@@ -109,7 +162,7 @@ class _FusedGhostBase(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._fold_cache = None  # (source tensors, their state, folded weights); a plain attribute, not state
+        self._fold_cache = FoldCache()
 
     def _configure(self, out_channels: int, act: str, backend: str) -> None:
         if act not in ACTS:
@@ -124,13 +177,7 @@ class _FusedGhostBase(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in ops.BACKENDS:
-            raise ValueError(f"{type(self).__name__}: unknown backend {value!r}; expected one of "
-                             f"{', '.join(ops.BACKENDS)}")
-        if value in ("auto", "cpu", "cuda"):
-            # Build/load the C++ library now, so that a later torch.compile never has to.
-            ops.load_library()
-        self._backend = value
+        self._backend = checked_backend(type(self).__name__, value)
 
     def _stages(self) -> tuple[Stage, Stage]:
         raise NotImplementedError
@@ -138,30 +185,9 @@ class _FusedGhostBase(nn.Module):
     def _unfused_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _fold(self, stages):
-        (w1, b1), (w2, b2) = (fold_conv_bn(st.conv.weight, st.conv.bias, st.bn) for st in stages)
-        return w1, b1, w2, b2
-
     def _folded_weights(self, stages):
         """(w_primary, b_primary, w_cheap, b_cheap) with the BNs folded in, from the cache when still valid."""
-        if torch.compiler.is_compiling():
-            return self._fold(stages)
-        sources = _fold_sources(stages)
-        key = _fold_key(sources, torch.is_grad_enabled())
-        if key is None:
-            if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
-                return self._fold(stages)  # part of this call's autograd graph: never cached
-            with torch.no_grad():
-                return self._fold(stages)
-        state = (key, tuple(st.bn.eps for st in stages if st.bn is not None), torch.is_inference_mode_enabled())
-        cache = self._fold_cache
-        if (cache is not None and len(cache[0]) == len(sources) and all(a is b for a, b in zip(cache[0], sources))
-                and cache[1] == state):
-            return cache[2]
-        with torch.no_grad():
-            folded = self._fold(stages)
-        self._fold_cache = (sources, state, folded)
-        return folded
+        return self._fold_cache.get(stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stages = self._stages()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from . import _build
-from ._validation import check_ghost_inputs
-from .reference import ACTS, ghost_module_reference
+from ._validation import check_bottleneck_inputs, check_ghost_inputs
+from .reference import ACTS, ghost_bottleneck_reference, ghost_module_reference
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "eager")
 
@@ -88,4 +88,81 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
     return torch.ops.ghostkernels.ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
 
 
-__all__ = ["ACTS", "BACKENDS", "ghost_module", "load_library", "cuda_kernels_available", "resolve_backend"]
+BOTTLENECK_BACKENDS = ("auto", "cpu", "eager")
+
+
+def _tensors(group, n: int, name: str):
+    """A group of optional op arguments as a tuple of n tensors, or n Nones."""
+    if group is None:
+        return (None,) * n
+    group = tuple(group)
+    if len(group) != n or not all(isinstance(t, torch.Tensor) for t in group):
+        raise TypeError(f"ghostkernels.ops.ghost_bottleneck: {name} must be None or {n} tensors")
+    return group
+
+
+def ghost_bottleneck(x, ghost1, mid_channels: int, ghost2, out_channels: int, *, act: str = "relu",
+                     stride: int = 1, dw=None, se=None, shortcut=None, backend: str = "auto"):
+    """GhostNet's bottleneck in one call, for inference (no autograd), BatchNorms folded:
+
+        y = ghost_module(x, *ghost1, mid_channels, act)
+        y = depthwise_conv(y, *dw, stride)                  dw = (w [mid,1,k,k], b [mid]), given iff stride == 2
+        y = y * hard_sigmoid(W_e . relu(W_r . mean_hw(y) + b_r) + b_e)      se = (W_r, b_r, W_e, b_e) or None
+        out = ghost_module(y, *ghost2, out_channels, "identity") + shortcut(x)
+        shortcut(x) = x (shortcut None), or conv1x1(depthwise_conv(x, dw_w, dw_b, stride), pw_w, pw_b) for
+                      shortcut = (dw_w, dw_b, pw_w, pw_b)
+
+    ghost1/ghost2 are (w_primary, b_primary, w_cheap, b_cheap) as for ghost_module. Backends: ``cpu`` (one op,
+    torch.ops.ghostkernels.ghost_bottleneck), ``eager`` (plain PyTorch ops, differentiable), ``auto`` (``cpu`` for
+    CPU tensors; other devices raise: there is no GPU kernel of the whole block, use FusedGhostBottleneck, which
+    runs the block's layers with fused Ghost modules there). The ``cpu`` op has no backward.
+    """
+    if backend not in BOTTLENECK_BACKENDS:
+        raise ValueError(f"ghostkernels.ops.ghost_bottleneck: unknown backend {backend!r}; expected one of "
+                         f"{', '.join(BOTTLENECK_BACKENDS)}")
+    ghost1, ghost2 = _tensors(ghost1, 4, "ghost1"), _tensors(ghost2, 4, "ghost2")
+    dw, se, shortcut = _tensors(dw, 2, "dw"), _tensors(se, 4, "se"), _tensors(shortcut, 4, "shortcut")
+    if backend == "auto":
+        if x.device.type != "cpu":
+            raise ValueError(f"ghostkernels.ops.ghost_bottleneck: no kernel for tensors on {x.device} (the op is "
+                             f"CPU-only); backend='eager' runs anywhere")
+        backend = "cpu"
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"ghostkernels.ops.ghost_bottleneck: backend='cpu' needs CPU tensors, got tensors on "
+                         f"{x.device}")
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dt = torch.get_autocast_dtype("cpu")
+        cast = lambda g: tuple(t if t is None else t.to(dt) for t in g)  # noqa: E731
+        with torch.autocast("cpu", enabled=False):
+            return ghost_bottleneck(x.to(dt), cast(ghost1), mid_channels, cast(ghost2), out_channels, act=act,
+                                    stride=stride, dw=cast(dw), se=cast(se), shortcut=cast(shortcut),
+                                    backend=backend)
+    if backend == "eager":
+        check_bottleneck_inputs("ghostkernels (eager)", x, ghost1, mid_channels, act, dw, stride, se, ghost2,
+                                out_channels, shortcut)
+        none = lambda g: None if g[0] is None else g  # noqa: E731
+        return ghost_bottleneck_reference(x, ghost1, mid_channels, ghost2, out_channels, act, stride, none(dw),
+                                          none(se), none(shortcut))
+    _ensure_library()
+    return torch.ops.ghostkernels.ghost_bottleneck(x, *ghost1, mid_channels, act, *dw, stride, *se, *ghost2,
+                                                   out_channels, *shortcut)
+
+
+def cpu_pool_stats() -> dict[str, int]:
+    """The CPU block pool of the C++ kernels (csrc/cpu/tensor_pool.h): idle bytes it keeps (``cached_bytes``),
+    bytes held by live tensors (``in_use_bytes``), allocations served from it (``hits``) and from the system
+    (``misses``), and the cap on idle bytes (``limit_bytes``, from ``GHOSTKERNELS_CPU_POOL_MB``)."""
+    _build.load_library()
+    cached, in_use, hits, misses, limit = torch.ops.ghostkernels._cpu_pool_stats()
+    return {"cached_bytes": cached, "in_use_bytes": in_use, "hits": hits, "misses": misses, "limit_bytes": limit}
+
+
+def release_cpu_pool() -> None:
+    """Return the CPU block pool's idle blocks to the system (blocks of live tensors come back to the pool, not
+    to the system, when those tensors are freed)."""
+    _build.load_library()
+    torch.ops.ghostkernels._cpu_pool_release()
+
+
+__all__ = ["ACTS", "BACKENDS", "BOTTLENECK_BACKENDS", "cpu_pool_stats", "ghost_bottleneck", "cuda_kernels_available", "ghost_module", "load_library",
+           "release_cpu_pool", "resolve_backend"]

@@ -43,3 +43,34 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """relu6(x + 3) / 6: GhostNet's squeeze-excite gate."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+def ghost_bottleneck_reference(x, ghost1, mid_channels: int, ghost2, out_channels: int, act: str = "relu",
+                               stride: int = 1, dw=None, se=None, shortcut=None):
+    """GhostNet's bottleneck with folded BatchNorms (the contract of ghostkernels::ghost_bottleneck):
+
+        y = ghost_module(x, *ghost1, mid_channels, act)
+        y = conv2d(y, *dw, stride, padding k//2, groups=mid)            if dw (given exactly when stride == 2)
+        y = y * hard_sigmoid(conv1x1(relu(conv1x1(mean_hw(y), se[0:2])), se[2:4]))   if se
+        out = ghost_module(y, *ghost2, out_channels, "identity") + (x if shortcut is None else
+              conv1x1(conv2d(x, *shortcut[0:2], stride, padding k//2, groups=C), *shortcut[2:4]))
+    """
+    y = ghost_module_reference(x, *ghost1, mid_channels, act)
+    if dw is not None:
+        w, b = dw
+        y = F.conv2d(y, w, b, stride, w.shape[-1] // 2, 1, y.shape[1])
+    if se is not None:
+        rw, rb, ew, eb = se
+        s = F.relu(F.conv2d(y.mean((2, 3), keepdim=True), rw, rb))
+        y = y * hard_sigmoid(F.conv2d(s, ew, eb))
+    out = ghost_module_reference(y, *ghost2, out_channels, "identity")
+    if shortcut is None:
+        return out + x
+    dw_w, dw_b, pw_w, pw_b = shortcut
+    s = F.conv2d(x, dw_w, dw_b, stride, dw_w.shape[-1] // 2, 1, x.shape[1])
+    return (out + F.conv2d(s, pw_w, pw_b)).contiguous(memory_format=output_memory_format(x))

@@ -1,5 +1,5 @@
-"""torch.export + AOTInductor of fuse(ghostnet_100()) in eval mode: the fused op survives export as one node per
-Ghost module, and the compiled package matches eager both from Python and from the C++ runner
+"""torch.export + AOTInductor of fuse(ghostnet_100()) in eval mode: the fused ops survive export as one node per
+bottleneck, and the compiled package matches eager both from Python and from the C++ runner
 (examples/aoti_runner, linked against libtorch and the CMake-built op library).
 
 One package is compiled per session (about a minute on two cores, most of it the C++ compiler), at a small input
@@ -19,6 +19,7 @@ import torch
 
 import ghostkernels
 from ghostkernels import export as gk_export
+from ghostkernels.bottleneck import FusedGhostBottleneck
 from ghostkernels.modules import _FusedGhostBase
 from test_cmake import aoti_runner
 
@@ -64,11 +65,15 @@ def compiled(tmp_path_factory) -> Compiled:
     return Compiled(model, program, package, x, expected)
 
 
-def test_export_keeps_one_fused_op_per_ghost_module(compiled):
+def test_export_keeps_one_fused_op_per_bottleneck(compiled):
     fused = sum(isinstance(m, _FusedGhostBase) for m in compiled.model.modules())
     assert fused == 32, f"fuse(ghostnet_100()) should replace all 32 Ghost modules, replaced {fused}"
+    blocks = sum(isinstance(m, FusedGhostBottleneck) for m in compiled.model.modules())
+    assert blocks == 16, f"fuse(ghostnet_100()) should replace all 16 bottlenecks, replaced {blocks}"
     targets = [n.target for n in compiled.program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.ghostkernels.ghost_module.default) == fused
+    # Exported under no_grad: each bottleneck is one ghost_bottleneck node (its two Ghost modules inside it).
+    assert targets.count(torch.ops.ghostkernels.ghost_bottleneck.default) == blocks
+    assert targets.count(torch.ops.ghostkernels.ghost_module.default) == fused - 2 * blocks
     assert torch.ops.ghostkernels.ghost_module_backward.default not in targets  # inference: no backward op
 
 

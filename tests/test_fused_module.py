@@ -234,11 +234,11 @@ def test_second_inference_forward_does_no_folding(fold_counter, op_counter):
     x = torch.randn(1, CONFIGS[0][0], 4, 4)
     with torch.no_grad():
         first = fused(x)
-        cached = fused._fold_cache[2]
+        cached = fused._fold_cache._entry[2]
         assert fold_counter.calls == 2  # primary and cheap
         second = fused(x)
     assert fold_counter.calls == 2 and op_counter.calls == 2
-    assert all(a is b for a, b in zip(fused._fold_cache[2], cached))
+    assert all(a is b for a, b in zip(fused._fold_cache._entry[2], cached))
     assert torch.equal(first, second)
     with torch.inference_mode():
         fused(x)
@@ -312,7 +312,7 @@ def test_no_cached_graph_when_autograd_records(fold_counter):
         out.sum().backward()  # a reused graph would fail here the second time ("backward through the graph a
         # second time")
     assert fold_counter.calls == 4  # folded on every call
-    assert fused._fold_cache is None
+    assert fused._fold_cache._entry is None
     grad = fused.primary_conv[1].weight.grad
     assert grad is not None and grad.abs().sum() > 0
 
@@ -321,7 +321,7 @@ def test_cache_is_not_state():
     _, fused = _pair(CONFIGS[0], seed=12)
     with torch.no_grad():
         fused.eval()(torch.randn(1, CONFIGS[0][0], 3, 3))
-    assert fused._fold_cache is not None
+    assert fused._fold_cache._entry is not None
     assert list(fused.state_dict()) == list(GhostModule(*CONFIGS[0][:2]).state_dict())
 
 

@@ -29,9 +29,9 @@ namespace ghostkernels {
 namespace cpu {
 
 namespace {
+constexpr int64_t kLanes = 16;  // floats per 512-bit vector
 constexpr int64_t kMR = kForwardTileChannels;
 constexpr int64_t kNV = 4;   // 16-float vectors of pixels per tile: 6 x 4 = 24 accumulator registers of 32
-constexpr int64_t kLanes = 16;
 // Elements kept before the first plane and after the last one, so every unmasked load of the stencil, including
 // the junk lanes past a band's last output, stays inside the buffer.
 int64_t plane_slack(int64_t W, int64_t K) { return (K / 2 + 1) * W + 2 * kLanes; }
@@ -88,40 +88,14 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p) {
 // instructions, so they still run on AVX-512 CPUs without BF16.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
 
+}  // namespace cpu
+}  // namespace ghostkernels
+
+#include "avx512_common.h"
+
+namespace ghostkernels {
+namespace cpu {
 namespace {
-
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-
-// Lanes [lo, hi) of a 16-lane vector, both clamped to [0, 16].
-inline __mmask16 lane_range(int64_t lo, int64_t hi) {
-  lo = imax(lo, 0);
-  hi = imin(hi, kLanes);
-  if (hi <= lo) return 0;
-  return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-}
-
-// The same functions as act_forward in activations.h, 16 lanes at a time.
-template <Act A>
-inline __m512 act_v(__m512 z) {
-  const __m512 zero = _mm512_setzero_ps();
-  if constexpr (A == Act::ReLU) {
-    return _mm512_max_ps(z, zero);
-  } else if constexpr (A == Act::ReLU6) {
-    return _mm512_min_ps(_mm512_max_ps(z, zero), _mm512_set1_ps(6.f));
-  } else if constexpr (A == Act::HardSwish) {
-    const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(z, _mm512_set1_ps(3.f)), zero), _mm512_set1_ps(6.f));
-    return _mm512_div_ps(_mm512_mul_ps(z, r), _mm512_set1_ps(6.f));
-  } else if constexpr (A == Act::SiLU) {
-    // No vector exp in the ISA; a lane loop over expf keeps the result identical to the scalar kernels.
-    alignas(64) float t[kLanes];
-    _mm512_store_ps(t, z);
-    for (int64_t l = 0; l < kLanes; ++l) t[l] = t[l] / (1.f + std::exp(-t[l]));
-    return _mm512_load_ps(t);
-  } else {
-    return z;
-  }
-}
 
 // The element types and their GEMM step. A `word` is the GEMM operand unit: one float, or two bfloat16 of
 // neighbouring input channels; madd(acc, a, b) adds, per float lane, the products of a broadcast weight word and
@@ -151,14 +125,12 @@ struct BF16 {
 template <typename T>
 constexpr int64_t channels_per_word() { return T::bf16 ? 2 : 1; }
 
-// Stores the lanes `mask` of v at dst, rounding to the element type (bfloat16: round to nearest even).
+// Stores the lanes `mask` of v at dst, rounding to the element type (bfloat16: to nearest even), after adding,
+// where the call has a residual (laid out like the output), the residual's element at the same place, in float.
 template <typename T>
-inline void store_lanes(typename T::elem* dst, __mmask16 mask, __m512 v) {
-  if constexpr (T::bf16) {
-    _mm256_mask_storeu_epi16(dst, mask, (__m256i)_mm512_cvtneps_pbh(v));
-  } else {
-    _mm512_mask_storeu_ps(dst, mask, v);
-  }
+inline void store_output(typename T::elem* dst, const typename T::elem* res, __mmask16 mask, __m512 v) {
+  if (res != nullptr) v = _mm512_add_ps(v, load_f32(mask, res));
+  store_f32(dst, mask, v);
 }
 
 // One work item's pieces, shared by its tiles.
@@ -168,7 +140,9 @@ struct Item {
   int64_t ldb, P, PA;    // P = g * PA pixels; PA = pixels of one image's computed rows [a0, a1)
   float* planes;         // plane(r, i) = planes + (r * G + i) * pstride, row t = image row top + t
   int64_t pstride, x1_off;  // x1_off: where row a0 starts in a plane
-  typename T::elem* out_primary;  // where channel 0 of image 0's row a0 starts in the output
+  typename T::elem* out;             // the output, [N][OC][H][W]
+  const typename T::elem* res;       // the residual laid out like the output, or nullptr
+  int64_t out_primary;               // where channel 0 of image 0's row a0 starts in them
   int64_t out_image;     // output elements per image (OC * H * W)
   int64_t own_lo, own_hi;  // pixels (of PA) on the band's own rows
 };
@@ -218,11 +192,15 @@ void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int6
       const __mmask16 mine = lane_range(lo, hi);
       const __mmask16 own = mine & lane_range(it.own_lo - shift, it.own_hi - shift);
       float* x1 = it.planes + i * it.pstride + it.x1_off + shift;
-      typename T::elem* out = it.out_primary + i * it.out_image + m0 * HW + shift;
+      const int64_t out_off = it.out_primary + i * it.out_image + m0 * HW + shift;
+      typename T::elem* out = it.out + out_off;
+      const typename T::elem* res = it.res == nullptr ? nullptr : it.res + out_off;
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, acc[r][v]);
-        if (own && m0 + r < p.n_primary) store_lanes<T>(out + r * HW, own, acc[r][v]);
+        if (own && m0 + r < p.n_primary) {
+          store_output<T>(out + r * HW, res == nullptr ? nullptr : res + r * HW, own, acc[r][v]);
+        }
       }
       lo = hi;
     }
@@ -256,10 +234,11 @@ TileFn<T, A> tile_for(int64_t mr, int64_t nv) {
 }
 
 // dst[q] = act(b2 + sum_{dy,dx} w[dy*K+dx] * x1(q + (dy-p)*W + dx-p)) for q in [0, n), where `centre` is x1 at
-// the band's first own row. colmask[(q/16)*K + dx] keeps the lanes whose column q%W + dx - p is inside the row.
+// the band's first own row (plus res[q] where res is not nullptr). colmask[(q/16)*K + dx] keeps the lanes whose
+// column q%W + dx - p is inside the row.
 template <typename T, int K, Act A>
-void depthwise_rows(const float* centre, typename T::elem* dst, int64_t n, int64_t W, const float* w, float bias,
-                    const uint16_t* colmask) {
+void depthwise_rows(const float* centre, typename T::elem* dst, const typename T::elem* res, int64_t n, int64_t W,
+                    const float* w, float bias, const uint16_t* colmask) {
   constexpr int P = K / 2;
   for (int64_t q0 = 0; q0 < n; q0 += kLanes) {
     const uint16_t* cm = colmask + (q0 / kLanes) * K;
@@ -273,12 +252,13 @@ void depthwise_rows(const float* centre, typename T::elem* dst, int64_t n, int64
         acc = _mm512_fmadd_ps(v, _mm512_set1_ps(w[dy * K + dx]), acc);
       }
     }
-    store_lanes<T>(dst + q0, lane_range(0, n - q0), act_v<A>(acc));
+    store_output<T>(dst + q0, res == nullptr ? nullptr : res + q0, lane_range(0, n - q0), act_v<A>(acc));
   }
 }
 
 template <typename T, Act A>
-using DepthwiseFn = void (*)(const float*, typename T::elem*, int64_t, int64_t, const float*, float, const uint16_t*);
+using DepthwiseFn = void (*)(const float*, typename T::elem*, const typename T::elem*, int64_t, int64_t, const float*,
+                             float, const uint16_t*);
 
 template <typename T, Act A>
 DepthwiseFn<T, A> depthwise_for(int64_t K) {
@@ -319,6 +299,7 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
   float* planes = static_cast<float*>(scratch) + panel_words(p) + plane_slack(W, K);
   const elem* x = static_cast<const elem*>(p.x);
   elem* out_all = static_cast<elem*>(p.out);
+  const elem* res_all = static_cast<const elem*>(p.residual);
   const DepthwiseFn<T, A> depthwise = depthwise_for<T, A>(K);
 
   for (int64_t item = begin; item < end; ++item) {
@@ -352,7 +333,9 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
     it.planes = planes;
     it.pstride = pstride;
     it.x1_off = (a0 - top) * W;
-    it.out_primary = out_all + n0 * p.OC * HW + a0 * W;
+    it.out = out_all;
+    it.res = res_all;
+    it.out_primary = n0 * p.OC * HW + a0 * W;
     it.out_image = p.OC * HW;
     it.own_lo = (r0 - a0) * W;
     it.own_hi = (r1 - a0) * W;
@@ -379,8 +362,9 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
         for (int64_t j = c * M; j < imin((c + 1) * M, p.n_cheap); ++j) {
           for (int64_t i = 0; i < g; ++i) {
             const float* centre = planes + (r * p.G + i) * pstride + pad * W;
-            elem* dst = out_all + ((n0 + i) * p.OC + I + j) * HW + r0 * W;
-            depthwise(centre, dst, own * W, W, p.w2 + j * K * K, p.b2[j], p.colmask);
+            const int64_t off = ((n0 + i) * p.OC + I + j) * HW + r0 * W;
+            depthwise(centre, out_all + off, res_all == nullptr ? nullptr : res_all + off, own * W, W,
+                      p.w2 + j * K * K, p.b2[j], p.colmask);
           }
         }
       }

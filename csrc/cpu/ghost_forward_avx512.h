@@ -36,6 +36,8 @@ struct ForwardAvx512Params {
   const float* w2;  // [I*M, K*K]
   const float* b2;  // [I*M]
   void* out;        // [N, OC, H, W] contiguous, x's dtype
+  const void* residual;  // nullptr, or [N, OC, H, W] contiguous in x's dtype: added to the output (after the
+                         // activation; a bottleneck's shortcut)
   int64_t N, C, H, W, I, M, K, OC;
   int64_t n_primary, n_cheap;  // channels of each half kept by the slice
   int act;                     // ghostkernels::Act

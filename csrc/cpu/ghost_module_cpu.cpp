@@ -28,12 +28,16 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
 #include "ghost_forward_avx512.h"
+#include "ghost_forward_cpu.h"
+#include "kernel_choice.h"
 #include "plane_ops.h"
+#include "tensor_pool.h"
 #include "work_plan.h"
 
 namespace ghostkernels {
@@ -379,26 +383,14 @@ void check_cpu(const char* op, const at::Tensor& x) {
                    ": supported dtypes are float64, float32 and bfloat16, got ", t);
 }
 
-// GHOSTKERNELS_CPU_KERNEL: "auto" (default) takes the AVX-512 kernels where they apply (forward: float32 and
-// bfloat16 NCHW; backward: the GEMMs of float32 NCHW), "generic" never does (the tests run both), "avx512" insists
-// and raises where the CPU cannot run them.
-enum class CpuKernel { Auto, Generic, Avx512 };
-
-CpuKernel cpu_kernel_knob() {
-  const char* knob = std::getenv("GHOSTKERNELS_CPU_KERNEL");
-  if (knob == nullptr || std::strcmp(knob, "auto") == 0) return CpuKernel::Auto;
-  if (std::strcmp(knob, "generic") == 0) return CpuKernel::Generic;
-  TORCH_CHECK(std::strcmp(knob, "avx512") == 0, "GHOSTKERNELS_CPU_KERNEL must be auto, generic or avx512, got '",
-              knob, "'");
-  return CpuKernel::Avx512;
-}
+using cpu::CpuKernel;
+using cpu::cpu_kernel_knob;
 
 bool use_avx512(CpuKernel knob, bool bf16, int64_t K) {
-  if (knob == CpuKernel::Generic) return false;
-  const bool available = cpu::avx512_forward_available(bf16, K);
-  TORCH_CHECK(available || knob != CpuKernel::Avx512, "GHOSTKERNELS_CPU_KERNEL=avx512, but this CPU lacks AVX-512 ",
-              "F/BW/VL/DQ", bf16 ? " or BF16" : "", ", or the depthwise kernel size ", K, " is not one of 1, 3, 5, 7");
-  return available;
+  return cpu::use_avx512_kernel(knob, cpu::avx512_forward_available(bf16, K), [&] {
+    return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") + (bf16 ? " or BF16" : "") +
+           ", or the depthwise kernel size " + std::to_string(K) + " is not one of 1, 3, 5, 7";
+  });
 }
 
 bool use_avx512_forward(const at::Tensor& x, at::MemoryFormat fmt, const GhostDims& d) {
@@ -410,7 +402,7 @@ bool use_avx512_forward(const at::Tensor& x, at::MemoryFormat fmt, const GhostDi
 
 // Float32 or bfloat16 NCHW forward on the AVX-512 kernel (ghost_forward_avx512.h); x and out are contiguous.
 void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                    const at::Tensor& b2, const at::Tensor& out, const GhostDims& d) {
+                    const at::Tensor& b2, const at::Tensor& out, const at::Tensor& residual, const GhostDims& d) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   // bfloat16 weights as pairs of neighbouring input channels (one 32-bit word each), an odd C padded with a zero.
   at::Tensor w1k = w1.reshape({d.I, d.C});
@@ -427,6 +419,7 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   prm.w2 = w2f.const_data_ptr<float>();
   prm.b2 = b2f.const_data_ptr<float>();
   prm.out = out.mutable_data_ptr();
+  prm.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
   prm.N = d.N, prm.C = d.C, prm.H = d.H, prm.W = d.W, prm.I = d.I, prm.M = d.M, prm.K = d.K, prm.OC = d.oc;
   prm.n_primary = d.primary_kept();
   prm.n_cheap = d.cheap_kept();
@@ -452,19 +445,21 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   });
 }
 
-at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
-                            const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
-                            c10::string_view act) {
-  const GhostDims d = check_ghost_inputs(kForwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
-  check_cpu(kForwardOp, x);
+}  // namespace
+
+namespace cpu {
+
+at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
+                         const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d,
+                         const at::Tensor& residual) {
   const at::MemoryFormat fmt = output_memory_format(x);
-  at::Tensor out = at::empty({d.N, d.oc, d.H, d.W}, x.options().memory_format(fmt));
+  at::Tensor out = pooled_empty({d.N, d.oc, d.H, d.W}, x.options(), fmt);
   if (out.numel() == 0) return out;
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
   const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
   if (use_avx512_forward(xc, fmt, d)) {
-    forward_avx512(xc, w1, b1, w2, b2, out, d);
+    forward_avx512(xc, w1, b1, w2, b2, out, residual.defined() ? residual.contiguous(fmt) : residual, d);
     return out;
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
@@ -477,7 +472,20 @@ at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, co
       }
     });
   });
+  if (residual.defined()) out.add_(residual);
   return out;
+}
+
+}  // namespace cpu
+
+namespace {
+
+at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
+                            const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
+                            c10::string_view act) {
+  const GhostDims d = check_ghost_inputs(kForwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
+  check_cpu(kForwardOp, x);
+  return cpu::ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_module_backward_cpu(
@@ -495,7 +503,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_mod
   TORCH_CHECK_VALUE(grad_out.device() == x.device(), kBackwardOp, ": grad_out is on ", grad_out.device(),
                     " but x is on ", x.device());
   const at::MemoryFormat fmt = output_memory_format(x);
-  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor grad_x = cpu::pooled_empty(x.sizes(), x.options(), fmt);
   at::Tensor gw1 = at::zeros(w_primary.sizes(), w_primary.options());
   at::Tensor gb1 = at::zeros(b_primary.sizes(), b_primary.options());
   at::Tensor gw2 = at::zeros(w_cheap.sizes(), w_cheap.options());

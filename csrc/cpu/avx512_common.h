@@ -1,0 +1,66 @@
+// Small AVX-512 helpers shared by the AVX-512 kernel files. Include it only between a file's
+// `#pragma GCC push_options` / `#pragma GCC target("avx512f,...")` and `pop_options`, after <immintrin.h>.
+//
+// Everything here has internal linkage (an anonymous namespace) on purpose: an inline function with external
+// linkage compiled with AVX-512 in one file and without it in another is one symbol to the linker, which may keep
+// the AVX-512 copy for every caller; on a CPU without AVX-512 that would be an illegal instruction in the generic
+// kernels.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../activations.h"
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Lanes [lo, hi) of a 16-lane vector, both clamped to [0, 16].
+inline __mmask16 lane_range(int64_t lo, int64_t hi) {
+  lo = imax(lo, 0);
+  hi = imin(hi, 16);
+  if (hi <= lo) return 0;
+  return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+// The same functions as act_forward in activations.h, 16 lanes at a time.
+template <Act A>
+inline __m512 act_v(__m512 z) {
+  const __m512 zero = _mm512_setzero_ps();
+  if constexpr (A == Act::ReLU) {
+    return _mm512_max_ps(z, zero);
+  } else if constexpr (A == Act::ReLU6) {
+    return _mm512_min_ps(_mm512_max_ps(z, zero), _mm512_set1_ps(6.f));
+  } else if constexpr (A == Act::HardSwish) {
+    const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(z, _mm512_set1_ps(3.f)), zero), _mm512_set1_ps(6.f));
+    return _mm512_div_ps(_mm512_mul_ps(z, r), _mm512_set1_ps(6.f));
+  } else if constexpr (A == Act::SiLU) {
+    // No vector exp in the ISA; a lane loop over expf keeps the result identical to the scalar kernels.
+    alignas(64) float t[16];
+    _mm512_store_ps(t, z);
+    for (int l = 0; l < 16; ++l) t[l] = t[l] / (1.f + std::exp(-t[l]));
+    return _mm512_load_ps(t);
+  } else {
+    return z;
+  }
+}
+
+// 16 elements (the lanes `mask`, the others zero) as floats, from float32 or raw bfloat16 memory.
+inline __m512 load_f32(__mmask16 mask, const float* src) { return _mm512_maskz_loadu_ps(mask, src); }
+inline __m512 load_f32(__mmask16 mask, const uint16_t* src) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src)), 16));
+}
+
+// Stores the lanes `mask` of v to float32 memory, or to bfloat16 memory rounding to nearest even.
+inline void store_f32(float* dst, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(dst, mask, v); }
+inline void store_f32(uint16_t* dst, __mmask16 mask, __m512 v) {
+  _mm256_mask_storeu_epi16(dst, mask, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace ghostkernels

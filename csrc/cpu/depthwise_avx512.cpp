@@ -1,0 +1,240 @@
+// The AVX-512 depthwise convolution (see depthwise_avx512.h for what it computes and why).
+//
+// As in ghost_forward_avx512.cpp: no torch header, and the AVX-512 code sits between the `#pragma GCC target`
+// lines with internal linkage, so the library still loads and runs on CPUs without AVX-512.
+//
+// Numerics: float32 accumulation; each output is b + the k*k taps added row by row with fused multiply-adds
+// (bfloat16 inputs are widened exactly, only the output is rounded). Results differ from oneDNN's by rounding only.
+#include "depthwise_avx512.h"
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../activations.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GK_HAVE_AVX512_DEPTHWISE 1
+#include <immintrin.h>
+#else
+#define GK_HAVE_AVX512_DEPTHWISE 0
+#endif
+
+namespace ghostkernels {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t kVecLanes = 16;
+// Zeros kept before the first phase plane and after each one: the first tap of the first vector reads up to
+// ceil(p/s) elements before a plane, and the unmasked loads of the last vector up to 16 elements past it.
+constexpr int64_t kPhaseSlack = 2 * kVecLanes;
+
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// The geometry every tap shares: a tap at offset u = d - p (d = dy or dx) reads phase u mod s at offset
+// floor(u / s); the offsets run from lo = floor(-p / s) to hi = floor(p / s).
+struct PhaseGeometry {
+  int64_t s, p, lo, hi;
+  int64_t offsets() const { return hi - lo + 1; }
+};
+
+PhaseGeometry geometry(int64_t K, int64_t stride) {
+  const int64_t p = K / 2;
+  return PhaseGeometry{stride, p, floor_div(-p, stride), floor_div(p, stride)};
+}
+
+// Floats of one phase plane: rows [lo, Ho + hi), pitch Wo, and the slack after it.
+int64_t phase_floats(const DepthwiseAvx512Params& p) {
+  const PhaseGeometry g = geometry(p.K, p.stride);
+  return (p.Ho + g.hi - g.lo) * p.Wo + kPhaseSlack;
+}
+
+}  // namespace
+
+bool avx512_depthwise_available(bool bf16, int64_t K, int64_t stride) {
+#if GK_HAVE_AVX512_DEPTHWISE
+  static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  static const bool cpu_bf16 = cpu_ok && __builtin_cpu_supports("avx512bf16");
+  return (bf16 ? cpu_bf16 : cpu_ok) && (K == 1 || K == 3 || K == 5 || K == 7) && (stride == 1 || stride == 2);
+#else
+  (void)bf16;
+  (void)K;
+  (void)stride;
+  return false;
+#endif
+}
+
+std::vector<uint16_t> avx512_depthwise_column_masks(int64_t K, int64_t stride, int64_t Ho, int64_t Wo) {
+  const PhaseGeometry g = geometry(K, stride);
+  const int64_t n = g.offsets(), vecs = (Ho * Wo + kVecLanes - 1) / kVecLanes;
+  std::vector<uint16_t> m(vecs * n);
+  for (int64_t v = 0; v < vecs; ++v) {
+    for (int64_t o = 0; o < n; ++o) {
+      uint16_t bits = 0;
+      for (int64_t l = 0; l < kVecLanes; ++l) {
+        const int64_t col = (v * kVecLanes + l) % Wo + g.lo + o;
+        if (col >= 0 && col < Wo) bits = static_cast<uint16_t>(bits | (1u << l));
+      }
+      m[v * n + o] = bits;
+    }
+  }
+  return m;
+}
+
+int64_t avx512_depthwise_scratch_floats(const DepthwiseAvx512Params& p) {
+  return kPhaseSlack + p.stride * p.stride * phase_floats(p);
+}
+
+#if GK_HAVE_AVX512_DEPTHWISE
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+
+}  // namespace cpu
+}  // namespace ghostkernels
+
+#include "avx512_common.h"
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+// Writes the s*s phase planes of one input plane: phase (a, b) row i (i in [lo, Ho + hi)), column j (< Wo) is
+// x[s*i + a][s*j + b], zero outside the input. Phase (a, b) starts at phases + (a*s + b) * stride_f, its row lo at
+// the start.
+template <typename E, int S>
+void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, const PhaseGeometry& g, float* phases,
+                  int64_t stride_f) {
+  const int64_t rows = Ho + g.hi - g.lo;
+  for (int a = 0; a < S; ++a) {
+    for (int64_t t = 0; t < rows; ++t) {
+      const int64_t r = S * (t + g.lo) + a;
+      float* d0 = phases + (a * S) * stride_f + t * Wo;
+      if (r < 0 || r >= H) {
+        for (int b = 0; b < S; ++b) std::memset(d0 + b * stride_f, 0, Wo * sizeof(float));
+        continue;
+      }
+      const E* src = x + r * W;
+      if constexpr (S == 1) {
+        for (int64_t j = 0; j < Wo; j += kVecLanes) {
+          const __mmask16 m = lane_range(0, Wo - j);
+          _mm512_mask_storeu_ps(d0 + j, m, load_f32(lane_range(0, W - j), src + j));
+        }
+      } else {
+        // 32 input columns -> 16 of each column phase: even lanes to phase b = 0, odd lanes to b = 1. Loads are
+        // masked at the row's end, so columns past W come out as zeros.
+        const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        float* d1 = d0 + stride_f;
+        for (int64_t j = 0; j < Wo; j += kVecLanes) {
+          const int64_t c = 2 * j;
+          const __m512 lo = load_f32(lane_range(0, W - c), src + c);
+          const __m512 hi = load_f32(lane_range(0, W - c - kVecLanes), src + c + kVecLanes);
+          const __mmask16 m = lane_range(0, Wo - j);
+          _mm512_mask_storeu_ps(d0 + j, m, _mm512_permutex2var_ps(lo, even, hi));
+          _mm512_mask_storeu_ps(d1 + j, m, _mm512_permutex2var_ps(lo, odd, hi));
+        }
+      }
+    }
+  }
+}
+
+template <typename E, int K, int S, Act A>
+void plane(const DepthwiseAvx512Params& p, int64_t pl, float* scratch) {
+  constexpr int P = K / 2;
+  const PhaseGeometry g = geometry(K, S);
+  const int64_t stride_f = phase_floats(p), n = p.Ho * p.Wo, n_off = g.offsets();
+  float* phases = scratch + kPhaseSlack;
+  split_phases<E, S>(static_cast<const E*>(p.x) + pl * p.H * p.W, p.H, p.W, p.Ho, p.Wo, g, phases, stride_f);
+
+  const int64_t c = pl % p.C;
+  const float* w = p.w + c * K * K;
+  // Per tap: where its phase plane's row 0 starts (the output vector's offset is added below) and which column
+  // mask it needs (offset index; the centre column's offset needs none).
+  const float* base[K * K];
+  int64_t mask_index[K * K];
+  for (int dy = 0; dy < K; ++dy) {
+    const int64_t u = dy - P, a = u - S * floor_div(u, S), io = floor_div(u, S);
+    for (int dx = 0; dx < K; ++dx) {
+      const int64_t v = dx - P, b = v - S * floor_div(v, S), jo = floor_div(v, S);
+      base[dy * K + dx] = phases + (a * S + b) * stride_f + (io - g.lo) * p.Wo + jo;
+      mask_index[dy * K + dx] = jo == 0 ? -1 : jo - g.lo;
+    }
+  }
+  __m512 wv[K * K];
+  for (int t = 0; t < K * K; ++t) wv[t] = _mm512_set1_ps(w[t]);
+  const __m512 bias = _mm512_set1_ps(p.b[c]);
+  E* out = static_cast<E*>(p.out) + pl * n;
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t q0 = 0; q0 < n; q0 += kVecLanes) {
+    const uint16_t* cm = p.colmask + (q0 / kVecLanes) * n_off;
+    __m512 acc = bias;
+#pragma GCC unroll 49
+    for (int t = 0; t < K * K; ++t) {
+      const float* src = base[t] + q0;
+      const __m512 xv = mask_index[t] < 0 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[mask_index[t]], src);
+      acc = _mm512_fmadd_ps(xv, wv[t], acc);
+    }
+    acc = act_v<A>(acc);
+    const __mmask16 valid = lane_range(0, n - q0);
+    store_f32(out + q0, valid, acc);
+    if (p.plane_sums != nullptr) sum = _mm512_mask_add_ps(sum, valid, sum, acc);
+  }
+  if (p.plane_sums != nullptr) p.plane_sums[pl] = _mm512_reduce_add_ps(sum);
+}
+
+template <typename E, int K, int S, Act A>
+void planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  for (int64_t pl = begin; pl < end; ++pl) plane<E, K, S, A>(p, pl, scratch);
+}
+
+template <typename E, int K, int S>
+void planes_for_act(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  switch (static_cast<Act>(p.act)) {
+    case Act::ReLU: planes<E, K, S, Act::ReLU>(p, begin, end, scratch); break;
+    case Act::ReLU6: planes<E, K, S, Act::ReLU6>(p, begin, end, scratch); break;
+    case Act::SiLU: planes<E, K, S, Act::SiLU>(p, begin, end, scratch); break;
+    case Act::HardSwish: planes<E, K, S, Act::HardSwish>(p, begin, end, scratch); break;
+    case Act::Identity:
+    default: planes<E, K, S, Act::Identity>(p, begin, end, scratch); break;
+  }
+}
+
+template <typename E, int S>
+void planes_for_k(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  switch (p.K) {
+    case 1: planes_for_act<E, 1, S>(p, begin, end, scratch); break;
+    case 3: planes_for_act<E, 3, S>(p, begin, end, scratch); break;
+    case 5: planes_for_act<E, 5, S>(p, begin, end, scratch); break;
+    default: planes_for_act<E, 7, S>(p, begin, end, scratch); break;
+  }
+}
+
+template <typename E>
+void planes_for_stride(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  if (p.stride == 1) {
+    planes_for_k<E, 1>(p, begin, end, scratch);
+  } else {
+    planes_for_k<E, 2>(p, begin, end, scratch);
+  }
+}
+
+}  // namespace
+
+void avx512_depthwise_planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  if (p.bf16) {
+    planes_for_stride<uint16_t>(p, begin, end, scratch);
+  } else {
+    planes_for_stride<float>(p, begin, end, scratch);
+  }
+}
+
+#pragma GCC pop_options
+#else
+// Never called: avx512_depthwise_available() is false.
+void avx512_depthwise_planes(const DepthwiseAvx512Params&, int64_t, int64_t, float*) {}
+#endif
+
+}  // namespace cpu
+}  // namespace ghostkernels

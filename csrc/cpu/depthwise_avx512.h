@@ -1,0 +1,53 @@
+// The AVX-512 depthwise convolution (one filter per channel, stride 1 or 2, zero padding k//2, bias, activation)
+// for float32 and bfloat16 NCHW tensors: a params struct and launch functions, no torch.
+//
+// GhostNet's bottleneck has two of them outside its Ghost modules: conv_dw (k x k, stride 2, after ghost1) and the
+// shortcut's depthwise conv (stride 1 or 2). oneDNN runs them on NCHW tensors by reordering the input into its
+// blocked layout and the output back, two extra passes over memory per call; on the 2-core VM of bench/NOTES.md
+// the first stride-2 one of GhostNet 1.0x took longer than the Ghost module in front of it.
+//
+// Per plane (image, channel): a stride-2 convolution is a sum of stride-1 convolutions over the input's four
+// "phases" (even/odd rows x even/odd columns), each tap of the k x k kernel reading one phase at a row and column
+// offset of -1, 0 or +1. So the plane is first split into s*s phase planes in float (pitch Wo, zero rows above and
+// below, zero where the input ends), and then every 16 consecutive outputs (across row ends) are one accumulator
+// register: each tap is one load from a phase plane, masked where its column offset would wrap into the
+// neighbouring row (as in the Ghost-module kernel). Stride 1 is the same with one phase: a padded copy.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace ghostkernels {
+namespace cpu {
+
+struct DepthwiseAvx512Params {
+  bool bf16;          // x and out are bfloat16 (raw 16-bit words), else float32
+  const void* x;      // [planes][H][W], plane = n * C + c
+  const float* w;     // [C][K*K]
+  const float* b;     // [C]
+  void* out;          // [planes][Ho][Wo]
+  float* plane_sums;  // [planes], or nullptr: the sum of each output plane (after the activation), for a
+                      // squeeze-excite that follows
+  int64_t C, H, W, K, stride, Ho, Wo;
+  int act;                   // ghostkernels::Act
+  const uint16_t* colmask;   // avx512_depthwise_column_masks(K, stride, Ho, Wo)
+};
+
+// Whether this CPU and the kernel handle it: AVX-512 F/BW/VL/DQ (and BF16 for bfloat16), K in {1, 3, 5, 7},
+// stride 1 or 2.
+bool avx512_depthwise_available(bool bf16, int64_t K, int64_t stride);
+
+// Output size of the convolution along one dimension (padding K/2).
+inline int64_t depthwise_output_size(int64_t in, int64_t K, int64_t stride) { return (in + 2 * (K / 2) - K) / stride + 1; }
+
+std::vector<uint16_t> avx512_depthwise_column_masks(int64_t K, int64_t stride, int64_t Ho, int64_t Wo);
+
+// Per-thread scratch, in floats, for avx512_depthwise_planes. It must be zero where it has never been written (a
+// buffer zero-filled when allocated), so the lanes read past a plane are never NaN or denormal.
+int64_t avx512_depthwise_scratch_floats(const DepthwiseAvx512Params& p);
+
+// Computes planes [begin, end); planes are independent, so threads may run disjoint ranges.
+void avx512_depthwise_planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch);
+
+}  // namespace cpu
+}  // namespace ghostkernels

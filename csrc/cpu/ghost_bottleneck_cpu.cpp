@@ -1,0 +1,267 @@
+// ghostkernels::ghost_bottleneck on the CPU: GhostNet's whole bottleneck in one op call (inference only).
+//
+// Why one op: after the Ghost modules are fused, what is left of a bottleneck (the stride-2 depthwise conv, the
+// squeeze-excite, the shortcut, the residual add, the BatchNorms) is a dozen small eager ops per block, each with
+// its dispatcher and Python overhead, an output allocation and a pass over memory; end to end they cost more than
+// the fused Ghost modules (bench/NOTES.md, entry 11). Here the block is one call: both Ghost modules on the fused
+// kernel, the depthwise convs on depthwise_cpu.h's kernel, the squeeze-excite's mean taken from that kernel's
+// output pass where a depthwise conv precedes it and applied in place, and the shortcut added in ghost2's output
+// store (no separate add pass). Every intermediate comes from, and goes back to, the CPU block pool.
+//
+// Numerics: each piece computes in float32 (bfloat16 inputs: float accumulation, bfloat16 intermediates, as
+// eager does in bfloat16); float64 runs ATen's float64 ops around the generic Ghost-module kernel.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../ghost_module_check.h"
+#include "depthwise_cpu.h"
+#include "ghost_forward_avx512.h"
+#include "ghost_forward_cpu.h"
+#include "kernel_choice.h"
+#include "tensor_pool.h"
+
+namespace ghostkernels {
+namespace {
+
+constexpr const char* kOp = "ghostkernels::ghost_bottleneck (CPU)";
+
+using OptTensor = std::optional<at::Tensor>;
+
+// The op's arguments, by role.
+struct Args {
+  const at::Tensor &x, &g1w1, &g1b1, &g1w2, &g1b2;
+  int64_t mid;
+  c10::string_view act;
+  const OptTensor &dw_w, &dw_b;
+  int64_t stride;
+  const OptTensor &se_rw, &se_rb, &se_ew, &se_eb;
+  const at::Tensor &g2w1, &g2b1, &g2w2, &g2b2;
+  int64_t out_channels;
+  const OptTensor &sc_dw_w, &sc_dw_b, &sc_pw_w, &sc_pw_b;
+};
+
+// The shapes and options of one call, validated.
+struct BottleneckDims {
+  GhostDims ghost1, ghost2;
+  int64_t stride, Ho, Wo;
+  bool has_dw, has_se, has_shortcut;
+};
+
+// All of an optional group given, or none; returns which.
+bool all_or_none(const char* group, std::initializer_list<const OptTensor*> ts) {
+  int given = 0;
+  for (const OptTensor* t : ts) given += t->has_value() ? 1 : 0;
+  TORCH_CHECK_VALUE(given == 0 || given == static_cast<int>(ts.size()), kOp, ": give all of ", group,
+                    " or none of them (", given, " of ", ts.size(), " given)");
+  return given > 0;
+}
+
+void check_same(const at::Tensor& x, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), kOp, ": dtype mismatch: x is ", x.scalar_type(), " but ",
+                   name, " is ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), kOp, ": device mismatch: x is on ", x.device(), " but ", name,
+                    " is on ", t.device());
+}
+
+void check_conv1x1(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t in, const char* what) {
+  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(1) == in && w.size(2) == 1 && w.size(3) == 1, kOp, ": ", what,
+                    " weight must be [out, ", in, ", 1, 1], got shape ", w.sizes());
+  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), kOp, ": ", what, " bias must be [", w.size(0),
+                    "], got shape ", b.sizes());
+  check_same(x, w, what);
+  check_same(x, b, what);
+}
+
+BottleneckDims check_inputs(const Args& a) {
+  const at::Tensor& x = a.x;
+  const int64_t mid = a.mid, stride = a.stride, out_channels = a.out_channels;
+  const OptTensor &dw_w = a.dw_w, &dw_b = a.dw_b, &se_rw = a.se_rw, &se_rb = a.se_rb, &se_ew = a.se_ew,
+                  &se_eb = a.se_eb, &sc_dw_w = a.sc_dw_w, &sc_dw_b = a.sc_dw_b, &sc_pw_w = a.sc_pw_w,
+                  &sc_pw_b = a.sc_pw_b;
+  BottleneckDims d{};
+  d.ghost1 = check_ghost_inputs("ghostkernels::ghost_bottleneck (ghost1)", x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, mid,
+                                a.act);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), kOp, ": expected CPU tensors, got ", x.device(),
+                    " (the op has a CPU kernel only; FusedGhostBottleneck runs the block's own layers elsewhere)");
+  const auto t = x.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kDouble || t == at::kFloat || t == at::kBFloat16, kOp,
+                   ": supported dtypes are float64, float32 and bfloat16, got ", t);
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, kOp, ": stride must be 1 or 2, got ", stride);
+  d.stride = stride;
+  // Stand-ins of the intermediate tensors for the shape checks: one element of x's dtype and device, expanded.
+  const at::Tensor one = at::empty({}, x.options());
+  const at::Tensor y1 = one.expand({d.ghost1.N, mid, d.ghost1.H, d.ghost1.W});
+  d.has_dw = all_or_none("dw_w, dw_b", {&dw_w, &dw_b});
+  TORCH_CHECK_VALUE(d.has_dw == (stride == 2), kOp, ": dw_w/dw_b (conv_dw) must be given exactly when stride is 2 ",
+                    "(stride=", stride, ", ", d.has_dw ? "given" : "not given", ")");
+  if (d.has_dw) cpu::check_depthwise_inputs(kOp, "conv_dw", y1, *dw_w, *dw_b, stride);
+  const int64_t K_dw = d.has_dw ? dw_w->size(2) : 1;
+  d.Ho = d.has_dw ? cpu::depthwise_output_size(d.ghost1.H, K_dw, stride) : d.ghost1.H;
+  d.Wo = d.has_dw ? cpu::depthwise_output_size(d.ghost1.W, K_dw, stride) : d.ghost1.W;
+  d.has_se = all_or_none("se_reduce_w, se_reduce_b, se_expand_w, se_expand_b", {&se_rw, &se_rb, &se_ew, &se_eb});
+  if (d.has_se) {
+    check_conv1x1(x, *se_rw, *se_rb, mid, "se_reduce");
+    check_conv1x1(x, *se_ew, *se_eb, se_rw->size(0), "se_expand");
+    TORCH_CHECK_VALUE(se_ew->size(0) == mid, kOp, ": se_expand must give back the block's ", mid,
+                      " channels, got weight shape ", se_ew->sizes());
+  }
+  const at::Tensor y2 = one.expand({d.ghost1.N, mid, d.Ho, d.Wo});
+  d.ghost2 = check_ghost_inputs("ghostkernels::ghost_bottleneck (ghost2)", y2, a.g2w1, a.g2b1, a.g2w2, a.g2b2,
+                                out_channels, "identity");
+  d.has_shortcut = all_or_none("shortcut_dw_w, shortcut_dw_b, shortcut_pw_w, shortcut_pw_b",
+                               {&sc_dw_w, &sc_dw_b, &sc_pw_w, &sc_pw_b});
+  if (d.has_shortcut) {
+    cpu::check_depthwise_inputs(kOp, "the shortcut's depthwise conv", x, *sc_dw_w, *sc_dw_b, stride);
+    TORCH_CHECK_VALUE(sc_dw_w->size(2) == K_dw || !d.has_dw, kOp, ": the shortcut's depthwise kernel (k=",
+                      sc_dw_w->size(2), ") must match conv_dw's (k=", K_dw, ") so both halve the image alike");
+    TORCH_CHECK_VALUE(cpu::depthwise_output_size(d.ghost1.H, sc_dw_w->size(2), stride) == d.Ho &&
+                          cpu::depthwise_output_size(d.ghost1.W, sc_dw_w->size(2), stride) == d.Wo,
+                      kOp, ": the shortcut's output size differs from the main branch's");
+    check_conv1x1(x, *sc_pw_w, *sc_pw_b, d.ghost1.C, "shortcut_pw");
+    TORCH_CHECK_VALUE(sc_pw_w->size(0) == out_channels, kOp, ": shortcut_pw must make out_channels=",
+                      out_channels, " channels, got weight shape ", sc_pw_w->sizes());
+  } else {
+    TORCH_CHECK_VALUE(d.ghost1.C == out_channels && stride == 1, kOp, ": without shortcut weights the shortcut is ",
+                      "the identity, which needs in_channels == out_channels and stride 1 (got ", d.ghost1.C, " -> ",
+                      out_channels, ", stride ", stride, ")");
+  }
+  return d;
+}
+
+// y *= hardsigmoid(W_e . relu(W_r . mean_hw(y) + b_r) + b_e), per image and channel, in place. `sums` holds each
+// plane's sum where the depthwise kernel produced it (else it is computed here). The two matrix-vector products are
+// plain loops: at GhostNet's sizes (up to 960 x 240) ATen's addmm spent ~50 us per call in dispatch and threading,
+// several times the arithmetic, and GhostNet 1.0x runs 14 of them per image.
+template <typename scalar_t, typename acc_t>
+void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
+                           const at::Tensor& ew, const at::Tensor& eb) {
+  const int64_t N = y.size(0), C = y.size(1), R = rw.size(0), HW = y.size(2) * y.size(3);
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  const auto a = [&](const at::Tensor& t) { return t.to(acc_type).contiguous(); };
+  const at::Tensor rwa = a(rw), rba = a(rb), ewa = a(ew), eba = a(eb);
+  const acc_t *wr = rwa.const_data_ptr<acc_t>(), *br = rba.const_data_ptr<acc_t>();
+  const acc_t *we = ewa.const_data_ptr<acc_t>(), *be = eba.const_data_ptr<acc_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  std::vector<acc_t> mean(N * C), hidden(R), gate(N * C);
+  if (sums.defined()) {
+    const at::Tensor sa = sums.to(acc_type).contiguous();
+    const acc_t* sp = sa.const_data_ptr<acc_t>();
+    for (int64_t i = 0; i < N * C; ++i) mean[i] = sp[i] / static_cast<acc_t>(HW);
+  } else {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i) {
+        const scalar_t* plane = yp + i * HW;
+        acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t q = 0; q < HW; ++q) s += static_cast<acc_t>(plane[q]);
+        mean[i] = s / static_cast<acc_t>(HW);
+      }
+    });
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    const acc_t* m = mean.data() + n * C;
+    for (int64_t r = 0; r < R; ++r) {
+      const acc_t* w = wr + r * C;
+      acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t c = 0; c < C; ++c) s += w[c] * m[c];
+      hidden[r] = std::max<acc_t>(s + br[r], 0);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t* w = we + c * R;
+      acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t r = 0; r < R; ++r) s += w[r] * hidden[r];
+      // hardsigmoid(v) = relu6(v + 3) / 6
+      gate[n * C + c] = std::min<acc_t>(std::max<acc_t>(s + be[c] + 3, 0), 6) / 6;
+    }
+  }
+  at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) {
+      scalar_t* plane = yp + i * HW;
+      const acc_t g = gate[i];
+#pragma omp simd
+      for (int64_t q = 0; q < HW; ++q) plane[q] = static_cast<scalar_t>(static_cast<acc_t>(plane[q]) * g);
+    }
+  });
+}
+
+void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
+                     const at::Tensor& ew, const at::Tensor& eb) {
+  TORCH_CHECK(y.is_contiguous(), "squeeze_excite_: y must be contiguous");
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "ghost_bottleneck_se", [&] {
+    squeeze_excite_kernel<scalar_t, at::opmath_type<scalar_t>>(y, sums, rw, rb, ew, eb);
+  });
+}
+
+// conv1x1(s, w) + b: float32 NCHW on the AVX-512 GEMM of the Ghost-module kernel (no layout reorder, no BLAS
+// call per image), ATen's convolution otherwise.
+at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Tensor& b) {
+  const int64_t N = s.size(0), C = s.size(1), HW = s.size(2) * s.size(3), O = w.size(0);
+  const bool eligible = s.scalar_type() == at::kFloat && s.is_contiguous();
+  if (!(eligible && cpu::use_avx512_kernel(cpu::cpu_kernel_knob(), cpu::avx512_forward_available(false, 1),
+                                           [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); }))) {
+    return at::conv2d(s, w, b);
+  }
+  at::Tensor out = cpu::pooled_empty({N, O, s.size(2), s.size(3)}, s.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor wm = w.reshape({O, C}).contiguous(), bc = b.contiguous();
+  const float* wp = wm.const_data_ptr<float>();
+  const float* bp = bc.const_data_ptr<float>();
+  const float* sp = s.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  // Items: (image, chunk of 256 pixels), so batch 1 still feeds every thread.
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (HW + kChunk - 1) / kChunk;
+  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / chunks, q0 = (item % chunks) * kChunk, len = std::min(kChunk, HW - q0);
+      float* dst = op + n * O * HW + q0;
+      for (int64_t o = 0; o < O; ++o) std::fill(dst + o * HW, dst + o * HW + len, bp[o]);
+      cpu::avx512_sgemm_nn(O, len, C, wp, C, sp + n * C * HW + q0, HW, dst, HW, /*accumulate=*/true);
+    }
+  });
+  return out;
+}
+
+at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, const at::Tensor& g1b1,
+                                const at::Tensor& g1w2, const at::Tensor& g1b2, int64_t mid, c10::string_view act,
+                                const OptTensor& dw_w, const OptTensor& dw_b, int64_t stride, const OptTensor& se_rw,
+                                const OptTensor& se_rb, const OptTensor& se_ew, const OptTensor& se_eb,
+                                const at::Tensor& g2w1, const at::Tensor& g2b1, const at::Tensor& g2w2,
+                                const at::Tensor& g2b2, int64_t out_channels, const OptTensor& sc_dw_w,
+                                const OptTensor& sc_dw_b, const OptTensor& sc_pw_w, const OptTensor& sc_pw_b) {
+  const BottleneckDims d = check_inputs(Args{x, g1w1, g1b1, g1w2, g1b2, mid, act, dw_w, dw_b, stride, se_rw, se_rb,
+                                             se_ew, se_eb, g2w1, g2b1, g2w2, g2b2, out_channels, sc_dw_w, sc_dw_b,
+                                             sc_pw_w, sc_pw_b});
+  const at::MemoryFormat fmt = output_memory_format(x);
+  // The shortcut first, while x is still in cache from the block before; ghost2 adds it in its output store.
+  at::Tensor residual = x;
+  if (d.has_shortcut) {
+    const at::Tensor s = cpu::depthwise_conv(x.contiguous(fmt), *sc_dw_w, *sc_dw_b, stride, Act::Identity);
+    residual = pointwise_conv(s, *sc_pw_w, *sc_pw_b);
+  }
+  at::Tensor y = cpu::ghost_forward(x, g1w1, g1b1, g1w2, g1b2, d.ghost1, at::Tensor());
+  at::Tensor sums;
+  if (d.has_dw) y = cpu::depthwise_conv(y, *dw_w, *dw_b, stride, Act::Identity, d.has_se ? &sums : nullptr);
+  if (d.has_se) {
+    if (!y.is_contiguous()) y = y.contiguous();  // channels_last inputs: the SE works on NCHW planes
+    squeeze_excite_(y, sums, *se_rw, *se_rb, *se_ew, *se_eb);
+  }
+  const at::MemoryFormat yfmt = output_memory_format(y);
+  at::Tensor out = cpu::ghost_forward(y, g2w1, g2b1, g2w2, g2b2, d.ghost2, residual.contiguous(yfmt));
+  return out.contiguous(fmt);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("ghost_bottleneck", &ghost_bottleneck_cpu); }
+
+}  // namespace ghostkernels

@@ -1,0 +1,173 @@
+// The CPU block pool (see tensor_pool.h for why it exists).
+#include "tensor_pool.h"
+
+#include <ATen/ATen.h>
+#include <ATen/native/TensorFactories.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+constexpr int64_t kPageBytes = 4096;
+constexpr int64_t kDefaultLimitMB = 512;
+
+int64_t limit_bytes() {
+  const char* env = std::getenv("GHOSTKERNELS_CPU_POOL_MB");
+  if (env == nullptr || *env == '\0') return kDefaultLimitMB << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && mb >= 0, "GHOSTKERNELS_CPU_POOL_MB must be a whole number of ",
+                    "megabytes >= 0 (0 turns the CPU block pool off), got '", env, "'");
+  return static_cast<int64_t>(mb) << 20;
+}
+
+class Pool {
+ public:
+  // A block of at least `bytes` (rounded up to whole pages), or nullptr when the pool is off.
+  void* take(int64_t bytes, int64_t* block_bytes) {
+    const int64_t limit = limit_bytes();
+    if (limit == 0) return nullptr;
+    const int64_t want = (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // The smallest idle block that fits and wastes at most a quarter of itself: a network asks for the same
+      // sizes every pass, so exact fits are the rule once it has run once.
+      auto it = idle_.lower_bound(want);
+      if (it != idle_.end() && it->first <= want + want / 4) {
+        void* ptr = it->second;
+        *block_bytes = it->first;
+        cached_ -= it->first;
+        in_use_ += it->first;
+        idle_.erase(it);
+        ++hits_;
+        return ptr;
+      }
+      ++misses_;
+      in_use_ += want;
+    }
+    *block_bytes = want;
+    return c10::alloc_cpu(static_cast<size_t>(want));
+  }
+
+  void give_back(void* ptr, int64_t bytes) {
+    const int64_t limit = limit_bytes();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_use_ -= bytes;
+      if (cached_ + bytes <= limit) {
+        idle_.emplace(bytes, ptr);
+        cached_ += bytes;
+        return;
+      }
+    }
+    c10::free_cpu(ptr);
+  }
+
+  void release() {
+    std::multimap<int64_t, void*> idle;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      idle.swap(idle_);
+      cached_ = 0;
+    }
+    for (auto& kv : idle) c10::free_cpu(kv.second);
+  }
+
+  PoolStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return PoolStats{cached_, in_use_, hits_, misses_, limit_bytes()};
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<int64_t, void*> idle_;  // block size -> block
+  int64_t cached_ = 0, in_use_ = 0, hits_ = 0, misses_ = 0;
+};
+
+// Never destroyed: tensors holding blocks may be freed during or after static destruction at exit.
+Pool& pool() {
+  static Pool* p = new Pool();
+  return *p;
+}
+
+// The DataPtr context of a pooled tensor: which block to give back.
+struct BlockContext {
+  void* ptr;
+  int64_t bytes;
+};
+
+void give_back_block(void* ctx) {
+  auto* b = static_cast<BlockContext*>(ctx);
+  pool().give_back(b->ptr, b->bytes);
+  delete b;
+}
+
+// The strides at::empty gives a tensor of these sizes in this memory format.
+std::vector<int64_t> strides_for(at::IntArrayRef sizes, at::MemoryFormat fmt) {
+  if (fmt == at::MemoryFormat::ChannelsLast) return c10::get_channels_last_strides_2d(sizes);
+  TORCH_CHECK(fmt == at::MemoryFormat::Contiguous, "pooled_empty: unsupported memory format ", fmt);
+  std::vector<int64_t> strides(sizes.size());
+  int64_t s = 1;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    strides[d] = s;
+    s *= std::max<int64_t>(sizes[d], 1);
+  }
+  return strides;
+}
+
+}  // namespace
+
+at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
+  int64_t numel = 1;
+  for (const int64_t s : sizes) numel *= s;
+  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  if (bytes < kMinPooledBytes) return at::empty(sizes, opts.memory_format(fmt));
+  int64_t block_bytes = 0;
+  void* ptr = pool().take(bytes, &block_bytes);
+  if (ptr == nullptr) return at::empty(sizes, opts.memory_format(fmt));
+  auto* ctx = new BlockContext{ptr, block_bytes};
+  at::Tensor t = at::for_blob(ptr, sizes)
+                     .strides(strides_for(sizes, fmt))
+                     .context(ctx, &give_back_block)
+                     .options(opts.memory_format(c10::nullopt))
+                     .make_tensor();
+  // What at::empty does under torch.utils.deterministic.fill_uninitialized_memory: a reused block holds the
+  // previous tensor's values, which would hide elements a kernel never writes (the tests rely on the NaN fill).
+  if (at::globalContext().deterministicAlgorithms() && at::globalContext().deterministicFillUninitializedMemory()) {
+    at::native::fill_empty_deterministic_(t);
+  }
+  return t;
+}
+
+PoolStats pool_stats() { return pool().stats(); }
+
+void pool_release_cached() { pool().release(); }
+
+namespace {
+
+std::vector<int64_t> cpu_pool_stats_op() {
+  const PoolStats s = pool_stats();
+  return {s.cached_bytes, s.in_use_bytes, s.hits, s.misses, s.limit_bytes};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ghostkernels, m) {
+  // [cached bytes, bytes in use, hits, misses, limit bytes] of the CPU block pool (ghostkernels.ops.cpu_pool_stats).
+  m.def("_cpu_pool_stats() -> int[]", &cpu_pool_stats_op);
+  // Returns the pool's idle blocks to the system (ghostkernels.ops.release_cpu_pool).
+  m.def("_cpu_pool_release() -> ()", &pool_release_cached);
+}
+
+}  // namespace cpu
+}  // namespace ghostkernels
