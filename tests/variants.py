@@ -441,6 +441,90 @@ class OfficialGhostNetReplica(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Bottlenecks: timm's (drop-path, a gate module in its squeeze-excite) and one fuse() must refuse
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _HardSigmoidGate(nn.Module):
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
+class _TimmStyleSE(nn.Module):
+    """timm's SqueezeExcite (efficientnet_blocks): mean -> conv_reduce -> act1 -> conv_expand -> gate module."""
+
+    def __init__(self, in_chs, rd_ratio=0.25, gate=_HardSigmoidGate):
+        super().__init__()
+        rd = _make_divisible(in_chs * rd_ratio, 4)
+        self.conv_reduce = nn.Conv2d(in_chs, rd, 1, bias=True)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(rd, in_chs, 1, bias=True)
+        self.gate = gate()
+
+    def forward(self, x):
+        s = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+        return x * self.gate(s)
+
+
+class _DropPathLike(nn.Module):
+    """Stochastic depth: drops whole samples in training, identity in eval (stateless, like timm's DropPath)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+class TimmStyleBottleneck(nn.Module):
+    """timm 1.0's GhostBottleneck: conv_dw/bn_dw None at stride 1, se optional, drop_path before the residual add."""
+
+    def __init__(self, in_chs, mid_chs, out_chs, dw_kernel_size=3, stride=1, se_ratio=0.0, drop_path=0.0,
+                 se_gate=_HardSigmoidGate):
+        super().__init__()
+        self.ghost1 = TimmStyleGhost(in_chs, mid_chs, act_layer=nn.ReLU)
+        if stride > 1:
+            self.conv_dw = nn.Conv2d(mid_chs, mid_chs, dw_kernel_size, stride, (dw_kernel_size - 1) // 2,
+                                     groups=mid_chs, bias=False)
+            self.bn_dw = nn.BatchNorm2d(mid_chs)
+        else:
+            self.conv_dw = None
+            self.bn_dw = None
+        self.se = _TimmStyleSE(mid_chs, se_ratio, se_gate) if se_ratio > 0 else None
+        self.ghost2 = TimmStyleGhost(mid_chs, out_chs, act_layer=nn.Identity)
+        if in_chs == out_chs and stride == 1:
+            self.shortcut = nn.Sequential()
+        else:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_chs, in_chs, dw_kernel_size, stride, (dw_kernel_size - 1) // 2, groups=in_chs,
+                          bias=False),
+                nn.BatchNorm2d(in_chs),
+                nn.Conv2d(in_chs, out_chs, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(out_chs),
+            )
+        self.drop_path = _DropPathLike(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        shortcut = x
+        x = self.ghost1(x)
+        if self.conv_dw is not None:
+            x = self.bn_dw(self.conv_dw(x))
+        if self.se is not None:
+            x = self.se(x)
+        x = self.ghost2(x)
+        return self.drop_path(x) + self.shortcut(shortcut)
+
+
+class SigmoidGate(nn.Module):
+    def forward(self, x):
+        return torch.sigmoid(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Test helper
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """End-to-end inference: a whole GhostNet, batch 1 (latency) and the throughput batch (images/s).
 
 Providers: eager, compile (freezing), fused-<backend> (ghostkernels.fuse(model, strict=True): every Ghost module
-must be fused, or the case fails instead of timing a half-fused model), fused-<backend>+compile and, on CPU in
-float32, onnxruntime (the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked
+and bottleneck must be fused, or the case fails instead of timing a half-fused model), on CPU fused-<backend>-modules
+(fuse(model, blocks=False): Ghost modules only), fused-<backend>+compile and, on CPU in float32, onnxruntime (the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked
 against the float64 eager model before it is timed.
 """
 
@@ -40,6 +40,8 @@ def end_to_end_providers(device: torch.device, backends: Sequence[str], with_com
         names.append("compile")
     for b in backends:
         names.append(f"fused-{b}")
+        if device.type == "cpu":  # the whole-block op is CPU-only: elsewhere the two would be the same model
+            names.append(f"fused-{b}-modules")
         if with_compile:
             names.append(f"fused-{b}+compile")
     if with_onnx and device.type == "cpu":
@@ -90,7 +92,9 @@ class EndToEndRunner:
                 self._onnx[key] = onnx_peer.OnnxRuntimeModel(base, example, self.threads)
             return make_step(self._onnx[key], "forward")
         elif provider.startswith("fused-"):
-            model = set_mode(fused_model(base, fused_backend_of(provider), self.device, case.config), "forward")
+            blocks = not provider.endswith("-modules")
+            model = set_mode(fused_model(base, fused_backend_of(provider), self.device, case.config, blocks),
+                             "forward")
         else:
             raise ValueError(f"ghostkernels.bench: unknown end-to-end provider {provider!r}")
         if provider == "compile" or provider.endswith("+compile"):

@@ -7,7 +7,10 @@ A provider turns the same eval-mode module (a GhostModule, or a whole GhostNet) 
                  every compile, so the recompile limit is never reached and a case never silently runs eager;
   fused-<b>      the module with its Ghost modules replaced by the fused op on backend b (cpu, cuda, triton):
                  ghostkernels.FusedGhostModule.from_module for one module, ghostkernels.fuse for a model;
-  fused-<b>+compile  (models only) the fused model under torch.compile as above.
+  fused-<b>+compile  (models only) the fused model under torch.compile as above;
+  fused-<b>-modules  (models only, CPU) ghostkernels.fuse(model, blocks=False): the Ghost modules fused, the rest
+                 of each bottleneck left to eager PyTorch (what fuse() did before the whole-block op), to show what
+                 each of the two steps brings.
 
 Modes:
   forward  inference: eval mode, under torch.no_grad();
@@ -67,7 +70,7 @@ def module_providers(device: torch.device) -> tuple[list[str], list[str]]:
 
 
 def fused_backend_of(provider: str) -> str:
-    return provider.removeprefix("fused-").removesuffix("+compile")
+    return provider.removeprefix("fused-").removesuffix("+compile").removesuffix("-modules")
 
 
 def place(module: nn.Module, device: torch.device, config: DTypeConfig) -> nn.Module:
@@ -86,12 +89,14 @@ def fused_ghost_module(module: nn.Module, backend: str, device: torch.device, co
     return FusedGhostModule.from_module(f32, backend=backend).to(dtype=config.dtype).eval()
 
 
-def fused_model(model: nn.Module, backend: str, device: torch.device, config: DTypeConfig) -> nn.Module:
-    """ghostkernels.fuse of a float32 copy of `model`, then cast to config (dtype, memory format)."""
+def fused_model(model: nn.Module, backend: str, device: torch.device, config: DTypeConfig,
+                blocks: bool = True) -> nn.Module:
+    """ghostkernels.fuse of a float32 copy of `model` (strict: a model not completely fused fails instead of being
+    timed), then cast to config (dtype, memory format)."""
     from ghostkernels import fuse
 
     f32 = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
-    fused = fuse(f32, backend=backend).to(dtype=config.dtype)
+    fused = fuse(f32, backend=backend, strict=True, blocks=blocks).to(dtype=config.dtype)
     if config.channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     return fused.eval()
