@@ -1,4 +1,4 @@
-"""ONNX export of models with fused Ghost modules.
+"""ONNX export of models with fused Ghost modules (and fused GhostNet bottlenecks, see ghost_bottleneck_onnx).
 
 ONNX has no Ghost-module operator, so ``torch.ops.ghostkernels.ghost_module`` is lowered to standard ONNX operators
 (opset 18) while torch.onnx's dynamo exporter translates the exported graph::
@@ -88,15 +88,44 @@ def ghost_module_onnx(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: i
     return y if out_channels == init + cheap else _channel_prefix(y, out_channels)
 
 
+def _depthwise(v, w, b, stride: int, what: str):
+    """Conv(v, w, b) as the op's depthwise convolutions: group = channels, zero padding k//2."""
+    c, k = _static_dim(w, 0, what), _static_dim(w, 2, what)
+    p = k // 2
+    return op.Conv(v, w, b, group=c, kernel_shape=[k, k], pads=[p, p, p, p], strides=[stride, stride])
+
+
+def ghost_bottleneck_onnx(x, g1w1, g1b1, g1w2, g1b2, mid_channels: int, act: str, dw_w, dw_b, stride: int, se_rw,
+                          se_rb, se_ew, se_eb, g2w1, g2b1, g2w2, g2b2, out_channels: int, sc_dw_w, sc_dw_b, sc_pw_w,
+                          sc_pw_b):
+    """ONNX translation of ``ghostkernels::ghost_bottleneck``: the two Ghost modules as above, conv_dw as a strided
+    depthwise Conv, the squeeze-excite as ReduceMean -> Conv -> Relu -> Conv -> HardSigmoid(alpha=1/6, beta=1/2)
+    (which is relu6(v + 3) / 6) -> Mul, the shortcut as a depthwise Conv and a 1x1 Conv, then Add."""
+    y = ghost_module_onnx(x, g1w1, g1b1, g1w2, g1b2, mid_channels, act)
+    if dw_w is not None:
+        y = _depthwise(y, dw_w, dw_b, stride, "dw_w")
+    if se_rw is not None:
+        s = op.ReduceMean(y, op.Constant(value_ints=[2, 3]), keepdims=1)
+        s = op.Relu(op.Conv(s, se_rw, se_rb, kernel_shape=[1, 1]))
+        y = op.Mul(y, op.HardSigmoid(op.Conv(s, se_ew, se_eb, kernel_shape=[1, 1]), alpha=1.0 / 6.0, beta=0.5))
+    out = ghost_module_onnx(y, g2w1, g2b1, g2w2, g2b2, out_channels, "identity")
+    if sc_dw_w is None:
+        return op.Add(out, x)
+    shortcut = op.Conv(_depthwise(x, sc_dw_w, sc_dw_b, stride, "shortcut_dw_w"), sc_pw_w, sc_pw_b,
+                       kernel_shape=[1, 1])
+    return op.Add(out, shortcut)
+
+
 def _channel_prefix(v, n: int):
     """v[:, :n] as an ONNX Slice."""
     return op.Slice(v, op.Constant(value_ints=[0]), op.Constant(value_ints=[n]), op.Constant(value_ints=[1]))
 
 
 def custom_translation_table() -> dict[Callable, Callable]:
-    """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)`` that lowers the fused op."""
-    ops.load_library()  # torch.ops.ghostkernels.ghost_module exists only once the op library is loaded
-    return {torch.ops.ghostkernels.ghost_module.default: ghost_module_onnx}
+    """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)`` that lowers the fused ops."""
+    ops.load_library()  # torch.ops.ghostkernels.* exist only once the op library is loaded
+    return {torch.ops.ghostkernels.ghost_module.default: ghost_module_onnx,
+            torch.ops.ghostkernels.ghost_bottleneck.default: ghost_bottleneck_onnx}
 
 
 def export(model: torch.nn.Module | torch.export.ExportedProgram, args: tuple[Any, ...],
@@ -115,4 +144,4 @@ def export(model: torch.nn.Module | torch.export.ExportedProgram, args: tuple[An
     return torch.onnx.export(model, args, path, dynamo=True, custom_translation_table=table, **kwargs)
 
 
-__all__ = ["custom_translation_table", "export", "ghost_module_onnx"]
+__all__ = ["custom_translation_table", "export", "ghost_bottleneck_onnx", "ghost_module_onnx"]

@@ -114,6 +114,25 @@ def test_fused_ghostnet_matches_eager_in_onnx_runtime(tmp_path):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
+def test_fused_bottlenecks_exported_under_no_grad_lower_to_standard_onnx(tmp_path):
+    """Exported under no_grad, fuse(model)'s blocks are ghost_bottleneck nodes (one per block); their lowering adds
+    the strided depthwise convs, the squeeze-excites and the shortcuts."""
+    with torch.random.fork_rng():
+        torch.manual_seed(8)
+        model = ghostkernels.fuse(ghostkernels.models.ghostnet_100()).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    path = tmp_path / "ghostnet_blocks.onnx"
+    with torch.no_grad():
+        program = gk_onnx.export(model, (x,), path)
+        expected = model(x)
+    assert "ghostkernels" not in str(program.model)
+    types = op_types(path)
+    # 7 squeeze-excites (GhostNet 1.0x), 32 Ghost modules, 16 residual adds.
+    assert types["HardSigmoid"] == 7 and types["Concat"] == 32 and types["Add"] >= 16, types
+    out = run_onnx(path, x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
 def test_only_the_dynamo_exporter_is_accepted():
     with pytest.raises(ValueError, match="dynamo=True"):
         gk_onnx.export(torch.nn.Identity(), (torch.randn(1),), None, dynamo=False)

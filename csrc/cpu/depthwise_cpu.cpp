@@ -11,6 +11,7 @@
 
 #include "../ghost_module_check.h"
 #include "depthwise_avx512.h"
+#include "float_weights.h"
 #include "kernel_choice.h"
 #include "tensor_pool.h"
 
@@ -55,7 +56,7 @@ at::Tensor depthwise_avx512(const at::Tensor& x, const at::Tensor& w, const at::
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(2);
   const int64_t Ho = depthwise_output_size(H, K, stride), Wo = depthwise_output_size(W, K, stride);
   at::Tensor out = pooled_empty({N, C, Ho, Wo}, x.options());
-  const at::Tensor wf = w.to(at::kFloat).contiguous(), bf = b.to(at::kFloat).contiguous();
+  const FloatWeights wf(w), bf(b);
   at::Tensor sums;
   if (plane_sums != nullptr) sums = at::empty({N, C}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) {
@@ -65,8 +66,8 @@ at::Tensor depthwise_avx512(const at::Tensor& x, const at::Tensor& w, const at::
   DepthwiseAvx512Params p{};
   p.bf16 = x.scalar_type() == at::kBFloat16;
   p.x = x.const_data_ptr();
-  p.w = wf.const_data_ptr<float>();
-  p.b = bf.const_data_ptr<float>();
+  p.w = wf.data();
+  p.b = bf.data();
   p.out = out.mutable_data_ptr();
   p.plane_sums = plane_sums != nullptr ? sums.mutable_data_ptr<float>() : nullptr;
   p.C = C, p.H = H, p.W = W, p.K = K, p.stride = stride, p.Ho = Ho, p.Wo = Wo;

@@ -231,6 +231,37 @@ at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Te
   return out;
 }
 
+// The block for a chunk of gn images of x, written into `out` (that chunk of the op's output).
+void block_forward(const Args& a, const BottleneckDims& d, int64_t gn, const at::Tensor& x, const at::Tensor& out) {
+  const at::MemoryFormat fmt = output_memory_format(x);
+  GhostDims d1 = d.ghost1, d2 = d.ghost2;
+  d1.N = d2.N = gn;
+  // The shortcut first, while x is still in cache from the block before; ghost2 adds it in its output store.
+  at::Tensor residual = x;
+  if (d.has_shortcut) {
+    const at::Tensor s = cpu::depthwise_conv(x.contiguous(fmt), *a.sc_dw_w, *a.sc_dw_b, a.stride, Act::Identity);
+    residual = pointwise_conv(s, *a.sc_pw_w, *a.sc_pw_b);
+  }
+  at::Tensor y = cpu::ghost_forward(x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, d1, at::Tensor(), at::Tensor());
+  at::Tensor sums;
+  if (d.has_dw) y = cpu::depthwise_conv(y, *a.dw_w, *a.dw_b, a.stride, Act::Identity, d.has_se ? &sums : nullptr);
+  if (d.has_se) {
+    if (!y.is_contiguous()) y = y.contiguous();  // channels_last inputs: the SE works on NCHW planes
+    squeeze_excite_(y, sums, *a.se_rw, *a.se_rb, *a.se_ew, *a.se_eb);
+  }
+  cpu::ghost_forward(y, a.g2w1, a.g2b1, a.g2w2, a.g2b2, d2, residual.contiguous(output_memory_format(y)), out);
+}
+
+// Images per chunk: the block runs on chunks of the batch whose largest intermediate (ghost1's output) fits in
+// kChunkBytes, so that the depthwise conv and ghost2 read it from cache rather than from memory. At batch 8, the
+// 112x112 block's ghost1 output is 19 MB for the batch and 2.4 MB per image; run whole, reading it back from memory
+// took longer than computing it (bench/NOTES.md, entry 12).
+int64_t images_per_chunk(const BottleneckDims& d, int64_t element_size) {
+  constexpr int64_t kChunkBytes = 2 << 20;
+  const int64_t per_image = d.ghost1.oc * d.ghost1.H * d.ghost1.W * element_size;
+  return std::max<int64_t>(1, std::min<int64_t>(d.ghost1.N, kChunkBytes / std::max<int64_t>(1, per_image)));
+}
+
 at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, const at::Tensor& g1b1,
                                 const at::Tensor& g1w2, const at::Tensor& g1b2, int64_t mid, c10::string_view act,
                                 const OptTensor& dw_w, const OptTensor& dw_b, int64_t stride, const OptTensor& se_rw,
@@ -238,26 +269,17 @@ at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, con
                                 const at::Tensor& g2w1, const at::Tensor& g2b1, const at::Tensor& g2w2,
                                 const at::Tensor& g2b2, int64_t out_channels, const OptTensor& sc_dw_w,
                                 const OptTensor& sc_dw_b, const OptTensor& sc_pw_w, const OptTensor& sc_pw_b) {
-  const BottleneckDims d = check_inputs(Args{x, g1w1, g1b1, g1w2, g1b2, mid, act, dw_w, dw_b, stride, se_rw, se_rb,
-                                             se_ew, se_eb, g2w1, g2b1, g2w2, g2b2, out_channels, sc_dw_w, sc_dw_b,
-                                             sc_pw_w, sc_pw_b});
+  const Args args{x, g1w1, g1b1, g1w2, g1b2, mid, act, dw_w, dw_b, stride, se_rw, se_rb, se_ew, se_eb,
+                  g2w1, g2b1, g2w2, g2b2, out_channels, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b};
+  const BottleneckDims d = check_inputs(args);
   const at::MemoryFormat fmt = output_memory_format(x);
-  // The shortcut first, while x is still in cache from the block before; ghost2 adds it in its output store.
-  at::Tensor residual = x;
-  if (d.has_shortcut) {
-    const at::Tensor s = cpu::depthwise_conv(x.contiguous(fmt), *sc_dw_w, *sc_dw_b, stride, Act::Identity);
-    residual = pointwise_conv(s, *sc_pw_w, *sc_pw_b);
+  const int64_t N = d.ghost1.N, g = images_per_chunk(d, x.element_size());
+  at::Tensor out = cpu::pooled_empty({N, out_channels, d.Ho, d.Wo}, x.options(), fmt);
+  for (int64_t n0 = 0; n0 < N; n0 += g) {
+    const int64_t gn = std::min(g, N - n0);
+    block_forward(args, d, gn, x.narrow(0, n0, gn), out.narrow(0, n0, gn));
   }
-  at::Tensor y = cpu::ghost_forward(x, g1w1, g1b1, g1w2, g1b2, d.ghost1, at::Tensor());
-  at::Tensor sums;
-  if (d.has_dw) y = cpu::depthwise_conv(y, *dw_w, *dw_b, stride, Act::Identity, d.has_se ? &sums : nullptr);
-  if (d.has_se) {
-    if (!y.is_contiguous()) y = y.contiguous();  // channels_last inputs: the SE works on NCHW planes
-    squeeze_excite_(y, sums, *se_rw, *se_rb, *se_ew, *se_eb);
-  }
-  const at::MemoryFormat yfmt = output_memory_format(y);
-  at::Tensor out = cpu::ghost_forward(y, g2w1, g2b1, g2w2, g2b2, d.ghost2, residual.contiguous(yfmt));
-  return out.contiguous(fmt);
+  return out;
 }
 
 }  // namespace

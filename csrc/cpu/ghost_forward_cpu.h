@@ -11,10 +11,11 @@ namespace cpu {
 
 // out = ghost_module(x, ...) for inputs already checked by check_ghost_inputs (d is what it returned) and on the
 // CPU, plus `residual` when it is defined (a tensor of the output's shape and dtype, added after the activation).
-// The output, in the contract's memory format, comes from the CPU block pool (tensor_pool.h).
+// The output is written into `into` when that is defined (a tensor of the output's shape and dtype, e.g. a slice of
+// a larger batch), else into a new tensor in the contract's memory format from the CPU block pool (tensor_pool.h).
 at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                          const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d,
-                         const at::Tensor& residual);
+                         const at::Tensor& residual, const at::Tensor& into);
 
 }  // namespace cpu
 }  // namespace ghostkernels

@@ -35,6 +35,7 @@
 #include "../ghost_module_check.h"
 #include "ghost_forward_avx512.h"
 #include "ghost_forward_cpu.h"
+#include "float_weights.h"
 #include "kernel_choice.h"
 #include "plane_ops.h"
 #include "tensor_pool.h"
@@ -408,16 +409,15 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   at::Tensor w1k = w1.reshape({d.I, d.C});
   if (bf16 && d.C % 2 == 1) w1k = at::constant_pad_nd(w1k, {0, 1});
   w1k = w1k.contiguous();
-  const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
-  const at::Tensor b1f = f32(b1), w2f = f32(w2), b2f = f32(b2);
+  const cpu::FloatWeights b1f(b1), w2f(w2), b2f(b2);
 
   cpu::ForwardAvx512Params prm{};
   prm.bf16 = bf16;
   prm.x = x.const_data_ptr();
   prm.w1 = w1k.const_data_ptr();
-  prm.b1 = b1f.const_data_ptr<float>();
-  prm.w2 = w2f.const_data_ptr<float>();
-  prm.b2 = b2f.const_data_ptr<float>();
+  prm.b1 = b1f.data();
+  prm.w2 = w2f.data();
+  prm.b2 = b2f.data();
   prm.out = out.mutable_data_ptr();
   prm.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
   prm.N = d.N, prm.C = d.C, prm.H = d.H, prm.W = d.W, prm.I = d.I, prm.M = d.M, prm.K = d.K, prm.OC = d.oc;
@@ -451,9 +451,13 @@ namespace cpu {
 
 at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                          const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d,
-                         const at::Tensor& residual) {
+                         const at::Tensor& residual, const at::Tensor& into) {
   const at::MemoryFormat fmt = output_memory_format(x);
-  at::Tensor out = pooled_empty({d.N, d.oc, d.H, d.W}, x.options(), fmt);
+  if (into.defined() && !into.is_contiguous(fmt)) {  // a destination of another layout: through a temporary
+    into.copy_(ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, residual, at::Tensor()));
+    return into;
+  }
+  at::Tensor out = into.defined() ? into : pooled_empty({d.N, d.oc, d.H, d.W}, x.options(), fmt);
   if (out.numel() == 0) return out;
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
@@ -485,7 +489,7 @@ at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, co
                             c10::string_view act) {
   const GhostDims d = check_ghost_inputs(kForwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
   check_cpu(kForwardOp, x);
-  return cpu::ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, at::Tensor());
+  return cpu::ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, at::Tensor(), at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_module_backward_cpu(

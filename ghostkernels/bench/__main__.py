@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{environment.usable_cores()} here)")
     p.add_argument("--min-time", type=float, default=None, help="seconds of timed calls per case (quick 0.2, "
                                                                   "full 0.5)")
+    p.add_argument("--no-modules", action="store_true", help="skip the Ghost-module microbenchmarks")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end models")
     p.add_argument("--no-memory", action="store_true", help="skip the training-memory measurement")
     p.add_argument("--no-compile", action="store_true", help="skip every torch.compile provider")
@@ -104,6 +105,7 @@ def options_from_args(args: argparse.Namespace) -> runner.RunOptions:
         opts.e2e_compile = False
     if args.min_time is not None:
         opts.budget = TimingBudget(warmup_s=opts.budget.warmup_s, min_time_s=args.min_time)
+    opts.module_cases = not args.no_modules
     opts.end_to_end = not args.no_e2e
     opts.training_memory = opts.training_memory and not args.no_memory
     opts.strict = args.strict

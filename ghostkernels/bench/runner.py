@@ -32,6 +32,7 @@ class RunOptions:
     threads: int
     budget: TimingBudget
     providers: Sequence[str] | None = None  # keep only these providers (None: every available one)
+    module_cases: bool = True        # the Ghost-module microbenchmarks
     end_to_end: bool = True
     e2e_compile: bool = True         # torch.compile providers end-to-end (a model compile takes ~1 min on 2 cores)
     onnx: bool = True
@@ -143,7 +144,8 @@ def run(opts: RunOptions, log: Callable[[str], None] = _print,
         if checkpoint is not None:
             checkpoint(results_mod.finalize(res))
 
-    _run_modules(opts, providers, add, log)
+    if opts.module_cases:
+        _run_modules(opts, providers, add, log)
     if e2e_names:
         _run_end_to_end(opts, e2e_names, add, log)
     if opts.training_memory:
