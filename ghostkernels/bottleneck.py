@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from . import ops
-from ._bn_fold import fold_conv_bn
 from .modules import FoldCache, FusedGhostModule, Stage, _sequential_stage, checked_backend
 from .reference import ghost_bottleneck_reference
 
@@ -119,12 +118,16 @@ class _Layers:
     shortcut: tuple[Stage, Stage] | None
 
     def stages(self) -> list[Stage]:
+        """Every conv the op reads, in the op's order (the SE convs have no BN: folding them passes them through;
+        they are here so that the fold cache watches their tensors too)."""
         out = list(self.ghost1)
         if self.dw is not None:
             out.append(self.dw)
         out += self.ghost2
         if self.shortcut is not None:
             out += self.shortcut
+        if self.se is not None:
+            out += [Stage(conv, None) for conv in self.se]
         return out
 
 
@@ -202,9 +205,7 @@ def _op_arguments(layers: _Layers, folded) -> dict:
     dw = take(2) if layers.dw is not None else None
     ghost2 = take(4)
     shortcut = take(4) if layers.shortcut is not None else None
-    se = None
-    if layers.se is not None:
-        se = tuple(t for conv in layers.se for t in fold_conv_bn(conv.weight, conv.bias, None))
+    se = take(4) if layers.se is not None else None
     return dict(ghost1=ghost1, ghost2=ghost2, dw=dw, se=se, shortcut=shortcut)
 
 

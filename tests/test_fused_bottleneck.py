@@ -163,8 +163,12 @@ def test_folded_weights_follow_parameter_updates(op_calls):
         block.shortcut[1].running_var.add_(0.5)
         second = fused(x)
         expected = copy.deepcopy(block).double()(x.double())
-    assert not torch.equal(first, second)
+        block.se.conv_expand.bias = nn.Parameter(torch.randn(block.se.conv_expand.out_channels))  # a new object
+        third = fused(x)
+        expected_third = copy.deepcopy(block).double()(x.double())
+    assert not torch.equal(first, second) and not torch.equal(second, third)
     _assert_close(second, expected, EVAL_TOL[torch.float32], "after the update")
+    _assert_close(third, expected_third, EVAL_TOL[torch.float32], "after a new parameter")
 
 
 def test_compile_fullgraph_and_export(op_calls):

@@ -444,83 +444,6 @@ SgemmNNTile sgemm_nn_tile_for(int64_t mr, int64_t nv) {
   }
 }
 
-// Lane i of the result is the sum of the 16 lanes of v[i]. A transpose-and-add tree: 8 + 4 + 4 adds and as many
-// shuffles for all 16 sums, where 16 separate horizontal sums cost about 10 instructions each; with the short
-// reductions of a backward work item (a few hundred pixels) those sums were half of the dot-product kernel.
-inline __m512 sum_lanes16(const __m512 (&v)[16]) {
-  __m512 s[8], t[4];
-  for (int i = 0; i < 8; ++i) {  // per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] of a = v[2i], b = v[2i+1]
-    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  }
-  for (int i = 0; i < 4; ++i) {  // per 128-bit block: the block's sums of v[4i], v[4i+1], v[4i+2], v[4i+3]
-    const __m512d a = _mm512_castps_pd(s[2 * i]), b = _mm512_castps_pd(s[2 * i + 1]);
-    t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  // Add the four 128-bit blocks of each t[i] and put t[i]'s result in block i.
-  const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x44), _mm512_shuffle_f32x4(t[0], t[1], 0xEE));
-  const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x44), _mm512_shuffle_f32x4(t[2], t[3], 0xEE));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xDD));
-}
-
-// C tile [MR x NR] at (m0, n0) of avx512_sgemm_nt_accumulate: MR x NR dot products over k, 16 lanes at a time,
-// each reduced to one number at the end.
-template <int MR, int NR>
-void sgemm_nt_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
-  __m512 acc[MR][NR];
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int s = 0; s < NR; ++s) acc[r][s] = _mm512_setzero_ps();
-  }
-  for (int64_t k = 0; k < K; k += kLanes) {
-    const __mmask16 m = lane_range(0, K - k);
-    __m512 bv[NR];
-#pragma GCC unroll 4
-    for (int s = 0; s < NR; ++s) bv[s] = _mm512_maskz_loadu_ps(m, B + s * ldb + k);
-#pragma GCC unroll 4
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_maskz_loadu_ps(m, A + r * lda + k);
-#pragma GCC unroll 4
-      for (int s = 0; s < NR; ++s) acc[r][s] = _mm512_fmadd_ps(av, bv[s], acc[r][s]);
-    }
-  }
-  if constexpr (MR == 4 && NR == 4) {
-    __m512 all[16];
-    for (int i = 0; i < 16; ++i) all[i] = acc[i / 4][i % 4];
-    alignas(64) float sums[16];
-    _mm512_store_ps(sums, sum_lanes16(all));
-    for (int i = 0; i < 16; ++i) C[(i / 4) * ldc + i % 4] += sums[i];
-  } else {
-#pragma GCC unroll 4
-    for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-      for (int s = 0; s < NR; ++s) C[r * ldc + s] += _mm512_reduce_add_ps(acc[r][s]);
-    }
-  }
-}
-
-using SgemmNTTile = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
-
-template <int MR>
-SgemmNTTile sgemm_nt_tile_for_nr(int64_t nr) {
-  switch (nr) {
-    case 1: return &sgemm_nt_tile<MR, 1>;
-    case 2: return &sgemm_nt_tile<MR, 2>;
-    case 3: return &sgemm_nt_tile<MR, 3>;
-    default: return &sgemm_nt_tile<MR, 4>;
-  }
-}
-
-SgemmNTTile sgemm_nt_tile_for(int64_t mr, int64_t nr) {
-  switch (mr) {
-    case 1: return sgemm_nt_tile_for_nr<1>(nr);
-    case 2: return sgemm_nt_tile_for_nr<2>(nr);
-    case 3: return sgemm_nt_tile_for_nr<3>(nr);
-    default: return sgemm_nt_tile_for_nr<4>(nr);
-  }
-}
-
-
 // g * act'(z), 16 lanes at a time: the same derivatives as act_derivative in activations.h (their values at the
 // kinks included).
 template <Act A>
@@ -666,13 +589,41 @@ void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
   }
 }
 
-void avx512_sgemm_nt_accumulate(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-                                int64_t ldb, float* C, int64_t ldc) {
-  constexpr int64_t kTile = 4;
-  for (int64_t m0 = 0; m0 < M; m0 += kTile) {
-    for (int64_t n0 = 0; n0 < N; n0 += kTile) {
-      sgemm_nt_tile_for(imin(kTile, M - m0), imin(kTile, N - n0))(K, A + m0 * lda, lda, B + n0 * ldb, ldb,
-                                                                  C + m0 * ldc + n0, ldc);
+void avx512_transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst, int64_t ldd) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kLanes) {
+    const int64_t nr = imin(kLanes, rows - r0);
+    const __mmask16 out_lanes = lane_range(0, nr);
+    for (int64_t c0 = 0; c0 < cols; c0 += kLanes) {
+      const int64_t nc = imin(kLanes, cols - c0);
+      const __mmask16 in_lanes = lane_range(0, nc);
+      __m512 r[16], t[16], u[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < nr ? _mm512_maskz_loadu_ps(in_lanes, src + (r0 + i) * lds + c0) : _mm512_setzero_ps();
+      }
+      // Per 128-bit lane L: t[2i] = [r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]], t[2i+1] the same for 4L+2, 4L+3.
+      for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      // u[4g + j], lane L: column 4L + j of rows 4g .. 4g+3.
+      for (int g = 0; g < 4; ++g) {
+        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+      }
+      // Output row 4L + j = lane L of u[j], u[4 + j], u[8 + j], u[12 + j].
+      for (int j = 0; j < 4; ++j) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+        const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+        const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        const __m512 out[4] = {_mm512_shuffle_f32x4(v0, w0, 0x88), _mm512_shuffle_f32x4(v0, w0, 0xDD),
+                               _mm512_shuffle_f32x4(v1, w1, 0x88), _mm512_shuffle_f32x4(v1, w1, 0xDD)};
+        for (int L = 0; L < 4; ++L) {
+          const int64_t c = 4 * L + j;
+          if (c < nc) _mm512_mask_storeu_ps(dst + (c0 + c) * ldd + r0, out_lanes, out[L]);
+        }
+      }
     }
   }
 }
@@ -690,8 +641,7 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
 // Never called: avx512_forward_available() is false.
 void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}
 void avx512_sgemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool) {}
-void avx512_sgemm_nt_accumulate(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
-                                int64_t) {}
+void avx512_transpose(int64_t, int64_t, const float*, int64_t, float*, int64_t) {}
 void avx512_depthwise_backward_image(const DepthwiseBackwardImage&) {}
 #endif
 

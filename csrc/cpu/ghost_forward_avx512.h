@@ -66,9 +66,8 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
 // C[m][n] = (accumulate ? C[m][n] : 0) + sum_k A[m][k] * B[k][n]
 void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
                      float* C, int64_t ldc, bool accumulate);
-// C[m][n] += sum_k A[m][k] * B[n][k]   (both operands contiguous along k: a sum of dot products)
-void avx512_sgemm_nt_accumulate(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-                                int64_t ldb, float* C, int64_t ldc);
+// dst[c][r] = src[r][c] for r < rows, c < cols (16 x 16 blocks transposed in registers).
+void avx512_transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst, int64_t ldd);
 
 // The depthwise half of the float32 NCHW backward for one image of a backward work item (rows [r0, r0 + own)),
 // after z1 has been recomputed and x1 = act(z1 + b1) written into planes:

@@ -355,8 +355,14 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       const at::Tensor xo = xa.view({C, g, a1 - a0, W}).narrow(2, r0 - a0, own).reshape({C, g * PO});
       if constexpr (kFloatRows) {
         if (fast && xo.stride(1) == 1) {
-          cpu::avx512_sgemm_nt_accumulate(I, C, g * PO, g1, g * PO, xo.const_data_ptr<float>(), xo.stride(0),
-                                          pw1.mutable_data_ptr<float>(), C);
+          // grad W1 += g1 . x^T as an NN product on x transposed ([P][C]): vectors along C, the forward's 6 x 64
+          // register tile. (A dot-product kernel on x as it is needs a horizontal sum per output and half the FMAs
+          // per load; it made the backward 1.2-1.6x slower, bench/NOTES.md entry 14.)
+          const int64_t P = g * PO;
+          thread_local std::vector<float> xt;
+          if (static_cast<int64_t>(xt.size()) < P * C) xt.resize(P * C);
+          cpu::avx512_transpose(C, P, xo.const_data_ptr<float>(), xo.stride(0), xt.data(), C);
+          cpu::avx512_sgemm_nn(I, C, P, g1, P, xt.data(), C, pw1.mutable_data_ptr<float>(), C, /*accumulate=*/true);
           float* gx = grad_x.mutable_data_ptr<float>() + n0 * C * H * W + r0 * W;
           for (int64_t i = 0; i < g; ++i) {
             cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx + i * C * H * W,

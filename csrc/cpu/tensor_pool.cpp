@@ -40,15 +40,17 @@ class Pool {
     const int64_t want = (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      // The smallest idle block that fits and wastes at most a quarter of itself: a network asks for the same
-      // sizes every pass, so exact fits are the rule once it has run once.
+      // The smallest idle size that fits and wastes at most a quarter of the block: a network asks for the same
+      // sizes every pass, so exact fits are the rule once it has run once. Of the blocks of that size, the one
+      // returned last: it is the likeliest to be still in cache.
       auto it = idle_.lower_bound(want);
       if (it != idle_.end() && it->first <= want + want / 4) {
-        void* ptr = it->second;
+        void* ptr = it->second.back();
         *block_bytes = it->first;
-        cached_ -= it->first;
-        in_use_ += it->first;
-        idle_.erase(it);
+        it->second.pop_back();
+        if (it->second.empty()) idle_.erase(it);
+        cached_ -= *block_bytes;
+        in_use_ += *block_bytes;
         ++hits_;
         return ptr;
       }
@@ -65,7 +67,7 @@ class Pool {
       std::lock_guard<std::mutex> lock(mu_);
       in_use_ -= bytes;
       if (cached_ + bytes <= limit) {
-        idle_.emplace(bytes, ptr);
+        idle_[bytes].push_back(ptr);
         cached_ += bytes;
         return;
       }
@@ -74,13 +76,15 @@ class Pool {
   }
 
   void release() {
-    std::multimap<int64_t, void*> idle;
+    std::map<int64_t, std::vector<void*>> idle;
     {
       std::lock_guard<std::mutex> lock(mu_);
       idle.swap(idle_);
       cached_ = 0;
     }
-    for (auto& kv : idle) c10::free_cpu(kv.second);
+    for (auto& kv : idle) {
+      for (void* ptr : kv.second) c10::free_cpu(ptr);
+    }
   }
 
   PoolStats stats() {
@@ -90,7 +94,7 @@ class Pool {
 
  private:
   std::mutex mu_;
-  std::multimap<int64_t, void*> idle_;  // block size -> block
+  std::map<int64_t, std::vector<void*>> idle_;  // block size -> idle blocks of that size, last returned at the back
   int64_t cached_ = 0, in_use_ = 0, hits_ = 0, misses_ = 0;
 };
 
