@@ -1,4 +1,4 @@
-"""What a benchmark ran on: device, core count, library versions, git commit, thread count.
+"""What a benchmark ran on: device, core count, library versions, git commit, thread count, memory bandwidth.
 
 Everything here goes into the "environment" block of the results JSON, so that a number can always be traced back
 to the conditions that produced it.
@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 
 import torch
 
@@ -50,6 +51,22 @@ def busy_warning() -> str | None:
         return (f"the machine is busy (load average {load:.1f} on {cores} cores): CPU timings will be noisy; "
                 "measure on an idle machine")
     return None
+
+
+def memory_copy_gbs(device: torch.device) -> float | None:
+    """Copy bandwidth of a 64 MiB buffer (bytes read + written per second, best of 5), on the CPU only. On a shared VM
+    it moves with the neighbours' load (bench/NOTES.md saw 2x between hours), and the memory-bound kernels with it,
+    so it is recorded at the start and end of a run beside the numbers it conditions."""
+    if device.type != "cpu":
+        return None
+    src = torch.ones(16 << 20)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best / 1e9
 
 
 def device_name(device: torch.device) -> str:
@@ -102,6 +119,7 @@ def describe(device: torch.device, threads: int) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": threads,
         "load_average_at_start": load_average(),
+        "memory_copy_gbs_at_start": memory_copy_gbs(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": triton_version(),

@@ -150,6 +150,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = _print,
         _run_end_to_end(opts, e2e_names, add, log)
     if opts.training_memory:
         _run_training_memory(opts, ["eager"] + [f"fused-{b}" for b in backends], add, log)
+    res["environment"]["memory_copy_gbs_at_end"] = environment.memory_copy_gbs(dev)
     res["complete"] = True
     return results_mod.finalize(res)
 

@@ -157,6 +157,10 @@ def conditions(results: dict) -> str:
     else:
         parts = [f"CPU: {env['cpu_name']}, {env['cpu_cores']} cores ({env.get('cpu_capability')})"]
     parts.append(f"{env['threads']} threads")
+    if env.get("memory_copy_gbs_at_start") is not None:
+        end = env.get("memory_copy_gbs_at_end")
+        parts.append(f"memory copy {env['memory_copy_gbs_at_start']:.0f} GB/s at start"
+                     + (f", {end:.0f} at end" if end is not None else ""))
     parts.append(f"torch {env['torch']}")
     if env.get("cuda"):
         parts.append(f"CUDA {env['cuda']}")
