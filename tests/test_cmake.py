@@ -25,7 +25,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CPP_TESTS = ("forward_float64_matches_aten", "forward_float32_matches_aten", "forward_bfloat16_matches_aten",
-             "backward_float64_matches_autograd", "bad_inputs_raise", "cuda_float32_matches_aten",
+             "backward_float64_matches_autograd", "bad_inputs_raise", "bottleneck_matches_aten",
+             "cuda_float32_matches_aten",
              "all_cases_registered_with_ctest")
 
 
