@@ -3,10 +3,11 @@
 // Why one op: after the Ghost modules are fused, what is left of a bottleneck (the stride-2 depthwise conv, the
 // squeeze-excite, the shortcut, the residual add, the BatchNorms) is a dozen small eager ops per block, each with
 // its dispatcher and Python overhead, an output allocation and a pass over memory; end to end they cost more than
-// the fused Ghost modules (bench/NOTES.md, entry 11). Here the block is one call: both Ghost modules on the fused
+// the fused Ghost modules (bench/NOTES.md, entry 12). Here the block is one call: both Ghost modules on the fused
 // kernel, the depthwise convs on depthwise_cpu.h's kernel, the squeeze-excite's mean taken from that kernel's
 // output pass where a depthwise conv precedes it and applied in place, and the shortcut added in ghost2's output
-// store (no separate add pass). Every intermediate comes from, and goes back to, the CPU block pool.
+// store (no separate add pass). The batch is processed in chunks whose ghost1 output fits in cache, and the
+// kernels' intermediates come from, and go back to, the CPU block pool (tensor_pool.h).
 //
 // Numerics: each piece computes in float32 (bfloat16 inputs: float accumulation, bfloat16 intermediates, as
 // eager does in bfloat16); float64 runs ATen's float64 ops around the generic Ghost-module kernel.
