@@ -2,8 +2,8 @@
 
 Quick mode (default, about a minute on 2 CPU cores): six GhostNet 1.0x Ghost-module shapes, forward, float32 (CPU)
 or float16 channels_last (GPU), the throughput batch and batch 1, against eager and torch.compile, then ghostnet_100
-end-to-end (eager against fuse(model), and on CPU fuse(model, blocks=False)). Prints progress while it runs and the tables at the end; writes nothing
-unless --save.
+end-to-end (eager against fuse(model), and on CPU fuse(model, blocks=False)). Prints progress while it runs and the
+tables at the end; writes nothing unless --save.
 
 --full: every Ghost-module shape of GhostNet 0.5x/1.0x/1.3x, forward and forward+backward, every dtype of the
 device, batch 1 and the throughput batch; end-to-end with torch.compile and ONNX Runtime; training memory. Writes
