@@ -69,6 +69,15 @@ def memory_copy_gbs(device: torch.device) -> float | None:
     return 2 * src.numel() * src.element_size() / best / 1e9
 
 
+_TUNING_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "MALLOC_", "GHOSTKERNELS_", "TORCHINDUCTOR_")
+
+
+def tuning_environment() -> dict[str, str]:
+    """Environment variables that change CPU timings (thread pools' wait policy and counts, the allocator, this
+    package's knobs); e.g. OMP_WAIT_POLICY=ACTIVE changes batch-1 latencies by 20% (bench/NOTES.md, entry 15)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(_TUNING_PREFIXES)}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -120,6 +129,7 @@ def describe(device: torch.device, threads: int) -> dict:
         "threads": threads,
         "load_average_at_start": load_average(),
         "memory_copy_gbs_at_start": memory_copy_gbs(device),
+        "tuning_environment": tuning_environment(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": triton_version(),
