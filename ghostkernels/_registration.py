@@ -46,11 +46,17 @@ def _depthwise_conv2d_fake(x, w, b, stride, act):
     return torch.empty((x.shape[0], x.shape[1], ho, wo), dtype=x.dtype, device=x.device)
 
 
+# Why an inference op has no backward, and what to use for training instead.
+_NO_BACKWARD_HINT = {
+    "ghost_bottleneck": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's own "
+                        "layers (with fused Ghost modules) otherwise",
+    "_depthwise_conv2d": "it exists for the tests of the CPU depthwise kernel; use torch.nn.functional.conv2d",
+}
+
+
 def _no_backward(op: str):
     def backward(ctx, grad_out):
-        raise RuntimeError(
-            f"ghostkernels::{op} has no backward: it is an inference op. FusedGhostBottleneck runs it only where "
-            f"nothing needs a gradient and runs the block's own layers (with fused Ghost modules) otherwise")
+        raise RuntimeError(f"ghostkernels::{op} has no backward: it is an inference op; {_NO_BACKWARD_HINT[op]}")
 
     return backward
 

@@ -149,9 +149,6 @@ class FoldCache:
         self._entry = (sources, key, folded)
         return folded
 
-    def clear(self) -> None:
-        self._entry = None
-
 
 class _FusedGhostBase(nn.Module):
     """What both fused layouts share: act/backend/out_channels, the choice of path, the cached BN fold.
