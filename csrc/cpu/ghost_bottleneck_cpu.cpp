@@ -139,7 +139,11 @@ BottleneckDims check_inputs(const Args& a) {
 // y *= hardsigmoid(W_e . relu(W_r . mean_hw(y) + b_r) + b_e), per image and channel, in place. `sums` holds each
 // plane's sum where the depthwise kernel produced it (else it is computed here). The two matrix-vector products are
 // plain loops: at GhostNet's sizes (up to 960 x 240) ATen's addmm spent ~50 us per call in dispatch and threading,
-// several times the arithmetic, and GhostNet 1.0x runs 14 of them per image.
+// several times the arithmetic, and GhostNet 1.0x runs 14 of them per image. They are split over the threads by
+// output (rows of W_r, then channels of W_e), with the images innermost so that each weight row is read once per
+// call: the squeeze-excite weights are 6 MB of GhostNet 1.0x's 21, and at batch 1 streaming them on one thread
+// while the other waited cost ~0.1 ms per forward (bench/NOTES.md, entry 16). Each thread scales the planes of the
+// channels whose gates it computed, so the gate and the scaling share one parallel region.
 template <typename scalar_t, typename acc_t>
 void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
                            const at::Tensor& ew, const at::Tensor& eb) {
@@ -150,7 +154,7 @@ void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tens
   const acc_t *wr = rwa.const_data_ptr<acc_t>(), *br = rba.const_data_ptr<acc_t>();
   const acc_t *we = ewa.const_data_ptr<acc_t>(), *be = eba.const_data_ptr<acc_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-  std::vector<acc_t> mean(N * C), hidden(R), gate(N * C);
+  std::vector<acc_t> mean(N * C), hidden(N * R);
   if (sums.defined()) {
     const at::Tensor sa = sums.to(acc_type).contiguous();
     const acc_t* sp = sa.const_data_ptr<acc_t>();
@@ -166,30 +170,35 @@ void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tens
       }
     });
   }
-  for (int64_t n = 0; n < N; ++n) {
-    const acc_t* m = mean.data() + n * C;
-    for (int64_t r = 0; r < R; ++r) {
+  // Grains of ~16K multiply-adds: GhostNet's smallest squeeze-excites (72 x 20) stay on one thread.
+  const int64_t mv_grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N * C));
+  at::parallel_for(0, R, mv_grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
       const acc_t* w = wr + r * C;
-      acc_t s = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const acc_t* m = mean.data() + n * C;
+        acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t c = 0; c < C; ++c) s += w[c] * m[c];
-      hidden[r] = std::max<acc_t>(s + br[r], 0);
+        for (int64_t c = 0; c < C; ++c) s += w[c] * m[c];
+        hidden[n * R + r] = std::max<acc_t>(s + br[r], 0);
+      }
     }
-    for (int64_t c = 0; c < C; ++c) {
+  });
+  const int64_t gate_grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N * (R + HW)));
+  at::parallel_for(0, C, gate_grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
       const acc_t* w = we + c * R;
-      acc_t s = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const acc_t* h = hidden.data() + n * R;
+        acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t r = 0; r < R; ++r) s += w[r] * hidden[r];
-      // hardsigmoid(v) = relu6(v + 3) / 6
-      gate[n * C + c] = std::min<acc_t>(std::max<acc_t>(s + be[c] + 3, 0), 6) / 6;
-    }
-  }
-  at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b0, int64_t b1) {
-    for (int64_t i = b0; i < b1; ++i) {
-      scalar_t* plane = yp + i * HW;
-      const acc_t g = gate[i];
+        for (int64_t r = 0; r < R; ++r) s += w[r] * h[r];
+        // hardsigmoid(v) = relu6(v + 3) / 6
+        const acc_t g = std::min<acc_t>(std::max<acc_t>(s + be[c] + 3, 0), 6) / 6;
+        scalar_t* plane = yp + (n * C + c) * HW;
 #pragma omp simd
-      for (int64_t q = 0; q < HW; ++q) plane[q] = static_cast<scalar_t>(static_cast<acc_t>(plane[q]) * g);
+        for (int64_t q = 0; q < HW; ++q) plane[q] = static_cast<scalar_t>(static_cast<acc_t>(plane[q]) * g);
+      }
     }
   });
 }
