@@ -27,6 +27,10 @@ TORCH_LIBRARY(ghostkernels, m) {
       "Tensor ghost2_w_primary, Tensor ghost2_b_primary, Tensor ghost2_w_cheap, Tensor ghost2_b_cheap, "
       "SymInt out_channels, Tensor? shortcut_dw_w, Tensor? shortcut_dw_b, Tensor? shortcut_pw_w, "
       "Tensor? shortcut_pw_b) -> Tensor");
+  // act(conv2d(x, w, b, stride, padding k//2)), groups 1, odd k, stride 1 or 2: a convolution with its BatchNorm
+  // folded in, inference only (no autograd), CPU only. FusedConvBnAct runs GhostNet's stem on it where nothing needs
+  // a gradient: a kernel for few input channels, output from the CPU block pool.
+  m.def("conv2d_act(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");
   // Internal (the tests reach the CPU depthwise kernel through it): act(conv2d(x, w, b, stride, padding k//2,
   // groups=C)), contiguous output.
   m.def("_depthwise_conv2d(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");

@@ -46,11 +46,28 @@ def _depthwise_conv2d_fake(x, w, b, stride, act):
     return torch.empty((x.shape[0], x.shape[1], ho, wo), dtype=x.dtype, device=x.device)
 
 
+def _conv2d_act_fake(x, w, b, stride, act):
+    op = "ghostkernels::conv2d_act"
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    if w.dim() != 4 or w.shape[1] != x.shape[1] or w.shape[2] != w.shape[3] or w.shape[2] % 2 != 1:
+        raise ValueError(f"{op}: w must be [out, {x.shape[1]}, k, k] with k odd, got shape {tuple(w.shape)}")
+    if b.dim() != 1 or b.shape[0] != w.shape[0]:
+        raise ValueError(f"{op}: b must be [{w.shape[0]}], got shape {tuple(b.shape)}")
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+    k = w.shape[2]
+    ho, wo = ((s + 2 * (k // 2) - k) // stride + 1 for s in x.shape[2:])
+    return torch.empty((x.shape[0], w.shape[0], ho, wo), dtype=x.dtype, device=x.device)
+
+
 # Why an inference op has no backward, and what to use for training instead.
 _NO_BACKWARD_HINT = {
     "ghost_bottleneck": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's own "
                         "layers (with fused Ghost modules) otherwise",
     "_depthwise_conv2d": "it exists for the tests of the CPU depthwise kernel; use torch.nn.functional.conv2d",
+    "conv2d_act": "FusedStemConv runs it only where nothing needs a gradient and runs the plain convolution "
+                  "otherwise",
 }
 
 
@@ -94,6 +111,7 @@ def register_all() -> None:
         setup_context=setup_context)
     torch.library.register_fake("ghostkernels::ghost_bottleneck")(_ghost_bottleneck_fake)
     torch.library.register_fake("ghostkernels::_depthwise_conv2d")(_depthwise_conv2d_fake)
-    for op in ("ghost_bottleneck", "_depthwise_conv2d"):
+    torch.library.register_fake("ghostkernels::conv2d_act")(_conv2d_act_fake)
+    for op in ("ghost_bottleneck", "_depthwise_conv2d", "conv2d_act"):
         torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
     _registered = True

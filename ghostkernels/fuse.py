@@ -33,6 +33,7 @@ from ._bn_fold import fold_conv_bn
 from .bottleneck import FusedGhostBottleneck, bottleneck_layout
 from .modules import FusedGhostConv, FusedGhostModule, _FusedGhostBase, activation_name
 from .reference import ACTS, ghost_module_reference
+from .stem import StemNotFusable, fuse_stem, stem_parents
 
 
 class NotFusableError(ValueError):
@@ -256,8 +257,9 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: 
 
     With ``blocks=True`` (the default) every GhostBottleneck whose Ghost modules were fused is then replaced too,
     by a FusedGhostBottleneck (ghostkernels.bottleneck): on CPU tensors in inference the whole block runs as one
-    op; elsewhere it runs the block's own forward with the fused Ghost modules. ``blocks=False`` fuses the Ghost
-    modules only.
+    op; elsewhere it runs the block's own forward with the fused Ghost modules. So is a CPU network's stem, its
+    ``conv_stem`` / ``bn1`` / ``act1`` children (ghostkernels.stem; checked on a probe image, left alone with a
+    GhostFuseWarning when it does not match). ``blocks=False`` fuses the Ghost modules only.
 
     See the module docstring for what is recognized. Modules already fused get ``backend``. What looks like a Ghost
     module but cannot be fused (an attention gate, a primary kernel_size other than 1 or a stride other than 1, an
@@ -346,7 +348,28 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: 
         module.backend = backend
     for parent, name, new in swaps:
         setattr(parent, name, new)
-    return root_replacement if root_replacement is not None else model
+    result = root_replacement if root_replacement is not None else model
+    if blocks:
+        _fuse_stems(result, backend)
+    return result
+
+
+def _fuse_stems(model: nn.Module, backend: str) -> None:
+    """The stem step (ghostkernels.stem) on every conv_stem / bn1 / act1 of ``model`` on the CPU (the op is
+    CPU-only; a stem elsewhere is left as it is, silently). A stem the op cannot stand in for gets a warning of its
+    own: it is not a Ghost module, so ``strict`` does not cover it."""
+    refused = []
+    for name, parent in list(stem_parents(model)):
+        weight = getattr(parent.conv_stem, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
+            continue
+        try:
+            fuse_stem(parent, backend)
+        except StemNotFusable as e:
+            refused.append(f"  {name + '.' if name else ''}conv_stem/bn1/act1: {e}")
+    if refused:
+        warnings.warn("ghostkernels.fuse: the stem was left unfused:\n" + "\n".join(refused), GhostFuseWarning,
+                      stacklevel=3)
 
 
 __all__ = ["GhostFuseWarning", "GhostSpec", "NotFusableError", "fuse", "ghost_layout", "inspect_ghost_module"]

@@ -96,6 +96,8 @@ def _tensors(group, n: int, name: str):
     if group is None:
         return (None,) * n
     group = tuple(group)
+    if len(group) == n and all(t is None for t in group):  # what this function returns for None
+        return group
     if len(group) != n or not all(isinstance(t, torch.Tensor) for t in group):
         raise TypeError(f"ghostkernels.ops.ghost_bottleneck: {name} must be None or {n} tensors")
     return group

@@ -171,8 +171,9 @@ def test_eager_backend_is_the_reference(seed):
                                  "eager backend")
 
 
-def test_autocast_runs_in_the_autocast_dtype(seed):
-    case = EDGE_CASES[2]
+# Blocks with every optional group, without squeeze-excite, without a shortcut (absent groups are cast too).
+@pytest.mark.parametrize("case", [EDGE_CASES[2], EDGE_CASES[0], EDGE_CASES[6]], ids=lambda c: c.label)
+def test_autocast_runs_in_the_autocast_dtype(case, seed):
     x, kw = make_bottleneck(case, torch.float32, seed)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = call_bottleneck(x, kw, case.mid, case.out)

@@ -1,4 +1,5 @@
-// The AVX-512 depthwise convolution (see depthwise_avx512.h for what it computes and why).
+// The AVX-512 depthwise convolution and the small-channel dense one (see depthwise_avx512.h for what they compute
+// and why).
 //
 // As in ghost_forward_avx512.cpp: no torch header, and the AVX-512 code sits between the `#pragma GCC target`
 // lines with internal linkage, so the library still loads and runs on CPUs without AVX-512.
@@ -8,7 +9,9 @@
 #include "depthwise_avx512.h"
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../activations.h"
@@ -85,6 +88,25 @@ std::vector<uint16_t> avx512_depthwise_column_masks(int64_t K, int64_t stride, i
 
 int64_t avx512_depthwise_scratch_floats(const DepthwiseAvx512Params& p) {
   return kPhaseSlack + p.stride * p.stride * phase_floats(p);
+}
+
+bool avx512_small_conv_available(bool bf16, int64_t Ci, int64_t K, int64_t stride) {
+  return Ci >= 1 && Ci <= kSmallConvMaxInputChannels && avx512_depthwise_available(bf16, K, stride);
+}
+
+namespace {
+
+// The depthwise geometry of one input plane of a small-channel convolution (phase_floats reads only these fields).
+DepthwiseAvx512Params plane_geometry(const SmallConvAvx512Params& p) {
+  DepthwiseAvx512Params d{};
+  d.H = p.H, d.W = p.W, d.K = p.K, d.stride = p.stride, d.Ho = p.Ho, d.Wo = p.Wo;
+  return d;
+}
+
+}  // namespace
+
+int64_t avx512_small_conv_scratch_floats(const SmallConvAvx512Params& p) {
+  return kPhaseSlack + p.Ci * p.stride * p.stride * phase_floats(plane_geometry(p));
 }
 
 #if GK_HAVE_AVX512_DEPTHWISE
@@ -189,51 +211,130 @@ void planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* s
   for (int64_t pl = begin; pl < end; ++pl) plane<E, K, S, A>(p, pl, scratch);
 }
 
-template <typename E, int K, int S>
-void planes_for_act(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
-  switch (static_cast<Act>(p.act)) {
-    case Act::ReLU: planes<E, K, S, Act::ReLU>(p, begin, end, scratch); break;
-    case Act::ReLU6: planes<E, K, S, Act::ReLU6>(p, begin, end, scratch); break;
-    case Act::SiLU: planes<E, K, S, Act::SiLU>(p, begin, end, scratch); break;
-    case Act::HardSwish: planes<E, K, S, Act::HardSwish>(p, begin, end, scratch); break;
-    case Act::Identity:
-    default: planes<E, K, S, Act::Identity>(p, begin, end, scratch); break;
-  }
-}
-
-template <typename E, int S>
-void planes_for_k(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
-  switch (p.K) {
-    case 1: planes_for_act<E, 1, S>(p, begin, end, scratch); break;
-    case 3: planes_for_act<E, 3, S>(p, begin, end, scratch); break;
-    case 5: planes_for_act<E, 5, S>(p, begin, end, scratch); break;
-    default: planes_for_act<E, 7, S>(p, begin, end, scratch); break;
-  }
-}
-
-template <typename E>
-void planes_for_stride(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
-  if (p.stride == 1) {
-    planes_for_k<E, 1>(p, begin, end, scratch);
+// Calls fn(E{}, K, S, A) with the element type, kernel size, stride and activation as compile-time constants
+// (std::integral_constant), for both kernels of this file.
+template <typename Fn>
+void with_constants(bool bf16, int64_t K, int64_t stride, int act, Fn&& fn) {
+  const auto with_act = [&](auto e, auto k, auto s) {
+    switch (static_cast<Act>(act)) {
+      case Act::ReLU: fn(e, k, s, std::integral_constant<Act, Act::ReLU>{}); break;
+      case Act::ReLU6: fn(e, k, s, std::integral_constant<Act, Act::ReLU6>{}); break;
+      case Act::SiLU: fn(e, k, s, std::integral_constant<Act, Act::SiLU>{}); break;
+      case Act::HardSwish: fn(e, k, s, std::integral_constant<Act, Act::HardSwish>{}); break;
+      case Act::Identity:
+      default: fn(e, k, s, std::integral_constant<Act, Act::Identity>{}); break;
+    }
+  };
+  const auto with_k = [&](auto e, auto s) {
+    switch (K) {
+      case 1: with_act(e, std::integral_constant<int, 1>{}, s); break;
+      case 3: with_act(e, std::integral_constant<int, 3>{}, s); break;
+      case 5: with_act(e, std::integral_constant<int, 5>{}, s); break;
+      default: with_act(e, std::integral_constant<int, 7>{}, s); break;
+    }
+  };
+  const auto with_stride = [&](auto e) {
+    if (stride == 1) {
+      with_k(e, std::integral_constant<int, 1>{});
+    } else {
+      with_k(e, std::integral_constant<int, 2>{});
+    }
+  };
+  if (bf16) {
+    with_stride(uint16_t{});
   } else {
-    planes_for_k<E, 2>(p, begin, end, scratch);
+    with_stride(float{});
+  }
+}
+
+// Output channels [o0, o0 + NB) of image n of the small-channel convolution, from the phase planes of image n's Ci
+// input planes (phases + ci * S * S * stride_f). NB channels share every input load: one load and NB fused
+// multiply-adds per tap (a broadcast weight operand each), instead of two loads per multiply-add.
+template <typename E, int K, int S, Act A, int NB>
+void small_conv_block(const SmallConvAvx512Params& p, int64_t n, int64_t o0, const float* phases, int64_t stride_f) {
+  constexpr int P = K / 2;
+  const PhaseGeometry g = geometry(K, S);
+  const int64_t n_px = p.Ho * p.Wo, n_off = g.offsets();
+  // Per tap of one input plane: the offset of its phase plane's row 0 (the output vector's offset is added below)
+  // and its column mask's index (-1: the centre column, no mask).
+  int64_t offset[K * K], mask_index[K * K];
+  for (int dy = 0; dy < K; ++dy) {
+    const int64_t u = dy - P, a = u - S * floor_div(u, S), io = floor_div(u, S);
+    for (int dx = 0; dx < K; ++dx) {
+      const int64_t v = dx - P, b = v - S * floor_div(v, S), jo = floor_div(v, S);
+      offset[dy * K + dx] = (a * S + b) * stride_f + (io - g.lo) * p.Wo + jo;
+      mask_index[dy * K + dx] = jo == 0 ? -1 : jo - g.lo;
+    }
+  }
+  const int64_t Ci = p.Ci, plane_floats = S * S * stride_f, taps = Ci * K * K;
+  const float* w = p.w + o0 * taps;
+  E* out = static_cast<E*>(p.out) + (n * p.Co + o0) * n_px;
+  for (int64_t q0 = 0; q0 < n_px; q0 += kVecLanes) {
+    const uint16_t* cm = p.colmask + (q0 / kVecLanes) * n_off;
+    __m512 acc[NB];
+    for (int j = 0; j < NB; ++j) acc[j] = _mm512_set1_ps(p.b[o0 + j]);
+    for (int64_t ci = 0; ci < Ci; ++ci) {
+      const float* base = phases + ci * plane_floats + q0;
+      const float* wc = w + ci * K * K;
+#pragma GCC unroll 49
+      for (int t = 0; t < K * K; ++t) {
+        const float* src = base + offset[t];
+        const __m512 xv = mask_index[t] < 0 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[mask_index[t]], src);
+        for (int j = 0; j < NB; ++j) acc[j] = _mm512_fmadd_ps(xv, _mm512_set1_ps(wc[j * taps + t]), acc[j]);
+      }
+    }
+    const __mmask16 valid = lane_range(0, n_px - q0);
+    for (int j = 0; j < NB; ++j) store_f32(out + j * n_px + q0, valid, act_v<A>(acc[j]));
+  }
+}
+
+// Output channels are taken kSmallConvBlock at a time (the last block may be smaller).
+constexpr int64_t kSmallConvBlock = 4;
+
+template <typename E, int K, int S, Act A>
+void small_conv_items(const SmallConvAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  const PhaseGeometry g = geometry(K, S);
+  const int64_t stride_f = phase_floats(plane_geometry(p));
+  const int64_t blocks = (p.Co + kSmallConvBlock - 1) / kSmallConvBlock;
+  float* phases = scratch + kPhaseSlack;
+  int64_t split_image = -1;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / blocks, o0 = (item % blocks) * kSmallConvBlock;
+    if (n != split_image) {
+      for (int64_t ci = 0; ci < p.Ci; ++ci) {
+        split_phases<E, S>(static_cast<const E*>(p.x) + (n * p.Ci + ci) * p.H * p.W, p.H, p.W, p.Ho, p.Wo, g,
+                           phases + ci * S * S * stride_f, stride_f);
+      }
+      split_image = n;
+    }
+    switch (std::min<int64_t>(kSmallConvBlock, p.Co - o0)) {
+      case 1: small_conv_block<E, K, S, A, 1>(p, n, o0, phases, stride_f); break;
+      case 2: small_conv_block<E, K, S, A, 2>(p, n, o0, phases, stride_f); break;
+      case 3: small_conv_block<E, K, S, A, 3>(p, n, o0, phases, stride_f); break;
+      default: small_conv_block<E, K, S, A, 4>(p, n, o0, phases, stride_f); break;
+    }
   }
 }
 
 }  // namespace
 
+void avx512_small_conv_items(const SmallConvAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  with_constants(p.bf16, p.K, p.stride, p.act, [&](auto e, auto k, auto s, auto a) {
+    small_conv_items<decltype(e), decltype(k)::value, decltype(s)::value, decltype(a)::value>(p, begin, end, scratch);
+  });
+}
+
 void avx512_depthwise_planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
-  if (p.bf16) {
-    planes_for_stride<uint16_t>(p, begin, end, scratch);
-  } else {
-    planes_for_stride<float>(p, begin, end, scratch);
-  }
+  with_constants(p.bf16, p.K, p.stride, p.act, [&](auto e, auto k, auto s, auto a) {
+    planes<decltype(e), decltype(k)::value, decltype(s)::value, decltype(a)::value>(p, begin, end, scratch);
+  });
 }
 
 #pragma GCC pop_options
 #else
-// Never called: avx512_depthwise_available() is false.
+// Never called: avx512_depthwise_available() and avx512_small_conv_available() are false.
 void avx512_depthwise_planes(const DepthwiseAvx512Params&, int64_t, int64_t, float*) {}
+void avx512_small_conv_items(const SmallConvAvx512Params&, int64_t, int64_t, float*) {}
 #endif
 
 }  // namespace cpu

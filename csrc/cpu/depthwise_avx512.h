@@ -49,5 +49,38 @@ int64_t avx512_depthwise_scratch_floats(const DepthwiseAvx512Params& p);
 // Computes planes [begin, end); planes are independent, so threads may run disjoint ranges.
 void avx512_depthwise_planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch);
 
+// A dense convolution with few input channels on the same phase planes: out[n][o] = act(b[o] + sum over ci of the
+// k x k convolution of x[n][ci] with w[o][ci]), stride 1 or 2, padding K/2. It is GhostNet's stem (3 -> 16
+// channels, 3x3, stride 2 at 224x224): each image's Ci planes are split into phases once per thread, and every 16
+// consecutive outputs of a channel are one accumulator register taking Ci * K * K taps (27 for the stem), each one
+// load and one fused multiply-add, as in the depthwise kernel.
+struct SmallConvAvx512Params {
+  bool bf16;          // x and out are bfloat16 (raw 16-bit words), else float32
+  const void* x;      // [N][Ci][H][W]
+  const float* w;     // [Co][Ci][K*K]
+  const float* b;     // [Co]
+  void* out;          // [N][Co][Ho][Wo]
+  int64_t N, Ci, Co, H, W, K, stride, Ho, Wo;
+  int act;                  // ghostkernels::Act
+  const uint16_t* colmask;  // avx512_depthwise_column_masks(K, stride, Ho, Wo)
+};
+
+// The most input channels the small-channel kernel takes: its per-thread scratch holds all of an image's phase
+// planes, and beyond a few channels a GEMM-based convolution is the better tool.
+constexpr int64_t kSmallConvMaxInputChannels = 4;
+
+// Whether this CPU and the kernel handle it: as avx512_depthwise_available, and Ci <= kSmallConvMaxInputChannels.
+bool avx512_small_conv_available(bool bf16, int64_t Ci, int64_t K, int64_t stride);
+
+// Per-thread scratch, in floats, for avx512_small_conv_items (zero where never written, as for the depthwise one).
+int64_t avx512_small_conv_scratch_floats(const SmallConvAvx512Params& p);
+
+// Items of the small-channel convolution: an image's output channels in blocks of 4 (which share every input load).
+inline int64_t avx512_small_conv_item_count(const SmallConvAvx512Params& p) { return p.N * ((p.Co + 3) / 4); }
+
+// Computes items [begin, end), image-major; a thread splits an image's input into phases when its first item of
+// that image comes, so contiguous ranges of items split each image once.
+void avx512_small_conv_items(const SmallConvAvx512Params& p, int64_t begin, int64_t end, float* scratch);
+
 }  // namespace cpu
 }  // namespace ghostkernels

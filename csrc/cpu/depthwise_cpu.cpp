@@ -38,8 +38,6 @@ void check_depthwise_inputs(const char* op, const char* what, const at::Tensor& 
   }
 }
 
-namespace {
-
 void apply_act_(at::Tensor& y, Act act) {
   switch (act) {
     case Act::ReLU: y.relu_(); break;
@@ -50,6 +48,8 @@ void apply_act_(at::Tensor& y, Act act) {
     default: break;
   }
 }
+
+namespace {
 
 at::Tensor depthwise_avx512(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride, Act act,
                             at::Tensor* plane_sums) {

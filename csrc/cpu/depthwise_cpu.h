@@ -17,6 +17,9 @@ namespace cpu {
 at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride, Act act,
                           at::Tensor* plane_sums = nullptr);
 
+// y = act(y) in place with ATen's ops (the kernels' fallback paths).
+void apply_act_(at::Tensor& y, Act act);
+
 // Checks the weight w, bias b and stride of a depthwise convolution over `x` (its channel count, dtype and device
 // are what matter, so a meta tensor will do), naming `op` and `what` (e.g. "conv_dw") in the messages.
 void check_depthwise_inputs(const char* op, const char* what, const at::Tensor& x, const at::Tensor& w,
