@@ -33,7 +33,7 @@ from ._bn_fold import fold_conv_bn
 from .bottleneck import FusedGhostBottleneck, bottleneck_layout
 from .modules import FusedGhostConv, FusedGhostModule, _FusedGhostBase, activation_name
 from .reference import ACTS, ghost_module_reference
-from .stem import StemNotFusable, fuse_stem, stem_parents
+from .conv_bn_act import FusedConvBnAct, StemNotFusable, conv_bn_act_layout, fuse_stem, stem_parents
 
 
 class NotFusableError(ValueError):
@@ -257,8 +257,9 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: 
 
     With ``blocks=True`` (the default) every GhostBottleneck whose Ghost modules were fused is then replaced too,
     by a FusedGhostBottleneck (ghostkernels.bottleneck): on CPU tensors in inference the whole block runs as one
-    op; elsewhere it runs the block's own forward with the fused Ghost modules. So is a CPU network's stem, its
-    ``conv_stem`` / ``bn1`` / ``act1`` children (ghostkernels.stem; checked on a probe image, left alone with a
+    op; elsewhere it runs the block's own forward with the fused Ghost modules. So are a CPU network's stem (its
+    ``conv_stem`` / ``bn1`` / ``act1`` children) and every ConvBnAct module (children ``conv``, ``bn1``, ``act1``),
+    for ghostkernels::conv2d_act (ghostkernels.conv_bn_act; each checked on a probe input, left alone with a
     GhostFuseWarning when it does not match). ``blocks=False`` fuses the Ghost modules only.
 
     See the module docstring for what is recognized. Modules already fused get ``backend``. What looks like a Ghost
@@ -278,17 +279,24 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: 
         raise TypeError(f"ghostkernels.fuse: expected an nn.Module, got {type(model).__name__}")
     swaps: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, child name, replacement)
     refused: list[tuple[str, str]] = []  # (qualified name, reason)
-    already: list[_FusedGhostBase] = []
+    already: list[nn.Module] = []
+    chains_left: list[str] = []  # ConvBnAct modules left unfused (not Ghost modules: warned about, never strict)
     replacement_of: dict[int, nn.Module] = {}  # a module reachable from two parents is replaced once
     visited: set[int] = set()
 
     def consider(module: nn.Module, qualname: str) -> nn.Module | None:
         """The replacement of ``module``, or None (then its children are looked at)."""
-        if isinstance(module, (_FusedGhostBase, FusedGhostBottleneck)):
+        if isinstance(module, (_FusedGhostBase, FusedGhostBottleneck, FusedConvBnAct)):
             already.append(module)
             return module
         layout = ghost_layout(module)
         if layout is None:
+            if blocks and conv_bn_act_layout(module):
+                try:
+                    return FusedConvBnAct.from_module(module, backend)
+                except StemNotFusable as e:
+                    chains_left.append(f"  {qualname or type(module).__name__}: {e}")
+                    return None
             return consider_block(module, qualname) if blocks and bottleneck_layout(module) else None
         try:
             return _fused_replacement(module, layout, backend)
@@ -350,15 +358,14 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: 
         setattr(parent, name, new)
     result = root_replacement if root_replacement is not None else model
     if blocks:
-        _fuse_stems(result, backend)
+        _fuse_stems(result, backend, chains_left)
     return result
 
 
-def _fuse_stems(model: nn.Module, backend: str) -> None:
-    """The stem step (ghostkernels.stem) on every conv_stem / bn1 / act1 of ``model`` on the CPU (the op is
-    CPU-only; a stem elsewhere is left as it is, silently). A stem the op cannot stand in for gets a warning of its
-    own: it is not a Ghost module, so ``strict`` does not cover it."""
-    refused = []
+def _fuse_stems(model: nn.Module, backend: str, refused: list[str]) -> None:
+    """The stem step (ghostkernels.conv_bn_act) on every conv_stem / bn1 / act1 of ``model`` on the CPU (the op is
+    CPU-only; a stem elsewhere is left as it is, silently). A stem (or ConvBnAct, in ``refused`` already) the op
+    cannot stand in for gets a warning of its own: they are not Ghost modules, so ``strict`` does not cover them."""
     for name, parent in list(stem_parents(model)):
         weight = getattr(parent.conv_stem, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
@@ -368,8 +375,8 @@ def _fuse_stems(model: nn.Module, backend: str) -> None:
         except StemNotFusable as e:
             refused.append(f"  {name + '.' if name else ''}conv_stem/bn1/act1: {e}")
     if refused:
-        warnings.warn("ghostkernels.fuse: the stem was left unfused:\n" + "\n".join(refused), GhostFuseWarning,
-                      stacklevel=3)
+        warnings.warn("ghostkernels.fuse: conv -> BatchNorm -> activation chains (the stem, ConvBnAct) left "
+                      "unfused:\n" + "\n".join(refused), GhostFuseWarning, stacklevel=3)
 
 
 __all__ = ["GhostFuseWarning", "GhostSpec", "NotFusableError", "fuse", "ghost_layout", "inspect_ghost_module"]

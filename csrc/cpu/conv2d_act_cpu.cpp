@@ -7,8 +7,9 @@
 // (FusedConvBnAct), the activation is applied in the output store, and the output comes from the CPU block pool.
 //
 // Kernels: float32 and bfloat16 NCHW with at most kSmallConvMaxInputChannels input channels, k in {1, 3, 5, 7},
-// stride 1 or 2 run on the small-channel AVX-512 kernel (depthwise_avx512.h); everything else (float64, wider
-// inputs, CPUs without AVX-512) on ATen's convolution followed by the activation.
+// stride 1 or 2 run on the small-channel AVX-512 kernel (depthwise_avx512.h); wider 1x1 stride-1 convolutions
+// (GhostNet's last ConvBnAct, 160 -> 960 at 7x7) on the AVX-512 GEMM of pointwise_cpu.h in float32; everything else
+// (float64, CPUs without AVX-512) on ATen's convolution followed by the activation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,6 +23,7 @@
 #include "depthwise_cpu.h"
 #include "float_weights.h"
 #include "kernel_choice.h"
+#include "pointwise_cpu.h"
 #include "tensor_pool.h"
 
 namespace ghostkernels {
@@ -108,6 +110,7 @@ at::Tensor conv2d_act_cpu(const at::Tensor& x_in, const at::Tensor& w, const at:
                              })) {
     return conv2d_act_avx512(x, w, b, stride, act);
   }
+  if (K == 1 && stride == 1) return cpu::pointwise_conv(x, w, b, act);
   at::Tensor y = at::conv2d(x, w, b, {stride, stride}, {K / 2, K / 2});
   cpu::apply_act_(y, act);
   return y;

@@ -26,6 +26,7 @@
 #include "ghost_forward_avx512.h"
 #include "ghost_forward_cpu.h"
 #include "kernel_choice.h"
+#include "pointwise_cpu.h"
 #include "tensor_pool.h"
 
 namespace ghostkernels {
@@ -211,36 +212,6 @@ void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw
   });
 }
 
-// conv1x1(s, w) + b: float32 NCHW on the AVX-512 GEMM of the Ghost-module kernel (no layout reorder, no BLAS
-// call per image), ATen's convolution otherwise.
-at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Tensor& b) {
-  const int64_t N = s.size(0), C = s.size(1), HW = s.size(2) * s.size(3), O = w.size(0);
-  const bool eligible = s.scalar_type() == at::kFloat && s.is_contiguous();
-  if (!(eligible && cpu::use_avx512_kernel(cpu::cpu_kernel_knob(), cpu::avx512_forward_available(false, 1),
-                                           [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); }))) {
-    return at::conv2d(s, w, b);
-  }
-  at::Tensor out = cpu::pooled_empty({N, O, s.size(2), s.size(3)}, s.options());
-  if (out.numel() == 0) return out;
-  const at::Tensor wm = w.reshape({O, C}).contiguous(), bc = b.contiguous();
-  const float* wp = wm.const_data_ptr<float>();
-  const float* bp = bc.const_data_ptr<float>();
-  const float* sp = s.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  // Items: (image, chunk of 256 pixels), so batch 1 still feeds every thread.
-  constexpr int64_t kChunk = 256;
-  const int64_t chunks = (HW + kChunk - 1) / kChunk;
-  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / chunks, q0 = (item % chunks) * kChunk, len = std::min(kChunk, HW - q0);
-      float* dst = op + n * O * HW + q0;
-      for (int64_t o = 0; o < O; ++o) std::fill(dst + o * HW, dst + o * HW + len, bp[o]);
-      cpu::avx512_sgemm_nn(O, len, C, wp, C, sp + n * C * HW + q0, HW, dst, HW, /*accumulate=*/true);
-    }
-  });
-  return out;
-}
-
 // The block for a chunk of gn images of x, written into `out` (that chunk of the op's output).
 void block_forward(const Args& a, const BottleneckDims& d, int64_t gn, const at::Tensor& x, const at::Tensor& out) {
   const at::MemoryFormat fmt = output_memory_format(x);
@@ -250,7 +221,7 @@ void block_forward(const Args& a, const BottleneckDims& d, int64_t gn, const at:
   at::Tensor residual = x;
   if (d.has_shortcut) {
     const at::Tensor s = cpu::depthwise_conv(x.contiguous(fmt), *a.sc_dw_w, *a.sc_dw_b, a.stride, Act::Identity);
-    residual = pointwise_conv(s, *a.sc_pw_w, *a.sc_pw_b);
+    residual = cpu::pointwise_conv(s, *a.sc_pw_w, *a.sc_pw_b, Act::Identity);
   }
   at::Tensor y = cpu::ghost_forward(x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, d1, at::Tensor(), at::Tensor());
   at::Tensor sums;

@@ -1,5 +1,5 @@
 """ghostkernels::conv2d_act (a convolution with its BatchNorm folded in and an activation, CPU inference) and
-fuse()'s stem step (ghostkernels.stem): the op against a float64 reference on both CPU kernels, its contract
+fuse()'s conv -> BN -> act steps (ghostkernels.conv_bn_act): the op against a float64 reference on both CPU kernels, its contract
 (opcheck, bad input), and the fused stem: same state_dict, the op inside the network's forward in CPU inference,
 the plain layers everywhere else (a direct call of conv_stem, training, autograd, hooks, torch.compile), refusal of
 look-alikes whose forward differs."""
@@ -19,7 +19,7 @@ import variants
 from ghostkernels import fuse, models
 from ghostkernels.fuse import GhostFuseWarning
 from ghostkernels.reference import ACTS, activation
-from ghostkernels.stem import BatchNormAfterFusedStem, FusedStemConv, ReLUAfterFusedStem, StemNotFusable, fuse_stem
+from ghostkernels.conv_bn_act import BatchNormAfterFusedStem, FusedConvBnAct, FusedStemConv, ReLUAfterFusedStem, StemNotFusable, fuse_stem
 
 KERNELS = ("auto", "generic")
 # One rounding of the output in bfloat16 (2^-9 relative), float accumulation of at most 4 * 49 products.
@@ -142,7 +142,12 @@ def test_stem_fused_network_matches(kind, op_calls):
     op_calls.clear()
     with torch.no_grad():
         got, expected = fused(x), net(x)
-    assert op_calls == [x.shape]
+    # The stem, then the last stage's ConvBnAct (a FusedConvBnAct).
+    last = fused.blocks[-1][0]
+    assert isinstance(last, FusedConvBnAct) and list(last.state_dict()) == ["conv.weight", "bn1.weight", "bn1.bias",
+                                                                             "bn1.running_mean", "bn1.running_var",
+                                                                             "bn1.num_batches_tracked"]
+    assert op_calls == [x.shape, torch.Size([2, last.conv.in_channels, 7, 7])]
     torch.testing.assert_close(got, expected, atol=3e-5, rtol=3e-5)
 
 
@@ -207,7 +212,9 @@ def test_stem_runs_its_layers_where_the_op_does_not_apply(situation, op_calls):
             torch.manual_seed(1)
             expected = net(x)
         torch.testing.assert_close(got, expected, atol=3e-5, rtol=3e-5)
-    assert op_calls == []
+    # Never the stem; the last stage's ConvBnAct is a module of its own, fused unless the whole network is affected.
+    assert x.shape not in op_calls
+    assert len(op_calls) == (1 if situation in ("hook", "eager-backend") else 0)
     if situation == "hook":
         assert seen == [torch.Size([2, net.bn1.num_features, 32, 32])]
 
@@ -222,7 +229,7 @@ def test_stem_survives_deepcopy_and_exceptions(op_calls):
     op_calls.clear()
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), atol=3e-5, rtol=3e-5)
-    assert len(op_calls) == 1
+    assert len(op_calls) == 2  # the stem and the last stage's ConvBnAct
 
 
 def test_stem_compiles_with_the_plain_layers():
@@ -265,7 +272,7 @@ def test_stem_whose_forward_differs_is_left_alone():
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         expected = net(x)
-    with pytest.warns(GhostFuseWarning, match="(?s)stem was left unfused.*output changed"):
+    with pytest.warns(GhostFuseWarning, match="(?s)left unfused.*output changed"):
         fused = fuse(net)
     assert type(fused.conv_stem) is nn.Conv2d and type(fused.bn1) is nn.BatchNorm2d
     assert not fused._forward_pre_hooks and not fused._forward_hooks
@@ -292,3 +299,61 @@ def test_blocks_false_leaves_the_stem():
         warnings.simplefilter("error")
         fused = fuse(_network("ours"), blocks=False)
     assert type(fused.conv_stem) is nn.Conv2d
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ConvBnAct modules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _ActBeforeBn(nn.Module):
+    """ConvBnAct's children, but the activation comes before the BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 32, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.act1 = nn.ReLU()
+
+    def forward(self, x):
+        return self.bn1(self.act1(self.conv(x)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=gt.dtype_name)
+@pytest.mark.parametrize("config", [(160, 960, 1, 1, "relu"), (24, 40, 3, 2, "hardswish"), (3, 8, 5, 1, "silu")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_conv_bn_act_matches_the_module(config, dtype, op_calls):
+    cin, cout, k, stride, act = config
+    torch.manual_seed(0)
+    module = models.ConvBnAct(cin, cout, k, stride, act_layer={"relu": nn.ReLU, "hardswish": nn.Hardswish,
+                                                               "silu": nn.SiLU}[act])
+    module = variants.randomize_batchnorm(module, 0).eval().to(dtype)
+    fused = FusedConvBnAct.from_module(module)
+    assert list(fused.state_dict()) == list(module.state_dict())
+    x = torch.randn(2, cin, 7, 9).to(dtype)
+    op_calls.clear()
+    with torch.no_grad():
+        got, expected = fused(x), module(x)
+    assert op_calls == [x.shape]
+    tol = dict(atol=3e-5, rtol=3e-5) if dtype == torch.float32 else dict(atol=6e-2, rtol=3e-2)
+    torch.testing.assert_close(got.float(), expected.float(), **tol)
+    # Training: the module's own layers (batch statistics), gradients included.
+    fused.train().float()
+    module.train().float()
+    x = x.float().requires_grad_()
+    got = fused(x)
+    (g,) = torch.autograd.grad(got.sum(), x)
+    x2 = x.detach().clone().requires_grad_()
+    (g_ref,) = torch.autograd.grad(module(x2).sum(), x2)
+    torch.testing.assert_close(g, g_ref)
+    assert len(op_calls) == 1
+
+
+def test_conv_bn_act_whose_forward_differs_is_left_alone():
+    module = variants.randomize_batchnorm(_ActBeforeBn(), 0).eval()
+    with pytest.raises(StemNotFusable, match="does not compute act1"):
+        FusedConvBnAct.from_module(module)
+    holder = nn.Sequential(module)
+    with pytest.warns(GhostFuseWarning, match="(?s)left unfused.*does not compute act1"):
+        fuse(holder)
+    assert holder[0] is module
