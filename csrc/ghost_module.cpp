@@ -28,8 +28,8 @@ TORCH_LIBRARY(ghostkernels, m) {
       "SymInt out_channels, Tensor? shortcut_dw_w, Tensor? shortcut_dw_b, Tensor? shortcut_pw_w, "
       "Tensor? shortcut_pw_b) -> Tensor");
   // act(conv2d(x, w, b, stride, padding k//2)), groups 1, odd k, stride 1 or 2: a convolution with its BatchNorm
-  // folded in, inference only (no autograd), CPU only. FusedConvBnAct runs GhostNet's stem on it where nothing needs
-  // a gradient: a kernel for few input channels, output from the CPU block pool.
+  // folded in, inference only (no autograd), CPU only. FusedStemConv and FusedConvBnAct run GhostNet's stem and last
+  // ConvBnAct on it where nothing needs a gradient (ghostkernels/conv_bn_act.py).
   m.def("conv2d_act(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");
   // Internal (the tests reach the CPU depthwise kernel through it): act(conv2d(x, w, b, stride, padding k//2,
   // groups=C)), contiguous output.

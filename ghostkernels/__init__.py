@@ -2,6 +2,7 @@
 
 from . import models, ops
 from .bottleneck import FusedGhostBottleneck
+from .conv_bn_act import FusedConvBnAct
 from .fuse import fuse
 from .models import GhostModule
 from .modules import FusedGhostConv, FusedGhostModule
@@ -9,5 +10,5 @@ from .ops import ghost_module, load_library
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedGhostBottleneck", "FusedGhostConv", "FusedGhostModule", "GhostModule", "fuse", "ghost_module", "load_library", "models",
+__all__ = ["FusedConvBnAct", "FusedGhostBottleneck", "FusedGhostConv", "FusedGhostModule", "GhostModule", "fuse", "ghost_module", "load_library", "models",
            "ops", "__version__"]

@@ -66,8 +66,8 @@ _NO_BACKWARD_HINT = {
     "ghost_bottleneck": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's own "
                         "layers (with fused Ghost modules) otherwise",
     "_depthwise_conv2d": "it exists for the tests of the CPU depthwise kernel; use torch.nn.functional.conv2d",
-    "conv2d_act": "FusedStemConv runs it only where nothing needs a gradient and runs the plain convolution "
-                  "otherwise",
+    "conv2d_act": "FusedStemConv and FusedConvBnAct run it only where nothing needs a gradient and run their "
+                  "layers otherwise",
 }
 
 

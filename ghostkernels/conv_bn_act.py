@@ -335,5 +335,5 @@ def stem_parents(model: nn.Module):
             yield name, module
 
 
-__all__ = ["BatchNormAfterFusedStem", "FusedConvBnAct", "FusedStemConv", "ReLUAfterFusedStem", "StemNotFusable", "check_stem",
-           "conv_bn_act_layout", "fuse_stem", "stem_parents"]
+__all__ = ["BatchNormAfterFusedStem", "FusedConvBnAct", "FusedStemConv", "ReLUAfterFusedStem", "StemNotFusable",
+           "check_stem", "conv_bn_act_layout", "fuse_stem", "stem_parents"]

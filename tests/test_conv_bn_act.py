@@ -1,8 +1,8 @@
 """ghostkernels::conv2d_act (a convolution with its BatchNorm folded in and an activation, CPU inference) and
-fuse()'s conv -> BN -> act steps (ghostkernels.conv_bn_act): the op against a float64 reference on both CPU kernels, its contract
-(opcheck, bad input), and the fused stem: same state_dict, the op inside the network's forward in CPU inference,
-the plain layers everywhere else (a direct call of conv_stem, training, autograd, hooks, torch.compile), refusal of
-look-alikes whose forward differs."""
+fuse()'s conv -> BN -> act steps (ghostkernels.conv_bn_act): the op against a float64 reference on both CPU
+kernels, its contract (opcheck, bad input); the fused stem: same state_dict, the op inside the network's forward in
+CPU inference, the plain layers everywhere else (a direct call of conv_stem, training, autograd, hooks,
+torch.compile), refusal of look-alikes whose forward differs; FusedConvBnAct likewise."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import variants
 from ghostkernels import fuse, models
 from ghostkernels.fuse import GhostFuseWarning
 from ghostkernels.reference import ACTS, activation
-from ghostkernels.conv_bn_act import BatchNormAfterFusedStem, FusedConvBnAct, FusedStemConv, ReLUAfterFusedStem, StemNotFusable, fuse_stem
+from ghostkernels.conv_bn_act import (BatchNormAfterFusedStem, FusedConvBnAct, FusedStemConv, ReLUAfterFusedStem,
+                                      StemNotFusable, fuse_stem)
 
 KERNELS = ("auto", "generic")
 # One rounding of the output in bfloat16 (2^-9 relative), float accumulation of at most 4 * 49 products.
@@ -117,7 +118,7 @@ def _network(kind, seed=0):
 
 @pytest.fixture
 def op_calls(monkeypatch):
-    """Counts the conv2d_act calls FusedStemConv makes."""
+    """Counts the conv2d_act calls (FusedStemConv, FusedConvBnAct)."""
     calls = []
     original = torch.ops.ghostkernels.conv2d_act.default
 

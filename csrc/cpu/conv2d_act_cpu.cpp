@@ -1,10 +1,12 @@
 // ghostkernels::conv2d_act on the CPU: act(conv2d(x, w, b, stride, padding k//2)), inference only.
 //
 // Why an op for one convolution: GhostNet's stem (3 -> 16 channels, 3x3, stride 2, BatchNorm, ReLU) is the only
-// layer before the first bottleneck, and in eager PyTorch it is three calls whose two 800 KB-per-image outputs come
-// from glibc. In some processes glibc hands those pages back to the system after every forward and they fault in
-// again on the next (bench/NOTES.md, entries 17 and 18). Here the BatchNorm is folded into w and b by the caller
-// (FusedConvBnAct), the activation is applied in the output store, and the output comes from the CPU block pool.
+// layer before the first bottleneck, and in eager PyTorch it is three calls: an NCHW oneDNN convolution that is slow
+// at batch 8, and two 800 KB-per-image outputs from glibc, which in some processes hands those pages back to the
+// system after every forward so that they fault in again on the next; its last stage (a 1x1 ConvBnAct at 7x7) ran on
+// ATen's slow_conv2d at batch 1 (bench/NOTES.md, entries 17 and 18). Here the BatchNorm is folded into w and b by
+// the caller (FusedStemConv, FusedConvBnAct), the activation is applied in the output pass, and the output comes
+// from the CPU block pool.
 //
 // Kernels: float32 and bfloat16 NCHW with at most kSmallConvMaxInputChannels input channels, k in {1, 3, 5, 7},
 // stride 1 or 2 run on the small-channel AVX-512 kernel (depthwise_avx512.h); wider 1x1 stride-1 convolutions

@@ -215,7 +215,9 @@ void planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* s
 // (std::integral_constant), for both kernels of this file.
 template <typename Fn>
 void with_constants(bool bf16, int64_t K, int64_t stride, int act, Fn&& fn) {
-  const auto with_act = [&](auto e, auto k, auto s) { dispatch_act(static_cast<Act>(act), [&](auto a) { fn(e, k, s, a); }); };
+  const auto with_act = [&](auto e, auto k, auto s) {
+    dispatch_act(static_cast<Act>(act), [&](auto a) { fn(e, k, s, a); });
+  };
   const auto with_k = [&](auto e, auto s) {
     switch (K) {
       case 1: with_act(e, std::integral_constant<int, 1>{}, s); break;
