@@ -33,9 +33,10 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_globals
 
 from . import ops
-from .modules import FoldCache, Stage, activation_name, checked_backend
+from .modules import BackendAttribute, FoldCache, Stage, activation_name
 from .reference import activation
 
 # The attribute FusedStemConv sets on its output: (bn, act), the modules whose work that output already contains.
@@ -50,9 +51,7 @@ def _applied_by(x: torch.Tensor):
 
 
 def _has_hooks(*modules: nn.Module) -> bool:
-    from torch.nn.modules import module as module_mod
-
-    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+    if _module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
@@ -64,7 +63,8 @@ def _rebased(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
-def _op_ready(x: torch.Tensor, training: bool, bn: nn.BatchNorm2d, backend: str, sources, *modules) -> bool:
+def _op_ready(x: torch.Tensor, training: bool, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module,
+              backend: str) -> bool:
     """Whether conv2d_act may stand in for conv -> bn -> act on x now (CPU inference, nothing traced or hooked)."""
     if training or bn.training or backend not in ("auto", "cpu"):
         return False
@@ -72,9 +72,10 @@ def _op_ready(x: torch.Tensor, training: bool, bn: nn.BatchNorm2d, backend: str,
         return False
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in sources)):
+    if torch.is_grad_enabled() and (x.requires_grad or any(
+            p is not None and p.requires_grad for p in (conv.weight, conv.bias, bn.weight, bn.bias))):
         return False
-    return not _has_hooks(*modules)
+    return not _has_hooks(conv, bn, act)
 
 
 class _AfterFusedStem:
@@ -102,7 +103,7 @@ class ReLUAfterFusedStem(_AfterFusedStem, nn.ReLU):
     _slot = 1
 
 
-class FusedStemConv(nn.Conv2d):
+class FusedStemConv(BackendAttribute, nn.Conv2d):
     """conv_stem of a fused stem (see the module docstring); its state is the original Conv2d's."""
 
     _bn: BatchNormAfterFusedStem
@@ -117,14 +118,6 @@ class FusedStemConv(nn.Conv2d):
         self._stages = [Stage(self, bn)]
         self._depth = 0  # how many forwards of the parent are running
 
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self._backend = checked_backend("FusedStemConv", value)
-
     # The parent's hooks (bound methods, so that copy.deepcopy of the network binds them to the copy's stem).
     def _enter_parent(self, module, args) -> None:
         if not torch.compiler.is_compiling():
@@ -135,11 +128,7 @@ class FusedStemConv(nn.Conv2d):
             self._depth = max(0, self._depth - 1)
 
     def _op_applies(self, x: torch.Tensor) -> bool:
-        return self._depth > 0 and _op_ready(x, self.training, self._bn, self._backend, self._fold_sources(), self,
-                                             self._bn, self._act)
-
-    def _fold_sources(self):
-        return [t for t in (self.weight, self.bias, self._bn.weight, self._bn.bias) if t is not None]
+        return self._depth > 0 and _op_ready(x, self.training, self, self._bn, self._act, self._backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._op_applies(x):
@@ -258,7 +247,7 @@ def conv_bn_act_layout(module: nn.Module) -> bool:
             and type(kids["bn1"]) is nn.BatchNorm2d and activation_name(kids["act1"]) is not None)
 
 
-class FusedConvBnAct(nn.Module):
+class FusedConvBnAct(BackendAttribute, nn.Module):
     """A ConvBnAct (children conv, bn1, act1; forward act1(bn1(conv(x)))) with the same children and state_dict. In
     CPU inference it runs ghostkernels::conv2d_act with the BatchNorm folded (cached as in FusedGhostModule);
     anywhere else (training, autograd, GPUs, autocast, torch.compile, hooks) its own layers."""
@@ -282,14 +271,6 @@ class FusedConvBnAct(nn.Module):
         fused._stages = [Stage(conv, bn)]
         fused._check_on_probe(module)
         return fused
-
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self._backend = checked_backend("FusedConvBnAct", value)
 
     def _check_on_probe(self, module: nn.Module) -> None:
         conv = module.conv
@@ -317,8 +298,7 @@ class FusedConvBnAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn, act = self.conv, self.bn1, self.act1
-        if not _op_ready(x, self.training, bn, self._backend,
-                         [t for t in (conv.weight, conv.bias, bn.weight, bn.bias) if t is not None], conv, bn, act):
+        if not _op_ready(x, self.training, conv, bn, act, self._backend):
             return act(bn(conv(x)))
         w, b = self._fold_cache.get(self._stages)
         return torch.ops.ghostkernels.conv2d_act.default(x, w, b, conv.stride[0], self.act)

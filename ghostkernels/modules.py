@@ -150,7 +150,19 @@ class FoldCache:
         return folded
 
 
-class _FusedGhostBase(nn.Module):
+class BackendAttribute:
+    """The ``backend`` attribute of the fused modules: one of ops.BACKENDS, checked on assignment."""
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = checked_backend(type(self).__name__, value)
+
+
+class _FusedGhostBase(BackendAttribute, nn.Module):
     """What both fused layouts share: act/backend/out_channels, the choice of path, the cached BN fold.
 
     A subclass provides ``_stages()`` -> (primary Stage, cheap Stage) and ``_unfused_forward(x)`` (the original
@@ -167,14 +179,6 @@ class _FusedGhostBase(nn.Module):
         self.out_channels = out_channels
         self.act = act
         self.backend = backend
-
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self._backend = checked_backend(type(self).__name__, value)
 
     def _stages(self) -> tuple[Stage, Stage]:
         raise NotImplementedError
