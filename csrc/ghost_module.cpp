@@ -31,6 +31,9 @@ TORCH_LIBRARY(ghostkernels, m) {
   // folded in, inference only (no autograd), CPU only. FusedStemConv and FusedConvBnAct run GhostNet's stem and last
   // ConvBnAct on it where nothing needs a gradient (ghostkernels/conv_bn_act.py).
   m.def("conv2d_act(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");
+  // act(x @ w^T + b) for x [N, K], w [out, K]: inference only (no autograd), CPU only. FusedConvHead and
+  // FusedClassifier run GhostNet's head on it where nothing needs a gradient (ghostkernels/head.py).
+  m.def("linear_act(Tensor x, Tensor w, Tensor b, str act) -> Tensor");
   // Internal (the tests reach the CPU depthwise kernel through it): act(conv2d(x, w, b, stride, padding k//2,
   // groups=C)), contiguous output.
   m.def("_depthwise_conv2d(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");

@@ -16,6 +16,13 @@ Act parse_act(c10::string_view act) {
                     "'; expected one of identity, relu, relu6, silu, hardswish");
 }
 
+void check_like_x(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": dtype mismatch: x is ", x.scalar_type(), " but ", name,
+                   " is ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": device mismatch: x is on ", x.device(), " but ", name,
+                    " is on ", t.device());
+}
+
 at::MemoryFormat output_memory_format(const at::Tensor& x) {
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
   return at::MemoryFormat::Contiguous;
@@ -55,12 +62,7 @@ GhostDims check_ghost_inputs(const char* op, const at::Tensor& x, const at::Tens
 
   const at::Tensor* ts[] = {&w_primary, &b_primary, &w_cheap, &b_cheap};
   const char* names[] = {"w_primary", "b_primary", "w_cheap", "b_cheap"};
-  for (int i = 0; i < 4; ++i) {
-    TORCH_CHECK_TYPE(ts[i]->scalar_type() == x.scalar_type(), op, ": dtype mismatch: x is ", x.scalar_type(),
-                     " but ", names[i], " is ", ts[i]->scalar_type());
-    TORCH_CHECK_VALUE(ts[i]->device() == x.device(), op, ": device mismatch: x is on ", x.device(), " but ",
-                      names[i], " is on ", ts[i]->device());
-  }
+  for (int i = 0; i < 4; ++i) check_like_x(op, x, *ts[i], names[i]);
   return d;
 }
 

@@ -21,6 +21,9 @@ struct GhostDims {
 
 Act parse_act(c10::string_view act);
 
+// Raises TypeError unless t has x's dtype, ValueError unless it is on x's device; `name` names t in the message.
+void check_like_x(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name);
+
 // Checks ranks, shapes, dtypes and devices of a ghost_module call and returns its sizes. `op` names the op in
 // messages. Raises ValueError / TypeError (via TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) naming the problem.
 GhostDims check_ghost_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary,

@@ -61,12 +61,25 @@ def _conv2d_act_fake(x, w, b, stride, act):
     return torch.empty((x.shape[0], w.shape[0], ho, wo), dtype=x.dtype, device=x.device)
 
 
+def _linear_act_fake(x, w, b, act):
+    op = "ghostkernels::linear_act"
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be 2-D [N, K], got shape {tuple(x.shape)}")
+    if w.dim() != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: w must be [out, {x.shape[1]}], got shape {tuple(w.shape)}")
+    if b.dim() != 1 or b.shape[0] != w.shape[0]:
+        raise ValueError(f"{op}: b must be [{w.shape[0]}], got shape {tuple(b.shape)}")
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
 # Why an inference op has no backward, and what to use for training instead.
 _NO_BACKWARD_HINT = {
     "ghost_bottleneck": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's own "
                         "layers (with fused Ghost modules) otherwise",
     "_depthwise_conv2d": "it exists for the tests of the CPU depthwise kernel; use torch.nn.functional.conv2d",
     "conv2d_act": "FusedStemConv and FusedConvBnAct run it only where nothing needs a gradient and run their "
+                  "layers otherwise",
+    "linear_act": "FusedConvHead and FusedClassifier run it only where nothing needs a gradient and run their "
                   "layers otherwise",
 }
 
@@ -112,6 +125,7 @@ def register_all() -> None:
     torch.library.register_fake("ghostkernels::ghost_bottleneck")(_ghost_bottleneck_fake)
     torch.library.register_fake("ghostkernels::_depthwise_conv2d")(_depthwise_conv2d_fake)
     torch.library.register_fake("ghostkernels::conv2d_act")(_conv2d_act_fake)
-    for op in ("ghost_bottleneck", "_depthwise_conv2d", "conv2d_act"):
+    torch.library.register_fake("ghostkernels::linear_act")(_linear_act_fake)
+    for op in ("ghost_bottleneck", "_depthwise_conv2d", "conv2d_act", "linear_act"):
         torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
     _registered = True

@@ -34,6 +34,7 @@ from .bottleneck import FusedGhostBottleneck, bottleneck_layout
 from .modules import FusedGhostConv, FusedGhostModule, _FusedGhostBase, activation_name
 from .reference import ACTS, ghost_module_reference
 from .conv_bn_act import FusedConvBnAct, StemNotFusable, conv_bn_act_layout, fuse_stem, stem_parents
+from .head import fuse_head, head_parents
 
 
 class NotFusableError(ValueError):
@@ -260,7 +261,8 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: 
     op; elsewhere it runs the block's own forward with the fused Ghost modules. So are a CPU network's stem (its
     ``conv_stem`` / ``bn1`` / ``act1`` children) and every ConvBnAct module (children ``conv``, ``bn1``, ``act1``),
     for ghostkernels::conv2d_act (ghostkernels.conv_bn_act; each checked on a probe input, left alone with a
-    GhostFuseWarning when it does not match). ``blocks=False`` fuses the Ghost modules only.
+    GhostFuseWarning when it does not match), and a CPU network's head (its ``conv_head`` and ``classifier``
+    children, for ghostkernels::linear_act; ghostkernels.head). ``blocks=False`` fuses the Ghost modules only.
 
     See the module docstring for what is recognized. Modules already fused get ``backend``. What looks like a Ghost
     module but cannot be fused (an attention gate, a primary kernel_size other than 1 or a stride other than 1, an
@@ -359,6 +361,8 @@ def fuse(model: nn.Module, backend: str = "auto", strict: bool = False, blocks: 
     result = root_replacement if root_replacement is not None else model
     if blocks:
         _fuse_stems(result, backend, chains_left)
+        for _, parent in list(head_parents(result)):
+            fuse_head(parent, backend)
     return result
 
 

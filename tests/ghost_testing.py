@@ -255,6 +255,21 @@ class GhostCase:
         return dataclasses.replace(self, **kw)
 
 
+def record_op_calls(monkeypatch, op: str) -> list:
+    """Patch torch.ops.ghostkernels.<op>.default (for the rest of the test) to record the shape of its first
+    argument on every call; returns the list the shapes go to."""
+    calls = []
+    packet = getattr(torch.ops.ghostkernels, op)
+    original = packet.default
+
+    def recording(*args):
+        calls.append(tuple(args[0].shape))
+        return original(*args)
+
+    monkeypatch.setattr(packet, "default", recording)
+    return calls
+
+
 def seed_from(text: str) -> int:
     """A stable seed from a test id (Python's hash() is salted per process; crc32 is not)."""
     return zlib.crc32(text.encode())

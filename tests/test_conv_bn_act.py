@@ -105,29 +105,14 @@ def test_avx512_knob_refuses_a_conv_it_lacks(monkeypatch):
 # The stem step of fuse()
 # ---------------------------------------------------------------------------------------------------------------
 
-NETWORKS = {
-    "ours": lambda: models.ghostnet_050(),
-    "official": lambda: variants.OfficialGhostNetReplica(width=0.5),
-}
-
-
-def _network(kind, seed=0):
-    torch.manual_seed(seed)
-    return variants.randomize_batchnorm(NETWORKS[kind](), seed).eval()
+NETWORKS = variants.SMALL_GHOSTNETS
+_network = variants.small_ghostnet
 
 
 @pytest.fixture
 def op_calls(monkeypatch):
-    """Counts the conv2d_act calls (FusedStemConv, FusedConvBnAct)."""
-    calls = []
-    original = torch.ops.ghostkernels.conv2d_act.default
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return original(*args)
-
-    monkeypatch.setattr(torch.ops.ghostkernels.conv2d_act, "default", counting)
-    return calls
+    """The shapes of x of the conv2d_act calls (FusedStemConv, FusedConvBnAct)."""
+    return gt.record_op_calls(monkeypatch, "conv2d_act")
 
 
 @pytest.mark.parametrize("kind", list(NETWORKS))

@@ -8,7 +8,8 @@ deliberately differ from the originals' (fuse() must not look at names).
 
 Also here: an independent transcription of the official GhostNet (to check that ghostkernels.models uses the same
 state_dict keys and computes the same logits), and negative cases that look like Ghost modules but are not
-(GSConv's channel shuffle, a residual Bottleneck with a depthwise cv2).
+(GSConv's channel shuffle, a residual Bottleneck with a depthwise cv2); small_ghostnet builds the whole networks the
+tests of fuse()'s stem and head steps run.
 """
 
 from __future__ import annotations
@@ -544,3 +545,18 @@ def randomize_batchnorm(model: nn.Module, seed: int) -> nn.Module:
                 m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
     return model
+
+
+# Whole GhostNet 0.5x networks in two codings, for the tests of fuse()'s network-level steps (stem, head).
+SMALL_GHOSTNETS = ("ours", "official")
+
+
+def small_ghostnet(kind: str, seed: int = 0, num_classes: int = 1000) -> nn.Module:
+    """GhostNet 0.5x, this package's ("ours") or the official code's replica ("official"), with random weights and
+    BatchNorm statistics from ``seed``, in eval mode."""
+    from ghostkernels import models
+
+    torch.manual_seed(seed)
+    net = (models.ghostnet_050(num_classes=num_classes) if kind == "ours"
+           else OfficialGhostNetReplica(num_classes=num_classes, width=0.5))
+    return randomize_batchnorm(net, seed).eval()

@@ -43,13 +43,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), kOp, ": b must be [", w.size(0), "], got shape ",
                     b.sizes());
   TORCH_CHECK_VALUE(stride == 1 || stride == 2, kOp, ": stride must be 1 or 2, got ", stride);
-  for (const at::Tensor* t : {&w, &b}) {
-    const char* name = t == &w ? "w" : "b";
-    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), kOp, ": dtype mismatch: x is ", x.scalar_type(), " but ",
-                     name, " is ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->device() == x.device(), kOp, ": device mismatch: x is on ", x.device(), " but ", name,
-                      " is on ", t->device());
-  }
+  check_like_x(kOp, x, w, "w");
+  check_like_x(kOp, x, b, "b");
   TORCH_CHECK_VALUE(x.device().is_cpu(), kOp, ": expected CPU tensors, got ", x.device(),
                     " (the op has a CPU kernel only; FusedConvBnAct runs its layers elsewhere)");
   const auto t = x.scalar_type();

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../activations.h"
+#include "cpu_features.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GK_HAVE_AVX512_DEPTHWISE 1
@@ -57,10 +58,7 @@ int64_t phase_floats(const DepthwiseAvx512Params& p) {
 
 bool avx512_depthwise_available(bool bf16, int64_t K, int64_t stride) {
 #if GK_HAVE_AVX512_DEPTHWISE
-  static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  static const bool cpu_bf16 = cpu_ok && __builtin_cpu_supports("avx512bf16");
-  return (bf16 ? cpu_bf16 : cpu_ok) && (K == 1 || K == 3 || K == 5 || K == 7) && (stride == 1 || stride == 2);
+  return cpu_has_avx512(bf16) && (K == 1 || K == 3 || K == 5 || K == 7) && (stride == 1 || stride == 2);
 #else
   (void)bf16;
   (void)K;

@@ -65,20 +65,13 @@ bool all_or_none(const char* group, std::initializer_list<const OptTensor*> ts) 
   return given > 0;
 }
 
-void check_same(const at::Tensor& x, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), kOp, ": dtype mismatch: x is ", x.scalar_type(), " but ",
-                   name, " is ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), kOp, ": device mismatch: x is on ", x.device(), " but ", name,
-                    " is on ", t.device());
-}
-
 void check_conv1x1(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t in, const char* what) {
   TORCH_CHECK_VALUE(w.dim() == 4 && w.size(1) == in && w.size(2) == 1 && w.size(3) == 1, kOp, ": ", what,
                     " weight must be [out, ", in, ", 1, 1], got shape ", w.sizes());
   TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), kOp, ": ", what, " bias must be [", w.size(0),
                     "], got shape ", b.sizes());
-  check_same(x, w, what);
-  check_same(x, b, what);
+  check_like_x(kOp, x, w, what);
+  check_like_x(kOp, x, b, what);
 }
 
 BottleneckDims check_inputs(const Args& a) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../activations.h"
+#include "cpu_features.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GK_HAVE_AVX512_KERNEL 1
@@ -44,10 +45,7 @@ int64_t band_pixels_max(const ForwardAvx512Params& p) {
 
 bool avx512_forward_available(bool bf16, int64_t K) {
 #if GK_HAVE_AVX512_KERNEL
-  static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  static const bool cpu_bf16 = cpu_ok && __builtin_cpu_supports("avx512bf16");
-  return (bf16 ? cpu_bf16 : cpu_ok) && (K == 1 || K == 3 || K == 5 || K == 7);
+  return cpu_has_avx512(bf16) && (K == 1 || K == 3 || K == 5 || K == 7);
 #else
   (void)bf16;
   (void)K;

@@ -1,0 +1,133 @@
+// The AVX-512 kernel of ghostkernels::linear_act (see gemv_avx512.h for what it computes and why).
+//
+// As in the other AVX-512 files: no torch header, and the AVX-512 code sits between the `#pragma GCC target` lines
+// with internal linkage, so the library still loads and runs on CPUs without AVX-512.
+#include "gemv_avx512.h"
+
+#include <cstdint>
+
+#include "../activations.h"
+#include "cpu_features.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GK_HAVE_AVX512_GEMV 1
+#include <immintrin.h>
+#else
+#define GK_HAVE_AVX512_GEMV 0
+#endif
+
+namespace ghostkernels {
+namespace cpu {
+
+bool avx512_gemv_available(bool bf16) {
+#if GK_HAVE_AVX512_GEMV
+  return cpu_has_avx512(bf16);
+#else
+  (void)bf16;
+  return false;
+#endif
+}
+
+#if GK_HAVE_AVX512_GEMV
+#pragma GCC push_options
+// avx512bf16 only adds the conversion the bfloat16 instantiations use to round y.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+
+}  // namespace cpu
+}  // namespace ghostkernels
+
+#include "avx512_common.h"
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+inline float to_float(float v) { return v; }
+inline float to_float(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store_one(float* dst, float v) { *dst = v; }
+inline void store_one(uint16_t* dst, float v) { store_f32(dst, 1, _mm512_set1_ps(v)); }
+
+// Rows [o, o + R) for images [n, n + G): R x G accumulators over k, 16 lanes at a time (the last step masked).
+template <int R, int G, typename T>
+void gemv_tile(const GemvAvx512Params& p, int64_t o, int64_t n) {
+  const T* x = static_cast<const T*>(p.x) + n * p.ldx;
+  const T* w = static_cast<const T*>(p.w) + o * p.K;
+  const int64_t K = p.K;
+  __m512 acc[R][G];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < G; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 m = lane_range(0, K - k);
+    __m512 wv[R], xv[G];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) wv[i] = load_f32(m, w + i * K + k);
+#pragma GCC unroll 4
+    for (int j = 0; j < G; ++j) xv[j] = load_f32(m, x + j * p.ldx + k);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < G; ++j) acc[i][j] = _mm512_fmadd_ps(wv[i], xv[j], acc[i][j]);
+  }
+  const T* b = static_cast<const T*>(p.b) + o;
+  T* y = static_cast<T*>(p.y) + n * p.ldy + o;
+  const Act act = static_cast<Act>(p.act);
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i) {
+    const float bias = to_float(b[i]);
+#pragma GCC unroll 4
+    for (int j = 0; j < G; ++j) store_one(y + j * p.ldy + i, act_forward(act, _mm512_reduce_add_ps(acc[i][j]) + bias));
+  }
+}
+
+// All images for rows [o, o + R): groups of four, then the remainder.
+template <int R, typename T>
+void gemv_rows(const GemvAvx512Params& p, int64_t o) {
+  int64_t n = 0;
+  for (; n + 4 <= p.N; n += 4) gemv_tile<R, 4, T>(p, o, n);
+  switch (p.N - n) {
+    case 3: gemv_tile<R, 3, T>(p, o, n); break;
+    case 2: gemv_tile<R, 2, T>(p, o, n); break;
+    case 1: gemv_tile<R, 1, T>(p, o, n); break;
+    default: break;
+  }
+}
+
+template <typename T>
+void gemv_blocks(const GemvAvx512Params& p, int64_t begin, int64_t end) {
+  for (int64_t blk = begin; blk < end; ++blk) {
+    const int64_t o = blk * kGemvRowBlock;
+    switch (p.O - o < kGemvRowBlock ? p.O - o : kGemvRowBlock) {
+      case 4: gemv_rows<4, T>(p, o); break;
+      case 3: gemv_rows<3, T>(p, o); break;
+      case 2: gemv_rows<2, T>(p, o); break;
+      case 1: gemv_rows<1, T>(p, o); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace
+
+void avx512_gemv_blocks(const GemvAvx512Params& p, int64_t begin, int64_t end) {
+  if (p.bf16) {
+    gemv_blocks<uint16_t>(p, begin, end);
+  } else {
+    gemv_blocks<float>(p, begin, end);
+  }
+}
+
+#pragma GCC pop_options
+#else
+// Never called: avx512_gemv_available() is false.
+void avx512_gemv_blocks(const GemvAvx512Params&, int64_t, int64_t) {}
+#endif
+
+}  // namespace cpu
+}  // namespace ghostkernels
