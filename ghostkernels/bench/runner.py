@@ -157,8 +157,11 @@ def run(opts: RunOptions, log: Callable[[str], None] = _print,
 
 def _run_modules(opts: RunOptions, providers: list[str], add: Callable, log: Callable[[str], None]) -> None:
     shape_cases = cases_mod.select_cases(opts.scope, opts.models)
-    module_cases = [ModuleCase(sc, mode, batch, cfg) for cfg in opts.configs for mode in opts.modes
-                    for batch in opts.batches for sc in shape_cases]
+    # The dtypes innermost: a shape's float32 and bfloat16 cases run back to back, so their ratio (a target of its
+    # own) does not take in the drift of a VM whose speed moves over the minutes between the two (bench/NOTES.md,
+    # entry 21: with the dtypes outermost, one run's bfloat16 cases ran ~10 minutes after their float32 twins).
+    module_cases = [ModuleCase(sc, mode, batch, cfg) for mode in opts.modes for batch in opts.batches
+                    for sc in shape_cases for cfg in opts.configs]
     log(f"\n{len(shape_cases)} Ghost-module shapes of {', '.join(opts.models)} x {len(opts.modes)} modes x "
         f"{len(opts.batches)} batches x {len(opts.configs)} dtypes = {len(module_cases)} cases")
     progress = _Progress(len(module_cases) * len(providers), log)
@@ -172,7 +175,7 @@ def _run_modules(opts: RunOptions, providers: list[str], add: Callable, log: Cal
 
 def _run_end_to_end(opts: RunOptions, providers: list[str], add: Callable, log: Callable[[str], None]) -> None:
     models = opts.models if opts.scope == "full" else [QUICK_MODEL]
-    e2e_cases = [EndToEndCase(m, b, cfg) for cfg in opts.configs for m in models for b in opts.batches]
+    e2e_cases = [EndToEndCase(m, b, cfg) for m in models for b in opts.batches for cfg in opts.configs]
     per_case = {c: [p for p in providers if p != "onnxruntime" or c.config.dtype == torch.float32]
                 for c in e2e_cases}
     log(f"\nend-to-end: {', '.join(models)} x {len(opts.batches)} batches x {len(opts.configs)} dtypes")
