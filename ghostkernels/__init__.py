@@ -5,10 +5,10 @@ from .bottleneck import FusedGhostBottleneck
 from .conv_bn_act import FusedConvBnAct
 from .fuse import fuse
 from .models import GhostModule
-from .modules import FusedGhostConv, FusedGhostModule
+from .modules import FusedGhostConv, FusedGhostModule, freeze, unfreeze
 from .ops import ghost_module, load_library
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedConvBnAct", "FusedGhostBottleneck", "FusedGhostConv", "FusedGhostModule", "GhostModule", "fuse", "ghost_module", "load_library", "models",
-           "ops", "__version__"]
+__all__ = ["FusedConvBnAct", "FusedGhostBottleneck", "FusedGhostConv", "FusedGhostModule", "GhostModule", "freeze", "fuse", "ghost_module", "load_library",
+           "models", "ops", "unfreeze", "__version__"]

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "frozen BN)")
     p.add_argument("--providers", default=None,
                    help="comma list of providers to keep (eager always runs as the baseline): compile, fused-cpu, "
-                        "fused-cuda, fused-triton, fused-<b>+compile, fused-cpu-modules, onnxruntime")
+                        "fused-cuda, fused-triton, fused-<b>+compile, fused-cpu-frozen, fused-cpu-modules, onnxruntime")
     p.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads for PyTorch and ONNX Runtime (default: all usable cores, "
                         f"{environment.usable_cores()} here)")
@@ -116,7 +116,7 @@ def _all_provider_names() -> list[str]:
     names = ["eager", "compile", "onnxruntime"]
     for b in ("cpu", "cuda", "triton"):
         names += [f"fused-{b}", f"fused-{b}+compile"]
-    return names + ["fused-cpu-modules"]
+    return names + ["fused-cpu-frozen", "fused-cpu-modules"]
 
 
 def save_json(res: dict, json_path: str, base: dict | None) -> tuple[dict, str]:

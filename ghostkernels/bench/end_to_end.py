@@ -1,7 +1,9 @@
 """End-to-end inference: a whole GhostNet, batch 1 (latency) and the throughput batch (images/s).
 
 Providers: eager, compile (freezing), fused-<backend> (ghostkernels.fuse(model, strict=True): every Ghost module
-and bottleneck must be fused, or the case fails instead of timing a half-fused model), on CPU fused-<backend>-modules
+and bottleneck must be fused, or the case fails instead of timing a half-fused model), on CPU fused-<backend>-frozen
+(the same model after ghostkernels.freeze: weights promised constant, as torch.compile's freezing and ONNX Runtime
+assume) and fused-<backend>-modules
 (fuse(model, blocks=False): Ghost modules only), fused-<backend>+compile and, on CPU in float32, onnxruntime (the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked
 against the float64 eager model before it is timed.
 """
@@ -13,6 +15,8 @@ import traceback
 from collections.abc import Callable, Sequence
 
 import torch
+
+import ghostkernels
 
 from . import checks, onnx_peer
 from .cases import DTypeConfig, build_model
@@ -41,7 +45,7 @@ def end_to_end_providers(device: torch.device, backends: Sequence[str], with_com
     for b in backends:
         names.append(f"fused-{b}")
         if device.type == "cpu":  # the whole-block op is CPU-only: elsewhere the two would be the same model
-            names.append(f"fused-{b}-modules")
+            names += [f"fused-{b}-frozen", f"fused-{b}-modules"]
         if with_compile:
             names.append(f"fused-{b}+compile")
     if with_onnx and device.type == "cpu":
@@ -95,6 +99,8 @@ class EndToEndRunner:
             blocks = not provider.endswith("-modules")
             model = set_mode(fused_model(base, fused_backend_of(provider), self.device, case.config, blocks),
                              "forward")
+            if provider.endswith("-frozen"):
+                ghostkernels.freeze(model)
         else:
             raise ValueError(f"ghostkernels.bench: unknown end-to-end provider {provider!r}")
         if provider == "compile" or provider.endswith("+compile"):

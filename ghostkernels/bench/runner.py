@@ -110,7 +110,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = _print,
     backends = fused_backends(dev)[0]
     if opts.providers is not None:
         backends = [b for b in backends
-                    if any(f"fused-{b}{suffix}" in opts.providers for suffix in ("", "+compile", "-modules"))]
+                    if any(f"fused-{b}{suffix}" in opts.providers for suffix in ("", "+compile", "-modules", "-frozen"))]
     e2e_names, e2e_skipped = end_to_end_providers(dev, backends, opts.e2e_compile, opts.onnx)
     e2e_names = _keep(e2e_names, opts.providers) if opts.end_to_end else []
     if opts.end_to_end:
