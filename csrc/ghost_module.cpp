@@ -34,6 +34,16 @@ TORCH_LIBRARY(ghostkernels, m) {
   // act(x @ w^T + b) for x [N, K], w [out, K]: inference only (no autograd), CPU only. FusedConvHead and
   // FusedClassifier run GhostNet's head on it where nothing needs a gradient (ghostkernels/head.py).
   m.def("linear_act(Tensor x, Tensor w, Tensor b, str act) -> Tensor");
+  // A chain of the inference ops above in one call (inference only, no autograd, CPU only; ghostkernels.freeze()
+  // runs a fused GhostNet's whole forward on it, ghostkernels/chain.py). `program` is a list of steps, each an
+  // opcode and its integers; each step takes its tensors from `tensors` in order and its input from the step before:
+  //   0 conv2d_act        [0, stride, act]                               tensors w, b
+  //   1 ghost_bottleneck  [1, mid_channels, act, stride, out_channels]   its 18 tensors in the order of its schema
+  //                                                                      (None where that schema has Tensor? None)
+  //   2 mean_hw           [2]                                            none: [N, C, H, W] -> [N, C], plane means
+  //   3 linear_act        [3, act]                                       tensors w, b
+  // act codes: 0 identity, 1 relu, 2 relu6, 3 silu, 4 hardswish. Each step computes exactly what its op computes.
+  m.def("chain(Tensor x, Tensor?[] tensors, int[] program) -> Tensor");
   // Internal (the tests reach the CPU depthwise kernel through it): act(conv2d(x, w, b, stride, padding k//2,
   // groups=C)), contiguous output.
   m.def("_depthwise_conv2d(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");

@@ -5,7 +5,8 @@ from .bottleneck import FusedGhostBottleneck
 from .conv_bn_act import FusedConvBnAct
 from .fuse import fuse
 from .models import GhostModule
-from .modules import FusedGhostConv, FusedGhostModule, freeze, unfreeze
+from .frozen import freeze, unfreeze
+from .modules import FusedGhostConv, FusedGhostModule
 from .ops import ghost_module, load_library
 
 __version__ = "0.1.0"

@@ -72,6 +72,57 @@ def _linear_act_fake(x, w, b, act):
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
+# ghostkernels::chain's program encoding (csrc/ghost_module.cpp): integers after each opcode, tensors it takes.
+_CHAIN_STEPS = {0: ("conv2d_act", 2, 2), 1: ("ghost_bottleneck", 4, 18), 2: ("mean_hw", 0, 0), 3: ("linear_act", 1, 2)}
+_CHAIN_ACTS = ("identity", "relu", "relu6", "silu", "hardswish")
+_BOTTLENECK_OPTIONAL = (4, 5, 6, 7, 8, 9, 14, 15, 16, 17)  # conv_dw, squeeze-excite, shortcut
+
+
+def _chain_fake(x, tensors, program):
+    """Walks the program with the steps' own fakes (the same shape checks), so the output shape is the chain's."""
+    op = "ghostkernels::chain"
+    tensors, program = list(tensors), list(program)
+    if not program:
+        raise ValueError(f"{op}: the program is empty")
+    y, pc, t, step = x, 0, 0, 0
+    while pc < len(program):
+        code = program[pc]
+        if code not in _CHAIN_STEPS:
+            raise ValueError(f"{op}: step {step} (program[{pc}]) has opcode {code}; expected 0 (conv2d_act), "
+                             f"1 (ghost_bottleneck), 2 (mean_hw) or 3 (linear_act)")
+        name, n_ints, n_tensors = _CHAIN_STEPS[code]
+        ints, ts = program[pc + 1:pc + 1 + n_ints], tensors[t:t + n_tensors]
+        if len(ints) < n_ints:
+            raise ValueError(f"{op}: step {step} ({name}) needs {n_ints} integer(s) after its opcode; the program "
+                             f"ends after {len(ints)}")
+        if len(ts) < n_tensors:
+            raise ValueError(f"{op}: step {step} ({name}) needs {n_tensors} tensor(s); only {len(ts)} of "
+                             f"{len(tensors)} are left")
+        for k, tensor in enumerate(ts):
+            if tensor is None and not (name == "ghost_bottleneck" and k in _BOTTLENECK_OPTIONAL):
+                raise ValueError(f"{op}: step {step} ({name}) tensor {k} (tensors[{t + k}]) is None where a tensor "
+                                 f"is required")
+        acts = [ints[i] for i in {"conv2d_act": (1,), "ghost_bottleneck": (1,), "linear_act": (0,)}.get(name, ())]
+        if any(not 0 <= a < len(_CHAIN_ACTS) for a in acts):
+            raise ValueError(f"{op}: step {step} ({name}) has activation code {acts[0]}")
+        if name == "conv2d_act":
+            y = _conv2d_act_fake(y, ts[0], ts[1], ints[0], _CHAIN_ACTS[ints[1]])
+        elif name == "ghost_bottleneck":
+            mid, act, stride, out = ints[0], _CHAIN_ACTS[ints[1]], ints[2], ints[3]
+            y = _ghost_bottleneck_fake(y, *ts[0:4], mid, act, *ts[4:6], stride, *ts[6:10], *ts[10:14], out,
+                                       *ts[14:18])
+        elif name == "mean_hw":
+            if y.dim() != 4:
+                raise ValueError(f"mean_hw: x must be 4-D [N, C, H, W], got shape {tuple(y.shape)}")
+            y = y.new_empty((y.shape[0], y.shape[1]))
+        else:
+            y = _linear_act_fake(y, ts[0], ts[1], _CHAIN_ACTS[ints[0]])
+        pc, t, step = pc + 1 + n_ints, t + n_tensors, step + 1
+    if t != len(tensors):
+        raise ValueError(f"{op}: the program's {step} steps take {t} tensors, but {len(tensors)} were given")
+    return y  # every step's fake returns a new tensor, with the layout the kernel gives its output
+
+
 # Why an inference op has no backward, and what to use for training instead.
 _NO_BACKWARD_HINT = {
     "ghost_bottleneck": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's own "
@@ -81,6 +132,8 @@ _NO_BACKWARD_HINT = {
                   "layers otherwise",
     "linear_act": "FusedConvHead and FusedClassifier run it only where nothing needs a gradient and run their "
                   "layers otherwise",
+    "chain": "a frozen network (ghostkernels.freeze) runs it only where nothing needs a gradient and runs its own "
+             "forward otherwise",
 }
 
 
@@ -126,6 +179,7 @@ def register_all() -> None:
     torch.library.register_fake("ghostkernels::_depthwise_conv2d")(_depthwise_conv2d_fake)
     torch.library.register_fake("ghostkernels::conv2d_act")(_conv2d_act_fake)
     torch.library.register_fake("ghostkernels::linear_act")(_linear_act_fake)
-    for op in ("ghost_bottleneck", "_depthwise_conv2d", "conv2d_act", "linear_act"):
+    torch.library.register_fake("ghostkernels::chain")(_chain_fake)
+    for op in ("ghost_bottleneck", "_depthwise_conv2d", "conv2d_act", "linear_act", "chain"):
         torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
     _registered = True

@@ -154,40 +154,6 @@ class FoldCache:
         return folded
 
 
-def _fold_caches(model: nn.Module):
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, FoldCache):
-                yield value
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Promise that ``model``'s weights stay as they are, for inference; return ``model``.
-
-    Every fused module keeps its BN-folded weights and, by default, checks on each call that the tensors they were
-    folded from are unchanged (identity, version counter, storage). The check reads each source tensor's metadata,
-    and at batch 1 on a CPU those reads miss the caches on every call: fuse(ghostnet_100) spent ~0.6 ms of a 3.7 ms
-    forward on them (bench/NOTES.md, entry 22). After freeze(), calls with autograd off (torch.no_grad,
-    torch.inference_mode) use the folded weights without checking, as torch.compile's freezing and exported
-    graphs do. The folds are redone on the next call after freeze() itself, so weights changed before it are
-    picked up. Calls with autograd on still check (and fold inside the graph where gradients need it).
-
-    After changing weights, dtype or device of a frozen model (an optimizer step, load_state_dict, ``.to()``), call
-    unfreeze() (or freeze() again): a frozen model would keep computing with the old folded weights.
-    """
-    for cache in _fold_caches(model):
-        cache._entry = None
-        cache.frozen = True
-    return model
-
-
-def unfreeze(model: nn.Module) -> nn.Module:
-    """Undo freeze(): every call checks the folded weights' sources again (the default); return ``model``."""
-    for cache in _fold_caches(model):
-        cache.frozen = False
-    return model
-
-
 class BackendAttribute:
     """The ``backend`` attribute of the fused modules: one of ops.BACKENDS, checked on assignment."""
 
@@ -366,4 +332,4 @@ class FusedGhostConv(_FusedGhostBase):
         return torch.cat([y, self.cv2(y)], dim=1)[:, :self.out_channels]
 
 
-__all__ = ["FusedGhostConv", "FusedGhostModule", "activation_module", "activation_name", "freeze", "unfreeze"]
+__all__ = ["FusedGhostConv", "FusedGhostModule", "activation_module", "activation_name"]

@@ -25,6 +25,7 @@
 #include "depthwise_cpu.h"
 #include "float_weights.h"
 #include "kernel_choice.h"
+#include "ops_cpu.h"
 #include "pointwise_cpu.h"
 #include "tensor_pool.h"
 
@@ -88,6 +89,10 @@ at::Tensor conv2d_act_avx512(const at::Tensor& x, const at::Tensor& w, const at:
   return out;
 }
 
+}  // namespace
+
+namespace cpu {
+
 at::Tensor conv2d_act_cpu(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& b, int64_t stride,
                           c10::string_view act_name) {
   const Act act = parse_act(act_name);
@@ -113,8 +118,8 @@ at::Tensor conv2d_act_cpu(const at::Tensor& x_in, const at::Tensor& w, const at:
   return y;
 }
 
-}  // namespace
+}  // namespace cpu
 
-TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("conv2d_act", &conv2d_act_cpu); }
+TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("conv2d_act", &cpu::conv2d_act_cpu); }
 
 }  // namespace ghostkernels

@@ -26,6 +26,7 @@
 #include "ghost_forward_avx512.h"
 #include "ghost_forward_cpu.h"
 #include "kernel_choice.h"
+#include "ops_cpu.h"
 #include "pointwise_cpu.h"
 #include "tensor_pool.h"
 
@@ -236,6 +237,10 @@ int64_t images_per_chunk(const BottleneckDims& d, int64_t element_size) {
   return std::max<int64_t>(1, std::min<int64_t>(d.ghost1.N, kChunkBytes / std::max<int64_t>(1, per_image)));
 }
 
+}  // namespace
+
+namespace cpu {
+
 at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, const at::Tensor& g1b1,
                                 const at::Tensor& g1w2, const at::Tensor& g1b2, int64_t mid, c10::string_view act,
                                 const OptTensor& dw_w, const OptTensor& dw_b, int64_t stride, const OptTensor& se_rw,
@@ -256,8 +261,8 @@ at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, con
   return out;
 }
 
-}  // namespace
+}  // namespace cpu
 
-TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("ghost_bottleneck", &ghost_bottleneck_cpu); }
+TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("ghost_bottleneck", &cpu::ghost_bottleneck_cpu); }
 
 }  // namespace ghostkernels

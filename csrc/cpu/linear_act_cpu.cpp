@@ -16,6 +16,7 @@
 #include "depthwise_cpu.h"
 #include "gemv_avx512.h"
 #include "kernel_choice.h"
+#include "ops_cpu.h"
 
 namespace ghostkernels {
 namespace {
@@ -60,6 +61,10 @@ at::Tensor linear_act_avx512(const at::Tensor& x_in, const at::Tensor& w_in, con
   return y;
 }
 
+}  // namespace
+
+namespace cpu {
+
 at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view act_name) {
   const Act act = parse_act(act_name);
   check_inputs(x, w, b);
@@ -75,8 +80,8 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Te
   return y;
 }
 
-}  // namespace
+}  // namespace cpu
 
-TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("linear_act", &linear_act_cpu); }
+TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("linear_act", &cpu::linear_act_cpu); }
 
 }  // namespace ghostkernels

@@ -3,7 +3,7 @@
 Providers: eager, compile (freezing), fused-<backend> (ghostkernels.fuse(model, strict=True): every Ghost module
 and bottleneck must be fused, or the case fails instead of timing a half-fused model), on CPU fused-<backend>-frozen
 (the same model after ghostkernels.freeze: weights promised constant, as torch.compile's freezing and ONNX Runtime
-assume) and fused-<backend>-modules
+assume; the whole network in one ghostkernels::chain call) and fused-<backend>-modules
 (fuse(model, blocks=False): Ghost modules only), fused-<backend>+compile and, on CPU in float32, onnxruntime (the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked
 against the float64 eager model before it is timed.
 """

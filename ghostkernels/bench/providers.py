@@ -8,9 +8,9 @@ A provider turns the same eval-mode module (a GhostModule, or a whole GhostNet) 
   fused-<b>      the module with its Ghost modules replaced by the fused op on backend b (cpu, cuda, triton):
                  ghostkernels.FusedGhostModule.from_module for one module, ghostkernels.fuse for a model;
   fused-<b>+compile  (models only) the fused model under torch.compile as above;
-  fused-<b>-frozen   (models only, CPU) the fused model after ghostkernels.freeze(model): the folded weights used
-                 without checking their sources on each call (weights promised constant, as compile's freezing
-                 and ONNX Runtime assume);
+  fused-<b>-frozen   (models only, CPU) the fused model after ghostkernels.freeze(model): weights promised constant,
+                 as compile's freezing and ONNX Runtime assume, so the folded weights are used without checking
+                 their sources and a fused GhostNet runs its whole forward as one ghostkernels::chain call;
   fused-<b>-modules  (models only, CPU) ghostkernels.fuse(model, blocks=False): the Ghost modules fused, the rest
                  of each bottleneck left to eager PyTorch (what fuse() did before the whole-block op), to show what
                  each of the two steps brings.
