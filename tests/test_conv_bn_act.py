@@ -32,9 +32,10 @@ CONV_TOL = {
 
 # (n, ci, h, w, co): GhostNet's stem (3 -> 16 at 224 is in test_stem_fused_network_matches), output channel counts
 # that leave a partial block of 4, images smaller than a kernel, widths that end mid-vector, 5 input channels (the
-# ATen path of the AVX-512 kernel choice).
+# ATen path of the AVX-512 kernel choice); wide channels (k = 1: the 1x1 GEMM, in bfloat16 the Ghost-module kernel's
+# bf16 GEMM; an odd input count pads the bf16 pairs; GhostNet's 160 -> 960 ConvBnAct scaled down).
 SHAPES = [(1, 3, 32, 32, 16), (2, 3, 17, 23, 5), (1, 1, 1, 1, 2), (2, 4, 9, 8, 7), (1, 2, 33, 31, 6),
-          (3, 3, 6, 40, 1), (1, 5, 10, 10, 4)]
+          (3, 3, 6, 40, 1), (1, 5, 10, 10, 4), (2, 37, 7, 9, 30), (1, 160, 7, 7, 96)]
 
 
 @pytest.mark.parametrize("dtype", list(CONV_TOL), ids=gt.dtype_name)

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bf16_bits.h"
 #include "ops_cpu.h"
 
 namespace ghostkernels {
@@ -85,17 +86,21 @@ std::vector<Step> decode(c10::IntArrayRef program, const std::vector<OptTensor>&
 }
 
 // y[p] = mean of plane p of x (contiguous), accumulated in the op math type as ATen's adaptive average pooling does.
+// (bfloat16 as raw words, bf16_bits.h, so that the loop vectorizes.)
 template <typename scalar_t>
-void plane_means(const scalar_t* xp, scalar_t* yp, int64_t planes, int64_t HW) {
+void plane_means(const scalar_t* x, scalar_t* y, int64_t planes, int64_t HW) {
   using acc_t = at::opmath_type<scalar_t>;
+  using raw_t = cpu::raw_type<scalar_t>;
+  const raw_t* xp = reinterpret_cast<const raw_t*>(x);
+  raw_t* yp = reinterpret_cast<raw_t*>(y);
   // Grains of ~16K elements: GhostNet's 960 planes of 7x7 at batch 1 stay on one thread.
   at::parallel_for(0, planes, std::max<int64_t>(1, 16384 / HW), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const scalar_t* plane = xp + p * HW;
+      const raw_t* plane = xp + p * HW;
       acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t q = 0; q < HW; ++q) s += static_cast<acc_t>(plane[q]);
-      yp[p] = static_cast<scalar_t>(s / static_cast<acc_t>(HW));
+      for (int64_t q = 0; q < HW; ++q) s += cpu::widen<acc_t>(plane[q]);
+      yp[p] = cpu::narrow<raw_t>(s / static_cast<acc_t>(HW));
     }
   });
 }

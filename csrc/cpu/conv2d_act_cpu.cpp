@@ -10,8 +10,8 @@
 //
 // Kernels: float32 and bfloat16 NCHW with at most kSmallConvMaxInputChannels input channels, k in {1, 3, 5, 7},
 // stride 1 or 2 run on the small-channel AVX-512 kernel (depthwise_avx512.h); wider 1x1 stride-1 convolutions
-// (GhostNet's last ConvBnAct, 160 -> 960 at 7x7) on the AVX-512 GEMM of pointwise_cpu.h in float32; everything else
-// (float64, CPUs without AVX-512) on ATen's convolution followed by the activation.
+// (GhostNet's last ConvBnAct, 160 -> 960 at 7x7) on pointwise_cpu.h's AVX-512 GEMMs (float32 and bfloat16);
+// everything else (float64, CPUs without AVX-512) on ATen's convolution followed by the activation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

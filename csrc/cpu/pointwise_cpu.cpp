@@ -9,14 +9,36 @@
 
 #include "depthwise_cpu.h"
 #include "ghost_forward_avx512.h"
+#include "ghost_forward_cpu.h"
 #include "kernel_choice.h"
 #include "tensor_pool.h"
 
 namespace ghostkernels {
 namespace cpu {
 
+namespace {
+
+// bfloat16: the Ghost-module kernel with no cheap half (out_channels = its primary channels), which runs the 1x1
+// convolution on the CPU's bf16 dot product with float accumulation, bias and activation in its epilogue. ATen's
+// bfloat16 1x1 convolution took 2.6x the float32 time of GhostNet's 160 -> 960 ConvBnAct at batch 1 (bench/NOTES.md,
+// entry 25). The cheap half's weights are never read (every cheap channel is sliced away); b stands in for them.
+at::Tensor pointwise_bf16(const at::Tensor& s, const at::Tensor& w, const at::Tensor& b, Act act) {
+  GhostDims d{};
+  d.N = s.size(0), d.C = s.size(1), d.H = s.size(2), d.W = s.size(3);
+  d.I = w.size(0), d.M = 1, d.K = 1, d.oc = w.size(0);
+  d.act = act;
+  return ghost_forward(s, w, b, b.view({d.I, 1, 1, 1}), b, d, at::Tensor(), at::Tensor());
+}
+
+}  // namespace
+
 at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Tensor& b, Act act) {
   const int64_t N = s.size(0), C = s.size(1), HW = s.size(2) * s.size(3), O = w.size(0);
+  if (s.scalar_type() == at::kBFloat16 && s.is_contiguous() && w.size(2) == 1 && w.size(3) == 1 &&
+      use_avx512_kernel(cpu_kernel_knob(), avx512_forward_available(true, 1),
+                        [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ or BF16"); })) {
+    return pointwise_bf16(s, w, b, act);
+  }
   const bool eligible = s.scalar_type() == at::kFloat && s.is_contiguous();
   if (!(eligible && use_avx512_kernel(cpu_kernel_knob(), avx512_forward_available(false, 1),
                                       [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); }))) {
