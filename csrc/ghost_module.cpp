@@ -35,7 +35,7 @@ TORCH_LIBRARY(ghostkernels, m) {
   // FusedClassifier run GhostNet's head on it where nothing needs a gradient (ghostkernels/head.py).
   m.def("linear_act(Tensor x, Tensor w, Tensor b, str act) -> Tensor");
   // A chain of the inference ops above in one call (inference only, no autograd, CPU only; ghostkernels.freeze()
-  // runs a fused GhostNet's whole forward on it, ghostkernels/chain.py). `program` is a list of steps, each an
+  // runs a fused GhostNet's whole forward on it, ghostkernels/frozen.py). `program` is a list of steps, each an
   // opcode and its integers; each step takes its tensors from `tensors` in order and its input from the step before:
   //   0 conv2d_act        [0, stride, act]                               tensors w, b
   //   1 ghost_bottleneck  [1, mid_channels, act, stride, out_channels]   its 18 tensors in the order of its schema

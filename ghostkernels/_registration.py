@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._validation import check_bottleneck_inputs, check_depthwise_inputs, check_ghost_inputs, output_memory_format
+from .reference import ACTS
 
 _registered = False
 
@@ -72,9 +73,9 @@ def _linear_act_fake(x, w, b, act):
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
-# ghostkernels::chain's program encoding (csrc/ghost_module.cpp): integers after each opcode, tensors it takes.
+# ghostkernels::chain's program encoding (csrc/ghost_module.cpp): per opcode its step, the integers after the opcode
+# and the tensors it takes; activations are coded by their index in ACTS. ghostkernels.frozen builds programs from it.
 _CHAIN_STEPS = {0: ("conv2d_act", 2, 2), 1: ("ghost_bottleneck", 4, 18), 2: ("mean_hw", 0, 0), 3: ("linear_act", 1, 2)}
-_CHAIN_ACTS = ("identity", "relu", "relu6", "silu", "hardswish")
 _BOTTLENECK_OPTIONAL = (4, 5, 6, 7, 8, 9, 14, 15, 16, 17)  # conv_dw, squeeze-excite, shortcut
 
 
@@ -103,12 +104,12 @@ def _chain_fake(x, tensors, program):
                 raise ValueError(f"{op}: step {step} ({name}) tensor {k} (tensors[{t + k}]) is None where a tensor "
                                  f"is required")
         acts = [ints[i] for i in {"conv2d_act": (1,), "ghost_bottleneck": (1,), "linear_act": (0,)}.get(name, ())]
-        if any(not 0 <= a < len(_CHAIN_ACTS) for a in acts):
+        if any(not 0 <= a < len(ACTS) for a in acts):
             raise ValueError(f"{op}: step {step} ({name}) has activation code {acts[0]}")
         if name == "conv2d_act":
-            y = _conv2d_act_fake(y, ts[0], ts[1], ints[0], _CHAIN_ACTS[ints[1]])
+            y = _conv2d_act_fake(y, ts[0], ts[1], ints[0], ACTS[ints[1]])
         elif name == "ghost_bottleneck":
-            mid, act, stride, out = ints[0], _CHAIN_ACTS[ints[1]], ints[2], ints[3]
+            mid, act, stride, out = ints[0], ACTS[ints[1]], ints[2], ints[3]
             y = _ghost_bottleneck_fake(y, *ts[0:4], mid, act, *ts[4:6], stride, *ts[6:10], *ts[10:14], out,
                                        *ts[14:18])
         elif name == "mean_hw":
@@ -116,7 +117,7 @@ def _chain_fake(x, tensors, program):
                 raise ValueError(f"mean_hw: x must be 4-D [N, C, H, W], got shape {tuple(y.shape)}")
             y = y.new_empty((y.shape[0], y.shape[1]))
         else:
-            y = _linear_act_fake(y, ts[0], ts[1], _CHAIN_ACTS[ints[0]])
+            y = _linear_act_fake(y, ts[0], ts[1], ACTS[ints[0]])
         pc, t, step = pc + 1 + n_ints, t + n_tensors, step + 1
     if t != len(tensors):
         raise ValueError(f"{op}: the program's {step} steps take {t} tensors, but {len(tensors)} were given")

@@ -32,14 +32,16 @@ from torch import nn
 from torch.nn.modules import module as _module_globals
 from torch.utils.hooks import RemovableHandle
 
+from ._registration import _CHAIN_STEPS
 from .bottleneck import FusedGhostBottleneck
 from .conv_bn_act import FusedConvBnAct, FusedStemConv
 from .head import FusedClassifier, FusedConvHead
 from .modules import FoldCache, activation_name
 from .reference import ACTS
 
-# ghostkernels::chain's opcodes (csrc/cpu/chain_cpu.cpp); activations are coded by their index in ACTS.
-CHAIN_OPCODES = {"conv2d_act": 0, "ghost_bottleneck": 1, "mean_hw": 2, "linear_act": 3}
+# ghostkernels::chain's opcodes (the encoding is _registration._CHAIN_STEPS); activations are coded by their index
+# in ACTS.
+CHAIN_OPCODES = {name: code for code, (name, _, _) in _CHAIN_STEPS.items()}
 
 _PLAN = "_ghostkernels_network_plan"
 _NETWORK_CHILDREN = ("conv_stem", "bn1", "act1", "blocks", "global_pool", "conv_head", "act2", "classifier")

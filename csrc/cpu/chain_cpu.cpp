@@ -5,9 +5,10 @@
 // Python objects and tensor metadata that the kernels' traffic has pushed out of the caches since the last
 // forward, so inside a forward they cost several times what they cost in a loop: ~0.6 ms of a ~4 ms forward
 // (bench/NOTES.md, entry 23). Here the network is one call: the steps run back to back in C++, calling the ops'
-// CPU kernels directly (ops_cpu.h), each with the same validation and the same numerics as the op itself, so the
-// result is bitwise the one of the op-by-op forward. ghostkernels.freeze() builds the program from a fused network
-// (ghostkernels/chain.py); the schema and the program's encoding are in csrc/ghost_module.cpp.
+// CPU kernels directly (ops_cpu.h), each with the same validation and the same numerics as the op itself; only the
+// global average pool (a plain loop here, ATen's pooling in the network's own forward) may round differently.
+// ghostkernels.freeze() builds the program from a fused network (ghostkernels/frozen.py); the schema and the
+// program's encoding are in csrc/ghost_module.cpp.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -28,7 +29,7 @@ constexpr const char* kOp = "ghostkernels::chain (CPU)";
 
 using OptTensor = std::optional<at::Tensor>;
 
-// Opcodes and activation codes: the ABI with ghostkernels/chain.py (CHAIN_OPCODES, ACTS).
+// Opcodes and activation codes: the ABI with ghostkernels/_registration.py (_CHAIN_STEPS) and reference.py (ACTS).
 enum Opcode : int64_t { kConv2dAct = 0, kBottleneck = 1, kMeanHW = 2, kLinearAct = 3 };
 constexpr const char* kOpNames[] = {"conv2d_act", "ghost_bottleneck", "mean_hw", "linear_act"};
 constexpr int64_t kIntArgs[] = {2, 4, 0, 1};       // integers after the opcode
