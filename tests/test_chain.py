@@ -303,3 +303,31 @@ def test_chain_errors_name_the_step():
         torch.ops.ghostkernels.chain(torch.randn(1, 3, 8, 8), tensors, program)
     with pytest.raises(ValueError, match="x must be 4-D"):
         torch.ops.ghostkernels.chain(torch.randn(3, 8), tensors, program)
+
+
+def test_chain_intermediates_reuse_larger_pool_blocks_but_its_output_does_not():
+    """Inside the chain a step's output may take an idle pool block up to 4x its size (it dies inside the chain;
+    csrc/cpu/tensor_pool.h, TransientAllocationScope); the chain's own output gets a block of its size."""
+    from ghostkernels import ops
+    if ops.cpu_pool_stats()["limit_bytes"] < (64 << 20):
+        pytest.skip("the CPU block pool is off or small (GHOSTKERNELS_CPU_POOL_MB)")
+    relu = ACTS.index("relu")
+    conv = CHAIN_OPCODES["conv2d_act"]
+    x = torch.randn(1, 16, 64, 64)
+    big_w, big_b = torch.randn(256, 16, 1, 1), torch.randn(256)  # 256 x 64 x 64 floats: a 4 MB output
+    w1, b1 = torch.randn(80, 16, 1, 1) / 4, torch.randn(80)       # the intermediate: 1.25 MB
+    w2, b2 = torch.randn(64, 80, 1, 1) / 9, torch.randn(64)       # the output: 1 MB
+    one_step = [conv, 1, relu]
+    ops.release_cpu_pool()
+    big = [torch.ops.ghostkernels.chain(x, [big_w, big_b], one_step) for _ in range(2)]
+    del big  # two idle 4 MB blocks, each more than a quarter larger than either tensor below
+    before = ops.cpu_pool_stats()
+    out = torch.ops.ghostkernels.chain(x, [w1, b1, w2, b2], one_step + one_step)
+    after = ops.cpu_pool_stats()
+    assert after["hits"] - before["hits"] == 1  # the intermediate, in a 4 MB block
+    assert after["misses"] - before["misses"] == 1  # the output, in a block of its own size
+    assert after["in_use_bytes"] - before["in_use_bytes"] == out.numel() * out.element_size()
+    want = torch.relu(nn.functional.conv2d(torch.relu(nn.functional.conv2d(x, w1, b1)), w2, b2))
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
+    del out
+    ops.release_cpu_pool()

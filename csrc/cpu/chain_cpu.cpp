@@ -21,6 +21,7 @@
 
 #include "bf16_bits.h"
 #include "ops_cpu.h"
+#include "tensor_pool.h"
 
 namespace ghostkernels {
 namespace {
@@ -145,6 +146,10 @@ at::Tensor chain_cpu(const at::Tensor& x, const c10::List<OptTensor>& tensor_lis
   at::Tensor y = x;
   for (size_t i = 0; i < steps.size(); ++i) {
     try {
+      // Every step's output but the last dies inside the chain, so they may reuse pool blocks of other sizes; the
+      // last one is returned to the caller and gets a block of its own size (tensor_pool.h).
+      std::optional<cpu::TransientAllocationScope> transient;
+      if (i + 1 < steps.size()) transient.emplace();
       y = run_step(steps[i], program, tensors, y);
     } catch (c10::Error& e) {
       // The step's own message (e.g. a shape mismatch) keeps its Python exception type; this says where it was.

@@ -21,6 +21,9 @@ namespace {
 constexpr int64_t kPageBytes = 4096;
 constexpr int64_t kDefaultLimitMB = 512;
 
+// Depth of TransientAllocationScopes alive on this thread.
+thread_local int transient_depth = 0;
+
 int64_t limit_bytes() {
   const char* env = std::getenv("GHOSTKERNELS_CPU_POOL_MB");
   if (env == nullptr || *env == '\0') return kDefaultLimitMB << 20;
@@ -40,11 +43,12 @@ class Pool {
     const int64_t want = (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      // The smallest idle size that fits and wastes at most a quarter of the block: a network asks for the same
-      // sizes every pass, so exact fits are the rule once it has run once. Of the blocks of that size, the one
-      // returned last: it is the likeliest to be still in cache.
+      // The smallest idle size that fits and is at most a quarter larger (kTransientFit times larger inside a
+      // TransientAllocationScope): a network asks for the same sizes every pass, so fits are the rule once it has
+      // run once. Of the blocks of that size, the one returned last: it is the likeliest to be still in cache.
       auto it = idle_.lower_bound(want);
-      if (it != idle_.end() && it->first <= want + want / 4) {
+      const int64_t largest = transient_depth > 0 ? want * kTransientFit : want + want / 4;
+      if (it != idle_.end() && it->first <= largest) {
         void* ptr = it->second.back();
         *block_bytes = it->first;
         it->second.pop_back();
@@ -152,6 +156,10 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts, at
   }
   return t;
 }
+
+TransientAllocationScope::TransientAllocationScope() { ++transient_depth; }
+
+TransientAllocationScope::~TransientAllocationScope() { --transient_depth; }
 
 PoolStats pool_stats() { return pool().stats(); }
 

@@ -26,6 +26,22 @@ constexpr int64_t kMinPooledBytes = 64 * 1024;
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts,
                         at::MemoryFormat fmt = at::MemoryFormat::Contiguous);
 
+// While one of these lives on a thread, that thread's pooled_empty may hand out an idle block up to
+// kTransientFit times the size asked for (outside one: a quarter more at most). For code whose allocations are
+// intermediates that die before the scope ends (ghostkernels::chain between its first and last step): reusing
+// blocks across sizes shrinks the set of distinct blocks one pass touches, memory that must otherwise be read
+// from DRAM again on every pass (GhostNet 1.0x at batch 1: 18 blocks, 8.6 MB -> 8 blocks, 5.6 MB; bench/NOTES.md,
+// entry 26). Outside such code the looser fit would let a small long-lived tensor pin a large block. Nestable.
+class TransientAllocationScope {
+ public:
+  TransientAllocationScope();
+  ~TransientAllocationScope();
+  TransientAllocationScope(const TransientAllocationScope&) = delete;
+  TransientAllocationScope& operator=(const TransientAllocationScope&) = delete;
+};
+
+constexpr int64_t kTransientFit = 4;
+
 struct PoolStats {
   int64_t cached_bytes;   // idle blocks held by the pool
   int64_t in_use_bytes;   // blocks held by live tensors
