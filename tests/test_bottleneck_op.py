@@ -390,3 +390,24 @@ def test_pooled_output_is_an_ordinary_tensor():
     torch.save(out, buf)
     buf.seek(0)
     torch.testing.assert_close(torch.load(buf), out)
+
+
+def test_pool_intermediates_may_take_larger_blocks_but_the_output_does_not():
+    """ghost_bottleneck's intermediates die inside the call, so they may take an idle pool block up to 4x their
+    size (tensor_pool.h, TransientAllocationScope); its output gets a block of its own size."""
+    if ops.cpu_pool_stats()["limit_bytes"] < (64 << 20):
+        pytest.skip("the CPU block pool is off or small (GHOSTKERNELS_CPU_POOL_MB)")
+    case = BottleneckCase(1, 16, 64, 64, 80, 16, label="pool")  # ghost1's output: 80 x 64 x 64 floats, 1.25 MB
+    x, kw = make_bottleneck(case, torch.float32, seed=3)
+    ops.release_cpu_pool()
+    big_w, big_b = torch.randn(256, 16, 1, 1), torch.randn(256)  # 256 x 64 x 64 floats: 4 MB outputs
+    big = [torch.ops.ghostkernels.conv2d_act(x, big_w, big_b, 1, "relu") for _ in range(2)]
+    del big  # two idle 4 MB blocks: more than a quarter larger than anything the call below asks for
+    before = ops.cpu_pool_stats()
+    out = call_bottleneck(x, kw, case.mid, case.out)
+    after = ops.cpu_pool_stats()
+    assert after["hits"] - before["hits"] >= 1  # ghost1's output, in a 4 MB block
+    assert after["in_use_bytes"] - before["in_use_bytes"] == out.numel() * out.element_size()
+    torch.testing.assert_close(out.double(), reference_bottleneck(x, kw, case.mid, case.out), atol=1e-3, rtol=1e-3)
+    del out
+    ops.release_cpu_pool()

@@ -259,6 +259,9 @@ at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, con
   const at::MemoryFormat fmt = output_memory_format(x);
   const int64_t N = d.ghost1.N, g = images_per_chunk(d, x.element_size());
   at::Tensor out = cpu::pooled_empty({N, out_channels, d.Ho, d.Wo}, x.options(), fmt);
+  // Every other tensor allocated below dies inside this call, so it may take a larger idle pool block: fewer
+  // distinct blocks per forward of a network (tensor_pool.h; bench/NOTES.md, entry 28).
+  const cpu::TransientAllocationScope transient;
   for (int64_t n0 = 0; n0 < N; n0 += g) {
     const int64_t gn = std::min(g, N - n0);
     block_forward(args, d, gn, x.narrow(0, n0, gn), out.narrow(0, n0, gn));
