@@ -35,6 +35,7 @@ def test_cli_against_onnx_runtime(capsys):
     (dict(calls=2, dropped=2), "calls must be an int >= 3"),
     (dict(bursts=0), "bursts must be an int >= 1"),
     (dict(pause_s=-1.0), "pause must be >= 0"),
+    (dict(threads=0), "threads must be an int >= 1"),
 ])
 def test_compare_rejects_bad_arguments(kwargs, match):
     args = dict(providers=["fused-cpu-frozen", "fused-cpu"], **TINY)

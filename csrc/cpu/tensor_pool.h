@@ -29,10 +29,10 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts,
 // While one of these lives on a thread, that thread's pooled_empty may hand out an idle block up to
 // kTransientFit times the size asked for (outside one: a quarter more at most). For code whose allocations are
 // intermediates that die before the scope ends (ghostkernels::chain between its first and last step,
-// ghost_bottleneck after allocating its output): reusing
-// blocks across sizes shrinks the set of distinct blocks one pass touches, memory that must otherwise be read
-// from DRAM again on every pass (GhostNet 1.0x at batch 1: 18 blocks, 8.6 MB -> 8 blocks, 5.6 MB; bench/NOTES.md,
-// entries 26 and 28). Outside such code the looser fit would let a small long-lived tensor pin a large block. Nestable.
+// ghost_bottleneck after allocating its output): reusing blocks across sizes shrinks the set of distinct blocks
+// one pass touches, memory that must otherwise be read from DRAM again on every pass (GhostNet 1.0x at batch 1:
+// 18 blocks, 8.6 MB -> 8 blocks, 5.6 MB; bench/NOTES.md, entries 26 and 28). Outside such code the looser fit
+// would let a small long-lived tensor pin a large block. Nestable.
 class TransientAllocationScope {
  public:
   TransientAllocationScope();

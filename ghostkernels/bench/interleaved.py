@@ -55,6 +55,8 @@ def compare(providers, model: str = "ghostnet_100", batch: int = 1, resolution: 
                                ("calls", calls, dropped + 1), ("dropped", dropped, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"ghostkernels.bench.interleaved: {name} must be an int >= {least}, got {value!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"ghostkernels.bench.interleaved: threads must be an int >= 1, got {threads!r}")
     if not pause_s >= 0:
         raise ValueError(f"ghostkernels.bench.interleaved: the pause must be >= 0 seconds, got {pause_s!r}")
     if threads is not None:
