@@ -112,3 +112,71 @@ def test_gpu_inputs_are_rotated_past_twice_the_l2_cache(monkeypatch):
     assert timing.rotation_copies(1 << 30, cuda) == 2  # never fewer than 2, never more than MAX_ROTATION_BYTES
     assert timing.rotation_copies(8, cuda) == timing.MAX_ROTATION_COPIES
     assert timing.rotation_copies(40 << 20, torch.device("cpu")) == 1
+
+
+def _fake_steps(log, failing=None):
+    """Steps that record who ran (no timing claims)."""
+    def make(name):
+        def step(x):
+            if name == failing:
+                raise RuntimeError(f"{name} broke")
+            log.append(name)
+        return step
+    return {name: make(name) for name in ("a", "b", "c")}
+
+
+def test_time_in_rounds_takes_turns_in_reversing_order_and_splits_the_budget():
+    from ghostkernels.bench import timing
+
+    log = []
+    budget = timing.TimingBudget(warmup_s=0.0, min_time_s=0.0, min_reps=7, max_reps=7)
+    out = timing.time_in_rounds(_fake_steps(log), [(None,)], torch.device("cpu"), budget,
+                                timing.Rounds(rounds=3, dropped=1, pause_s=0.0))
+    # 2 warm-up calls each, then per round and provider 1 dropped + ceil(7 / 3) = 3 timed calls.
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]
+    turns = [log[6 + 4 * k] for k in range(9)]
+    assert turns == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert all(log[6 + 4 * k: 10 + 4 * k] == [t] * 4 for k, t in enumerate(turns))
+    assert {name: [len(turn) for turn in per_round] for name, per_round in out.items()} == {
+        n: [3, 3, 3] for n in "abc"}
+    assert all(t >= 0 for per_round in out.values() for turn in per_round for t in turn)
+
+
+def test_time_in_rounds_records_a_failing_provider_or_raises_when_strict():
+    from ghostkernels.bench import timing
+
+    budget = timing.TimingBudget(warmup_s=0.0, min_time_s=0.0, min_reps=2, max_reps=2)
+    turns = timing.Rounds(rounds=2, dropped=0, pause_s=0.0)
+    log = []
+    out = timing.time_in_rounds(_fake_steps(log, failing="b"), [(None,)], torch.device("cpu"), budget, turns,
+                                strict=False)
+    assert isinstance(out["b"], RuntimeError) and "b broke" in str(out["b"])
+    assert [len(t) for t in out["a"]] == [1, 1] and [len(t) for t in out["c"]] == [1, 1] and "b" not in log
+    with pytest.raises(RuntimeError, match="b broke"):
+        timing.time_in_rounds(_fake_steps([], failing="b"), [(None,)], torch.device("cpu"), budget, turns)
+    for bad, match in ((dict(rounds=0), "rounds must be an int >= 1"), (dict(dropped=-1), "dropped must be"),
+                       (dict(pause_s=-0.1), "pause must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            timing.time_in_rounds(_fake_steps([]), [(None,)], torch.device("cpu"), budget, timing.Rounds(**bad))
+    with pytest.raises(ValueError, match="at least one input set"):
+        timing.time_in_rounds(_fake_steps([]), [], torch.device("cpu"), budget, turns)
+
+
+def test_compiled_steps_coexist_only_without_a_reset_between_them():
+    """The end-to-end runner keeps all of a case's compiled providers alive while they take turns. A dynamo reset
+    between two compiles would make the first one compile again (outside the freezing patch) when timed; without
+    one they coexist, and the recompile guard the runner times under would catch a reset."""
+    from ghostkernels.bench.providers import compile_module
+
+    def tiny():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+
+    x = torch.randn(1, 3, 8, 8)
+    first = compile_module(tiny(), "forward", (x, None))
+    second = compile_module(tiny(), "forward", (x, None), reset=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        first(x)
+        second(x)
+    compile_module(tiny(), "forward", (x, None))  # resets
+    with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(torch._dynamo.exc.RecompileError):
+        first(x)

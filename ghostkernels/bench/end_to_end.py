@@ -4,8 +4,14 @@ Providers: eager, compile (freezing), fused-<backend> (ghostkernels.fuse(model, 
 and bottleneck must be fused, or the case fails instead of timing a half-fused model), on CPU fused-<backend>-frozen
 (the same model after ghostkernels.freeze: weights promised constant, as torch.compile's freezing and ONNX Runtime
 assume; the whole network in one ghostkernels::chain call) and fused-<backend>-modules
-(fuse(model, blocks=False): Ghost modules only), fused-<backend>+compile and, on CPU in float32, onnxruntime (the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked
-against the float64 eager model before it is timed.
+(fuse(model, blocks=False): Ghost modules only), fused-<backend>+compile and, on CPU in float32, onnxruntime
+(the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked against the float64 eager
+model before it is timed.
+
+All providers of a case are built and checked first and then timed in turns (timing.time_in_rounds), so that a
+change in the machine's speed while the case runs (a shared VM's slow stretches) reaches all of them alike; the
+compiled providers are compiled once per case (one dynamo reset before the case, none between its providers) and
+any recompilation while they are timed raises instead of timing a different graph.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import ghostkernels
 from . import checks, onnx_peer
 from .cases import DTypeConfig, build_model
 from .providers import compile_module, fused_backend_of, fused_model, make_step, place, set_mode
-from .timing import TimingBudget, rotation_copies, time_step
+from .timing import Rounds, TimingBudget, rotation_copies, summarize, time_in_rounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +66,9 @@ def end_to_end_providers(device: torch.device, backends: Sequence[str], with_com
 class EndToEndRunner:
     """Runs end-to-end cases; keeps the float32 models and the ONNX Runtime sessions (one export per model)."""
 
-    def __init__(self, device: torch.device, threads: int, budget: TimingBudget, strict: bool = False):
-        self.device, self.threads, self.budget, self.strict = device, threads, budget, strict
+    def __init__(self, device: torch.device, threads: int, budget: TimingBudget, strict: bool = False,
+                 turns: Rounds = Rounds()):
+        self.device, self.threads, self.budget, self.strict, self.turns = device, threads, budget, strict, turns
         self._models: dict[str, torch.nn.Module] = {}
         self._onnx: dict[tuple[str, int], onnx_peer.OnnxRuntimeModel] = {}
 
@@ -84,7 +91,9 @@ class EndToEndRunner:
                                                                           memory_format=case.config.memory_format)
                 for _ in range(n)]
 
-    def step(self, provider: str, case: EndToEndCase, example: torch.Tensor) -> Callable:
+    def step(self, provider: str, case: EndToEndCase, example: torch.Tensor, fresh_dynamo: bool = True) -> Callable:
+        """The provider's timed call on `case`. fresh_dynamo=False: a compiled provider is compiled without
+        resetting dynamo first (run() resets once per case, so that its compiled providers coexist)."""
         base = self.base_model(case.model)
         if provider in ("eager", "compile"):
             model = set_mode(place(base, self.device, case.config), "forward")
@@ -104,7 +113,7 @@ class EndToEndRunner:
         else:
             raise ValueError(f"ghostkernels.bench: unknown end-to-end provider {provider!r}")
         if provider == "compile" or provider.endswith("+compile"):
-            return compile_module(model, "forward", (example, None))
+            return compile_module(model, "forward", (example, None), reset=fresh_dynamo)
         return make_step(model, "forward")
 
     def reference(self, case: EndToEndCase, x: torch.Tensor) -> torch.Tensor:
@@ -114,10 +123,10 @@ class EndToEndRunner:
         with torch.no_grad():
             return ref_model(x.to(torch.float64))
 
-    def checked_step(self, provider: str, case: EndToEndCase, x: torch.Tensor,
-                     reference: torch.Tensor) -> tuple[Callable, float]:
+    def checked_step(self, provider: str, case: EndToEndCase, x: torch.Tensor, reference: torch.Tensor,
+                     fresh_dynamo: bool = True) -> tuple[Callable, float]:
         """The provider's step and its relative error on x; raises AssertionError beyond the dtype's tolerance."""
-        step = self.step(provider, case, x)
+        step = self.step(provider, case, x, fresh_dynamo)
         err, ok = checks.check(step(x), reference, case.config.dtype, checks.MODEL_TOLERANCE)
         if not ok:
             raise AssertionError(f"{provider} on {case.label}: relative error {err:.3g} exceeds the "
@@ -126,10 +135,13 @@ class EndToEndRunner:
 
     def run(self, case: EndToEndCase, providers: Sequence[str],
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
-        """Check and time every provider on one case; one record per provider (see run_module_case)."""
+        """Check every provider on one case, then time them in turns (self.turns); one record per provider (see
+        run_module_case), with the number of rounds it was timed in."""
         inputs = self.inputs(case)
         reference = self.reference(case, inputs[0])
-        records = []
+        records: dict[str, dict] = {}
+        steps: dict[str, Callable] = {}
+        torch._dynamo.reset()  # once per case: its compiled providers must all stay compiled while they take turns
         for provider in providers:
             if provider == "onnxruntime" and case.config.dtype != torch.float32:
                 continue  # the ONNX peer is float32 only; nothing to report for other dtypes
@@ -138,16 +150,30 @@ class EndToEndRunner:
                    "memory_format": "channels_last" if case.config.channels_last else "nchw",
                    "provider": provider, "input_copies": len(inputs)}
             try:
-                step, rec["rel_err"] = self.checked_step(provider, case, inputs[0], reference)
-                timing = time_step(step, [(x,) for x in inputs], self.device, self.budget)
-                rec.update(timing.to_json())
-                rec["images_per_s"] = case.batch / (timing.median_ms * 1e-3)
+                steps[provider], rec["rel_err"] = self.checked_step(provider, case, inputs[0], reference,
+                                                                    fresh_dynamo=False)
             except Exception as e:  # noqa: BLE001 - recorded, reported, and re-raised in strict mode
                 if self.strict:
                     raise
-                rec["error"] = f"{type(e).__name__}: {e}"
-                rec["traceback"] = traceback.format_exc(limit=4)
-            records.append(rec)
+                _record_error(rec, e)
+            records[provider] = rec
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            timed = time_in_rounds(steps, [(x,) for x in inputs], self.device, self.budget, self.turns,
+                                   strict=self.strict)
+        for provider, rec in records.items():
+            result = timed.get(provider)
+            if isinstance(result, Exception):
+                _record_error(rec, result)
+            elif result is not None:
+                timing = summarize([t for turn in result for t in turn])
+                rec.update(timing.to_json())
+                rec["rounds"] = len(result)
+                rec["images_per_s"] = case.batch / (timing.median_ms * 1e-3)
             if on_result is not None:
                 on_result(rec)
-        return records
+        return list(records.values())
+
+
+def _record_error(rec: dict, e: BaseException) -> None:
+    rec["error"] = f"{type(e).__name__}: {e}"
+    rec["traceback"] = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=4))

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
 from .cases import DTypeConfig, MODELS
 from .end_to_end import EndToEndCase, EndToEndRunner, end_to_end_providers
-from .timing import TimingBudget
+from .timing import Rounds, TimingBudget, time_in_rounds
 
 DEFAULT_PROVIDERS = ("fused-cpu-frozen", "onnxruntime")
 
@@ -64,29 +63,19 @@ def compare(providers, model: str = "ghostnet_100", batch: int = 1, resolution: 
     device = torch.device("cpu")
     runner = EndToEndRunner(device, torch.get_num_threads(), TimingBudget(), strict=True)
     case = EndToEndCase(model, batch, DTypeConfig(torch.float32, False), resolution)
+    timed = calls - dropped
     try:
         x = runner.inputs(case)[0]
         reference = runner.reference(case, x)
         steps = {p: runner.checked_step(p, case, x, reference)[0] for p in providers}
-        for step in steps.values():  # warm-up: JIT builds, first-touch pages, the ORT session's arena
-            for _ in range(3):
-                step(x)
-        burst_medians = {p: [] for p in providers}
-        samples = {p: [] for p in providers}
-        for _ in range(bursts):
-            for p, step in steps.items():
-                time.sleep(pause_s)
-                kept = []
-                for i in range(calls):
-                    t0 = time.perf_counter()
-                    step(x)
-                    dt = time.perf_counter() - t0
-                    if i >= dropped:
-                        kept.append(dt * 1e3)
-                burst_medians[p].append(statistics.median(kept))
-                samples[p] += kept
+        # Two warm-up calls each (JIT builds, first-touch pages, the ORT session's arena), then exactly `timed`
+        # timed calls per burst.
+        budget = TimingBudget(warmup_s=0.0, min_time_s=0.0, min_reps=timed * bursts, max_reps=timed * bursts)
+        per_burst = time_in_rounds(steps, [(x,)], device, budget, Rounds(bursts, dropped, pause_s))
     finally:
         runner.close()
+    burst_medians = {p: [statistics.median(turn) for turn in per_burst[p]] for p in providers}
+    samples = {p: [t for turn in per_burst[p] for t in turn] for p in providers}
     first, second = providers
     medians = {p: statistics.median(v) for p, v in samples.items()}
     return {"providers": list(providers), "model": model, "batch": batch, "resolution": resolution,

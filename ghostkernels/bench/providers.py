@@ -136,14 +136,17 @@ def set_mode(module: nn.Module, mode: str) -> nn.Module:
     return module
 
 
-def compile_module(module: nn.Module, mode: str, example: tuple) -> Callable:
+def compile_module(module: nn.Module, mode: str, example: tuple, reset: bool = True) -> Callable:
     """torch.compile the module (fullgraph: a graph break raises instead of running eager) and compile it now,
-    by running the step twice on `example`; returns the compiled step.
+    by running the step twice on `example`; returns the compiled step. `reset`: dynamo's caches are cleared first
+    (so that earlier cases' graphs never count towards the recompile limit); that also drops every other compiled
+    step's graphs, so callers that keep several compiled steps alive reset once themselves and pass False.
 
     The compilation happens on the first call, so that call runs inside the freezing patch and, for inference,
     under no_grad (freezing applies only to inference graphs).
     """
-    torch._dynamo.reset()
+    if reset:
+        torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True)
     step = make_step(compiled, mode)
     # make_step took the parameters from the compiled wrapper, which shares them with `module`.

@@ -28,7 +28,7 @@ from collections import defaultdict
 
 SCHEMA = "ghostkernels-bench/1"
 # Fields that are measurements (or derived from them); everything else in a record identifies the case.
-_MEASURED = {"median_ms", "p20_ms", "p80_ms", "reps", "gb_per_s", "images_per_s", "speedup_vs_eager",
+_MEASURED = {"median_ms", "p20_ms", "p80_ms", "reps", "rounds", "gb_per_s", "images_per_s", "speedup_vs_eager",
              "speedup_vs_compile", "rel_err", "error", "traceback", "run_id", "input_copies", "peak_bytes",
              "saved_bytes", "saved_bytes_ghost", "saved_tensors", "model_counts"}
 SECTIONS = ("module_cases", "end_to_end", "training_memory")
