@@ -18,7 +18,7 @@ from .cases import DEFAULT_CONFIGS, MODELS, QUICK_MODEL, THROUGHPUT_BATCH, DType
 from .end_to_end import EndToEndCase, EndToEndRunner, end_to_end_providers
 from .microbench import ModuleCase, run_module_case
 from .providers import fused_backends, module_providers
-from .timing import TimingBudget
+from .timing import Rounds, TimingBudget
 
 
 @dataclasses.dataclass
@@ -38,6 +38,7 @@ class RunOptions:
     onnx: bool = True
     training_memory: bool = True
     strict: bool = False             # raise on the first failing provider instead of recording the error
+    e2e_turns: Rounds = Rounds()     # how a case's end-to-end providers take turns (timing.time_in_rounds)
 
     @classmethod
     def quick(cls, device: torch.device, threads: int | None = None) -> RunOptions:
@@ -121,7 +122,8 @@ def run(opts: RunOptions, log: Callable[[str], None] = _print,
         "scope": opts.scope, "models": list(opts.models), "modes": list(opts.modes), "batches": list(opts.batches),
         "configs": [c.label for c in opts.configs], "module_providers": providers,
         "end_to_end_providers": e2e_names, "training_memory": opts.training_memory,
-        "timing": dataclasses.asdict(opts.budget), "skipped": skipped,
+        "timing": dataclasses.asdict(opts.budget), "end_to_end_turns": dataclasses.asdict(opts.e2e_turns),
+        "skipped": skipped,
         "timing_method": ("CUDA events per call, inputs rotated past 2x L2" if dev.type == "cuda"
                           else "time.perf_counter per call, fixed thread count"),
     }
@@ -180,7 +182,7 @@ def _run_end_to_end(opts: RunOptions, providers: list[str], add: Callable, log: 
                 for c in e2e_cases}
     log(f"\nend-to-end: {', '.join(models)} x {len(opts.batches)} batches x {len(opts.configs)} dtypes")
     progress = _Progress(sum(len(v) for v in per_case.values()), log)
-    runner = EndToEndRunner(opts.device, opts.threads, opts.budget, opts.strict)
+    runner = EndToEndRunner(opts.device, opts.threads, opts.budget, opts.strict, opts.e2e_turns)
     t0 = time.perf_counter()
     try:
         for case in e2e_cases:
