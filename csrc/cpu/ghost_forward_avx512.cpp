@@ -472,6 +472,23 @@ inline __m512 act_grad_v(__m512 z, __m512 g) {
   }
 }
 
+// Asks for [p, p + n) floats to be brought into L1 ahead of use, one request per cache line. The depthwise part of
+// the backward reads grad_out one channel plane (a few hundred floats in GhostNet's later stages) at a time, and
+// the hardware prefetchers did not hide those loads: `perf` put two thirds of that part's time on the first load of
+// grad_out in its two loops (bench/NOTES.md entry 33).
+inline void prefetch_floats(const float* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
+
+// How many channel planes ahead the depthwise backward prefetches grad_out (and z1): about 4 KB ahead, at least one
+// plane and at most four. A 14x14 plane (784 bytes) takes a few hundred cycles to process, less than a trip to
+// memory, so its prefetches must start four planes early; a 56x56 or 112x112 plane is itself more than enough.
+// Measured on the development VM, batch 8 (NOTES entry 33): 4 planes ahead best at 14x14 and 7x7, 1 at 112x112.
+inline int64_t prefetch_planes(int64_t plane_floats) {
+  return imax(1, imin(4, 4096 / imax(1, plane_floats * static_cast<int64_t>(sizeof(float)))));
+}
+
 template <int K, Act A>
 void depthwise_backward_image(const DepthwiseBackwardImage& p) {
   constexpr int P = K / 2, KK = K * K;
@@ -479,12 +496,14 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
   // g2 rows [r0 - P, r0 + own + P) inside the image; the others are the transposed conv's zero padding.
   const int64_t top = p.r0 - P, b0 = imax(0, top), b1 = imin(p.H, p.r0 + p.own + P);
   const int64_t qs = (b0 - top) * W, qe = (b1 - top) * W, plane_len = (p.own + 2 * P) * W;
+  const int64_t pfd = prefetch_planes(p.own * W);
 
   for (int64_t j = 0; j < p.n_cheap; ++j) {
     const float* centre = p.x1 + (j / p.M) * p.x1_stride + P * W;  // x1 at the g2 plane's first row
     float* g2 = p.g2 + j * p.g2_stride;
     const float* go = p.go + (p.I + j) * HW + top * W;  // grad_out at the g2 plane's first row
     const float* w = p.w2 + j * KK;
+    if (j + pfd < p.n_cheap) prefetch_floats(go + pfd * HW + qs, qe - qs);
     std::memset(g2, 0, qs * sizeof(float));
     std::memset(g2 + qe, 0, (plane_len - qe) * sizeof(float));
     __m512 gw[KK];
@@ -524,6 +543,10 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
     float* g1 = p.g1 + c * p.g1_cstride;
     const __m512 b1 = _mm512_set1_ps(p.b1[c]);
     const int64_t j_end = imin((c + 1) * p.M, p.n_cheap);
+    if (c + pfd < p.I) {
+      if (c + pfd < p.OC) prefetch_floats(go + pfd * HW, n);
+      prefetch_floats(z1 + pfd * p.z1_cstride, n);
+    }
     __m512 gb = _mm512_setzero_ps();
     for (int64_t q0 = 0; q0 < n; q0 += kLanes) {
       const uint16_t* cm = p.colmask + (q0 / kLanes) * K;
