@@ -120,6 +120,11 @@ namespace ghostkernels {
 namespace cpu {
 namespace {
 
+// Rows read ahead (in the same row phase) while splitting a plane: the input rows are read with masked loads, one
+// plane after another, and the hardware prefetchers did not keep up with them (`perf`: the loads of split_phases
+// were a tenth of a batch-1 forward's samples). 8 rows: bench/NOTES.md entry 34.
+constexpr int64_t kPrefetchRows = 8;
+
 // Writes the s*s phase planes of one input plane: phase (a, b) row i (i in [lo, Ho + hi)), column j (< Wo) is
 // x[s*i + a][s*j + b], zero outside the input. Phase (a, b) starts at phases + (a*s + b) * stride_f, its row lo at
 // the start.
@@ -136,6 +141,10 @@ void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, cons
         continue;
       }
       const E* src = x + r * W;
+      {  // the row kPrefetchRows steps ahead in this pass (past the plane's end: the next plane's first rows)
+        const char* ahead = reinterpret_cast<const char*>(src + S * kPrefetchRows * W);
+        for (int64_t b = 0; b < W * static_cast<int64_t>(sizeof(E)); b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+      }
       if constexpr (S == 1) {
         for (int64_t j = 0; j < Wo; j += kVecLanes) {
           const __mmask16 m = lane_range(0, Wo - j);
