@@ -20,6 +20,13 @@ def test_compare_pairs_every_burst_of_two_fused_providers():
     assert r["ratio"] == pytest.approx(r["median_ms"]["fused-cpu-frozen"] / r["median_ms"]["fused-cpu"])
 
 
+def test_two_compiled_providers_stay_compiled_while_they_take_turns():
+    """Both compiled once after one dynamo reset; timing them raises on any recompilation (a reset between the two
+    compiles would make the first one compile again, outside inductor's freezing, while being timed)."""
+    r = interleaved.compare(["compile", "fused-cpu+compile"], **TINY)
+    assert all(len(r["burst_medians_ms"][p]) == 2 for p in r["providers"])
+
+
 @pytest.mark.skipif(onnx_peer.unavailable_reason() is not None, reason=str(onnx_peer.unavailable_reason()))
 def test_cli_against_onnx_runtime(capsys):
     assert interleaved.main(["--model", "ghostnet_050", "--resolution", "64", "--bursts", "1", "--calls", "3",

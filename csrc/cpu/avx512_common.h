@@ -19,6 +19,14 @@ namespace {
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// Asks for the `bytes` bytes at p to be brought into L1 ahead of use, one prefetch per 64-byte cache line. For
+// reads the hardware prefetchers were measured not to hide (bench/NOTES.md entries 33 and 34); a hint, so an
+// address past the end of an allocation is harmless.
+inline void prefetch_l1(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
+
 // Lanes [lo, hi) of a 16-lane vector, both clamped to [0, 16].
 inline __mmask16 lane_range(int64_t lo, int64_t hi) {
   lo = imax(lo, 0);

@@ -141,10 +141,8 @@ void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, cons
         continue;
       }
       const E* src = x + r * W;
-      {  // the row kPrefetchRows steps ahead in this pass (past the plane's end: the next plane's first rows)
-        const char* ahead = reinterpret_cast<const char*>(src + S * kPrefetchRows * W);
-        for (int64_t b = 0; b < W * static_cast<int64_t>(sizeof(E)); b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
-      }
+      // The row kPrefetchRows steps ahead in this pass (past the plane's end: the next plane's first rows).
+      prefetch_l1(src + S * kPrefetchRows * W, W * static_cast<int64_t>(sizeof(E)));
       if constexpr (S == 1) {
         for (int64_t j = 0; j < Wo; j += kVecLanes) {
           const __mmask16 m = lane_range(0, Wo - j);

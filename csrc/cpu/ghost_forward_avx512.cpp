@@ -472,19 +472,13 @@ inline __m512 act_grad_v(__m512 z, __m512 g) {
   }
 }
 
-// Asks for [p, p + n) floats to be brought into L1 ahead of use, one request per cache line. The depthwise part of
-// the backward reads grad_out one channel plane (a few hundred floats in GhostNet's later stages) at a time, and
-// the hardware prefetchers did not hide those loads: `perf` put two thirds of that part's time on the first load of
-// grad_out in its two loops (bench/NOTES.md entry 33).
-inline void prefetch_floats(const float* p, int64_t n) {
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
-}
-
-// How many channel planes ahead the depthwise backward prefetches grad_out (and z1): about 4 KB ahead, at least one
-// plane and at most four. A 14x14 plane (784 bytes) takes a few hundred cycles to process, less than a trip to
-// memory, so its prefetches must start four planes early; a 56x56 or 112x112 plane is itself more than enough.
-// Measured on the development VM, batch 8 (NOTES entry 33): 4 planes ahead best at 14x14 and 7x7, 1 at 112x112.
+// How many channel planes ahead the depthwise backward prefetches grad_out (and z1). It reads grad_out one channel
+// plane (a few hundred floats in GhostNet's later stages) at a time, and the hardware prefetchers did not hide
+// those loads: `perf` put two thirds of that part's time on the first load of grad_out in its two loops
+// (bench/NOTES.md entry 33). About 4 KB ahead, at least one plane and at most four: a 14x14 plane (784 bytes) takes
+// a few hundred cycles to process, less than a trip to memory, so its prefetches must start four planes early; a
+// 56x56 or 112x112 plane is itself more than enough. Measured on the development VM, batch 8: 4 planes ahead best
+// at 14x14 and 7x7, 1 at 112x112.
 inline int64_t prefetch_planes(int64_t plane_floats) {
   return imax(1, imin(4, 4096 / imax(1, plane_floats * static_cast<int64_t>(sizeof(float)))));
 }
@@ -503,7 +497,7 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
     float* g2 = p.g2 + j * p.g2_stride;
     const float* go = p.go + (p.I + j) * HW + top * W;  // grad_out at the g2 plane's first row
     const float* w = p.w2 + j * KK;
-    if (j + pfd < p.n_cheap) prefetch_floats(go + pfd * HW + qs, qe - qs);
+    if (j + pfd < p.n_cheap) prefetch_l1(go + pfd * HW + qs, (qe - qs) * sizeof(float));
     std::memset(g2, 0, qs * sizeof(float));
     std::memset(g2 + qe, 0, (plane_len - qe) * sizeof(float));
     __m512 gw[KK];
@@ -544,8 +538,8 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
     const __m512 b1 = _mm512_set1_ps(p.b1[c]);
     const int64_t j_end = imin((c + 1) * p.M, p.n_cheap);
     if (c + pfd < p.I) {
-      if (c + pfd < p.OC) prefetch_floats(go + pfd * HW, n);
-      prefetch_floats(z1 + pfd * p.z1_cstride, n);
+      if (c + pfd < p.OC) prefetch_l1(go + pfd * HW, n * sizeof(float));
+      prefetch_l1(z1 + pfd * p.z1_cstride, n * sizeof(float));
     }
     __m512 gb = _mm512_setzero_ps();
     for (int64_t q0 = 0; q0 < n; q0 += kLanes) {

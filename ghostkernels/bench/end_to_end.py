@@ -133,6 +133,14 @@ class EndToEndRunner:
                                  f"{case.config.name} tolerance {checks.MODEL_TOLERANCE[case.config.dtype]}")
         return step, err
 
+    def time_steps(self, steps: dict[str, Callable], inputs: Sequence[tuple], budget: TimingBudget | None = None,
+                   turns: Rounds | None = None) -> dict:
+        """timing.time_in_rounds of steps built with fresh_dynamo=False after one torch._dynamo.reset(), with any
+        recompilation an error (a compiled step that recompiles would be timed on a different graph)."""
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            return time_in_rounds(steps, inputs, self.device, budget or self.budget, turns or self.turns,
+                                  strict=self.strict)
+
     def run(self, case: EndToEndCase, providers: Sequence[str],
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
         """Check every provider on one case, then time them in turns (self.turns); one record per provider (see
@@ -157,9 +165,7 @@ class EndToEndRunner:
                     raise
                 _record_error(rec, e)
             records[provider] = rec
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            timed = time_in_rounds(steps, [(x,) for x in inputs], self.device, self.budget, self.turns,
-                                   strict=self.strict)
+        timed = self.time_steps(steps, [(x,) for x in inputs])
         for provider, rec in records.items():
             result = timed.get(provider)
             if isinstance(result, Exception):
