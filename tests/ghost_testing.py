@@ -1,7 +1,7 @@
 """Shared helpers of the op test suite: backends, cases, the input factory, the float64 reference, tolerances.
 
 Every backend of ``ghostkernels.ops.ghost_module`` is tested the same way: inputs are drawn at the tested dtype,
-the reference is ``ghostkernels.reference.ghost_module_reference`` run in float64 on float64 copies of exactly those
+the reference is ``ghostkernels.ops.reference.ghost_module_reference`` run in float64 on float64 copies of exactly those
 (already rounded) inputs, so the comparison measures only the backend's own arithmetic error. Inputs are drawn on
 the CPU from a seeded generator and then moved to the backend's device, so a CUDA run sees the same data as a CPU
 run and a failure reproduces from its test id.
@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import ghostkernels
-from ghostkernels.reference import ACTS, activation, ghost_module_reference
+from ghostkernels.ops.reference import ACTS, activation, ghost_module_reference
 
 # ---------------------------------------------------------------------------------------------------------------
 # Backends

@@ -19,8 +19,8 @@ import torch
 
 import ghostkernels
 from ghostkernels import export as gk_export
-from ghostkernels.bottleneck import FusedGhostBottleneck
-from ghostkernels.modules import _FusedGhostBase
+from ghostkernels.nn import FusedGhostBottleneck
+from ghostkernels.nn import FusedGhostBase
 from test_cmake import aoti_runner
 
 # float32 end to end; inductor fuses and reorders the non-Ghost layers (SE, shortcut, head), so sums differ from
@@ -66,7 +66,7 @@ def compiled(tmp_path_factory) -> Compiled:
 
 
 def test_export_keeps_one_fused_op_per_bottleneck(compiled):
-    fused = sum(isinstance(m, _FusedGhostBase) for m in compiled.model.modules())
+    fused = sum(isinstance(m, FusedGhostBase) for m in compiled.model.modules())
     assert fused == 32, f"fuse(ghostnet_100()) should replace all 32 Ghost modules, replaced {fused}"
     blocks = sum(isinstance(m, FusedGhostBottleneck) for m in compiled.model.modules())
     assert blocks == 16, f"fuse(ghostnet_100()) should replace all 16 bottlenecks, replaced {blocks}"

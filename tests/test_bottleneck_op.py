@@ -3,7 +3,7 @@ the depthwise convolution it runs (reached through the internal op ghostkernels:
 block pool their outputs come from.
 
 As for the Ghost-module op: inputs are drawn at the tested dtype, the reference is the plain-PyTorch contract
-(ghostkernels.reference) run in float64 on float64 copies of those inputs, new memory is NaN-filled (conftest), and
+(ghostkernels.ops.reference) run in float64 on float64 copies of those inputs, new memory is NaN-filled (conftest), and
 every case runs on both CPU kernels: the AVX-512 one where this CPU has it, and the generic one.
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import ghost_testing as gt
 from ghostkernels import ops
 from ghostkernels.models import ghostnet_100
-from ghostkernels.reference import ACTS, activation, ghost_bottleneck_reference
+from ghostkernels.ops.reference import ACTS, activation, ghost_bottleneck_reference
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 KERNELS = ("auto", "generic")

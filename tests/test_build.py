@@ -1,4 +1,4 @@
-"""The JIT build of the op library (ghostkernels/_build.py): cache reuse, rebuild on change, concurrent first builds,
+"""The JIT build of the op library (ghostkernels/ops/build.py): cache reuse, rebuild on change, concurrent first builds,
 clear errors for a missing toolchain.
 
 Processes are started with the same interpreter and the source checkout on PYTHONPATH, so they load the same
@@ -18,7 +18,7 @@ import torch
 from torch.utils import cpp_extension
 
 import ghostkernels
-from ghostkernels import _build
+from ghostkernels.ops import build as _build
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(ghostkernels.__file__)))
 _BUILDING = "ghostkernels: building"
@@ -112,7 +112,7 @@ def test_concurrent_first_builds_into_a_fresh_cache(tmp_path):
     env = _child_env(GHOSTKERNELS_CACHE=str(cache), GHOSTKERNELS_NO_CUDA="1", MAX_JOBS="2")
     code = """
         import torch, ghostkernels
-        from ghostkernels.reference import ghost_module_reference
+        from ghostkernels.ops.reference import ghost_module_reference
         path = ghostkernels.load_library()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 6, 5, 7, generator=g)
@@ -171,3 +171,36 @@ def test_missing_cuda_toolkit_is_a_clear_error(unloaded, monkeypatch):
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
     with pytest.raises(RuntimeError, match=r"no CUDA toolkit \(nvcc\) was found.*GHOSTKERNELS_NO_CUDA=1"):
         _build.load_library()
+
+
+def test_a_finished_build_is_loaded_directly_even_past_a_stale_torch_lock(unloaded, monkeypatch, tmp_path):
+    """A build directory marked finished is loaded without cpp_extension.load, whose lock file a killed build may
+    have left behind (it would make every later process wait forever)."""
+    fp = _build._fingerprint(_build.sources(False), False)
+    build_dir = tmp_path / "cache" / f"cpu-{fp}"
+    build_dir.mkdir(parents=True)
+    (build_dir / "ghostkernels_C.so").write_bytes(b"")
+    (build_dir / "built.ok").write_text(fp)
+    (build_dir / "lock").write_text("")  # what a build killed inside cpp_extension.load leaves
+    loaded = []
+    monkeypatch.setattr(torch.ops, "load_library", loaded.append)
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("a finished build must not be rebuilt"))
+    assert _build.load_library() == str(build_dir / "ghostkernels_C.so")
+    assert loaded == [str(build_dir / "ghostkernels_C.so")]
+
+
+def test_an_unfinished_build_takes_the_lock_and_clears_a_stale_torch_lock(unloaded, monkeypatch, tmp_path):
+    fp = _build._fingerprint(_build.sources(False), False)
+    build_dir = tmp_path / "cache" / f"cpu-{fp}"
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").write_text("")
+    calls = []
+
+    def fake_load(**kwargs):
+        assert not (build_dir / "lock").exists(), "the stale torch lock must be gone before cpp_extension.load"
+        calls.append(kwargs["build_directory"])
+        (build_dir / "ghostkernels_C.so").write_bytes(b"")
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    assert _build.load_library() == str(build_dir / "ghostkernels_C.so")
+    assert calls == [str(build_dir)] and (build_dir / "built.ok").read_text() == fp

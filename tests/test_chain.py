@@ -1,5 +1,5 @@
 """ghostkernels::chain (a chain of the CPU inference ops in one call) and the whole-network forward freeze() gives a
-fused GhostNet (ghostkernels.frozen): the op's contract (opcheck, program validation, errors naming the step, no
+fused GhostNet (ghostkernels.patch.frozen): the op's contract (opcheck, program validation, errors naming the step, no
 backward), the frozen network against its own forward and eager PyTorch, when it falls back to the class's forward
 (autograd, training, autocast, other dtypes, hooks, tracing), unfreeze, deepcopy and pickling, networks it must
 refuse."""
@@ -16,9 +16,9 @@ from torch import nn
 import ghost_testing as gt
 import ghostkernels
 import variants
-from ghostkernels import frozen
-from ghostkernels.frozen import CHAIN_OPCODES, ChainNotBuildable
-from ghostkernels.reference import ACTS
+from ghostkernels.patch import frozen
+from ghostkernels.patch.frozen import CHAIN_OPCODES, ChainNotBuildable
+from ghostkernels.ops.reference import ACTS
 
 NETWORKS = variants.SMALL_GHOSTNETS
 # The chain runs the same kernels as the op-by-op forward; only the global pooling's summation order may differ.

@@ -156,7 +156,7 @@ def test_install_tree_has_library_headers_and_package(installed):
 
 _PYTHON_CHECK = textwrap.dedent("""
     import json, torch, ghostkernels
-    from ghostkernels.reference import ghost_module_reference
+    from ghostkernels.ops.reference import ghost_module_reference
 
     loaded_from = ghostkernels.load_library()
     g = torch.Generator().manual_seed(0)

@@ -1,5 +1,5 @@
 """ghostkernels::conv2d_act (a convolution with its BatchNorm folded in and an activation, CPU inference) and
-fuse()'s conv -> BN -> act steps (ghostkernels.conv_bn_act): the op against a float64 reference on both CPU
+fuse()'s conv -> BN -> act steps (ghostkernels.nn.conv_bn_act, ghostkernels.patch.stem): the op against a float64 reference on both CPU
 kernels, its contract (opcheck, bad input); the fused stem: same state_dict, the op inside the network's forward in
 CPU inference, the plain layers everywhere else (a direct call of conv_stem, training, autograd, hooks,
 torch.compile), refusal of look-alikes whose forward differs; FusedConvBnAct likewise."""
@@ -17,10 +17,10 @@ from torch import nn
 import ghost_testing as gt
 import variants
 from ghostkernels import fuse, models
-from ghostkernels.fuse import GhostFuseWarning
-from ghostkernels.reference import ACTS, activation
-from ghostkernels.conv_bn_act import (BatchNormAfterFusedStem, FusedConvBnAct, FusedStemConv, ReLUAfterFusedStem,
-                                      StemNotFusable, fuse_stem)
+from ghostkernels.patch import GhostFuseWarning
+from ghostkernels.ops.reference import ACTS, activation
+from ghostkernels.nn import BatchNormAfterFusedStem, FusedConvBnAct, FusedStemConv, ReLUAfterFusedStem
+from ghostkernels.patch import StemNotFusable, fuse_stem
 
 KERNELS = ("auto", "generic")
 # One rounding of the output in bfloat16 (2^-9 relative), float accumulation of at most 4 * 49 products.

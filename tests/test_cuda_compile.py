@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils import cpp_extension
 
-from ghostkernels import _build
-from ghostkernels.reference import activation, ghost_module_reference
+from ghostkernels.ops import build as _build
+from ghostkernels.ops.reference import activation, ghost_module_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")

@@ -10,7 +10,7 @@ import torch
 
 import ghostkernels
 import variants
-from ghostkernels.modules import FoldCache
+from ghostkernels.nn.folding import FoldCache
 
 
 def _fused_network():

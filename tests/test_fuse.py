@@ -12,7 +12,7 @@ from torch import nn
 import ghostkernels
 import variants
 from ghostkernels import FusedGhostConv, FusedGhostModule, fuse, models
-from ghostkernels.fuse import GhostFuseWarning, NotFusableError
+from ghostkernels.patch import GhostFuseWarning, NotFusableError
 
 # Eval-mode outputs after fuse() against before, float32 on the CPU: the BN fold and the op's summation order
 # change rounding only. Scaled as |err| <= ATOL * max(1, max|before|) + RTOL * |before|.

@@ -13,8 +13,8 @@ from torch import nn
 
 import variants
 from ghostkernels import FusedGhostBottleneck, FusedGhostModule, fuse, models
-from ghostkernels.bottleneck import inspect_ghost_bottleneck
-from ghostkernels.fuse import GhostFuseWarning, NotFusableError
+from ghostkernels.nn.recognize import inspect_ghost_bottleneck
+from ghostkernels.patch import GhostFuseWarning, NotFusableError
 
 # Eval forward against the block run in float64 (BN not folded there): float32 differs by the fold's extra rounding
 # of w*s and the op's summation order; bfloat16 by the folded weights' rounding to bfloat16 and its intermediates.
@@ -50,15 +50,15 @@ def _block(kind, config, seed=0):
 
 @pytest.fixture
 def op_calls(monkeypatch):
-    """Counts the calls that take the whole-block op."""
+    """Counts the calls that take the whole-block op (forward reads the op's arguments only then)."""
     calls = []
-    original = FusedGhostBottleneck._op_args
+    original = FusedGhostBottleneck.op_arguments
 
-    def counting(self):
+    def counting(self, x=None):
         calls.append(self)
-        return original(self)
+        return original(self, x)
 
-    monkeypatch.setattr(FusedGhostBottleneck, "_op_args", counting)
+    monkeypatch.setattr(FusedGhostBottleneck, "op_arguments", counting)
     return calls
 
 

@@ -11,7 +11,8 @@ from torch import nn
 
 import ghostkernels
 import variants
-from ghostkernels import FusedGhostModule, GhostModule, modules
+from ghostkernels import FusedGhostModule, GhostModule
+from ghostkernels.nn import activations, folding
 
 # (inp, oup, ratio, dw_size, relu): an even GhostNet-like shape, odd oup (slice inside x2), ratio 3 with k 5, and
 # a ghost2-style module without activation.
@@ -56,8 +57,8 @@ class _CountCalls:
 
 @pytest.fixture
 def fold_counter(monkeypatch):
-    counter = _CountCalls(modules.fold_conv_bn)
-    monkeypatch.setattr(modules, "fold_conv_bn", counter)
+    counter = _CountCalls(folding.fold_conv_bn)
+    monkeypatch.setattr(folding, "fold_conv_bn", counter)
     return counter
 
 
@@ -145,7 +146,7 @@ def test_eval_backward_matches_float64_reference(config, dtype):
 def test_other_activations(act):
     fused = FusedGhostModule(6, 10, ratio=2, dw_size=3, act=act)
     variants.randomize_batchnorm(fused, seed=3).eval()
-    assert type(fused.primary_conv[2]) is type(modules.activation_module(act))
+    assert type(fused.primary_conv[2]) is type(activations.activation_module(act))
     ref = copy.deepcopy(fused).double()
     x = torch.randn(2, 6, 5, 5)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""ghostkernels::linear_act (act(x @ w^T + b), CPU inference) and fuse()'s head step (ghostkernels.head): the op
+"""ghostkernels::linear_act (act(x @ w^T + b), CPU inference) and fuse()'s head step (ghostkernels.nn.head): the op
 against a float64 reference on both CPU kernels, its contract (opcheck, bad input, no backward); FusedConvHead and
 FusedClassifier: same state_dict, the op in CPU inference, the plain layers everywhere else (autograd, hooks,
 other backends, shapes the op does not take), look-alikes left alone."""
@@ -15,8 +15,9 @@ from torch import nn
 import ghost_testing as gt
 import variants
 from ghostkernels import fuse, models
-from ghostkernels.head import FusedClassifier, FusedConvHead, fuse_head
-from ghostkernels.reference import ACTS, activation
+from ghostkernels.nn import FusedClassifier, FusedConvHead
+from ghostkernels.patch import fuse_head
+from ghostkernels.ops.reference import ACTS, activation
 
 KERNELS = ("auto", "generic")
 # Float accumulation of K products scaled to O(1) outputs; bfloat16 rounds the output once (2^-9 relative).

@@ -31,7 +31,7 @@ import ghostkernels  # noqa: E402
 import ghostkernels.triton as gtriton  # noqa: E402
 from ghostkernels.triton import configs, ghost_module_triton, torch_math  # noqa: E402
 
-OP = gtriton._load_op_module()
+OP = gtriton.load_op()
 DEVICE = gt.backend_device("triton")
 NAMES = ("x", "w_primary", "b_primary", "w_cheap", "b_cheap")
 

@@ -2,7 +2,7 @@
 
   python3 bench/gpu/check_cuda_kernels.py [--json PATH] [--cases N]
 
-Checks, each against float64 eager math on the GPU (ghostkernels.reference) with TF32 off unless stated:
+Checks, each against float64 eager math on the GPU (ghostkernels.ops.reference) with TF32 off unless stated:
   sweep     random shapes over every dtype (float32/float16/bfloat16), layout (NCHW/channels_last), activation,
             k in {1,3,5,7}, ratio 2..4, out_channels slice, channel counts 1..120, images 1x1..45x45: forward
             output and all five gradients (relative Frobenius error), outputs poisoned with NaN first
@@ -31,7 +31,7 @@ import traceback
 import torch
 
 import ghostkernels
-from ghostkernels.reference import ACTS, ghost_module_reference
+from ghostkernels.ops.reference import ACTS, ghost_module_reference
 
 DEV = torch.device("cuda")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -24,7 +24,7 @@ import torch
 
 import ghostkernels
 from ghostkernels.bench.cases import model_shapes
-from ghostkernels.reference import ghost_module_reference
+from ghostkernels.ops.reference import ghost_module_reference
 
 DEV = torch.device("cuda")
 

@@ -38,7 +38,7 @@ class SavedTensors:
 
 def ghost_types() -> tuple[type, ...]:
     from ghostkernels.models import GhostModule
-    from ghostkernels.modules import FusedGhostConv, FusedGhostModule
+    from ghostkernels.nn import FusedGhostConv, FusedGhostModule
 
     return (GhostModule, FusedGhostModule, FusedGhostConv)
 

@@ -1,15 +1,19 @@
 """The Triton backend of the fused Ghost module.
 
 ``ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)`` runs
-``torch.ops.ghostkernels.ghost_module_triton`` (registered in .op on first use, with autograd): fused Triton
-kernels for the forward (forward_kernels) and the backward (backward_kernels), launch geometry in configs.
+``torch.ops.ghostkernels.ghost_module_triton`` (registered in .op, with autograd, by ``import ghostkernels`` when
+triton is installed, or on first use with GHOSTKERNELS_DEFER_LOAD=1): fused Triton kernels for the forward
+(forward_kernels) and the backward (backward_kernels), launch geometry in configs. ghostkernels.ops.ghost_module
+(backend="triton") calls it; this package imports only ghostkernels.ops' lower modules (validation, reference,
+registration), never ghostkernels.nn or ghostkernels.patch.
 
 Where it runs:
 * CUDA tensors: compiled Triton kernels, autotuned per (init, C, H*W, k, dtype).
 * CPU tensors: only under the Triton interpreter, i.e. with ``TRITON_INTERPRET=1`` in the environment before this
   backend is first used (triton reads it when the kernels are decorated). Float32 and float16 only there (numpy
   has no bfloat16), and slow: it is for testing the kernels without a GPU. Without the interpreter CPU tensors are
-  refused with an error rather than silently computed another way: use backend="cpu" for the C++ kernels.
+  refused with an error rather than silently computed another way: use backend="cpu" for the C++ kernels. Since
+  ``import ghostkernels`` decorates the kernels, TRITON_INTERPRET=1 must be set before that import.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import torch
 _op_module = None
 
 
-def _load_op_module():
-    """Import (once) the module that defines the Triton kernels and registers the ops."""
+def load_op():
+    """Import (once) the module that defines the Triton kernels and registers the ops; returns it."""
     global _op_module
     if _op_module is None:
         try:
@@ -40,7 +44,7 @@ def _load_op_module():
 
 def interpreted() -> bool:
     """True when the Triton kernels run under the interpreter (TRITON_INTERPRET=1 when they were decorated)."""
-    return _load_op_module().INTERPRETED
+    return load_op().INTERPRETED
 
 
 def ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act: str = "relu"):
@@ -49,12 +53,12 @@ def ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels:
     x1 = act(conv1x1(x, w_primary) + b_primary), x2 = act(depthwise_kxk(x1, w_cheap, padding k//2) + b_cheap);
     the contract (shapes, memory format, numerics) is that of ghostkernels.ops.ghost_module.
     """
-    op = _load_op_module()
+    op = load_op()
     dev = x.device.type
     if dev == "cpu" and not op.INTERPRETED:
         late = os.environ.get("TRITON_INTERPRET", "0") == "1"
         hint = (" TRITON_INTERPRET=1 is set now, but it was not when the Triton kernels were first imported; set it "
-                "before importing ghostkernels.triton." if late else
+                "before importing ghostkernels." if late else
                 " Set TRITON_INTERPRET=1 before the first use to run the kernels in Triton's (slow) interpreter.")
         raise RuntimeError("ghostkernels: backend='triton' got CPU tensors, but the Triton kernels need a CUDA GPU; "
                            "use backend='cpu' for CPU tensors." + hint)
@@ -63,4 +67,4 @@ def ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels:
     return torch.ops.ghostkernels.ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
 
 
-__all__ = ["ghost_module_triton", "interpreted"]
+__all__ = ["ghost_module_triton", "interpreted", "load_op"]

@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
-from .._registration import make_backward, setup_context
-from .._validation import check_ghost_inputs, output_memory_format
-from ..reference import ACTS
+from ..ops.reference import ACTS
+from ..ops.registration import make_backward, setup_context
+from ..ops.validation import check_ghost_inputs, output_memory_format
 from . import torch_math
 from .backward_kernels import ghost_backward_kernel, launch_backward
 from .forward_kernels import ghost_forward_kernel, launch_forward

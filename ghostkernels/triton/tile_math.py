@@ -1,6 +1,6 @@
 """Triton device functions shared by the forward and backward kernels: activations and the tiled 1x1 conv.
 
-Activation ids follow ghostkernels.reference.ACTS (and csrc/activations.h): 0 identity, 1 relu, 2 relu6, 3 silu,
+Activation ids follow ghostkernels.ops.reference.ACTS (and csrc/activations.h): 0 identity, 1 relu, 2 relu6, 3 silu,
 4 hardswish. The derivatives use PyTorch's conventions at the kinks (relu'(0) = 0, relu6'(0) = relu6'(6) = 0,
 hardswish'(-3) = 0, hardswish'(3) = 1) so that gradients agree with eager autograd bit-for-bit in the masks.
 All math here is float32: callers convert loads with .to(tl.float32) before calling.

@@ -1,7 +1,7 @@
 """The Triton ops' implementation in plain PyTorch ops: their CPU kernel (without the interpreter) and the
 implementation traced for tensors that hold no data (fake/meta tensors on the CPU path, see op.py).
 
-Forward: ghostkernels.reference, copied into a tensor of the op's output memory format. Backward: the chain rule
+Forward: ghostkernels.ops.reference, copied into a tensor of the op's output memory format. Backward: the chain rule
 written out with torch.nn.grad's convolution gradients (no autograd graph, so it traces as plain ops):
   gz2 = g[:, init:] * act'(z2), grad b_c = sum gz2, grad w_c = conv2d_weight(x1, gz2), gx1 = g[:, :init] +
   conv2d_input(w_c, gz2), gz1 = gx1 * act'(z1), grad b_p = sum gz1, grad w_p = conv2d_weight(x, gz1),
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..reference import activation, ghost_module_reference
+from ..ops.reference import activation, ghost_module_reference
 
 
 def activation_derivative(act: str, z: torch.Tensor) -> torch.Tensor:

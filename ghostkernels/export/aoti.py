@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import ops
+from .. import ops
 
 
 def export_model(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, *,

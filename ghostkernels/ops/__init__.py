@@ -1,30 +1,72 @@
-"""The Python entry point of the fused Ghost-module op and its backend selection.
+"""The ops layer: a Python wrapper for every op of the ``ghostkernels`` namespace, and backend selection.
 
-Backends: ``cpu`` and ``cuda`` run the C++/CUDA kernels registered as ``torch.ops.ghostkernels.ghost_module``;
-``triton`` runs ``torch.ops.ghostkernels.ghost_module_triton``; ``eager`` runs the same math as plain PyTorch ops
-(ghostkernels.reference); ``auto`` picks ``cuda`` for CUDA tensors and ``cpu`` for CPU tensors. A backend that
-cannot run the given tensors raises; nothing silently falls back to another backend.
+Layer 1 of the package (ops -> nn -> patch): nothing here imports ghostkernels.nn or ghostkernels.patch. Its
+modules: ``build`` (finding or JIT-building the C++/CUDA op library), ``registration`` (fake kernels and autograd,
+registered right after the library loads), ``validation`` (the contract's checks in Python), ``reference`` (the
+eager math), ``layouts`` (the ops' argument layouts as NamedTuples and the chain program's encoding).
+
+Backends of ghost_module: ``cpu`` and ``cuda`` run the C++/CUDA kernels registered as
+``torch.ops.ghostkernels.ghost_module``; ``triton`` runs ``torch.ops.ghostkernels.ghost_module_triton``
+(ghostkernels.triton); ``eager`` runs the same math as plain PyTorch ops (ops.reference); ``auto`` picks ``cuda``
+for CUDA tensors and ``cpu`` for CPU tensors. A backend that cannot run the given tensors raises; nothing silently
+falls back to another backend. The inference ops (ghost_bottleneck, conv2d_act, linear_act, chain) are CPU-only.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
-from . import _build
-from ._validation import check_bottleneck_inputs, check_ghost_inputs
+from . import build
+from .layouts import ChainArgs, Conv2dActArgs, GhostBottleneckArgs, GhostModuleArgs, LinearActArgs
 from .reference import ACTS, ghost_bottleneck_reference, ghost_module_reference
+from .validation import check_bottleneck_inputs, check_ghost_inputs
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "eager")
 
 
 def load_library() -> str:
     """Build (first time) and load the C++/CUDA op library; returns the path it was loaded from."""
-    return _build.load_library()
+    return build.load_library()
+
+
+class LoadWarning(UserWarning):
+    """``import ghostkernels`` could not load the op library; the ops that need it raise the same error on use."""
+
+
+def load_at_import() -> None:
+    """What ``import ghostkernels`` does unless GHOSTKERNELS_DEFER_LOAD=1: load (or build, printing one line) the
+    op library and register the Triton op when triton is installed, so that every ``torch.ops.ghostkernels`` op
+    resolves right after the import. A library that cannot be built (no compiler, no ninja) is a LoadWarning here,
+    not an import error: the eager backend, the Triton backend and the models still work, and every op that needs
+    the library raises the build error when called."""
+    try:
+        build.load_library()
+    except (RuntimeError, OSError, ImportError) as e:
+        warnings.warn(f"ghostkernels: the op library could not be loaded at import ({e}); the ops that need it "
+                      f"raise this error when called", LoadWarning, stacklevel=3)
+    if triton_installed():
+        from ..triton import load_op
+
+        load_op()
+
+
+def triton_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def defer_load_requested() -> bool:
+    """GHOSTKERNELS_DEFER_LOAD=1: ``import ghostkernels`` loads nothing; the library is loaded on first use."""
+    return os.environ.get("GHOSTKERNELS_DEFER_LOAD", "0") == "1"
 
 
 def cuda_kernels_available() -> bool:
     """True when the loaded op library has CUDA kernels (torch with CUDA and a CUDA build of csrc/)."""
-    _build.load_library()
+    build.load_library()
     return torch._C._dispatch_has_kernel_for_dispatch_key("ghostkernels::ghost_module", "CUDA")
 
 
@@ -46,13 +88,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _ensure_library() -> None:
-    if _build.is_loaded():
+    if build.is_loaded():
         return
     if torch.compiler.is_compiling():
         raise RuntimeError(
-            "ghostkernels: the op library is not loaded yet; call ghostkernels.load_library() (or run the op once) "
-            "before torch.compile / torch.export")
-    _build.load_library()
+            "ghostkernels: the op library is not loaded yet (GHOSTKERNELS_DEFER_LOAD=1); call "
+            "ghostkernels.load_library() (or run the op once) before torch.compile / torch.export")
+    build.load_library()
 
 
 def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act: str = "relu",
@@ -77,7 +119,7 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
             raise TypeError(f"ghostkernels (eager): x must be a floating-point tensor, got {x.dtype}")
         return ghost_module_reference(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
     if backend == "triton":
-        from .triton import ghost_module_triton
+        from ..triton import ghost_module_triton
 
         return ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
     _ensure_library()
@@ -85,7 +127,8 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
         raise RuntimeError(
             "ghostkernels: backend='cuda' was asked for, but the op library has no CUDA kernels (it was built "
             "without CUDA: torch has no CUDA, no nvcc was found, or GHOSTKERNELS_NO_CUDA=1)")
-    return torch.ops.ghostkernels.ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    return torch.ops.ghostkernels.ghost_module(*GhostModuleArgs(x, w_primary, b_primary, w_cheap, b_cheap,
+                                                                out_channels, act))
 
 
 BOTTLENECK_BACKENDS = ("auto", "cpu", "eager")
@@ -146,15 +189,46 @@ def ghost_bottleneck(x, ghost1, mid_channels: int, ghost2, out_channels: int, *,
         return ghost_bottleneck_reference(x, ghost1, mid_channels, ghost2, out_channels, act, stride, none(dw),
                                           none(se), none(shortcut))
     _ensure_library()
-    return torch.ops.ghostkernels.ghost_bottleneck(x, *ghost1, mid_channels, act, *dw, stride, *se, *ghost2,
-                                                   out_channels, *shortcut)
+    args = GhostBottleneckArgs.from_groups(x, ghost1, mid_channels, ghost2, out_channels, act=act, stride=stride,
+                                           dw=dw, se=se, shortcut=shortcut)
+    return torch.ops.ghostkernels.ghost_bottleneck(*args)
+
+
+def _cpu_inference_op(name: str, x) -> None:
+    """The checks every CPU-only inference op wrapper shares: CPU tensors, the library loaded."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"ghostkernels.ops.{name}: x must be a tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"ghostkernels.ops.{name}: the op is CPU-only, got tensors on {x.device}")
+    _ensure_library()
+
+
+def conv2d_act(x, w, b, stride: int = 1, act: str = "relu"):
+    """``act(conv2d(x, w, b, stride, padding k//2))``: groups 1, odd k, stride 1 or 2, CPU, inference only (no
+    backward). A convolution with its BatchNorm folded into ``w`` and ``b`` (FusedConvBnAct and the fused stem)."""
+    _cpu_inference_op("conv2d_act", x)
+    return torch.ops.ghostkernels.conv2d_act(*Conv2dActArgs(x, w, b, stride, act))
+
+
+def linear_act(x, w, b, act: str = "identity"):
+    """``act(x @ w.T + b)`` for a 2-D ``x``: CPU, inference only (no backward); the fused head's op."""
+    _cpu_inference_op("linear_act", x)
+    return torch.ops.ghostkernels.linear_act(*LinearActArgs(x, w, b, act))
+
+
+def chain(x, tensors, program):
+    """A program of inference steps (conv2d_act, ghost_bottleneck, mean_hw, linear_act) run back to back as one op
+    call, each step's output feeding the next: CPU, inference only. Build ``(tensors, program)`` from
+    ``layouts.ChainStep``s with ``layouts.encode_chain``; ghostkernels.freeze does that for a whole GhostNet."""
+    _cpu_inference_op("chain", x)
+    return torch.ops.ghostkernels.chain(*ChainArgs(x, list(tensors), list(program)))
 
 
 def cpu_pool_stats() -> dict[str, int]:
     """The CPU block pool of the C++ kernels (csrc/cpu/tensor_pool.h): idle bytes it keeps (``cached_bytes``),
     bytes held by live tensors (``in_use_bytes``), allocations served from it (``hits``) and from the system
     (``misses``), and the cap on idle bytes (``limit_bytes``, from ``GHOSTKERNELS_CPU_POOL_MB``)."""
-    _build.load_library()
+    build.load_library()
     cached, in_use, hits, misses, limit = torch.ops.ghostkernels._cpu_pool_stats()
     return {"cached_bytes": cached, "in_use_bytes": in_use, "hits": hits, "misses": misses, "limit_bytes": limit}
 
@@ -162,9 +236,10 @@ def cpu_pool_stats() -> dict[str, int]:
 def release_cpu_pool() -> None:
     """Return the CPU block pool's idle blocks to the system (blocks of live tensors come back to the pool, not
     to the system, when those tensors are freed)."""
-    _build.load_library()
+    build.load_library()
     torch.ops.ghostkernels._cpu_pool_release()
 
 
-__all__ = ["ACTS", "BACKENDS", "BOTTLENECK_BACKENDS", "cpu_pool_stats", "ghost_bottleneck", "cuda_kernels_available", "ghost_module", "load_library",
+__all__ = ["ACTS", "BACKENDS", "BOTTLENECK_BACKENDS", "LoadWarning", "chain", "conv2d_act", "cpu_pool_stats",
+           "cuda_kernels_available", "ghost_bottleneck", "ghost_module", "linear_act", "load_library",
            "release_cpu_pool", "resolve_backend"]

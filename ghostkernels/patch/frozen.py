@@ -2,7 +2,7 @@
 
 freeze() does two things, both undone by unfreeze():
 
-1. Every fold cache of the fused modules is frozen (ghostkernels.modules.FoldCache): with autograd off the folded
+1. Every fold cache of the fused modules is frozen (ghostkernels.nn.folding.FoldCache): with autograd off the folded
    weights are used without checking, per call, that the tensors they were folded from are unchanged. Those checks
    read tensor metadata that misses the caches at batch 1 (bench/NOTES.md, entry 22).
 
@@ -11,14 +11,16 @@ freeze() does two things, both undone by unfreeze():
    whole-network forward: in CPU inference the network is one call of ``ghostkernels::chain``, which runs the stem,
    every bottleneck, the last ConvBnAct, the pooling and the head back to back in C++ (csrc/cpu/chain_cpu.cpp)
    instead of a Python module call and a dispatcher call per layer (bench/NOTES.md, entry 23). The program is
-   built from the fused modules (their folded weights, their arguments) and checked on a probe image against the
-   network's own forward; a network that does not match, or has parts fuse() left unfused, keeps its forward.
+   built from the fused modules' ``chain_step()`` (their folded weights, their arguments; encoded by
+   ghostkernels.ops.layouts) and checked on a probe image against the network's own forward; a network that does
+   not match, or has parts fuse() left unfused, keeps its forward.
 
    The whole-network forward is an instance attribute ``forward`` (a method of this module bound to the network,
-   so copy.deepcopy binds it to the copy); it runs the program when the network is in eval mode, autograd is off,
-   the input is one CPU tensor of the weights' dtype, nothing is traced or under autocast and no forward hook is
-   registered on any module inside the network (hooks on the network itself run as usual); otherwise it calls the
-   class's forward. Registering a hook anywhere is noticed (one integer compared per call); other changes are not:
+   so copy.deepcopy binds it to the copy); it runs the program where the CPU inference gate of ghostkernels.nn.gate
+   is open for the whole network (eval mode, nothing needing a gradient, one CPU tensor of the weights' dtype,
+   nothing traced or under autocast, no forward hook on any module inside the network: hooks on the network itself
+   run as usual) and autograd is off; otherwise it calls the class's forward. Registering a hook anywhere is noticed
+   (one integer compared per call); other changes are not:
    after changing weights, dtype, device, submodules or their ``backend`` of a frozen model, call unfreeze() (or
    freeze() again). Pickling keeps the fold caches frozen and drops the whole-network forward.
 """
@@ -29,25 +31,23 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _module_globals
-from torch.utils.hooks import RemovableHandle
 
-from ._registration import _CHAIN_STEPS
-from .bottleneck import FusedGhostBottleneck
-from .conv_bn_act import FusedConvBnAct, FusedStemConv
-from .head import FusedClassifier, FusedConvHead
-from .modules import FoldCache, activation_name
-from .reference import ACTS
+from ..nn.bottleneck import FusedGhostBottleneck
+from ..nn.conv_bn_act import FusedConvBnAct, FusedStemConv
+from ..nn.folding import FoldCache
+from ..nn.gate import CpuInferenceGate
+from ..nn.head import FusedClassifier, FusedConvHead
+from ..nn.activations import activation_name
+from ..nn.recognize import GHOSTNET_CHILDREN, NotFusableError, ghostnet_parents, probe
+from ..ops.layouts import CHAIN_STEP_BY_NAME, encode_chain, mean_hw_step
 
-# ghostkernels::chain's opcodes (the encoding is _registration._CHAIN_STEPS); activations are coded by their index
-# in ACTS.
-CHAIN_OPCODES = {name: code for code, (name, _, _) in _CHAIN_STEPS.items()}
+# ghostkernels::chain's opcodes by step name (the encoding is ghostkernels.ops.layouts.CHAIN_STEPS).
+CHAIN_OPCODES = {name: step.opcode for name, step in CHAIN_STEP_BY_NAME.items()}
 
 _PLAN = "_ghostkernels_network_plan"
-_NETWORK_CHILDREN = ("conv_stem", "bn1", "act1", "blocks", "global_pool", "conv_head", "act2", "classifier")
 
 
-class ChainNotBuildable(ValueError):
+class ChainNotBuildable(NotFusableError):
     """A network whose forward ghostkernels::chain cannot run; the message says why."""
 
 
@@ -59,36 +59,19 @@ def _fold_caches(model: nn.Module):
 
 
 class NetworkPlan:
-    """ghostkernels::chain's arguments for one network (tensors, program), what a call must match (dtype), and
-    what the per-call hook check needs."""
+    """ghostkernels::chain's arguments for one network (tensors, program), what a call must match (dtype), and the
+    CPU inference gate over every module inside the network."""
 
-    def __init__(self, tensors: list, program: list[int], dtype: torch.dtype, modules: list[nn.Module]):
+    def __init__(self, tensors: list, program: list[int], dtype: torch.dtype, network: nn.Module):
         self.tensors = tensors
         self.program = program
         self.dtype = dtype
-        self.modules = modules  # every module inside the network (not the network itself)
-        self.hook_id = -1  # RemovableHandle.next_id when the modules were last found hook-free
-        self.hooked = True
-
-    def _hooks_absent(self) -> bool:
-        # Any hook registration anywhere advances RemovableHandle.next_id; only then (or while hooks were found)
-        # are the modules looked at again.
-        next_id = RemovableHandle.next_id
-        if next_id != self.hook_id or self.hooked:
-            self.hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
-            self.hook_id = next_id
-        return not self.hooked
+        self.gate = CpuInferenceGate(network.conv_stem, [m for m in network.modules() if m is not network])
 
     def applies(self, network: nn.Module, x) -> bool:
-        if torch.compiler.is_compiling() or torch.is_grad_enabled() or network.training:
+        if torch.is_grad_enabled() or type(x) is not torch.Tensor:
             return False
-        if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != self.dtype:
-            return False
-        if torch.is_autocast_enabled("cpu"):
-            return False
-        if _module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks:
-            return False
-        return self._hooks_absent()
+        return self.gate.open(x, network.training, "auto")
 
     def __reduce__(self):
         # Pickled as None: an unpickled network runs its own forward (the plan's tensors are the fold caches'
@@ -98,9 +81,12 @@ class NetworkPlan:
     def __deepcopy__(self, memo):
         # A copy of the network gets a plan over its own tensors and modules (copy.deepcopy shares the memo, so the
         # folded tensors stay the ones its fold caches hold).
-        copied = NetworkPlan(copy.deepcopy(self.tensors, memo), list(self.program), self.dtype,
-                             copy.deepcopy(self.modules, memo))
+        copied = NetworkPlan.__new__(NetworkPlan)
         memo[id(self)] = copied
+        copied.tensors = copy.deepcopy(self.tensors, memo)
+        copied.program = list(self.program)
+        copied.dtype = self.dtype
+        copied.gate = copy.deepcopy(self.gate, memo)
         return copied
 
 
@@ -117,13 +103,6 @@ def forward(self, *args, **kwargs):
     return type(self).forward(self, *args, **kwargs)
 
 
-def _act_code(what: str, module: nn.Module) -> int:
-    name = activation_name(module)
-    if name is None:
-        raise ChainNotBuildable(f"{what} is a {type(module).__name__}, not an activation of the op's set")
-    return ACTS.index(name)
-
-
 def _check_cpu_backend(what: str, module: nn.Module) -> None:
     if module.backend not in ("auto", "cpu"):
         raise ChainNotBuildable(f"{what} has backend={module.backend!r}; the chain runs the CPU kernels")
@@ -131,80 +110,50 @@ def _check_cpu_backend(what: str, module: nn.Module) -> None:
 
 def build_plan(net: nn.Module) -> NetworkPlan:
     """The chain program of a fused GhostNet ``net`` (children as in the module docstring), from its fused modules'
-    folded weights; raises ChainNotBuildable naming the part that is not fused or not of the expected kind. The
+    chain steps; raises ChainNotBuildable naming the part that is not fused or not of the expected kind. The
     program is not checked against ``net``'s forward here (install() does that)."""
     kids = net._modules
-    missing = [k for k in _NETWORK_CHILDREN if kids.get(k) is None]
+    missing = [k for k in GHOSTNET_CHILDREN if kids.get(k) is None]
     if missing:
         raise ChainNotBuildable(f"{type(net).__name__} has no {', '.join(missing)}")
     stem = kids["conv_stem"]
     if not isinstance(stem, FusedStemConv):
         raise ChainNotBuildable("conv_stem is not fused (fuse() fuses a CPU network's stem)")
     _check_cpu_backend("conv_stem", stem)
-    tensors: list = []
-    program: list[int] = []
-    w, b = stem._fold_cache.get(stem._stages)
-    tensors += [w, b]
-    program += [CHAIN_OPCODES["conv2d_act"], stem.stride[0], ACTS.index("relu")]
+    steps = [stem.chain_step()]
     blocks = kids["blocks"]
     if type(blocks) is not nn.Sequential or not all(type(s) is nn.Sequential for s in blocks):
         raise ChainNotBuildable("blocks is not a Sequential of Sequentials")
     for i, stage in enumerate(blocks):
         for j, block in enumerate(stage):
             where = f"blocks.{i}.{j}"
-            if isinstance(block, FusedGhostBottleneck):
-                _check_cpu_backend(where, block)
-                a = block._op_args()
-                # Schema order: ghost1 x4, mid, act, dw x2, stride, se x4, ghost2 x4, out, shortcut x4.
-                tensors += [*a[0:4], *a[6:8], *a[9:13], *a[13:17], *a[18:22]]
-                program += [CHAIN_OPCODES["ghost_bottleneck"], a[4], ACTS.index(a[5]), a[8], a[17]]
-            elif isinstance(block, FusedConvBnAct):
-                _check_cpu_backend(where, block)
-                w, b = block._fold_cache.get(block._stages)
-                tensors += [w, b]
-                program += [CHAIN_OPCODES["conv2d_act"], block.conv.stride[0], ACTS.index(block.act)]
-            else:
+            if not isinstance(block, (FusedGhostBottleneck, FusedConvBnAct)):
                 raise ChainNotBuildable(f"{where} is a {type(block).__name__}, not a fused bottleneck or ConvBnAct")
+            _check_cpu_backend(where, block)
+            steps.append(block.chain_step())
     head, classifier = kids["conv_head"], kids["classifier"]
     if not isinstance(head, FusedConvHead) or not isinstance(classifier, FusedClassifier):
         raise ChainNotBuildable("conv_head / classifier are not fused (fuse() fuses a CPU network's head)")
     _check_cpu_backend("conv_head", head)
     _check_cpu_backend("classifier", classifier)
-    program += [CHAIN_OPCODES["mean_hw"]]
-    tensors += [head.weight.detach().reshape(head.out_channels, -1), head.bias.detach()]
-    program += [CHAIN_OPCODES["linear_act"], _act_code("act2", kids["act2"])]
-    tensors += [classifier.weight.detach(), classifier.bias.detach()]
-    program += [CHAIN_OPCODES["linear_act"], ACTS.index("identity")]
+    act2 = activation_name(kids["act2"])
+    if act2 is None:
+        raise ChainNotBuildable(f"act2 is a {type(kids['act2']).__name__}, not an activation of the op's set")
+    steps += [mean_hw_step(), head.chain_step(act=act2), classifier.chain_step()]
+    tensors, program = encode_chain(steps)
     dtype = stem.weight.dtype
     if any(t is not None and (t.dtype != dtype or t.device.type != "cpu") for t in tensors):
         raise ChainNotBuildable(f"its weights are not all CPU tensors of one dtype ({dtype})")
-    return NetworkPlan(tensors, program, dtype, [m for m in net.modules() if m is not net])
+    return NetworkPlan(tensors, program, dtype, net)
 
 
 def _check_on_probe(net: nn.Module, plan: NetworkPlan) -> None:
     """Raise ChainNotBuildable unless the program computes what ``net``'s own forward computes on a probe image."""
-    gen = torch.Generator().manual_seed(0)  # private: freeze() must not consume the global RNG
-    x = torch.randn(2, net.conv_stem.in_channels, 64, 64, generator=gen).to(plan.dtype)
-    flags = [(m, m.training) for m in net.modules()]
-    net.eval()
-    try:
-        with torch.no_grad():
-            try:
-                want = type(net).forward(net, x)
-                got = torch.ops.ghostkernels.chain.default(x, plan.tensors, plan.program)
-            except Exception as e:  # any failure: the network is not one the chain can stand in for
-                raise ChainNotBuildable(f"its forward or the chain failed on a probe image ({type(e).__name__}: "
-                                        f"{e})") from e
-    finally:
-        for m, flag in flags:
-            m.training = flag
-    if not (isinstance(want, torch.Tensor) and want.shape == got.shape):
-        raise ChainNotBuildable("its forward does not return one tensor of the chain's shape")
-    err = float((got.float() - want.float()).abs().max())
-    tol = 1e-3 if plan.dtype in (torch.float32, torch.float64) else 6e-2
-    if not err <= tol * max(1.0, float(want.float().abs().max())):
-        raise ChainNotBuildable(f"its forward computes something else than the chain (max deviation {err:.3g} on a "
-                                f"probe image)")
+    probe(net, (2, net.conv_stem.in_channels, 64, 64), net.conv_stem.weight,
+          lambda x, got: type(net).forward(net, x),
+          actual=lambda x: torch.ops.ghostkernels.chain.default(x, plan.tensors, plan.program),
+          error=ChainNotBuildable, what="its forward or the chain",
+          mismatch="its forward computes something else than the chain (max deviation {err:.3g} on a probe image)")
 
 
 def install(net: nn.Module) -> NetworkPlan:
@@ -228,14 +177,6 @@ def uninstall(net: nn.Module) -> None:
 def network_plan(net: nn.Module) -> NetworkPlan | None:
     """The whole-network plan freeze() gave ``net``, or None."""
     return net.__dict__.get(_PLAN)
-
-
-def ghostnet_parents(model: nn.Module):
-    """(qualified name, module) of every module of ``model`` with GhostNet's children (see the module docstring)."""
-    for name, module in model.named_modules():
-        kids = module._modules
-        if all(kids.get(k) is not None for k in _NETWORK_CHILDREN):
-            yield name, module
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -274,5 +215,5 @@ def unfreeze(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["CHAIN_OPCODES", "ChainNotBuildable", "NetworkPlan", "build_plan", "freeze", "ghostnet_parents",
-           "install", "network_plan", "unfreeze", "uninstall"]
+__all__ = ["CHAIN_OPCODES", "ChainNotBuildable", "NetworkPlan", "build_plan", "freeze", "install", "network_plan",
+           "unfreeze", "uninstall"]

@@ -1,11 +1,12 @@
 """Finding or building the C++/CUDA op library.
 
 Order of preference:
-  1. ``GHOSTKERNELS_LIBRARY=/path/to/libghostkernels.so``: a library built by CMake (see README, "Deploying from C++").
+  1. ``GHOSTKERNELS_LIBRARY=/path/to/libghostkernels.so``: a library built by CMake (docs/deployment.md).
   2. ``ghostkernels/_C*.so``: built ahead of time by ``GHOSTKERNELS_BUILD_AOT=1 pip install .``.
   3. A JIT build of ``csrc/`` with ninja through ``torch.utils.cpp_extension.load`` into a cache directory. The build
-     directory's name carries a hash of the sources and flags, so a changed source gets a fresh build; torch's
-     own file lock (a "baton" in the build directory) keeps two processes from building into it at once.
+     directory's name carries a hash of the sources and flags, so a changed source gets a fresh build; a finished
+     build is marked (built.ok) and later processes load it directly; an flock keeps two processes from building
+     into it at once (and, unlike torch's own lock file, cannot be left behind by a killed build).
 
 Build knobs (environment variables, read when the library is first needed):
   GHOSTKERNELS_CACHE        cache directory (default ``~/.cache/ghostkernels``)
@@ -29,7 +30,8 @@ import threading
 
 import torch
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+# The package directory (ghostkernels/): the AOT library (_C*.so) and an installed package's csrc/ sit there.
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _lock = threading.Lock()
 _loaded_from: str | None = None
 
@@ -121,32 +123,77 @@ def _prebuilt() -> str | None:
     return found[0] if found else None
 
 
+# Written into the build directory after a build succeeded: its presence (with the fingerprint inside) means the
+# library next to it is complete, so a later process loads it without going through cpp_extension.load at all.
+_DONE = "built.ok"
+# Our own lock around a build. torch's build lock (a file named "lock" that cpp_extension.load creates and waits
+# on) is a plain file: a process killed mid-build leaves it behind and every later load waits on it forever. An
+# flock is released by the kernel when its holder dies; holding it, a leftover torch lock can only be stale.
+_FLOCK = "ghostkernels.flock"
+
+
 def _jit_build() -> str:
     from torch.utils import cpp_extension
 
     with_cuda = cuda_wanted()
-    _check_toolchain(with_cuda)
     srcs = sources(with_cuda)
     cache = os.environ.get("GHOSTKERNELS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ghostkernels")
     fp = _fingerprint(srcs, with_cuda)
     build_dir = os.path.join(cache, f"{'cuda' if with_cuda else 'cpu'}-{fp}")
-    os.makedirs(build_dir, exist_ok=True)
     so_path = os.path.join(build_dir, "ghostkernels_C.so")
-    if not os.path.isfile(so_path):
-        kind = "C++ and CUDA" if with_cuda else "C++"
-        print(f"ghostkernels: building the {kind} op library (first use; cached in {build_dir})",
-              file=sys.stderr, flush=True)
-    cpp_extension.load(
-        name="ghostkernels_C",
-        sources=srcs,
-        extra_cflags=cxx_flags() + (["-DGHOSTKERNELS_WITH_CUDA"] if with_cuda else []),
-        extra_cuda_cflags=nvcc_flags(),
-        extra_include_paths=[csrc_dir()],
-        build_directory=build_dir,
-        is_python_module=False,
-        verbose=os.environ.get("GHOSTKERNELS_VERBOSE", "0") == "1",
-    )
+    if _built(build_dir, fp):
+        torch.ops.load_library(so_path)
+        return so_path
+    _check_toolchain(with_cuda)
+    os.makedirs(build_dir, exist_ok=True)
+    with _build_lock(build_dir):
+        if not _built(build_dir, fp):  # another process may have built it while we waited
+            kind = "C++ and CUDA" if with_cuda else "C++"
+            print(f"ghostkernels: building the {kind} op library (first use; cached in {build_dir})",
+                  file=sys.stderr, flush=True)
+            stale = os.path.join(build_dir, "lock")
+            if os.path.exists(stale):
+                os.remove(stale)
+            cpp_extension.load(
+                name="ghostkernels_C",
+                sources=srcs,
+                extra_cflags=cxx_flags() + (["-DGHOSTKERNELS_WITH_CUDA"] if with_cuda else []),
+                extra_cuda_cflags=nvcc_flags(),
+                extra_include_paths=[csrc_dir()],
+                build_directory=build_dir,
+                is_python_module=False,
+                verbose=os.environ.get("GHOSTKERNELS_VERBOSE", "0") == "1",
+            )  # also loads the library
+            with open(os.path.join(build_dir, _DONE), "w") as f:
+                f.write(fp)
+            return so_path
+    torch.ops.load_library(so_path)
     return so_path
+
+
+def _built(build_dir: str, fp: str) -> bool:
+    try:
+        with open(os.path.join(build_dir, _DONE)) as f:
+            return f.read() == fp and os.path.isfile(os.path.join(build_dir, "ghostkernels_C.so"))
+    except OSError:
+        return False
+
+
+class _build_lock:
+    """An exclusive flock on the build directory's lock file for the duration (see _FLOCK)."""
+
+    def __init__(self, build_dir: str):
+        self.path = os.path.join(build_dir, _FLOCK)
+
+    def __enter__(self):
+        import fcntl
+
+        self.file = open(self.path, "a")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # closing releases the lock
 
 
 def load_library() -> str:
@@ -161,9 +208,9 @@ def load_library() -> str:
                 torch.ops.load_library(path)
             else:
                 path = _jit_build()  # cpp_extension.load also loads it
-            from . import _registration
+            from . import registration
 
-            _registration.register_all()
+            registration.register_all()
             _loaded_from = path
     return _loaded_from
 

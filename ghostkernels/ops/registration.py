@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_bottleneck_inputs, check_depthwise_inputs, check_ghost_inputs, output_memory_format
+from .layouts import CHAIN_STEPS, GhostBottleneckArgs
 from .reference import ACTS
+from .validation import check_bottleneck_inputs, check_depthwise_inputs, check_ghost_inputs, output_memory_format
 
 _registered = False
 
@@ -33,13 +34,12 @@ def _ghost_module_backward_fake(grad_out, x, w_primary, b_primary, w_cheap, b_ch
                              for t in (w_primary, b_primary, w_cheap, b_cheap))
 
 
-def _ghost_bottleneck_fake(x, g1w1, g1b1, g1w2, g1b2, mid_channels, act, dw_w, dw_b, stride, se_rw, se_rb, se_ew,
-                           se_eb, g2w1, g2b1, g2w2, g2b2, out_channels, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b):
-    ho, wo = check_bottleneck_inputs("ghostkernels::ghost_bottleneck", x, (g1w1, g1b1, g1w2, g1b2), mid_channels,
-                                     act, (dw_w, dw_b), stride, (se_rw, se_rb, se_ew, se_eb),
-                                     (g2w1, g2b1, g2w2, g2b2), out_channels, (sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b))
-    return torch.empty((x.shape[0], out_channels, ho, wo), dtype=x.dtype, device=x.device,
-                       memory_format=output_memory_format(x))
+def _ghost_bottleneck_fake(*args):
+    a = GhostBottleneckArgs(*args)
+    ho, wo = check_bottleneck_inputs("ghostkernels::ghost_bottleneck", a.x, a.ghost1, a.mid_channels, a.act, a.dw,
+                                     a.stride, a.se, a.ghost2, a.out_channels, a.shortcut)
+    return torch.empty((a.x.shape[0], a.out_channels, ho, wo), dtype=a.x.dtype, device=a.x.device,
+                       memory_format=output_memory_format(a.x))
 
 
 def _depthwise_conv2d_fake(x, w, b, stride, act):
@@ -73,25 +73,21 @@ def _linear_act_fake(x, w, b, act):
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
-# ghostkernels::chain's program encoding (csrc/ghost_module.cpp): per opcode its step, the integers after the opcode
-# and the tensors it takes; activations are coded by their index in ACTS. ghostkernels.frozen builds programs from it.
-_CHAIN_STEPS = {0: ("conv2d_act", 2, 2), 1: ("ghost_bottleneck", 4, 18), 2: ("mean_hw", 0, 0), 3: ("linear_act", 1, 2)}
-_BOTTLENECK_OPTIONAL = (4, 5, 6, 7, 8, 9, 14, 15, 16, 17)  # conv_dw, squeeze-excite, shortcut
-
-
 def _chain_fake(x, tensors, program):
-    """Walks the program with the steps' own fakes (the same shape checks), so the output shape is the chain's."""
+    """Walks the program with the steps' own fakes (the same shape checks), so the output shape is the chain's. The
+    structural checks and their messages are those of the C++ decoder (csrc/cpu, op_chain)."""
     op = "ghostkernels::chain"
     tensors, program = list(tensors), list(program)
     if not program:
         raise ValueError(f"{op}: the program is empty")
+    opcodes = ", ".join(f"{s.opcode} ({s.name})" for s in CHAIN_STEPS)
     y, pc, t, step = x, 0, 0, 0
     while pc < len(program):
         code = program[pc]
-        if code not in _CHAIN_STEPS:
-            raise ValueError(f"{op}: step {step} (program[{pc}]) has opcode {code}; expected 0 (conv2d_act), "
-                             f"1 (ghost_bottleneck), 2 (mean_hw) or 3 (linear_act)")
-        name, n_ints, n_tensors = _CHAIN_STEPS[code]
+        if not 0 <= code < len(CHAIN_STEPS):
+            raise ValueError(f"{op}: step {step} (program[{pc}]) has opcode {code}; expected one of {opcodes}")
+        layout = CHAIN_STEPS[code]
+        name, n_ints, n_tensors = layout.name, len(layout.ints), len(layout.tensors)
         ints, ts = program[pc + 1:pc + 1 + n_ints], tensors[t:t + n_tensors]
         if len(ints) < n_ints:
             raise ValueError(f"{op}: step {step} ({name}) needs {n_ints} integer(s) after its opcode; the program "
@@ -99,25 +95,26 @@ def _chain_fake(x, tensors, program):
         if len(ts) < n_tensors:
             raise ValueError(f"{op}: step {step} ({name}) needs {n_tensors} tensor(s); only {len(ts)} of "
                              f"{len(tensors)} are left")
-        for k, tensor in enumerate(ts):
-            if tensor is None and not (name == "ghost_bottleneck" and k in _BOTTLENECK_OPTIONAL):
+        for k, (field, tensor) in enumerate(zip(layout.tensors, ts)):
+            if tensor is None and field not in layout.optional:
                 raise ValueError(f"{op}: step {step} ({name}) tensor {k} (tensors[{t + k}]) is None where a tensor "
                                  f"is required")
-        acts = [ints[i] for i in {"conv2d_act": (1,), "ghost_bottleneck": (1,), "linear_act": (0,)}.get(name, ())]
-        if any(not 0 <= a < len(ACTS) for a in acts):
-            raise ValueError(f"{op}: step {step} ({name}) has activation code {acts[0]}")
+        named = dict(zip(layout.ints, ints))
+        if "act" in named:
+            if not 0 <= named["act"] < len(ACTS):
+                raise ValueError(f"{op}: step {step} ({name}) has activation code {named['act']}")
+            named["act"] = ACTS[named["act"]]
+        named.update(zip(layout.tensors, ts))
         if name == "conv2d_act":
-            y = _conv2d_act_fake(y, ts[0], ts[1], ints[0], ACTS[ints[1]])
+            y = _conv2d_act_fake(y, named["w"], named["b"], named["stride"], named["act"])
         elif name == "ghost_bottleneck":
-            mid, act, stride, out = ints[0], ACTS[ints[1]], ints[2], ints[3]
-            y = _ghost_bottleneck_fake(y, *ts[0:4], mid, act, *ts[4:6], stride, *ts[6:10], *ts[10:14], out,
-                                       *ts[14:18])
+            y = _ghost_bottleneck_fake(*GhostBottleneckArgs(x=y, **named))
         elif name == "mean_hw":
             if y.dim() != 4:
                 raise ValueError(f"mean_hw: x must be 4-D [N, C, H, W], got shape {tuple(y.shape)}")
             y = y.new_empty((y.shape[0], y.shape[1]))
         else:
-            y = _linear_act_fake(y, ts[0], ts[1], ACTS[ints[0]])
+            y = _linear_act_fake(y, named["w"], named["b"], named["act"])
         pc, t, step = pc + 1 + n_ints, t + n_tensors, step + 1
     if t != len(tensors):
         raise ValueError(f"{op}: the program's {step} steps take {t} tensors, but {len(tensors)} were given")
