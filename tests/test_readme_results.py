@@ -1,4 +1,5 @@
-"""The renderer of the README's results block (ghostkernels.bench.readme_table) on a small synthetic results dict."""
+"""The README's results block is rendered from the committed bench/results/*.json (ghostkernels.bench.readme_table):
+editing one without the other fails here. Then the renderer on a small synthetic results dict."""
 
 import pathlib
 
@@ -7,6 +8,19 @@ import pytest
 from ghostkernels.bench import readme_table, results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_readme_block_is_what_the_committed_json_gives():
+    readme = (ROOT / "README.md").read_text()
+    expected = readme_table.render_block(ROOT / "bench" / "results", ROOT)
+    assert readme_table.current_block(readme) == expected.strip(), (
+        "README.md's results block differs from bench/results/*.json: "
+        "run `python -m ghostkernels.bench.readme_table --write`")
+
+
+def test_check_command_agrees(capsys):
+    assert readme_table.main(["--check", "--readme", str(ROOT / "README.md"),
+                              "--results", str(ROOT / "bench" / "results")]) == 0
 
 
 # ------------------------------------------------------------------------------------------- synthetic results
