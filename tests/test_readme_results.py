@@ -149,3 +149,20 @@ def test_replace_block_and_check(tmp_path, synthetic):
     block = readme_table.current_block(readme.read_text())
     assert block.startswith("### Latest results: CPU (Test CPU")
     assert "(bench/results/cpu-test-2c.json)" in block
+
+
+def test_several_fused_providers_are_named(synthetic):
+    # A GPU file has fused-cuda and fused-triton: each gets its own rows and end-to-end columns.
+    for section in ("module_cases", "end_to_end"):
+        extra = [dict(r, provider=r["provider"].replace("fused-cpu", "fused-triton"))
+                 for r in synthetic[section] if r["provider"].startswith("fused-cpu")]
+        synthetic[section] = [dict(r, provider=r["provider"].replace("fused-cpu", "fused-cuda"))
+                              for r in synthetic[section]] + extra
+    synthetic["settings"]["end_to_end_providers"] = None
+    res = results.finalize(synthetic)
+    table = readme_table.module_table(res)
+    assert "| forward, float32, batch 1, fused-cuda |" in table
+    assert "| forward, float32, batch 1, fused-triton |" in table
+    e2e = readme_table.end_to_end_table(res).splitlines()[0]
+    assert "fuse(model, backend='cuda')" in e2e and "fuse(model, backend='triton') + freeze" in e2e
+    assert readme_table.render_results(res, "bench/results/x.json")

@@ -7,14 +7,14 @@
 The block is everything between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md: per results
 file (one per device), a conditions line, the Ghost-module table of one model (count-weighted geometric means from
 the file's ``summary``, as in ``table.summary_table``), the end-to-end table of that model and a few lines of
-figures read off the same records. Nothing here times anything or needs the op library; the full tables of a file
-are ``python -m ghostkernels.bench --markdown <file>`` (the ``<device>.md`` beside it).
+figures read off the same records. Nothing here times anything or calls an op (importing the package still loads
+the op library, unless GHOSTKERNELS_DEFER_LOAD=1); the full tables of a file are
+``python -m ghostkernels.bench --markdown <file>`` (the ``<device>.md`` beside it).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import sys
 from collections import defaultdict
@@ -207,11 +207,6 @@ def end_to_end_table(results: dict, model: str = MODEL) -> str | None:
     return render([title] + [provider_name(p, backends) for p in providers], rows, markdown=True)
 
 
-def _weighted_geomean(pairs: list[tuple[float, int]]) -> float | None:
-    total = sum(w for _, w in pairs)
-    return math.exp(sum(w * math.log(v) for v, w in pairs) / total) if total else None
-
-
 def dtype_ratios(results: dict, model: str = MODEL, fast: str = "bfloat16", base: str = "float32") -> list[str]:
     """Per (mode, batch, fused provider): the fused provider's `fast` against its `base` timings of the same shapes,
     as a geometric mean weighted by the model's use of each shape (the summaries' weighting), and how many of the
@@ -234,7 +229,7 @@ def dtype_ratios(results: dict, model: str = MODEL, fast: str = "bfloat16", base
             continue
         faster = sum(1 for v, _ in pairs if v > 1.0)
         what = "forward" if mode == "forward" else "forward+backward"
-        out.append(f"{what} {_x(_weighted_geomean(pairs))} at batch {batch} (faster on {faster} of {len(pairs)} "
+        out.append(f"{what} {_x(results_mod._geomean(pairs))} at batch {batch} (faster on {faster} of {len(pairs)} "
                    "shapes)")
     return out
 
@@ -243,95 +238,117 @@ def _joined(records: list[dict], field: str, spec: str) -> str:
     return " / ".join(format(r[field], spec) for r in records)
 
 
-def _e2e_by(results: dict) -> dict[tuple, dict]:
-    return {(r["model"], r["dtype"], r["memory_format"], r["batch"], r["provider"]): r
-            for r in results["end_to_end"] if "median_ms" in r}
+class _EndToEnd:
+    """The end-to-end records of a file with one fused backend, looked up by (model, dtype, batch, provider)
+    (NCHW only: the CPU's end-to-end format)."""
+
+    def __init__(self, results: dict, backend: str):
+        self.by = {(r["model"], r["dtype"], r["batch"], r["provider"]): r for r in results["end_to_end"]
+                   if "median_ms" in r and r["memory_format"] == "nchw"}
+        self.fused, self.frozen = f"fused-{backend}", f"fused-{backend}-frozen"
+        self.models = sorted({k[0] for k in self.by})
+
+    def get(self, model: str, dtype: str, batch: int, provider: str) -> dict | None:
+        return self.by.get((model, dtype, batch, provider))
+
+    def batches(self, model: str | None, dtype: str) -> list[int]:
+        return sorted({k[2] for k in self.by if (model is None or k[0] == model) and k[1] == dtype})
+
+
+def _against_eager_and_ort(e2e: _EndToEnd, model: str) -> str | None:
+    """fuse(model) against eager, and fuse + freeze against ONNX Runtime, per batch (float32)."""
+    vs_eager, vs_ort = [], []
+    for batch in e2e.batches(model, "float32"):
+        fused, frozen = e2e.get(model, "float32", batch, e2e.fused), e2e.get(model, "float32", batch, e2e.frozen)
+        eager, ort = e2e.get(model, "float32", batch, "eager"), e2e.get(model, "float32", batch, "onnxruntime")
+        if fused and eager:
+            vs_eager.append(f"{eager['median_ms'] / fused['median_ms']:.1f}x at batch {batch}")
+        if frozen and ort:
+            notes = []
+            if batch == 1:
+                notes.append(f"{frozen['median_ms']:.2f} against {ort['median_ms']:.2f} ms, p20-p80 "
+                             f"{frozen['p20_ms']:.2f}-{frozen['p80_ms']:.2f} against "
+                             f"{ort['p20_ms']:.2f}-{ort['p80_ms']:.2f}")
+            if fused:
+                notes.append(f"fuse(model) alone {_x(ort['median_ms'] / fused['median_ms'])}")
+            vs_ort.append(f"{_x(ort['median_ms'] / frozen['median_ms'])} at batch {batch}"
+                          + (f" ({'; '.join(notes)})" if notes else ""))
+    if not (vs_eager or vs_ort):
+        return None
+    line = f"- {model_name(model)}, float32: fuse(model) against eager {', '.join(vs_eager)}"
+    if vs_ort:
+        line += f"; fuse(model) + freeze against ONNX Runtime {', '.join(vs_ort)}"
+    return line + "."
+
+
+def _other_width(e2e: _EndToEnd, model: str) -> str | None:
+    """fuse(model), + freeze and ONNX Runtime for a model outside the tables (float32)."""
+    parts = []
+    for batch in e2e.batches(model, "float32"):
+        cells = [(name, e2e.get(model, "float32", batch, p)) for name, p in
+                 (("fuse(model)", e2e.fused), ("+ freeze", e2e.frozen), ("ONNX Runtime", "onnxruntime"))]
+        cells = [(name, r) for name, r in cells if r]
+        if batch == 1:
+            parts.append("batch 1 " + ", ".join(f"{name} {r['median_ms']:.2f}" for name, r in cells) + " ms")
+        else:
+            parts.append(f"batch {batch} " + ", ".join(f"{name} {r['images_per_s']:.0f}" for name, r in cells)
+                         + " images/s")
+    return f"- {model_name(model)}, float32: " + "; ".join(parts) + "." if parts else None
+
+
+def _bfloat16_frozen(e2e: _EndToEnd) -> str | None:
+    """fuse + freeze in bfloat16 against float32, every width side by side."""
+    per_batch = []
+    for batch in e2e.batches(None, "bfloat16"):
+        bf = [e2e.get(m, "bfloat16", batch, e2e.frozen) for m in e2e.models]
+        fp = [e2e.get(m, "float32", batch, e2e.frozen) for m in e2e.models]
+        if not all(bf) or not all(fp):
+            continue
+        if batch == 1:
+            per_batch.append(f"batch 1 {_joined(bf, 'median_ms', '.2f')} ms "
+                             f"(float32 {_joined(fp, 'median_ms', '.2f')})")
+        else:
+            per_batch.append(f"batch {batch} {_joined(bf, 'images_per_s', '.0f')} images/s "
+                             f"(float32 {_joined(fp, 'images_per_s', '.0f')})")
+    if not per_batch:
+        return None
+    widths = " / ".join(model_name(m).removeprefix("GhostNet ") for m in e2e.models)
+    return f"- bfloat16, fuse(model) + freeze ({widths}): " + ", ".join(per_batch) + "."
+
+
+def _training_memory(results: dict, model: str) -> list[str]:
+    mem = [r for r in results["training_memory"] if r["model"] == model and r["dtype"] == "float32"
+           and "peak_bytes" in r]
+    eager = {r["batch"]: r for r in mem if r["provider"] == "eager"}
+    lines = []
+    for r in mem:
+        e = eager.get(r["batch"])
+        if r["provider"].startswith("fused-") and e:
+            ratio = r["saved_bytes_ghost"] / e["saved_bytes_ghost"]
+            lines.append(
+                f"- Training memory ({model_name(model)}, float32, batch {r['batch']}, one forward+backward): saved "
+                f"for backward inside the Ghost modules {e['saved_bytes_ghost'] / MIB:.0f} MiB eager, "
+                f"{r['saved_bytes_ghost'] / MIB:.0f} MiB fused ({ratio:.2f}x); "
+                f"peak of the step {e['peak_bytes'] / MIB:.0f} and {r['peak_bytes'] / MIB:.0f} MiB.")
+    return lines
 
 
 def figure_lines(results: dict, model: str = MODEL) -> list[str]:
     """The figures the tables leave out, as markdown list items: dtype ratios of the fused Ghost modules, fused
-    against eager and ONNX Runtime end to end, the other widths, bfloat16 end to end, training memory."""
+    against eager and ONNX Runtime end to end, the other widths, bfloat16 end to end, training memory. The
+    end-to-end lines need a file with one fused backend (a CPU file)."""
     lines = []
     ratios = dtype_ratios(results, model)
     if ratios:
         lines.append(f"- bfloat16 against float32, fused Ghost modules of {model_name(model)}: " + ", ".join(ratios)
                      + ".")
-    by = _e2e_by(results)
-    backends = _fused_backends(p for *_, p in by)
+    backends = _fused_backends(r["provider"] for r in results["end_to_end"])
     if len(backends) == 1:
-        b = backends[0]
-        fused, frozen = f"fused-{b}", f"fused-{b}-frozen"
-        batches = sorted({k[3] for k in by if k[0] == model and k[1:3] == ("float32", "nchw")})
-
-        def ms(m, dtype, batch, p):
-            return by.get((m, dtype, "nchw", batch, p))
-
-        vs_eager = []
-        for batch in batches:
-            f, e = ms(model, "float32", batch, fused), ms(model, "float32", batch, "eager")
-            if f and e:
-                vs_eager.append(f"{e['median_ms'] / f['median_ms']:.1f}x at batch {batch}")
-        vs_ort = []
-        for batch in batches:
-            z, o, f = (ms(model, "float32", batch, frozen), ms(model, "float32", batch, "onnxruntime"),
-                       ms(model, "float32", batch, fused))
-            if not (z and o):
-                continue
-            notes = []
-            if batch == 1:
-                notes.append(f"{z['median_ms']:.2f} against {o['median_ms']:.2f} ms, p20-p80 "
-                             f"{z['p20_ms']:.2f}-{z['p80_ms']:.2f} against {o['p20_ms']:.2f}-{o['p80_ms']:.2f}")
-            if f:
-                notes.append(f"fuse(model) alone {_x(o['median_ms'] / f['median_ms'])}")
-            vs_ort.append(f"{_x(o['median_ms'] / z['median_ms'])} at batch {batch}"
-                          + (f" ({'; '.join(notes)})" if notes else ""))
-        if vs_eager or vs_ort:
-            line = f"- {model_name(model)}, float32: fuse(model) against eager {', '.join(vs_eager)}"
-            if vs_ort:
-                line += f"; fuse(model) + freeze against ONNX Runtime {', '.join(vs_ort)}"
-            lines.append(line + ".")
-        others = sorted({k[0] for k in by if k[0] != model})
-        for m in others:
-            parts = []
-            for batch in sorted({k[3] for k in by if k[0] == m and k[1:3] == ("float32", "nchw")}):
-                cells = [(name, ms(m, "float32", batch, p)) for name, p in
-                         (("fuse(model)", fused), ("+ freeze", frozen), ("ONNX Runtime", "onnxruntime"))]
-                cells = [(name, r) for name, r in cells if r]
-                if batch == 1:
-                    parts.append("batch 1 " + ", ".join(f"{name} {r['median_ms']:.2f}" for name, r in cells) + " ms")
-                else:
-                    parts.append(f"batch {batch} " + ", ".join(f"{name} {r['images_per_s']:.0f}" for name, r in cells)
-                                 + " images/s")
-            if parts:
-                lines.append(f"- {model_name(m)}, float32: " + "; ".join(parts) + ".")
-        models = sorted({k[0] for k in by})
-        per_batch = []
-        for batch in sorted({k[3] for k in by if k[1] == "bfloat16"}):
-            bf = [ms(m, "bfloat16", batch, frozen) for m in models]
-            fp = [ms(m, "float32", batch, frozen) for m in models]
-            if not all(bf) or not all(fp):
-                continue
-            if batch == 1:
-                per_batch.append(f"batch 1 {_joined(bf, 'median_ms', '.2f')} ms "
-                                 f"(float32 {_joined(fp, 'median_ms', '.2f')})")
-            else:
-                per_batch.append(f"batch {batch} {_joined(bf, 'images_per_s', '.0f')} images/s "
-                                 f"(float32 {_joined(fp, 'images_per_s', '.0f')})")
-        if per_batch:
-            widths = " / ".join(model_name(m).removeprefix("GhostNet ") for m in models)
-            lines.append(f"- bfloat16, fuse(model) + freeze ({widths}): " + ", ".join(per_batch) + ".")
-    mem = [r for r in results["training_memory"] if r["model"] == model and r["dtype"] == "float32"
-           and "peak_bytes" in r]
-    eager = {r["batch"]: r for r in mem if r["provider"] == "eager"}
-    for r in mem:
-        e = eager.get(r["batch"])
-        if r["provider"].startswith("fused-") and e:
-            lines.append(
-                f"- Training memory ({model_name(model)}, float32, batch {r['batch']}, one forward+backward): saved "
-                f"for backward inside the Ghost modules {e['saved_bytes_ghost'] / MIB:.0f} MiB eager, "
-                f"{r['saved_bytes_ghost'] / MIB:.0f} MiB fused ({r['saved_bytes_ghost'] / e['saved_bytes_ghost']:.2f}x); "
-                f"peak of the step {e['peak_bytes'] / MIB:.0f} and {r['peak_bytes'] / MIB:.0f} MiB.")
-    return lines
+        e2e = _EndToEnd(results, backends[0])
+        lines += [line for line in (_against_eager_and_ort(e2e, model),
+                                    *(_other_width(e2e, m) for m in e2e.models if m != model),
+                                    _bfloat16_frozen(e2e)) if line]
+    return lines + _training_memory(results, model)
 
 
 def render_results(results: dict, path: str, model: str = MODEL) -> str:
