@@ -31,3 +31,43 @@ def test_readme_never_installs_an_unpinned_torch():
             assert "torch" not in args, f"unpinned torch install in the README: {m.group(0)!r}"
             if any(a.startswith("torch==") for a in args):
                 assert 'python -c "import torch" 2>/dev/null ||' in cmd, "torch is installed only when missing"
+
+
+def _documents() -> list[pathlib.Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _links(text: str) -> list[str]:
+    # Inline markdown links and images, [text](target) / ![alt](target), outside code blocks and code spans.
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [m.group(1).split()[0] for m in re.finditer(r"\]\(([^)\s]+(?:\s+\"[^\"]*\")?)\)", text)]
+
+
+def test_docs_exist():
+    assert (ROOT / "docs").is_dir() and len(_documents()) > 1
+
+
+def test_no_link_points_outside_the_repository():
+    # Relative links stay inside the checkout (nothing like ../shared/...), and nothing names an absolute path.
+    for doc in _documents():
+        text = doc.read_text()
+        for target in _links(text):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL or an anchor in the same file
+            path = target.split("#", 1)[0]
+            assert not path.startswith("/"), f"{doc.name}: absolute path {target!r}"
+            resolved = (doc.parent / path).resolve()
+            assert resolved.is_relative_to(ROOT), f"{doc.name}: {target!r} points outside the repository"
+        for m in re.finditer(r"(?<![\w./])(?:\.\./)+[\w.-]+[\w./-]*", text):
+            resolved = (doc.parent / m.group(0)).resolve()
+            assert resolved.is_relative_to(ROOT), f"{doc.name}: {m.group(0)!r} points outside the repository"
+
+
+def test_every_relative_link_resolves():
+    for doc in _documents():
+        for target in _links(doc.read_text()):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue
+            path = (doc.parent / target.split("#", 1)[0]).resolve()
+            assert path.exists(), f"{doc.relative_to(ROOT)}: link {target!r} does not resolve ({path})"
