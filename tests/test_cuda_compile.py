@@ -8,8 +8,10 @@
    block's threads as fibers, barriers and warp shuffles emulated, shared memory pre-filled with NaN), and the
    results are compared with the float64 eager reference. This checks tiling, halos, image borders, channel chunks,
    the output slice, both memory layouts, both vector and element-wise load paths, every activation, k in
-   {1, 3, 5, 7}, ratio > 2, the persistent backward grid and its partial sums, and -- by running the threads of each
-   block in ascending and in descending order -- missing barriers. It cannot check what only a GPU shows
+   {1, 3, 5, 7}, ratio > 2, the persistent backward grid and its partial sums, the 16-byte-vector NHWC epilogues
+   (NHWCVec: channel groups with 4-channel edges, slices inside either half, tiny images, an empty batch) next to
+   the one-element NHWC fallback, the layout each call is given, and -- by running the threads of each block in
+   ascending and in descending order -- missing barriers. It cannot check what only a GPU shows
    (asynchronous copies, the real tensor-core fragment layouts, timing); that is bench/gpu/run_gpu_session.sh's job.
 
 Each part is skipped, with the reason, only where its tool is missing (nvcc, a C++ compiler, the CUDA headers).
@@ -157,11 +159,25 @@ def _run_emulator(exe, tmp_path, backward, dtype, tf32, channels_last, act, inpu
     cmd = [exe, str(fin), str(fout)] + (["--reverse"] if reverse else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"emulator failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+    layouts = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("layout ")]
+    want = _expected_layout(dtype, channels_last, m, oc, init)
+    assert layouts == [want], f"the launcher chose layout {layouts}, expected {want} ({_LAYOUT_NAMES[want]})"
     data = torch.from_numpy(np.fromfile(fout, dtype="<f4").copy())
     if not backward:
         return data.reshape(n, oc, h, w)
     split = n * init * h * w
     return data[:split].reshape(n, init, h, w), data[split:].reshape(init * m, k * k + 1)
+
+
+_LAYOUT_NAMES = {"0": "NCHW", "1": "NHWC, one element per access", "2": "NHWCVec, 16-byte vectors"}
+
+
+def _expected_layout(dtype, channels_last, m, oc, init) -> str:
+    """The rule of csrc/cuda/ghost_cuda_plan.cu choose_layout (the emulator's buffers are 16-byte aligned)."""
+    if not channels_last:
+        return "0"
+    vec = 16 // torch.empty((), dtype=dtype).element_size()
+    return "2" if m == 1 and oc % vec == 0 and init % 4 == 0 else "1"
 
 
 def _reference_backward(inputs, oc, act, grad_out):
@@ -195,6 +211,23 @@ _CASES = {
     "f16-nhwc-7x7-deep-pipeline": (3, 200, 7, 7, 40, 2, 3, 80, "relu", torch.float16, False, True, 2, True),
     "f32-nchw-7x7-deep-pipeline": (2, 150, 7, 7, 20, 2, 3, 40, "silu", torch.float32, False, False, 2, False),
     "tf32-nhwc-identity": (1, 40, 14, 14, 36, 2, 3, 70, "identity", torch.float32, True, True, 3, True),
+    # NHWCVec (ratio 2, out_channels % 8 == 0, init % 4 == 0): 16-byte vectors of channels per thread.
+    "f16-vec-tiles-halo": (2, 16, 20, 19, 16, 2, 3, 32, "relu", torch.float16, False, True, 3, False),
+    "f16-vec-tiles-halo-reversed": (2, 16, 20, 19, 16, 2, 3, 32, "relu", torch.float16, False, True, 3, True),
+    # init % 8 == 4: 4-channel groups at the chunk edges (8-byte accesses), grad_z1 pixels 8-byte aligned only
+    "f16-vec-quads-two-chunks": (1, 24, 13, 17, 36, 2, 3, 72, "silu", torch.float16, False, True, 2, True),
+    # a slice inside the cheap half (12 of 20 cheap channels kept), k = 5 on the run-time-k instantiation
+    "bf16-vec-k5-cheap-slice": (1, 8, 11, 9, 20, 2, 5, 32, "hardswish", torch.bfloat16, False, True, 2, False),
+    # out_channels < init: the primary half only (no cheap pass), k = 7
+    "f16-vec-k7-primary-only": (1, 16, 9, 12, 40, 2, 7, 24, "relu6", torch.float16, False, True, 2, True),
+    "f32-vec-k1": (2, 12, 5, 7, 12, 2, 1, 24, "identity", torch.float32, False, True, 2, False),
+    "tf32-vec-two-chunks": (1, 40, 10, 11, 36, 2, 3, 72, "relu", torch.float32, True, True, 2, True),
+    # images smaller than the window and the kVX pixels a thread computes
+    "f16-vec-1x1-image": (2, 8, 1, 1, 8, 2, 3, 16, "relu6", torch.float16, False, True, 2, False),
+    "f16-vec-2x3-image-k5": (1, 8, 2, 3, 12, 2, 5, 24, "silu", torch.float16, False, True, 1, True),
+    "f16-vec-empty-batch": (0, 8, 6, 5, 8, 2, 3, 16, "relu", torch.float16, False, True, 1, False),
+    # ratio 3 keeps the one-element NHWC path even with vector-friendly channel counts
+    "f16-nhwc-ratio3-fallback": (1, 16, 9, 10, 8, 3, 3, 24, "hardswish", torch.float16, False, True, 2, False),
 }
 _LIMIT = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 _TF32_LIMIT = 3e-3

@@ -293,3 +293,73 @@ def test_kernels_compile_for_sm90_without_a_gpu():
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("ok   sm_90") == 4, proc.stdout
+
+
+# --- precision, vector hints, autotune switch -------------------------------------------------------------------
+
+def test_autotune_switch_one_config(monkeypatch):
+    """GHOSTKERNELS_TRITON_AUTOTUNE=one leaves one GPU configuration; "all" (the default) the whole sweep; anything
+    else is a clear error."""
+    import triton
+
+    monkeypatch.setattr(configs, "interpreting", lambda: False)
+    monkeypatch.delenv(configs.AUTOTUNE_ENV, raising=False)
+    assert len(configs.autotune_configs(triton)) == len(configs._GPU_SWEEP)
+    monkeypatch.setenv(configs.AUTOTUNE_ENV, "one")
+    (cfg,) = configs.autotune_configs(triton)
+    assert (cfg.kwargs["BLOCK_C"], cfg.num_warps, cfg.num_stages) == (32, 4, 2)
+    monkeypatch.setenv(configs.AUTOTUNE_ENV, "fast")
+    with pytest.raises(ValueError, match="GHOSTKERNELS_TRITON_AUTOTUNE"):
+        configs.autotune_configs(triton)
+
+
+def test_fp32_dot_precision_follows_torch_conv_setting():
+    """TF32 exactly when torch lets cuDNN convolutions use it (legacy flag and the per-op setting alike); 16-bit
+    inputs always take the tensor-core default."""
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        assert configs.dot_precision(torch.float32) == "tf32"
+        torch.backends.cudnn.allow_tf32 = False
+        assert configs.dot_precision(torch.float32) == "ieee"
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = "tf32"
+            assert configs.dot_precision(torch.float32) == "tf32"
+            conv.fp32_precision = "ieee"
+            assert configs.dot_precision(torch.float32) == "ieee"
+        assert configs.dot_precision(torch.float16) == "tf32"
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved  # the legacy setter resets conv and rnn together
+
+
+def test_channel_vector_hint_only_when_true():
+    assert configs.channel_vector(16, 32, 8) == 8
+    assert configs.channel_vector(16, 36) == 1
+
+
+@pytest.mark.parametrize("layout,vec", [("channels_last", 8), ("contiguous", 1)])
+def test_vector_hinted_and_tf32_launch_computes_the_same(layout, vec, seed):
+    """Channel counts that are multiples of 8 in channels_last get VEC = 8 (the offsets' multiple_of hints), and
+    with TF32 allowed float32 launches with DOT_PRECISION="tf32"; the results stay those of the reference (the
+    interpreter computes a tf32 dot in float32, so the float32 tolerance holds there; TF32 itself is checked on the
+    GPU by bench/gpu/check_triton_kernels.py)."""
+    from ghostkernels.triton import backward_kernels, forward_kernels
+
+    case = gt.GhostCase(n=1, c=8, h=6, w=7, init=8, ratio=2, k=3, out_channels=16, act="relu6", layout=layout)
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        inputs = gt.make_inputs(case, torch.float32, DEVICE, seed, requires_grad=True)
+        fmt = gt.expected_memory_format(inputs[0])
+        out = torch.empty((1, 16, 6, 7), memory_format=fmt)
+        consts = forward_kernels.forward_launch_plan(*[t.detach() for t in inputs], out, 16, 2)[2]
+        assert consts["VEC"] == vec and consts["DOT_PRECISION"] == "tf32"
+        grad_out = gt.make_grad_out(case, torch.float32, DEVICE, seed)
+        bconsts = backward_kernels.backward_launch_plan(grad_out.contiguous(memory_format=fmt),
+                                                        *[t.detach() for t in inputs], 16, 2, fmt)[2]
+        assert bconsts["VEC"] == vec and bconsts["DOT_PRECISION"] == "tf32"
+        if DEVICE.type == "cpu":
+            check_kernels(case, torch.float32, seed)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved

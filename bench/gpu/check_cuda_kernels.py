@@ -1,8 +1,9 @@
 """Correctness of the CUDA backend on a GPU, fast enough to run first in a GPU session (about a minute on an H100).
 
-  python3 bench/gpu/check_cuda_kernels.py [--json PATH] [--cases N]
+  python3 bench/gpu/check_cuda_kernels.py [--json PATH] [--cases N] [--checks grid,sweep,...]
 
 Checks, each against float64 eager math on the GPU (ghostkernels.ops.reference) with TF32 off unless stated:
+  grid      every dtype x layout x activation x k once (vector and one-element NHWC shapes alternating);
   sweep     random shapes over every dtype (float32/float16/bfloat16), layout (NCHW/channels_last), activation,
             k in {1,3,5,7}, ratio 2..4, out_channels slice, channel counts 1..120, images 1x1..45x45: forward
             output and all five gradients (relative Frobenius error), outputs poisoned with NaN first
@@ -115,6 +116,29 @@ def check_sweep(count, rng):
     detail = ", ".join(f"{k} worst fwd {v[0]:.1e} bwd {v[1]:.1e}" for k, v in worst.items())
     return not failures, f"{count} random cases; {detail}" + ("".join("\n    FAIL " + f for f in failures[:10])
                                                            if failures else "")
+
+
+def check_grid():
+    """Every dtype x layout x activation x k once, forward and all gradients. channels_last alternates between a
+    shape of the 16-byte-vector epilogues (ratio 2, out_channels % 8 == 0, init % 4 == 0; init % 8 == 4 on odd
+    cases, which gives 4-channel edge groups) and one of the one-element fallback (odd channel counts, ratio 3)."""
+    failures, count = [], 0
+    for di, dtype in enumerate(DTYPES):
+        for cl in (False, True):
+            for ai, act in enumerate(ACTS):
+                for k in (1, 3, 5, 7):
+                    seed = 1000 + 97 * di + 31 * ai + k + (500 if cl else 0)
+                    if (ai + k) % 2 == 0:  # vector-friendly: init 12 or 20 -> 24 or 40 outputs, some sliced off
+                        init, ratio, oc, c = (12, 2, 24, 16) if k % 4 == 1 else (20, 2, 32, 24)
+                    else:
+                        init, ratio, oc, c = (7, 3, 19, 13)
+                    inputs = make_inputs(2, c, 13, 11, init, ratio, k, dtype, cl, torch.Generator().manual_seed(seed))
+                    ok, ef, eb = compare(inputs, oc, act, LIMIT[dtype], seed)
+                    count += 1
+                    if not ok:
+                        failures.append(f"{str(dtype).removeprefix('torch.')} cl={cl} act={act} k={k} init={init} "
+                                        f"ratio={ratio} oc={oc}: fwd {ef:.2e} bwd {eb:.2e}")
+    return not failures, f"{count} cases" + "".join("\n    FAIL " + f for f in failures[:20])
 
 
 def check_ghostnet():
@@ -250,6 +274,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--cases", type=int, default=90, help="random cases of the sweep")
+    ap.add_argument("--checks", default=None, help="comma list of the checks to run (default: all)")
     args = ap.parse_args()
     print(f"ghostkernels {ghostkernels.__version__}, library {ghostkernels.load_library()}, torch {torch.__version__}, "
           f"{torch.cuda.get_device_name()}", flush=True)
@@ -261,9 +286,15 @@ def main() -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True  # at::empty -> NaN: unwritten outputs show
     rng = random.Random(1234)
-    checks = [("sweep", lambda: check_sweep(args.cases, rng)), ("ghostnet", check_ghostnet), ("tf32", check_tf32),
-              ("empty", check_empty), ("strided", check_strided), ("graph", check_graph),
+    checks = [("sweep", lambda: check_sweep(args.cases, rng)), ("grid", check_grid), ("ghostnet", check_ghostnet),
+              ("tf32", check_tf32), ("empty", check_empty), ("strided", check_strided), ("graph", check_graph),
               ("compile", check_compile), ("opcheck", check_opcheck), ("errors", check_errors)]
+    if args.checks:
+        wanted = [c.strip() for c in args.checks.split(",") if c.strip()]
+        unknown = sorted(set(wanted) - {name for name, _ in checks})
+        if unknown:
+            ap.error(f"unknown checks {unknown}; known: {', '.join(name for name, _ in checks)}")
+        checks = [(name, fn) for name, fn in checks if name in wanted]
     results = {}
     for name, fn in checks:
         t0 = time.perf_counter()

@@ -1,32 +1,13 @@
-// Launchers of the fused backward kernel (ghost_backward_kernel.cuh): tiling plan, persistent-grid size, launch.
+// Launchers of the fused backward kernel (ghost_backward_kernel.cuh): tiling plan, persistent-grid size, launch. The
+// kernel instantiations live in ghost_backward_{f16,bf16,f32,tf32}.cu.
 #include "ghost_cuda.h"
-#include "ghost_backward_kernel.cuh"
+#include "ghost_cuda_kernels.h"
 #include "ghost_cuda_plan.h"
 
 #include <climits>
 
 namespace ghostkernels {
 namespace cuda {
-namespace {
-
-using BackwardKernel = void (*)(const KernelParams);
-
-template <typename T, bool kTF32>
-BackwardKernel pick_k(int K) {
-  return K == 3 ? ghost_backward_kernel<T, kTF32, 3> : ghost_backward_kernel<T, kTF32, 0>;
-}
-
-BackwardKernel pick_kernel(const GhostShape& s) {
-  switch (s.dtype) {
-    case DType::Float16: return pick_k<__half, false>(int(s.K));
-    case DType::BFloat16: return pick_k<__nv_bfloat16, false>(int(s.K));
-    case DType::Float32:
-    default:
-      return s.fp32_math == Fp32Math::TF32 ? pick_k<float, true>(int(s.K)) : pick_k<float, false>(int(s.K));
-  }
-}
-
-}  // namespace
 
 int64_t backward_partial_groups(const GhostShape& s) {
   const Plan pl = plan_backward(s);
@@ -34,7 +15,11 @@ int64_t backward_partial_groups(const GhostShape& s) {
   const long long items = s.N * pl.g.ntiles();
   if (items == 0) return 0;
   // One resident wave: as many blocks as fit on the device at once, split among the chunks.
-  const int per_sm = resident_blocks_per_sm(reinterpret_cast<const void*>(pick_kernel(s)), s.device, pl.L.total);
+  // The pointers (and so the NHWCVec choice) are not known yet; the scalar instantiation of the same layout family
+  // has the same launch bounds and shared memory, which are what limit the blocks per SM here.
+  const Layout L = s.channels_last ? Layout::NHWC : Layout::NCHW;
+  const int per_sm =
+      resident_blocks_per_sm(reinterpret_cast<const void*>(pick_kernel(true, s, L)), s.device, pl.L.total);
   const long long resident = (long long)per_sm * device_info(s.device).sm_count;
   long long groups = resident / pl.g.chunks;
   if (groups < 1) groups = 1;
@@ -52,10 +37,12 @@ cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   P.grad_z1 = a.grad_z1;
   P.partials = a.partials;
   P.groups = a.groups;
+  P.layout = choose_layout(s, a.grad_out, a.grad_z1);
+  P.gz1_vec = P.layout == Layout::NHWCVec && s.I % (s.dtype == DType::Float32 ? 4 : 8) == 0;
   const long long blocks = (long long)pl.g.chunks * a.groups;
   if (P.items == 0) return cudaSuccess;
   if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
-  const BackwardKernel k = pick_kernel(s);
+  const KernelFn k = pick_kernel(/*backward=*/true, s, P.layout);
   const cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(k), s.device, pl.L.total);
   if (e != cudaSuccess) return e;
   k<<<unsigned(blocks), kThreads, pl.L.total, stream>>>(P);

@@ -67,7 +67,7 @@ __device__ __forceinline__ void copy_elem(T* dst, const T* src, bool valid) {
 }
 
 // Copies input-channel slice [k0, k0 + kc) of W1's chunk rows and of x's rect pixels into stage buffers As, Bs.
-template <typename T>
+template <typename T, bool kCL>
 __device__ __forceinline__ void load_stage(const KernelParams& P, const long long* pix, T* As, T* Bs, int k0, long long n,
                                            int c0) {
   constexpr int ES = sizeof(T), KC = ES == 4 ? 16 : 32, VEC = 16 / ES, LD = KC + VEC;
@@ -92,7 +92,7 @@ __device__ __forceinline__ void load_stage(const KernelParams& P, const long lon
     }
   }
   const int cols = P.L.cols;
-  if (P.cl) {
+  if constexpr (kCL) {
     if (P.vec_x) {  // a pixel's kc channels are 64 contiguous bytes: KC / VEC 16-byte copies
 #pragma unroll 1
       for (int e = threadIdx.x; e < cols * (KC / VEC); e += kThreads) {
@@ -219,8 +219,9 @@ __device__ __forceinline__ void ffma_stage(const float* As, const float* Bs, int
 
 // Z(i, q) index: NCHW keeps Z[i][q] (a warp's consecutive pixels -> consecutive banks), NHWC keeps Z[q][i]
 // (a warp's consecutive channels -> consecutive banks), matching how each layout's epilogue walks it.
+template <bool kCL>
 __device__ __forceinline__ int z_index(const KernelParams& P, int i, int q) {
-  return P.cl ? q * P.L.ldz + i : i * P.L.ldz + q;
+  return kCL ? q * P.L.ldz + i : i * P.L.ldz + q;
 }
 
 // cp.async.wait_group takes an immediate; the pipeline depth is a run-time choice of the planner (2..4 stages).
@@ -237,7 +238,7 @@ __device__ __forceinline__ void cp_async_wait_pending(int pending) {
 // consumed, one barrier per slice. Commit group g always holds slice g (empty groups keep the count when the loop
 // runs out of slices), so waiting until at most S - 2 groups are pending means slice kc has landed. The barrier
 // then also guarantees every warp finished slice kc - 1, whose stage the next copy reuses.
-template <typename T, typename Consume>
+template <typename T, bool kCL, typename Consume>
 __device__ __forceinline__ void k_loop(const KernelParams& P, const long long* pix, unsigned char* smem, long long n,
                                        int c0, Consume consume) {
   constexpr int ES = sizeof(T), KC = ES == 4 ? 16 : 32;
@@ -249,14 +250,14 @@ __device__ __forceinline__ void k_loop(const KernelParams& P, const long long* p
   const int S = P.L.stages;
   const int nk = (P.C + KC - 1) / KC;
   for (int s = 0; s < S - 1; ++s) {
-    if (s < nk) load_stage<T>(P, pix, A0 + s * a_step, B0 + s * b_step, s * KC, n, c0);
+    if (s < nk) load_stage<T, kCL>(P, pix, A0 + s * a_step, B0 + s * b_step, s * KC, n, c0);
     cp_async_commit();
   }
   for (int kc = 0; kc < nk; ++kc) {
     cp_async_wait_pending(S - 2);
     __syncthreads();
     const int nxt = kc + S - 1, nb = nxt % S, cb = kc % S;
-    if (nxt < nk) load_stage<T>(P, pix, A0 + nb * a_step, B0 + nb * b_step, nxt * KC, n, c0);
+    if (nxt < nk) load_stage<T, kCL>(P, pix, A0 + nb * a_step, B0 + nb * b_step, nxt * KC, n, c0);
     cp_async_commit();
     consume(A0 + cb * a_step, B0 + cb * b_step);
   }
@@ -266,7 +267,7 @@ __device__ __forceinline__ void k_loop(const KernelParams& P, const long long* p
 
 // Runs the whole K loop and leaves z1 (without bias) in Z. Ends with a barrier after Z is written. Callers must
 // have built the pixel table and put a barrier after it. kTF32 only matters for T = float.
-template <typename T, bool kTF32>
+template <typename T, bool kTF32, bool kCL>
 __device__ void gemm_rect(const KernelParams& P, unsigned char* smem, long long n, int c0) {
   namespace wmma = nvcuda::wmma;
   constexpr bool kTensorCores = sizeof(T) == 2 || kTF32;
@@ -282,14 +283,14 @@ __device__ void gemm_rect(const KernelParams& P, unsigned char* smem, long long 
       wmma::fill_fragment(acc[r][0], 0.f);
       wmma::fill_fragment(acc[r][1], 0.f);
     }
-    k_loop<T>(P, pix, smem, n, c0, [&](const T* As, const T* Bs) { mma_stage<T>(As, Bs, col_tiles, acc); });
-    const auto layout = P.cl ? wmma::mem_col_major : wmma::mem_row_major;
+    k_loop<T, kCL>(P, pix, smem, n, c0, [&](const T* As, const T* Bs) { mma_stage<T>(As, Bs, col_tiles, acc); });
+    const auto layout = kCL ? wmma::mem_col_major : wmma::mem_row_major;
 #pragma unroll
     for (int r = 0; r < kColTilesPerWarp; ++r) {
       const int nt = warp + r * kWarps;
       if (nt < col_tiles) {
 #pragma unroll
-        for (int m = 0; m < 2; ++m) wmma::store_matrix_sync(Z + z_index(P, 16 * m, 16 * nt), acc[r][m], P.L.ldz, layout);
+        for (int m = 0; m < 2; ++m) wmma::store_matrix_sync(Z + z_index<kCL>(P, 16 * m, 16 * nt), acc[r][m], P.L.ldz, layout);
       }
     }
   } else {
@@ -298,13 +299,13 @@ __device__ void gemm_rect(const KernelParams& P, unsigned char* smem, long long 
     for (int ii = 0; ii < kFfmaRows; ++ii)
 #pragma unroll
       for (int r = 0; r < kFfmaCols; ++r) acc[ii][r] = 0.f;
-    k_loop<T>(P, pix, smem, n, c0, [&](const T* As, const T* Bs) { ffma_stage(As, Bs, cols, acc); });
+    k_loop<T, kCL>(P, pix, smem, n, c0, [&](const T* As, const T* Bs) { ffma_stage(As, Bs, cols, acc); });
 #pragma unroll
     for (int ii = 0; ii < kFfmaRows; ++ii)
 #pragma unroll
       for (int r = 0; r < kFfmaCols; ++r) {
         const int q = lane + 32 * r;
-        if (q < cols) Z[z_index(P, warp * kFfmaRows + ii, q)] = acc[ii][r];
+        if (q < cols) Z[z_index<kCL>(P, warp * kFfmaRows + ii, q)] = acc[ii][r];
       }
   }
   __syncthreads();

@@ -34,6 +34,16 @@ constexpr int kColTilesPerWarp = 3;          // GEMM column tiles (16 pixels eac
 constexpr int kMaxGemmCols = kWarps * kColTilesPerWarp * 16;  // 384 columns (halo pixels) per block
 constexpr int kVX = 4;                       // depthwise outputs one thread computes along a row
 constexpr int kMaxK = 7;                     // largest depthwise kernel the kernels accept
+constexpr int kVecBytes = 16;                // one vector access: 8 halves / bfloat16s or 4 floats
+
+// The memory layout a kernel instantiation is compiled for (a template parameter, so that no per-element code
+// tests it):
+//   NCHW    [N, C, H, W] tensors;
+//   NHWC    channels_last tensors, any channel count: one element per access (the fallback);
+//   NHWCVec channels_last with ratio 2 (M = 1), out_channels a multiple of the vector (16 bytes), init a multiple
+//           of 4 and 16-byte aligned tensors: the epilogues move one 16-byte vector of channels per thread and
+//           access (4-channel, 8-byte accesses at the edges of a block's channel range), see ghost_forward_kernel.cuh.
+enum class Layout : int { NCHW = 0, NHWC = 1, NHWCVec = 2 };
 
 // Input channels per pipeline stage: 64 bytes of every pixel (16 floats or 32 halves).
 GK_LAYOUT_HD int stage_kc(int elem_size) { return elem_size == 4 ? 16 : 32; }
@@ -57,7 +67,7 @@ struct SmemLayout {
   unsigned z = 0;                           // x1 (forward) / z1 -> x1 (backward), float
   unsigned d = 0;                           // act'(z1) on own pixels, float (backward)
   unsigned g2 = 0;                          // dL/dz2 on the ring-1 rect, float (backward)
-  unsigned w2 = 0, bias2 = 0, bias1 = 0;    // the chunk's w_cheap, b_cheap, b_primary as float
+  unsigned w2 = 0, bias2 = 0, bias1 = 0;    // the chunk's w_cheap (tap-major: [k*k][cheap]), b_cheap, b_primary
   unsigned pix = 0;                         // the rect's pixel table, one int64 per GEMM column
   unsigned total = 0;
 };

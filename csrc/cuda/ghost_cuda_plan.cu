@@ -139,7 +139,6 @@ KernelParams make_kernel_params(const GhostShape& s, const TileGeom& g, const Sm
   P.HW = s.H * s.W;
   P.items = s.N * g.ntiles();
   P.act = s.act;
-  P.cl = s.channels_last;
   const int vec = s.dtype == DType::Float32 ? 4 : 8;
   P.vec_x = s.channels_last && s.C % vec == 0 && aligned16(x);
   P.vec_w1 = s.C % vec == 0 && aligned16(w1);
@@ -151,6 +150,17 @@ KernelParams make_kernel_params(const GhostShape& s, const TileGeom& g, const Sm
   P.w2 = w2;
   P.b2 = b2;
   return P;
+}
+
+Layout choose_layout(const GhostShape& s, const void* per_pixel_a, const void* per_pixel_b) {
+  if (!s.channels_last) return Layout::NCHW;
+  const int vec = kVecBytes / elem_size(s.dtype);
+  // M == 1: a cheap channel's source is the x1 channel of the same index, so a vector of cheap channels reads a
+  // vector of x1 channels; OC % vec: every pixel of out / grad_out starts vector-aligned; I % 4: every channel
+  // group of a block begins and ends on a 4-channel (8-byte) boundary (ghost_forward_kernel.cuh).
+  const bool ok = s.M == 1 && s.OC % vec == 0 && s.I % 4 == 0 && aligned16(per_pixel_a) &&
+                  (per_pixel_b == nullptr || aligned16(per_pixel_b));
+  return ok ? Layout::NHWCVec : Layout::NHWC;
 }
 
 cudaError_t allow_dynamic_smem(const void* kernel, int device, unsigned bytes) {

@@ -5,12 +5,20 @@
 //
 // One block = one (image, tile of th x tw pixels, chunk of 32 x1 channels). It
 //   1. computes z1 for the tile plus a halo of p = k/2 pixels on tensor cores (ghost_cuda_gemm.cuh) into Z,
-//   2. turns Z into x1 in place (bias, activation, zero outside the image) and stores the tile's own pixels as the
-//      primary half of the output,
-//   3. computes the chunk's 32*M cheap channels from Z (ghost_cuda_window.cuh) and stores them.
+//   2. turns Z into x1 in place (bias, activation, zero outside the image) on the whole rect -- no global access;
+//   3. after one barrier, stores the tile's own pixels of x1 as the primary half of the output, and computes the
+//      chunk's 32*M cheap channels from Z (ghost_cuda_window.cuh) and stores them.
 // x is read once per chunk (the chunk index varies fastest in the grid, so the chunks of a tile run together and
 // re-reads of x hit L2; so do the halo re-reads of neighbouring tiles); the output is written once; nothing else
-// touches global memory. Halo pixels cost recomputed GEMM columns, which the tensor cores have to spare.
+// touches global memory. Halo pixels cost recomputed GEMM columns, which the tensor cores have to spare, and the
+// cheap pass 2 (a shared-memory round trip); they are never part of a store loop.
+//
+// Template parameters: the element type T, TF32 for float (kTF32), k = 3 fixed (KT = 3) or at run time (KT = 0),
+// the activation A (compile time, so no per-element switch; kActRuntime only for the NHWC fallback) and the
+// layout L (ghost_cuda_layout.h). The NHWCVec epilogues give each thread one 16-byte vector of channels (8 for
+// 16-bit types, 4 for float) of one pixel (primary stores) or of kVX adjacent pixels (cheap outputs) and compute
+// the element's address once per pixel; channel groups are aligned to absolute channel multiples of the vector, so
+// a block's channel range may begin or end with a 4-channel group, which a second loop stores with 8-byte accesses.
 #pragma once
 
 #include "ghost_cuda_gemm.cuh"
@@ -19,50 +27,131 @@
 namespace ghostkernels {
 namespace cuda {
 
-// Step 2: Z <- x1 in place for the chunk's n_x1 existing channels; primary output for the tile's own pixels.
-template <typename T>
-__device__ __forceinline__ void x1_epilogue(const KernelParams& P, unsigned char* smem, long long n, int c0, int n_x1,
-                                            int n_primary) {
+// Step 2: Z <- x1 = act(z1 + b1) on every rect pixel (0 outside the image) for the chunk's n_x1 channels.
+template <Act A, Layout L>
+__device__ __forceinline__ void x1_in_place(const KernelParams& P, unsigned char* smem, int n_x1) {
   const long long* pix = reinterpret_cast<const long long*>(smem + P.L.pix);
   const float* b1s = reinterpret_cast<const float*>(smem + P.L.bias1);
   float* Z = reinterpret_cast<float*>(smem + P.L.z);
-  T* out = static_cast<T*>(P.out);
   const int rect = P.g.rh * P.g.rw;
-  auto element = [&](int i, int q) {
-    const long long v = pix[q];
-    float& z = Z[z_index(P, i, q)];
-    const float x1 = v >= 0 ? act_forward(P.act, z + b1s[i]) : 0.f;
-    z = x1;
-    if (v >= 0 && (v & 1) && i < n_primary) out[elem_offset(P, n, P.OC, c0 + i, v >> 1)] = Elem<T>::from_float(x1);
-  };
-  if (P.cl) {  // channel fastest: a warp stores adjacent channels of adjacent pixels, and reads Z[q][i] in a row
+  if constexpr (L == Layout::NHWCVec) {  // 4 channels of one pixel per step (n_x1 % 4 == 0 here)
+    const GroupSplit s = split_by_groups(n_x1 / 4);
+    if (s.g >= n_x1 / 4) return;
+    const float4 b = lds4(b1s + 4 * s.g);
+    for (int q = s.r0; q < rect; q += s.step) {
+      float4 z = lds4(Z + q * P.L.ldz + 4 * s.g);
+      const bool in = pix[q] >= 0;
+      z.x = in ? act_fwd<A>(P, z.x + b.x) : 0.f;
+      z.y = in ? act_fwd<A>(P, z.y + b.y) : 0.f;
+      z.z = in ? act_fwd<A>(P, z.z + b.z) : 0.f;
+      z.w = in ? act_fwd<A>(P, z.w + b.w) : 0.f;
+      sts4(Z + q * P.L.ldz + 4 * s.g, z);
+    }
+  } else if constexpr (L == Layout::NHWC) {  // channel fastest (Z[q][i] in a row)
     const FastDiv ch_div(n_x1);
     for (int e = threadIdx.x; e < n_x1 * rect; e += kThreads) {
-      const int q = ch_div.div(e);
-      element(e - q * n_x1, q);
+      const int q = ch_div.div(e), i = e - q * n_x1;
+      float& z = Z[q * P.L.ldz + i];
+      z = pix[q] >= 0 ? act_fwd<A>(P, z + b1s[i]) : 0.f;
     }
-  } else {  // a warp per channel, lanes over pixels: coalesced NCHW stores, conflict-free Z[i][q]
+  } else {  // a warp per channel, lanes over pixels (Z[i][q] in a row)
     for (int i = threadIdx.x / 32; i < n_x1; i += kWarps)
-      for (int q = threadIdx.x % 32; q < rect; q += 32) element(i, q);
+      for (int q = threadIdx.x % 32; q < rect; q += 32) {
+        float& z = Z[i * P.L.ldz + q];
+        z = pix[q] >= 0 ? act_fwd<A>(P, z + b1s[i]) : 0.f;
+      }
   }
 }
 
-// Step 3: the chunk's kept cheap channels on the tile's own pixels, kVX adjacent pixels per thread.
-template <typename T, int KT>
+// The own pixels o0, o0 + step, ... of a tile with twa columns, walked without a division per step: (oy, ox)
+// advance by (step / twa, step % twa) with one carry. rect_q / lin give the pixel's rect index and image index.
+struct OwnWalker {
+  int oy, ox, dy, dx, twa;
+  __device__ __forceinline__ OwnWalker(const FastDiv& twa_div, int o0, int step) : twa(twa_div.d) {
+    oy = twa_div.div(o0);
+    ox = o0 - oy * twa;
+    dy = twa_div.div(step);
+    dx = step - dy * twa;
+  }
+  __device__ __forceinline__ void next() {
+    ox += dx;
+    oy += dy;
+    if (ox >= twa) {
+      ox -= twa;
+      ++oy;
+    }
+  }
+  __device__ __forceinline__ int rect_q(const KernelParams& P) const {
+    return (oy + P.g.halo) * P.g.rw + ox + P.g.halo;
+  }
+  __device__ __forceinline__ long long lin(const KernelParams& P, int ty0, int tx0) const {
+    return (long long)(ty0 + oy) * P.W + tx0 + ox;
+  }
+};
+
+// W channels [c, c + W) of x1 (Z channels [i, i + W)) at the own pixels of a walk -> out (NHWCVec).
+template <typename T, int W>
+__device__ __forceinline__ void store_primary_vec(const KernelParams& P, const float* Z, T* out_n, OwnWalker w,
+                                                  int tha, int ty0, int tx0, int i, int c) {
+  #pragma unroll 1  // one group per iteration: no register cost, and the SASS count is per group
+  for (; w.oy < tha; w.next()) {
+    float v[W];
+    lds_vec<W>(v, Z + w.rect_q(P) * P.L.ldz + i);
+    VecIO<T, W>::store(out_n + w.lin(P, ty0, tx0) * P.OC + c, v);
+  }
+}
+
+// Step 3a: the primary half of the output, the tile's own pixels only.
+template <typename T, Layout L>
+__device__ __forceinline__ void primary_stores(const KernelParams& P, unsigned char* smem, long long n, int c0,
+                                               int n_primary, int ty0, int tx0, int tha, int twa) {
+  const float* Z = reinterpret_cast<const float*>(smem + P.L.z);
+  T* out_n = static_cast<T*>(P.out) + n * P.OC * P.HW;  // the image's first element: 64-bit once per block
+  const FastDiv twa_div(twa);
+  if constexpr (L == Layout::NHWCVec) {
+    constexpr int V = kVecBytes / int(sizeof(T));
+    const int full = n_primary / V;  // c0 is a multiple of 32, so every group of V starts aligned
+    const GroupSplit s = split_by_groups(full);
+    if (s.g < full)
+      store_primary_vec<T, V>(P, Z, out_n, OwnWalker(twa_div, s.r0, s.step), tha, ty0, tx0, s.g * V, c0 + s.g * V);
+    if constexpr (V == 8) {  // 16-bit types: n_primary % 8 == 4 leaves one 4-channel group (8-byte stores)
+      if (n_primary % V != 0)
+        store_primary_vec<T, 4>(P, Z, out_n, OwnWalker(twa_div, threadIdx.x, kThreads), tha, ty0, tx0, full * V,
+                                c0 + full * V);
+    }
+  } else if constexpr (L == Layout::NHWC) {  // channel fastest: a warp stores adjacent channels of adjacent pixels
+    const FastDiv ch_div(n_primary);
+    for (int e = threadIdx.x; e < n_primary * tha * twa; e += kThreads) {
+      const int o = ch_div.div(e), i = e - o * n_primary;
+      const OwnWalker w(twa_div, o, 0);
+      out_n[w.lin(P, ty0, tx0) * P.OC + c0 + i] = Elem<T>::from_float(Z[w.rect_q(P) * P.L.ldz + i]);
+    }
+  } else {  // a warp per channel, lanes over pixels: coalesced NCHW stores, conflict-free Z[i][q]
+    for (int i = threadIdx.x / 32; i < n_primary; i += kWarps) {
+      T* plane = out_n + (long long)(c0 + i) * P.HW;
+      for (OwnWalker w(twa_div, threadIdx.x % 32, 32); w.oy < tha; w.next())
+        plane[w.lin(P, ty0, tx0)] = Elem<T>::from_float(Z[i * P.L.ldz + w.rect_q(P)]);
+    }
+  }
+}
+
+// Step 3b, NCHW and NHWC: the chunk's kept cheap channels on the tile's own pixels, kVX adjacent pixels per thread.
+template <typename T, Act A, int KT, bool kCL>
 __device__ __forceinline__ void cheap_epilogue(const KernelParams& P, unsigned char* smem, long long n, int c0,
                                                int n_cheap, int ty0, int tx0, int tha, int twa) {
   const float* Z = reinterpret_cast<const float*>(smem + P.L.z);
   const float* w2s = reinterpret_cast<const float*>(smem + P.L.w2);
   const float* b2s = reinterpret_cast<const float*>(smem + P.L.bias2);
-  T* out = static_cast<T*>(P.out);
-  const int KK = P.K * P.K, segs = (twa + kVX - 1) / kVX;
-  const int qstride = P.cl ? P.L.ldz : 1;
+  T* out_n = static_cast<T*>(P.out) + n * P.OC * P.HW;
+  const int segs = (twa + kVX - 1) / kVX;
+  const int qstride = kCL ? P.L.ldz : 1;
+  const int px_step = kCL ? P.OC : 1;  // elements between horizontally adjacent pixels of one channel
   const FastDiv cheap_div(n_cheap), seg_div(segs), rows_div(tha), m_div(P.M);
   const int total = n_cheap * tha * segs;
   for (int e = threadIdx.x; e < total; e += kThreads) {
     // NHWC: channel fastest (coalesced stores of adjacent channels); NCHW: segment fastest (adjacent pixels).
     int jl, oy, sx;
-    if (P.cl) {
+    if constexpr (kCL) {
       const int r = cheap_div.div(e);
       jl = e - r * n_cheap;
       oy = seg_div.div(r);
@@ -78,22 +167,81 @@ __device__ __forceinline__ void cheap_epilogue(const KernelParams& P, unsigned c
 #pragma unroll
     for (int o = 0; o < kVX; ++o) acc[o] = b2s[jl];
     // Own pixel (oy, ox) is rect pixel (oy + p, ox + p); its window starts at rect (oy, ox).
-    window_accumulate<KT, false>(acc, Z + (P.cl ? i : i * P.L.ldz), qstride, P.g.rw, oy, sx * kVX,
-                                 w2s + jl * KK, P.K);
+    window_accumulate<KT, false>(acc, Z + (kCL ? i : i * P.L.ldz), qstride, P.g.rw, oy, sx * kVX, w2s + jl,
+                                 P.L.cheap, P.K);
     const int c = P.I + c0 * P.M + jl;
     const long long lin0 = (long long)(ty0 + oy) * P.W + tx0 + sx * kVX;
+    T* dst = out_n + (kCL ? lin0 * P.OC + c : (long long)c * P.HW + lin0);  // one address for the kVX pixels
 #pragma unroll
     for (int o = 0; o < kVX; ++o) {
-      if (sx * kVX + o < twa) out[elem_offset(P, n, P.OC, c, lin0 + o)] = Elem<T>::from_float(act_forward(P.act, acc[o]));
+      if (sx * kVX + o < twa) dst[o * px_step] = Elem<T>::from_float(act_fwd<A>(P, acc[o]));
     }
   }
 }
 
-template <typename T, bool kTF32, int KT>
+// Step 3b, NHWCVec (M = 1, so cheap channel jl reads x1 channel jl): channels [jl0, jl0 + W) on kVX pixels of row
+// oy starting at column sx * kVX.
+template <typename T, Act A, int KT, int W>
+__device__ __forceinline__ void cheap_group_vec(const KernelParams& P, const float* Z, const float* w2s,
+                                                const float* b2s, T* out_n, int c0, int jl0, int oy, int sx, int ty0,
+                                                int tx0, int twa) {
+  float acc[kVX][W];
+  cheap_preact_vec<KT, W>(acc, P, Z, w2s, b2s, jl0, oy, sx * kVX);
+  T* dst = out_n + ((long long)(ty0 + oy) * P.W + tx0 + sx * kVX) * P.OC + P.I + c0 + jl0;
+#pragma unroll
+  for (int o = 0; o < kVX; ++o) {
+    if (sx * kVX + o < twa) {
+#pragma unroll
+      for (int ch = 0; ch < W; ++ch) acc[o][ch] = act_fwd<A>(P, acc[o][ch]);
+      VecIO<T, W>::store(dst + o * P.OC, acc[o]);
+    }
+  }
+}
+
+template <typename T, Act A, int KT>
+__device__ __forceinline__ void cheap_epilogue_vec(const KernelParams& P, unsigned char* smem, long long n, int c0,
+                                                   int n_cheap, int ty0, int tx0, int tha, int twa) {
+  constexpr int V = kVecBytes / int(sizeof(T));
+  const float* Z = reinterpret_cast<const float*>(smem + P.L.z);
+  const float* w2s = reinterpret_cast<const float*>(smem + P.L.w2);
+  const float* b2s = reinterpret_cast<const float*>(smem + P.L.bias2);
+  T* out_n = static_cast<T*>(P.out) + n * P.OC * P.HW;
+  const int segs = (twa + kVX - 1) / kVX, units = tha * segs;
+  const FastDiv seg_div(segs);
+  // Cheap channel jl is output channel I + c0 + jl; groups of V start at output channels divisible by V, so when
+  // (I + c0) % V == 4 the range opens with a 4-channel group, and it may close with one.
+  const int head = (V - (P.I + c0) % V) % V;  // 0 or 4
+  const int full = (n_cheap - head) / V;
+  const int tail = (n_cheap - head) % V;      // 0 or 4
+  const GroupSplit s = split_by_groups(full);
+  if (s.g < full) {
+    #pragma unroll 1  // one group per iteration: no register cost, and the SASS count is per group
+    for (int r = s.r0; r < units; r += s.step) {
+      const int oy = seg_div.div(r);
+      cheap_group_vec<T, A, KT, V>(P, Z, w2s, b2s, out_n, c0, head + s.g * V, oy, r - oy * segs, ty0, tx0, twa);
+    }
+  }
+  if constexpr (V == 8) {
+    const int edges = (head != 0) + (tail != 0);
+    #pragma unroll 1  // one group per iteration: no register cost, and the SASS count is per group
+    for (int e = threadIdx.x; e < edges * units; e += kThreads) {
+      const int which = edges == 2 ? (e & 1) : 0, r = edges == 2 ? (e >> 1) : e;
+      const int jl0 = head != 0 && which == 0 ? 0 : head + full * V;
+      const int oy = seg_div.div(r);
+      cheap_group_vec<T, A, KT, 4>(P, Z, w2s, b2s, out_n, c0, jl0, oy, r - oy * segs, ty0, tx0, twa);
+    }
+  }
+}
+
+// The activation is an int template argument (kActRuntime for the fallback): nvcc's host stubs spell an enum
+// argument outside the enumerators in a form the host compiler rejects.
+template <typename T, bool kTF32, int KT, int kAct, Layout L>
 __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const KernelParams P) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // unreachable: the binding rejects devices below compute capability 8.0
 #else
+  constexpr bool kCL = L != Layout::NCHW;
+  constexpr Act A = static_cast<Act>(kAct);
   GK_DYNAMIC_SHARED_MEMORY(smem);
   const int chunk = int(blockIdx.x % unsigned(P.g.chunks));
   const long long item = blockIdx.x / unsigned(P.g.chunks);
@@ -111,11 +259,15 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const Kernel
   load_chunk_weights<T>(P, smem, c0);
   build_pixel_table(P, reinterpret_cast<long long*>(smem + P.L.pix), ty0, tx0, tha, twa);
   __syncthreads();
-  gemm_rect<T, kTF32>(P, smem, n, c0);
-  x1_epilogue<T>(P, smem, n, c0, n_x1, n_primary);
-  if (n_cheap == 0) return;
+  gemm_rect<T, kTF32, kCL>(P, smem, n, c0);
+  x1_in_place<A, L>(P, smem, n_x1);
   __syncthreads();
-  cheap_epilogue<T, KT>(P, smem, n, c0, n_cheap, ty0, tx0, tha, twa);
+  primary_stores<T, L>(P, smem, n, c0, n_primary, ty0, tx0, tha, twa);
+  if (n_cheap == 0) return;
+  if constexpr (L == Layout::NHWCVec)
+    cheap_epilogue_vec<T, A, KT>(P, smem, n, c0, n_cheap, ty0, tx0, tha, twa);
+  else
+    cheap_epilogue<T, A, KT, kCL>(P, smem, n, c0, n_cheap, ty0, tx0, tha, twa);
 #endif
 }
 

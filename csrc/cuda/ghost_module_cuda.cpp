@@ -15,12 +15,38 @@
 #include <torch/library.h>
 
 #include <climits>
+#include <type_traits>
 
 #include "../ghost_module_check.h"
 #include "ghost_cuda.h"
 
+// An opaque redeclaration, so that the detection below can name at::Float32Op even with a torch that predates it
+// (redeclaring an already defined scoped enum with its default underlying type is allowed).
+namespace at {
+enum class Float32Op;
+}  // namespace at
+
 namespace ghostkernels {
 namespace {
+
+// Whether cuDNN convolutions may use TF32, by torch's per-operation precision setting
+// (torch.backends.cudnn.conv.fp32_precision, or the legacy torch.backends.cudnn.allow_tf32 that also sets it),
+// which is what at::convolution asks (allowTF32CuDNN(Float32Op::CONV)). The operation-specific query exists from the
+// torch release that made Float32Op an enum with a CONV member; it is detected at compile time (the exact release
+// number is not needed, and the headers of torch 2.11 and 2.13 both have it), and only a torch without it gets the
+// legacy query, which raises when conv and rnn were given different settings through the new API.
+template <typename Op, typename = void>
+struct HasConvPrecision : std::false_type {};
+template <typename Op>
+struct HasConvPrecision<Op, std::void_t<decltype(Op::CONV)>> : std::true_type {};
+
+template <typename Op>
+bool conv_allows_tf32() {
+  if constexpr (HasConvPrecision<Op>::value)
+    return at::globalContext().allowTF32CuDNN(Op::CONV);
+  else
+    return at::globalContext().allowTF32CuDNN();
+}
 
 constexpr const char* kForwardOp = "ghostkernels::ghost_module (CUDA)";
 constexpr const char* kBackwardOp = "ghostkernels::ghost_module_backward (CUDA)";
@@ -50,10 +76,10 @@ cuda::GhostShape make_shape(const char* op, const GhostDims& d, const at::Tensor
   s.K = d.K;
   s.OC = d.oc;
   s.act = d.act;
-  // float32 GEMMs may use TF32 exactly when cuDNN convolutions may (torch.backends.cudnn.allow_tf32), so the
-  // fused op and the eager module it replaces round alike.
-  s.fp32_math = s.dtype == cuda::DType::Float32 && at::globalContext().allowTF32CuDNN() ? cuda::Fp32Math::TF32
-                                                                                        : cuda::Fp32Math::Exact;
+  // float32 GEMMs may use TF32 exactly when cuDNN convolutions may, so the fused op and the eager module it
+  // replaces round alike.
+  s.fp32_math = s.dtype == cuda::DType::Float32 && conv_allows_tf32<at::Float32Op>() ? cuda::Fp32Math::TF32
+                                                                                     : cuda::Fp32Math::Exact;
   s.channels_last = output_memory_format(x) == at::MemoryFormat::ChannelsLast;
   s.device = x.device().index();
   TORCH_CHECK_VALUE(d.K == 1 || d.K == 3 || d.K == 5 || d.K == 7, op,

@@ -38,15 +38,18 @@ def ghost_backward_kernel(
         C, I, H, W, HW, OC, tiles_x, tiles_per_image, num_work, nprog,
         K: tl.constexpr, M: tl.constexpr, ACT: tl.constexpr, CHEAP: tl.constexpr,
         TH: tl.constexpr, TW: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_P1: tl.constexpr,
-        SUB_P: tl.constexpr, SUB_A: tl.constexpr, SUB_Q: tl.constexpr, IEEE_FP32: tl.constexpr,
-        BLOCK_C: tl.constexpr):
+        SUB_P: tl.constexpr, SUB_A: tl.constexpr, SUB_Q: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        VEC: tl.constexpr, BLOCK_C: tl.constexpr):
     """See the module docstring. Regions, each flattened row-major: the tile T (TH x TW), the single halo
     H1 = T + r (BLOCK_P1 slots, row length RW1), the double halo H2 = T + 2r (BLOCK_P slots, row length RW2).
     A shift by one radius maps H1-local (a_y, a_x) + tap (dy, dx) to H2-local (a_y + dy, a_x + dx), and T-local
     q - tap to H1-local (q_y + 2r - dy, q_x + 2r - dx). The 1x1 conv walks H2 in chunks of SUB_P slots, the
-    depthwise passes walk H1 in chunks of SUB_A and T in chunks of SUB_Q pixels with a tap loop that is not
-    unrolled, so that one [BLOCK_I, chunk] tile is live at a time. nprog is the grid size (the interpreter's
-    tl.num_programs is not a scalar); HW is only there for the autotuner's key."""
+    depthwise passes walk H1 in chunks of SUB_A and T in chunks of SUB_Q pixels with tap loops that are not
+    unrolled, so that one [BLOCK_I, chunk] tile is live at a time (unrolled with tl.static_range, as the forward's
+    are, they spilled on sm_90: 16 bytes at 128 registers for float16 k = 3, 255 registers and 8 bytes for
+    bfloat16 k = 5; rolled, 128 and 168 without spills). nprog is the grid size (the interpreter's tl.num_programs
+    is not a scalar); HW is only there for the autotuner's key.
+    VEC > 1: the per-pixel offsets of x, grad_out and gz1 are multiples of VEC (see the forward kernel)."""
     R: tl.constexpr = K // 2
     KK: tl.constexpr = K * K
     RH2: tl.constexpr = TH + 4 * R
@@ -74,7 +77,7 @@ def ghost_backward_kernel(
         for p0 in range(0, RH2 * RW2, SUB_P):
             z1, in_image = primary_conv_region(x_ptr + n.to(tl.int64) * sxn, sxc, sxh, sxw, wp_ptr, bp_ptr, i0,
                                                ty0 - 2 * R, tx0 - 2 * R, p0, C, I, H, W, RH2, RW2, SUB_P, BLOCK_I,
-                                               BLOCK_C, IEEE_FP32)
+                                               BLOCK_C, DOT_PRECISION, VEC)
             x1 = tl.where(in_image[None, :], apply_act(z1, ACT), 0.0).to(x_ptr.dtype.element_ty)
             cols = p0 + tl.arange(0, SUB_P)[None, :]
             tl.store(x1_rows + cols, x1)
@@ -101,13 +104,16 @@ def ghost_backward_kernel(
                     a_own = a_img & (ay >= R) & (ay < R + TH) & (ax >= R) & (ax < R + TW)
                     acc = tl.zeros([BLOCK_I, SUB_A], dtype=tl.float32)
                     for tap in range(KK):
-                        dy = tap // K
-                        dx = tap % K
+                        ey = tap // K
+                        ex = tap % K
                         wv = tl.load(wc_ptr + j * KK + tap, mask=i_ok, other=0.0).to(tl.float32)
-                        xs = tl.load(x1_rows + ((ay + dy) * RW2 + ax + dx)[None, :], mask=a_ok[None, :],
+                        xs = tl.load(x1_rows + ((ay + ey) * RW2 + ax + ex)[None, :], mask=a_ok[None, :],
                                      other=0.0).to(tl.float32)
                         acc += wv[:, None] * xs
-                    go = tl.load(g_img + ch[:, None] * sgc + (hy * sgh + hx * sgw)[None, :],
+                    h_off = hy * sgh + hx * sgw
+                    if VEC > 1:
+                        h_off = tl.multiple_of(h_off, VEC)
+                    go = tl.load(g_img + ch[:, None] * sgc + h_off[None, :],
                                  mask=ch_live[:, None] & a_img[None, :], other=0.0).to(tl.float32)
                     gz2 = go * act_derivative(acc + bias[:, None], ACT)
                     tl.store(g_rows + m * (BLOCK_I * BLOCK_P1) + a[None, :], gz2, mask=a_ok[None, :])
@@ -146,22 +152,28 @@ def ghost_backward_kernel(
             oy = ty0 + qy
             ox = tx0 + qx
             pix_ok = q_ok & (oy < H) & (ox < W)
-            gx1 = tl.load(g_img + ii[:, None] * sgc + (oy * sgh + ox * sgw)[None, :],
+            g_off = oy * sgh + ox * sgw
+            if VEC > 1:
+                g_off = tl.multiple_of(g_off, VEC)
+            gx1 = tl.load(g_img + ii[:, None] * sgc + g_off[None, :],
                           mask=(i_ok & (ii < OC))[:, None] & pix_ok[None, :], other=0.0).to(tl.float32)
             if CHEAP:
                 for m in tl.static_range(M):
                     j = ii * M + m
                     for tap in range(KK):
-                        dy = tap // K
-                        dx = tap % K
+                        fy = tap // K
+                        fx = tap % K
                         wv = tl.load(wc_ptr + j * KK + tap, mask=i_ok, other=0.0).to(tl.float32)
                         gs = tl.load(g_rows + m * (BLOCK_I * BLOCK_P1)
-                                     + ((qy + 2 * R - dy) * RW1 + qx + 2 * R - dx)[None, :],
+                                     + ((qy + 2 * R - fy) * RW1 + qx + 2 * R - fx)[None, :],
                                      mask=q_ok[None, :], other=0.0)
                         gx1 += wv[:, None] * gs
             z1_tile = tl.load(z1_rows + ((qy + 2 * R) * RW2 + qx + 2 * R)[None, :], mask=q_ok[None, :], other=0.0)
             gz1 = gx1 * act_derivative(z1_tile, ACT)
-            tl.store(gz1_ptr + n.to(tl.int64) * szn + ii[:, None] * szc + (oy * szh + ox * szw)[None, :],
+            z_off = oy * szh + ox * szw  # computed here, not with g_off: live across the tap loops it cost registers
+            if VEC > 1:
+                z_off = tl.multiple_of(z_off, VEC)
+            tl.store(gz1_ptr + n.to(tl.int64) * szn + ii[:, None] * szc + z_off[None, :],
                      gz1.to(gz1_ptr.dtype.element_ty), mask=i_ok[:, None] & pix_ok[None, :])
 
 
@@ -183,6 +195,15 @@ def _pointwise_conv_grads(x, w_primary, gz1, fmt: torch.memory_format):
         grad_x = torch.matmul(wp.t(), g3).reshape(N, C, H, W)
         grad_wp = torch.matmul(g3, x3.transpose(1, 2)).sum(0, dtype=torch.float32).to(x.dtype)
     return grad_x, grad_wp.reshape(w_primary.shape)
+
+
+def _backward_vec(x, grad_out, gz1, C: int, out_channels: int, init: int) -> int:
+    """VEC for the backward: x, grad_out and gz1 channels_last with channel stride 1 and per-pixel strides equal to
+    their channel counts (gz1 is allocated so when grad_x's format is channels_last)."""
+    tensors = ((x, C), (grad_out, out_channels), (gz1, init))
+    if any(t.stride(1) != 1 or t.stride(3) != ch for t, ch in tensors):
+        return 1
+    return configs.channel_vector(C, out_channels, init, *(t.stride(2) for t, _ in tensors))
 
 
 def backward_launch_plan(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act_id: int,
@@ -213,7 +234,7 @@ def backward_launch_plan(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, ou
     consts = dict(K=K, M=M, ACT=act_id, CHEAP=cheap, TH=geo.TH, TW=geo.TW, BLOCK_I=block_i, BLOCK_P=geo.BLOCK_P,
                   BLOCK_P1=geo.BLOCK_P1, SUB_P=configs.sub_block(geo.BLOCK_P, block_i, 16),
                   SUB_A=configs.sub_block(geo.BLOCK_P1, block_i), SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i),
-                  IEEE_FP32=dt == torch.float32)
+                  DOT_PRECISION=configs.dot_precision(dt), VEC=_backward_vec(x, grad_out, gz1, C, out_channels, init))
     return (nprog,), args, consts, gz1, part_wc, part_bc
 
 

@@ -172,11 +172,55 @@ def _gpu_configs(triton):
     return [triton.Config({"BLOCK_C": c}, num_warps=w, num_stages=s) for c, w, s in _GPU_SWEEP]
 
 
+AUTOTUNE_ENV = "GHOSTKERNELS_TRITON_AUTOTUNE"
+
+
+def autotune_mode() -> str:
+    """GHOSTKERNELS_TRITON_AUTOTUNE: "all" (default, the sweep) or "one" (one configuration of it, BLOCK_C=32 with 4
+    warps and 2 stages, so a quick GPU check compiles one kernel per shape instead of eight). Read when the kernels are decorated (first import of
+    ghostkernels.triton's kernels), like TRITON_INTERPRET."""
+    mode = os.environ.get(AUTOTUNE_ENV, "all").strip().lower() or "all"
+    if mode not in ("all", "one"):
+        raise ValueError(f"ghostkernels: {AUTOTUNE_ENV}={mode!r}; expected 'all' or 'one'")
+    return mode
+
+
 def autotune_configs(triton):
-    """The configurations handed to triton.autotune: one under the interpreter, a small sweep on the GPU."""
+    """The configurations handed to triton.autotune: one under the interpreter, a small sweep on the GPU (one
+    configuration there too with GHOSTKERNELS_TRITON_AUTOTUNE=one)."""
     if interpreting():
         return [triton.Config({"BLOCK_C": 16}, num_warps=4, num_stages=1)]
-    return _gpu_configs(triton)
+    cfgs = _gpu_configs(triton)
+    return cfgs[1:2] if autotune_mode() == "one" else cfgs
+
+
+def fp32_dot_precision() -> str:
+    """tl.dot's input_precision for float32 inputs: "tf32" when torch lets cuDNN convolutions use TF32 (the
+    setting eager's 1x1 convolution follows, so the fused op rounds as the module it replaces), else "ieee".
+    torch >= 2.9 keeps it in torch.backends.cudnn.conv.fp32_precision, where "none" defers to the parent settings
+    (cudnn, then the global one) and a chain of "none" means no TF32; older torch has only cudnn.allow_tf32."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv is None:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    for prec in (conv, getattr(torch.backends.cudnn, "fp32_precision", "none"),
+                 getattr(torch.backends, "fp32_precision", "none")):
+        if prec != "none":
+            return "tf32" if prec == "tf32" else "ieee"
+    return "ieee"
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The DOT_PRECISION constexpr of the kernels: fp32_dot_precision() for float32; 16-bit inputs always run on
+    the tensor cores with float32 accumulation, for which Triton's default ("tf32") is the one accepted value."""
+    return fp32_dot_precision() if dtype == torch.float32 else "tf32"
+
+
+def channel_vector(*channel_counts: int) -> int:
+    """The VEC constexpr: 8 when every per-pixel channel count of a channels_last tensor is a multiple of 8 (so each
+    pixel's channels start at a multiple of 8 elements: 16 bytes for 16-bit types), else 1. The kernels pass it to
+    tl.multiple_of on their per-pixel offsets, which lets Triton vectorize the channel-contiguous accesses; it is a
+    promise about the offsets, so it must only be given when true."""
+    return 8 if all(int(c) % 8 == 0 for c in channel_counts) else 1
 
 
 AUTOTUNE_KEY = ["I", "C", "HW", "K"]  # Triton adds the dtypes of the tensor arguments to the key itself

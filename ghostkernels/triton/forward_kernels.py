@@ -35,10 +35,14 @@ def ghost_forward_kernel(
         C, I, H, W, HW, OC, tiles_x, tiles_per_image, num_work, nprog,
         K: tl.constexpr, M: tl.constexpr, ACT: tl.constexpr, CHEAP: tl.constexpr,
         TH: tl.constexpr, TW: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, SUB_P: tl.constexpr,
-        SUB_Q: tl.constexpr, IEEE_FP32: tl.constexpr, BLOCK_C: tl.constexpr):
+        SUB_Q: tl.constexpr, DOT_PRECISION: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
     """See the module docstring. The 1x1 conv walks the halo tile in chunks of SUB_P slots, the output pass walks
-    the tile in chunks of SUB_Q pixels with a loop over the k*k taps (not unrolled), so that one [BLOCK_I, chunk]
-    tile is live at a time: whole tiles and unrolled taps need more than 255 registers per thread and spill.
+    the tile in chunks of SUB_Q pixels with each kernel row's k taps unrolled (tl.static_range: constant column
+    shifts, no index arithmetic per tap; unrolling the rows too took 255 registers and spilled for k = 5 bfloat16 on
+    sm_90), so that one [BLOCK_I, chunk] tile is live at a time: whole tiles need more than 255 registers per
+    thread and spill. VEC > 1: x's and out's per-pixel offsets are multiples of VEC
+    (channels_last, every channel count a multiple of VEC; configs.channel_vector), hinted to Triton so the
+    channel-contiguous accesses can be vectors.
     HW is unused in the body; it is an argument so that the autotuner can key on it. nprog is the grid size,
     passed in because the interpreter's tl.num_programs is not a scalar."""
     R: tl.constexpr = K // 2
@@ -62,7 +66,7 @@ def ghost_forward_kernel(
         for p0 in range(0, RH * RW, SUB_P):
             z1, in_image = primary_conv_region(x_ptr + n.to(tl.int64) * sxn, sxc, sxh, sxw, wp_ptr, bp_ptr, i0,
                                                ty0 - R, tx0 - R, p0, C, I, H, W, RH, RW, SUB_P, BLOCK_I, BLOCK_C,
-                                               IEEE_FP32)
+                                               DOT_PRECISION, VEC)
             x1 = tl.where(in_image[None, :], apply_act(z1, ACT), 0.0).to(out_ptr.dtype.element_ty)
             tl.store(rows + p0 + tl.arange(0, SUB_P)[None, :], x1)
         # ... and every thread's stores must be visible before the shifted loads read them (RAW).
@@ -78,6 +82,8 @@ def ghost_forward_kernel(
             ox = tx0 + qx
             pix_ok = q_ok & (oy < H) & (ox < W)
             out_pix = oy * soh + ox * sow
+            if VEC > 1:
+                out_pix = tl.multiple_of(out_pix, VEC)
             centre = tl.load(rows + ((qy + R) * RW + qx + R)[None, :], mask=q_ok[None, :], other=0.0)
             tl.store(out_img + ii[:, None] * soc + out_pix[None, :], centre,
                      mask=(i_ok & (ii < OC))[:, None] & pix_ok[None, :])
@@ -85,18 +91,24 @@ def ghost_forward_kernel(
                 for m in tl.static_range(M):
                     j = ii * M + m
                     acc = tl.zeros([BLOCK_I, SUB_Q], dtype=tl.float32)
-                    for tap in range(KK):
-                        dy = tap // K
-                        dx = tap % K
-                        wv = tl.load(wc_ptr + j * KK + tap, mask=i_ok, other=0.0).to(tl.float32)
-                        xs = tl.load(rows + ((qy + dy) * RW + qx + dx)[None, :], mask=q_ok[None, :],
-                                     other=0.0).to(tl.float32)
-                        acc += wv[:, None] * xs
+                    for dy in range(K):
+                        for dx in tl.static_range(K):
+                            wv = tl.load(wc_ptr + j * KK + (dy * K + dx), mask=i_ok, other=0.0).to(tl.float32)
+                            xs = tl.load(rows + ((qy + dy) * RW + qx + dx)[None, :], mask=q_ok[None, :],
+                                         other=0.0).to(tl.float32)
+                            acc += wv[:, None] * xs
                     bias = tl.load(bc_ptr + j, mask=i_ok, other=0.0).to(tl.float32)
                     x2 = apply_act(acc + bias[:, None], ACT)
                     ch = I + j
                     tl.store(out_img + ch[:, None] * soc + out_pix[None, :], x2.to(out_ptr.dtype.element_ty),
                              mask=(i_ok & (ch < OC))[:, None] & pix_ok[None, :])
+
+
+def _forward_vec(x, out, C: int, out_channels: int) -> int:
+    """VEC for the forward: x and out channels_last with channel stride 1 and per-pixel strides of C and OC."""
+    if x.stride(1) != 1 or out.stride(1) != 1 or x.stride(3) != C or out.stride(3) != out_channels:
+        return 1
+    return configs.channel_vector(C, out_channels, x.stride(2), out.stride(2))
 
 
 def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int):
@@ -117,7 +129,8 @@ def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_chan
             C, init, H, W, H * W, out_channels, geo.tiles_x, geo.tiles_per_image, num_work, nprog)
     consts = dict(K=K, M=M, ACT=act_id, CHEAP=out_channels > init, TH=geo.TH, TW=geo.TW, BLOCK_I=block_i,
                   BLOCK_P=geo.BLOCK_P, SUB_P=configs.sub_block(geo.BLOCK_P, block_i, 16),
-                  SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i), IEEE_FP32=x.dtype == torch.float32)
+                  SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i), DOT_PRECISION=configs.dot_precision(x.dtype),
+                  VEC=_forward_vec(x, out, C, out_channels))
     return (nprog,), args, consts
 
 

@@ -59,7 +59,7 @@ def work_item(work, n_iblocks, tiles_per_image, tiles_x, TH: tl.constexpr, TW: t
 @triton.jit
 def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I, H, W,
                         RH: tl.constexpr, RW: tl.constexpr, SUB_P: tl.constexpr, BLOCK_I: tl.constexpr,
-                        BLOCK_C: tl.constexpr, IEEE_FP32: tl.constexpr):
+                        BLOCK_C: tl.constexpr, DOT_PRECISION: tl.constexpr, VEC: tl.constexpr):
     """z1 = w_primary[i0:i0+BLOCK_I] @ x[:, pixels] + b_primary for SUB_P consecutive slots p0 + [0, SUB_P) of an
     RH x RW pixel region with origin (y0, x0), flattened row-major: slot p is pixel (y0 + p // RW, x0 + p % RW).
 
@@ -70,8 +70,11 @@ def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I
     mask tensors of the x tile dominate) and spills.
 
     Returns (z1 [BLOCK_I, SUB_P] fp32, in_image [SUB_P]). Accumulation is fp32 in tl.dot; x and w keep their
-    dtype on the tensor cores (fp16/bf16); float32 with IEEE_FP32 uses full-precision FMA instead of TF32 (whose
-    10-bit mantissa would give float32 results float16-like error).
+    dtype on the tensor cores (fp16/bf16); float32 runs at DOT_PRECISION, "ieee" (full-precision FMA) unless torch
+    allows TF32 for convolutions ("tf32", configs.fp32_dot_precision).
+
+    VEC > 1 promises that every pixel's offset is a multiple of VEC elements (channels_last x with C % VEC == 0):
+    with the channel stride 1 (which Triton specializes on), the x tile is VEC-element vectors along the channels.
     """
     p = p0 + tl.arange(0, SUB_P)
     py = y0 + p // RW
@@ -80,15 +83,14 @@ def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I
     ii = i0 + tl.arange(0, BLOCK_I)
     i_ok = ii < I
     pix_off = py * sxh + px * sxw
+    if VEC > 1:
+        pix_off = tl.multiple_of(pix_off, VEC)
     acc = tl.zeros([BLOCK_I, SUB_P], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        cc = c0 + tl.arange(0, BLOCK_C)
+        cc = tl.max_contiguous(tl.multiple_of(c0 + tl.arange(0, BLOCK_C), BLOCK_C), BLOCK_C)
         c_ok = cc < C
         xt = tl.load(x_ptr + cc[:, None] * sxc + pix_off[None, :], mask=c_ok[:, None] & in_image[None, :], other=0.0)
         wt = tl.load(w_ptr + ii[:, None] * C + cc[None, :], mask=i_ok[:, None] & c_ok[None, :], other=0.0)
-        if IEEE_FP32:
-            acc = tl.dot(wt, xt, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(wt, xt, acc)
+        acc = tl.dot(wt, xt, acc, input_precision=DOT_PRECISION)
     bias = tl.load(b_ptr + ii, mask=i_ok, other=0.0).to(tl.float32)
     return acc + bias[:, None], in_image

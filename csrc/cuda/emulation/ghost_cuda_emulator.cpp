@@ -23,9 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "../ghost_backward_kernel.cuh"
 #include "../ghost_cuda_plan.cu"  // the host planner, compiled into this program
-#include "../ghost_forward_kernel.cuh"
+#include "../ghost_cuda_select.cuh"
 
 // The planner's device query, answered as an H100 SXM would.
 extern "C" cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /*device*/) {
@@ -167,7 +166,6 @@ namespace {
 
 using namespace ghostkernels;
 using namespace ghostkernels::cuda;
-using emulation::KernelFn;
 
 struct Header {
   int64_t mode, dtype, fp32_math, channels_last, act, N, C, H, W, I, M, K, OC, groups, unused;
@@ -224,15 +222,6 @@ std::vector<float> read_floats(FILE* f, int64_t n) {
 }
 
 template <typename T, bool kTF32>
-KernelFn forward_kernel(int K) {
-  return K == 3 ? ghost_forward_kernel<T, kTF32, 3> : ghost_forward_kernel<T, kTF32, 0>;
-}
-template <typename T, bool kTF32>
-KernelFn backward_kernel(int K) {
-  return K == 3 ? ghost_backward_kernel<T, kTF32, 3> : ghost_backward_kernel<T, kTF32, 0>;
-}
-
-template <typename T, bool kTF32>
 void run(const Header& h, FILE* in, FILE* out, bool reverse) {
   GhostShape s;
   s.N = h.N;
@@ -267,7 +256,9 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
   if (!backward) {
     std::vector<T> o(size_t(h.N * h.OC * HW), nan_t);
     P.out = o.data();
-    const KernelFn k = forward_kernel<T, kTF32>(int(h.K));
+    P.layout = choose_layout(s, o.data(), nullptr);
+    std::printf("layout %d\n", int(P.layout));
+    const KernelFn k = select_kernel<false, T, kTF32>(int(h.K), s.act, P.layout);
     const long long blocks = (long long)pl.g.chunks * P.items;
     for (long long b = 0; b < blocks; ++b) emulation::run_block(k, P, unsigned(b), reverse);
     const std::vector<float> r = from_layout(o, h.N, h.OC, HW, cl);
@@ -282,7 +273,10 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
   P.grad_z1 = gz1.data();
   P.partials = partials.data();
   P.groups = groups;
-  const KernelFn k = backward_kernel<T, kTF32>(int(h.K));
+  P.layout = choose_layout(s, gout.data(), gz1.data());
+  P.gz1_vec = P.layout == Layout::NHWCVec && s.I % (s.dtype == DType::Float32 ? 4 : 8) == 0;
+  std::printf("layout %d\n", int(P.layout));
+  const KernelFn k = select_kernel<true, T, kTF32>(int(h.K), s.act, P.layout);
   const long long blocks = (long long)pl.g.chunks * groups;
   for (long long b = 0; b < blocks; ++b) emulation::run_block(k, P, unsigned(b), reverse);
   const std::vector<float> r = from_layout(gz1, h.N, h.I, HW, cl);

@@ -1,0 +1,35 @@
+// The slices of the kernel table (ghost_cuda_select.cuh), one per translation unit, for the launchers.
+#pragma once
+
+#include "ghost_cuda_params.cuh"
+
+namespace ghostkernels {
+namespace cuda {
+
+using KernelFn = void (*)(const KernelParams);
+
+KernelFn forward_kernel_f16(int K, Act a, Layout L);
+KernelFn forward_kernel_bf16(int K, Act a, Layout L);
+KernelFn forward_kernel_f32(int K, Act a, Layout L);
+KernelFn forward_kernel_tf32(int K, Act a, Layout L);
+KernelFn backward_kernel_f16(int K, Act a, Layout L);
+KernelFn backward_kernel_bf16(int K, Act a, Layout L);
+KernelFn backward_kernel_f32(int K, Act a, Layout L);
+KernelFn backward_kernel_tf32(int K, Act a, Layout L);
+
+// The instantiation for a call's dtype, math, k, activation and layout.
+inline KernelFn pick_kernel(bool backward, const GhostShape& s, Layout L) {
+  const int K = int(s.K);
+  switch (s.dtype) {
+    case DType::Float16: return backward ? backward_kernel_f16(K, s.act, L) : forward_kernel_f16(K, s.act, L);
+    case DType::BFloat16: return backward ? backward_kernel_bf16(K, s.act, L) : forward_kernel_bf16(K, s.act, L);
+    case DType::Float32:
+    default:
+      if (s.fp32_math == Fp32Math::TF32)
+        return backward ? backward_kernel_tf32(K, s.act, L) : forward_kernel_tf32(K, s.act, L);
+      return backward ? backward_kernel_f32(K, s.act, L) : forward_kernel_f32(K, s.act, L);
+  }
+}
+
+}  // namespace cuda
+}  // namespace ghostkernels

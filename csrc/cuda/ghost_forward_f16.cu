@@ -1,0 +1,11 @@
+// The forward kernels for __half, one instantiation per k class, activation and layout.
+#include "ghost_cuda_kernels.h"
+#include "ghost_cuda_select.cuh"
+
+namespace ghostkernels {
+namespace cuda {
+
+KernelFn forward_kernel_f16(int K, Act a, Layout L) { return select_kernel<false, __half, false>(K, a, L); }
+
+}  // namespace cuda
+}  // namespace ghostkernels
