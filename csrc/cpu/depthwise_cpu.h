@@ -4,16 +4,16 @@
 #include <ATen/core/Tensor.h>
 
 #include "../activations.h"
-#include "depthwise_avx512.h"  // depthwise_output_size
+#include "kernel_depthwise_avx512.h"  // depthwise_output_size
 
 namespace ghostkernels {
 namespace cpu {
 
 // act(conv2d(x, w, b, stride, padding = K // 2, groups = C)) for x [N, C, H, W], w [C, 1, K, K] (odd K), b [C], on
-// checked CPU inputs of one floating dtype. The AVX-512 kernel (depthwise_avx512.h) runs float32 and bfloat16 NCHW
-// with K in {1, 3, 5, 7} and stride 1 or 2 (output from the CPU block pool); anything else runs on ATen's
-// convolution. When plane_sums is not null it receives a [N, C] tensor, float32 (float64 for float64 x): the sum
-// of each output plane (what a squeeze-excite that follows needs).
+// checked CPU inputs of one floating dtype. The AVX-512 kernel (kernel_depthwise_avx512.h) runs float32 and bfloat16
+// NCHW with K in {1, 3, 5, 7} and stride 1 or 2 (output from the CPU block pool); anything else runs on ATen's
+// convolution. When plane_sums is not null it receives a [N, C] tensor, float32 (float64 for float64 x): the sum of
+// each output plane (what a squeeze-excite that follows needs).
 at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride, Act act,
                           at::Tensor* plane_sums = nullptr);
 

@@ -1,5 +1,5 @@
 // The CPU 1x1 convolution with bias and activation used by the inference ops: the bottleneck's shortcut
-// (ghost_bottleneck_cpu.cpp) and conv2d_act with k = 1 (GhostNet's last ConvBnAct, conv2d_act_cpu.cpp).
+// (op_ghost_bottleneck.cpp) and conv2d_act with k = 1 (GhostNet's last ConvBnAct, op_conv2d_act.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

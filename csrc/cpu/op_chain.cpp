@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "bf16_bits.h"
 #include "ops_cpu.h"
-#include "tensor_pool.h"
+#include "util_bf16_bits.h"
+#include "util_tensor_pool.h"
 
 namespace ghostkernels {
 namespace {
@@ -88,7 +88,7 @@ std::vector<Step> decode(c10::IntArrayRef program, const std::vector<OptTensor>&
 }
 
 // y[p] = mean of plane p of x (contiguous), accumulated in the op math type as ATen's adaptive average pooling does.
-// (bfloat16 as raw words, bf16_bits.h, so that the loop vectorizes.)
+// (bfloat16 as raw words, util_bf16_bits.h, so that the loop vectorizes.)
 template <typename scalar_t>
 void plane_means(const scalar_t* x, scalar_t* y, int64_t planes, int64_t HW) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -147,7 +147,7 @@ at::Tensor chain_cpu(const at::Tensor& x, const c10::List<OptTensor>& tensor_lis
   for (size_t i = 0; i < steps.size(); ++i) {
     try {
       // Every step's output but the last dies inside the chain, so they may reuse pool blocks of other sizes; the
-      // last one is returned to the caller and gets a block of its own size (tensor_pool.h).
+      // last one is returned to the caller and gets a block of its own size (util_tensor_pool.h).
       std::optional<cpu::TransientAllocationScope> transient;
       if (i + 1 < steps.size()) transient.emplace();
       y = run_step(steps[i], program, tensors, y);

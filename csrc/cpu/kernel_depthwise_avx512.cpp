@@ -1,12 +1,12 @@
-// The AVX-512 depthwise convolution and the small-channel dense one (see depthwise_avx512.h for what they compute
-// and why).
+// The AVX-512 depthwise convolution and the small-channel dense one (see kernel_depthwise_avx512.h for what they
+// compute and why).
 //
-// As in ghost_forward_avx512.cpp: no torch header, and the AVX-512 code sits between the `#pragma GCC target`
+// As in kernel_ghost_forward_avx512.cpp: no torch header, and the AVX-512 code sits between the `#pragma GCC target`
 // lines with internal linkage, so the library still loads and runs on CPUs without AVX-512.
 //
 // Numerics: float32 accumulation; each output is b + the k*k taps added row by row with fused multiply-adds
 // (bfloat16 inputs are widened exactly, only the output is rounded). Results differ from oneDNN's by rounding only.
-#include "depthwise_avx512.h"
+#include "kernel_depthwise_avx512.h"
 
 #include <cstdint>
 #include <algorithm>
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "../activations.h"
-#include "cpu_features.h"
+#include "util_cpu_features.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GK_HAVE_AVX512_DEPTHWISE 1
@@ -114,7 +114,7 @@ int64_t avx512_small_conv_scratch_floats(const SmallConvAvx512Params& p) {
 }  // namespace cpu
 }  // namespace ghostkernels
 
-#include "avx512_common.h"
+#include "util_avx512_common.h"
 
 namespace ghostkernels {
 namespace cpu {

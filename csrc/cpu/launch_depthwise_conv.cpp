@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "../ghost_module_check.h"
-#include "depthwise_avx512.h"
-#include "float_weights.h"
-#include "kernel_choice.h"
-#include "tensor_pool.h"
+#include "kernel_depthwise_avx512.h"
+#include "util_float_weights.h"
+#include "util_kernel_choice.h"
+#include "util_tensor_pool.h"
 
 namespace ghostkernels {
 namespace cpu {

@@ -1,13 +1,13 @@
 // Fused Ghost-module forward and backward on the CPU: the binding, and the generic kernels.
 //
-// On CPUs with AVX-512 the float32/bfloat16 NCHW forward runs on ghost_forward_avx512.cpp instead, and so do the
+// On CPUs with AVX-512 the float32/bfloat16 NCHW forward runs on kernel_ghost_forward_avx512.cpp instead, and so do the
 // float32 NCHW backward's GEMMs and depthwise half (bfloat16 NCHW backward: in float32 on those kernels); the
 // GHOSTKERNELS_CPU_KERNEL knob below picks. What follows describes the generic kernels, which handle everything.
 //
-// Forward, per work item (images x primary-channel block x row band, see work_plan.h):
+// Forward, per work item (images x primary-channel block x row band, see util_work_plan.h):
 //   1. z1 = W1 . x for the item's channels over its rows plus a halo of k//2 rows: one GEMM (at::mm, so MKL or
 //      oneDNN) over all the item's pixels; a halo shared with a neighbouring band is recomputed, not exchanged;
-//   2. x1 = act(z1 + b1) into compact, cache-resident planes with zero rows above and below (plane_ops.h),
+//   2. x1 = act(z1 + b1) into compact, cache-resident planes with zero rows above and below (util_plane_ops.h),
 //      never written out as a tensor;
 //   3. the primary half of the output is x1 on the item's own rows; the cheap half is act(b2 + depthwise(x1)),
 //      computed from the planes (rows outside the image are the planes' zero rows, columns outside it are
@@ -33,13 +33,13 @@
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
-#include "ghost_forward_avx512.h"
 #include "ghost_forward_cpu.h"
-#include "float_weights.h"
-#include "kernel_choice.h"
-#include "plane_ops.h"
-#include "tensor_pool.h"
-#include "work_plan.h"
+#include "kernel_ghost_forward_avx512.h"
+#include "util_float_weights.h"
+#include "util_kernel_choice.h"
+#include "util_plane_ops.h"
+#include "util_tensor_pool.h"
+#include "util_work_plan.h"
 
 namespace ghostkernels {
 namespace {
@@ -74,7 +74,7 @@ struct RowAccess {
   int64_t step() const { return CL ? sw : 1; }
 };
 
-// A band's compact planes (see plane_ops.h): image rows [top, top + rows), pitch W, p elements of slack on each
+// A band's compact planes (see util_plane_ops.h): image rows [top, top + rows), pitch W, p elements of slack on each
 // side; channel planes are `stride` elements apart and plane data starts at offset p.
 struct Planes {
   int64_t top, rows, W, p, stride;
@@ -192,7 +192,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const int64_t n_cheap = d.cheap_kept(), OC = d.oc;
 
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
-  // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (ghost_forward_avx512.h), which run the
+  // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_ghost_forward_avx512.h), which run the
   // small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
   constexpr bool kFloatRows = std::is_same<scalar_t, float>::value && !CL;
   const bool fast = kFloatRows && avx512_gemms;
@@ -407,7 +407,7 @@ bool use_avx512_forward(const at::Tensor& x, at::MemoryFormat fmt, const GhostDi
   return use_avx512(knob, bf16, d.K);
 }
 
-// Float32 or bfloat16 NCHW forward on the AVX-512 kernel (ghost_forward_avx512.h); x and out are contiguous.
+// Float32 or bfloat16 NCHW forward on the AVX-512 kernel (kernel_ghost_forward_avx512.h); x and out are contiguous.
 void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                     const at::Tensor& b2, const at::Tensor& out, const at::Tensor& residual, const GhostDims& d) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;

@@ -7,7 +7,7 @@
 // kernel, the depthwise convs on depthwise_cpu.h's kernel, the squeeze-excite's mean taken from that kernel's
 // output pass where a depthwise conv precedes it and applied in place, and the shortcut added in ghost2's output
 // store (no separate add pass). The batch is processed in chunks whose ghost1 output fits in cache, and the
-// kernels' intermediates come from, and go back to, the CPU block pool (tensor_pool.h).
+// kernels' intermediates come from, and go back to, the CPU block pool (util_tensor_pool.h).
 //
 // Numerics: each piece computes in float32 (bfloat16 inputs: float accumulation, bfloat16 intermediates, as
 // eager does in bfloat16); float64 runs ATen's float64 ops around the generic Ghost-module kernel.
@@ -22,14 +22,14 @@
 #include <vector>
 
 #include "../ghost_module_check.h"
-#include "bf16_bits.h"
 #include "depthwise_cpu.h"
-#include "ghost_forward_avx512.h"
 #include "ghost_forward_cpu.h"
-#include "kernel_choice.h"
+#include "kernel_ghost_forward_avx512.h"
 #include "ops_cpu.h"
 #include "pointwise_cpu.h"
-#include "tensor_pool.h"
+#include "util_bf16_bits.h"
+#include "util_kernel_choice.h"
+#include "util_tensor_pool.h"
 
 namespace ghostkernels {
 namespace {
@@ -140,8 +140,8 @@ BottleneckDims check_inputs(const Args& a) {
 // call: the squeeze-excite weights are 6 MB of GhostNet 1.0x's 21, and at batch 1 streaming them on one thread
 // while the other waited cost ~0.1 ms per forward (bench/NOTES.md, entry 16). Each thread scales the planes of the
 // channels whose gates it computed, so the gate and the scaling share one parallel region.
-// The weights are read in their own dtype and widened in the loops, bfloat16 as raw words (bf16_bits.h) so that the
-// loops vectorize: converting the weights to float tensors on every call (1.8 MB of float for a 960 x 240 pair)
+// The weights are read in their own dtype and widened in the loops, bfloat16 as raw words (util_bf16_bits.h) so that
+// the loops vectorize: converting the weights to float tensors on every call (1.8 MB of float for a 960 x 240 pair)
 // and c10::BFloat16's own conversions made GhostNet's squeeze-excite blocks 1.5-2x slower in bfloat16 than in
 // float32 at batch 1 (bench/NOTES.md, entry 25).
 template <typename scalar_t, typename acc_t>
@@ -260,7 +260,7 @@ at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, con
   const int64_t N = d.ghost1.N, g = images_per_chunk(d, x.element_size());
   at::Tensor out = cpu::pooled_empty({N, out_channels, d.Ho, d.Wo}, x.options(), fmt);
   // Every other tensor allocated below dies inside this call, so it may take a larger idle pool block: fewer
-  // distinct blocks per forward of a network (tensor_pool.h; bench/NOTES.md, entry 28).
+  // distinct blocks per forward of a network (util_tensor_pool.h; bench/NOTES.md, entry 28).
   const cpu::TransientAllocationScope transient;
   for (int64_t n0 = 0; n0 < N; n0 += g) {
     const int64_t gn = std::min(g, N - n0);

@@ -9,7 +9,7 @@
 // from the CPU block pool.
 //
 // Kernels: float32 and bfloat16 NCHW with at most kSmallConvMaxInputChannels input channels, k in {1, 3, 5, 7},
-// stride 1 or 2 run on the small-channel AVX-512 kernel (depthwise_avx512.h); wider 1x1 stride-1 convolutions
+// stride 1 or 2 run on the small-channel AVX-512 kernel (kernel_depthwise_avx512.h); wider 1x1 stride-1 convolutions
 // (GhostNet's last ConvBnAct, 160 -> 960 at 7x7) on pointwise_cpu.h's AVX-512 GEMMs (float32 and bfloat16);
 // everything else (float64, CPUs without AVX-512) on ATen's convolution followed by the activation.
 #include <ATen/ATen.h>
@@ -21,13 +21,13 @@
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
-#include "depthwise_avx512.h"
 #include "depthwise_cpu.h"
-#include "float_weights.h"
-#include "kernel_choice.h"
+#include "kernel_depthwise_avx512.h"
 #include "ops_cpu.h"
 #include "pointwise_cpu.h"
-#include "tensor_pool.h"
+#include "util_float_weights.h"
+#include "util_kernel_choice.h"
+#include "util_tensor_pool.h"
 
 namespace ghostkernels {
 namespace {
@@ -81,7 +81,7 @@ at::Tensor conv2d_act_avx512(const at::Tensor& x, const at::Tensor& w, const at:
   const int64_t per_item = 4 * Ho * Wo * Ci * K * K;
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, per_item));
   at::parallel_for(0, cpu::avx512_small_conv_item_count(p), grain, [&](int64_t begin, int64_t end) {
-    // Kept per thread across calls; zero-filled when it grows (see depthwise_avx512.h).
+    // Kept per thread across calls; zero-filled when it grows (see kernel_depthwise_avx512.h).
     thread_local std::vector<float> scratch;
     if (static_cast<int64_t>(scratch.size()) < scratch_floats) scratch.assign(scratch_floats, 0.f);
     cpu::avx512_small_conv_items(p, begin, end, scratch.data());

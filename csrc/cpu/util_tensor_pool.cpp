@@ -1,5 +1,5 @@
-// The CPU block pool (see tensor_pool.h for why it exists).
-#include "tensor_pool.h"
+// The CPU block pool (see util_tensor_pool.h for why it exists).
+#include "util_tensor_pool.h"
 
 #include <ATen/ATen.h>
 #include <ATen/native/TensorFactories.h>

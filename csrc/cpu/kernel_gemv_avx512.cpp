@@ -1,13 +1,13 @@
-// The AVX-512 kernel of ghostkernels::linear_act (see gemv_avx512.h for what it computes and why).
+// The AVX-512 kernel of ghostkernels::linear_act (see kernel_gemv_avx512.h for what it computes and why).
 //
 // As in the other AVX-512 files: no torch header, and the AVX-512 code sits between the `#pragma GCC target` lines
 // with internal linkage, so the library still loads and runs on CPUs without AVX-512.
-#include "gemv_avx512.h"
+#include "kernel_gemv_avx512.h"
 
 #include <cstdint>
 
 #include "../activations.h"
-#include "cpu_features.h"
+#include "util_cpu_features.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GK_HAVE_AVX512_GEMV 1
@@ -36,7 +36,7 @@ bool avx512_gemv_available(bool bf16) {
 }  // namespace cpu
 }  // namespace ghostkernels
 
-#include "avx512_common.h"
+#include "util_avx512_common.h"
 
 namespace ghostkernels {
 namespace cpu {

@@ -1,9 +1,10 @@
 // ghostkernels::linear_act on the CPU: act(x @ w^T + b) for x [N, K], inference only.
 //
 // Why an op for a linear layer: GhostNet's head is two of them at batch size N (conv_head, a 1x1 convolution on the
-// pooled 1x1 image, and the classifier), 10 MB of weights that the BLAS streamed on one thread (see gemv_avx512.h
-// and bench/NOTES.md, entry 19). float32 and bfloat16 run on the AVX-512 kernel of gemv_avx512.h, the output rows
-// split over the threads; float64 and CPUs without AVX-512 on ATen's addmm followed by the activation.
+// pooled 1x1 image, and the classifier), 10 MB of weights that the BLAS streamed on one thread (see
+// kernel_gemv_avx512.h and bench/NOTES.md, entry 19). float32 and bfloat16 run on the AVX-512 kernel of
+// kernel_gemv_avx512.h, the output rows split over the threads; float64 and CPUs without AVX-512 on ATen's addmm
+// followed by the activation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,9 +15,9 @@
 #include "../activations.h"
 #include "../ghost_module_check.h"
 #include "depthwise_cpu.h"
-#include "gemv_avx512.h"
-#include "kernel_choice.h"
+#include "kernel_gemv_avx512.h"
 #include "ops_cpu.h"
+#include "util_kernel_choice.h"
 
 namespace ghostkernels {
 namespace {

@@ -1,7 +1,7 @@
 // The AVX-512 forward kernel for float32 and bfloat16 NCHW tensors: a params struct and launch functions, no torch.
 //
-// What it computes is the ghost_module contract (see ghost_module_cpu.cpp for the generic kernel it replaces on
-// CPUs with AVX-512). Per work item (images x primary-channel block x row band, planned by work_plan.h) and per
+// What it computes is the ghost_module contract (see launch_ghost_module.cpp for the generic kernel it replaces on
+// CPUs with AVX-512). Per work item (images x primary-channel block x row band, planned by util_work_plan.h) and per
 // tile of kMR primary channels:
 //   1. z1 = W1 . x with a register-blocked microkernel (kMR channels x 64 pixels of accumulators, one broadcast
 //      of a weight and four loads of x per input channel); its epilogue adds b1, applies the activation and
@@ -41,7 +41,7 @@ struct ForwardAvx512Params {
   int64_t N, C, H, W, I, M, K, OC;
   int64_t n_primary, n_cheap;  // channels of each half kept by the slice
   int act;                     // ghostkernels::Act
-  // Work plan (work_plan.h): G images, Ib primary channels, B rows per item, and how many of each.
+  // Work plan (util_work_plan.h): G images, Ib primary channels, B rows per item, and how many of each.
   int64_t G, Ib, B, groups, blocks, bands;
   // avx512_column_masks(K, W, B): for each 16-output vector of a band and each column offset dx, the lanes whose
   // tap stays inside the row.

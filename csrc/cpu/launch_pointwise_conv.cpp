@@ -8,10 +8,10 @@
 #include <string>
 
 #include "depthwise_cpu.h"
-#include "ghost_forward_avx512.h"
 #include "ghost_forward_cpu.h"
-#include "kernel_choice.h"
-#include "tensor_pool.h"
+#include "kernel_ghost_forward_avx512.h"
+#include "util_kernel_choice.h"
+#include "util_tensor_pool.h"
 
 namespace ghostkernels {
 namespace cpu {

@@ -1,4 +1,5 @@
-// The AVX-512 NCHW forward kernel, float32 and bfloat16 (see ghost_forward_avx512.h for what it computes and why).
+// The AVX-512 NCHW forward kernel, float32 and bfloat16 (see kernel_ghost_forward_avx512.h for what it computes and
+// why).
 //
 // No torch header here, and the only code compiled for AVX-512 sits in this file between the `#pragma GCC
 // target` lines, in an anonymous namespace (plus the one exported entry point), so no inline function shared with
@@ -9,7 +10,7 @@
 // multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM; the
 // depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
 // (the tests hold them to the dtype's tolerances against a float64 reference).
-#include "ghost_forward_avx512.h"
+#include "kernel_ghost_forward_avx512.h"
 
 #include <cmath>
 #include <cstdint>
@@ -17,7 +18,7 @@
 #include <vector>
 
 #include "../activations.h"
-#include "cpu_features.h"
+#include "util_cpu_features.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GK_HAVE_AVX512_KERNEL 1
@@ -89,7 +90,7 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p) {
 }  // namespace cpu
 }  // namespace ghostkernels
 
-#include "avx512_common.h"
+#include "util_avx512_common.h"
 
 namespace ghostkernels {
 namespace cpu {
@@ -301,7 +302,7 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
   const DepthwiseFn<T, A> depthwise = depthwise_for<T, A>(K);
 
   for (int64_t item = begin; item < end; ++item) {
-    // item -> (group, block, band), band fastest: the order of work_plan.h's WorkPlan.
+    // item -> (group, block, band), band fastest: the order of util_work_plan.h's WorkPlan.
     const int64_t band = item % p.bands, block = (item / p.bands) % p.blocks, group = item / (p.bands * p.blocks);
     const int64_t n0 = group * p.G, g = imin(p.G, p.N - n0);
     const int64_t c0 = block * p.Ib, c1 = imin(I, c0 + p.Ib);
