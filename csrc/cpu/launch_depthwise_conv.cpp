@@ -1,6 +1,6 @@
 // The CPU depthwise convolution: the AVX-512 kernel where it applies, ATen's convolution elsewhere; and the
 // binding of the internal op ghostkernels::_depthwise_conv2d, which lets the tests reach it directly.
-#include "depthwise_cpu.h"
+#include "entry_points.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -11,6 +11,7 @@
 
 #include "../ghost_module_check.h"
 #include "kernel_depthwise_avx512.h"
+#include "util_aten_act.h"
 #include "util_float_weights.h"
 #include "util_kernel_choice.h"
 #include "util_tensor_pool.h"
@@ -35,17 +36,6 @@ void check_depthwise_inputs(const char* op, const char* what, const at::Tensor& 
                      x.scalar_type(), " but its ", t == &w ? "weight" : "bias", " is ", t->scalar_type());
     TORCH_CHECK_VALUE(t->device() == x.device(), op, ": device mismatch: the input of ", what, " is on ",
                       x.device(), " but its ", t == &w ? "weight" : "bias", " is on ", t->device());
-  }
-}
-
-void apply_act_(at::Tensor& y, Act act) {
-  switch (act) {
-    case Act::ReLU: y.relu_(); break;
-    case Act::ReLU6: y.clamp_(0, 6); break;
-    case Act::SiLU: at::silu_(y); break;
-    case Act::HardSwish: at::hardswish_(y); break;
-    case Act::Identity:
-    default: break;
   }
 }
 

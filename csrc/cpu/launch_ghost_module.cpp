@@ -33,7 +33,7 @@
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
-#include "ghost_forward_cpu.h"
+#include "entry_points.h"
 #include "kernel_ghost_forward_avx512.h"
 #include "util_float_weights.h"
 #include "util_kernel_choice.h"

@@ -5,10 +5,10 @@
 // Python objects and tensor metadata that the kernels' traffic has pushed out of the caches since the last
 // forward, so inside a forward they cost several times what they cost in a loop: ~0.6 ms of a ~4 ms forward
 // (bench/NOTES.md, entry 23). Here the network is one call: the steps run back to back in C++, calling the ops'
-// CPU kernels directly (ops_cpu.h), each with the same validation and the same numerics as the op itself; only the
-// global average pool (a plain loop here, ATen's pooling in the network's own forward) may round differently.
-// ghostkernels.freeze() builds the program from a fused network (ghostkernels/frozen.py); the schema and the
-// program's encoding are in csrc/ghost_module.cpp.
+// CPU functions directly (entry_points.h), each with the same validation and the same numerics as the op itself;
+// only the global average pool (a plain loop here, ATen's pooling in the network's own forward) may round
+// differently. ghostkernels.freeze() builds the program from a fused network (ghostkernels/frozen.py); the schema
+// and the program's encoding are in csrc/ghost_module.cpp.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "ops_cpu.h"
+#include "entry_points.h"
 #include "util_bf16_bits.h"
 #include "util_tensor_pool.h"
 

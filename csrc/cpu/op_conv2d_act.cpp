@@ -10,7 +10,7 @@
 //
 // Kernels: float32 and bfloat16 NCHW with at most kSmallConvMaxInputChannels input channels, k in {1, 3, 5, 7},
 // stride 1 or 2 run on the small-channel AVX-512 kernel (kernel_depthwise_avx512.h); wider 1x1 stride-1 convolutions
-// (GhostNet's last ConvBnAct, 160 -> 960 at 7x7) on pointwise_cpu.h's AVX-512 GEMMs (float32 and bfloat16);
+// (GhostNet's last ConvBnAct, 160 -> 960 at 7x7) on launch_pointwise_conv.cpp's AVX-512 GEMMs (float32 and bfloat16);
 // everything else (float64, CPUs without AVX-512) on ATen's convolution followed by the activation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,10 +21,9 @@
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
-#include "depthwise_cpu.h"
+#include "entry_points.h"
 #include "kernel_depthwise_avx512.h"
-#include "ops_cpu.h"
-#include "pointwise_cpu.h"
+#include "util_aten_act.h"
 #include "util_float_weights.h"
 #include "util_kernel_choice.h"
 #include "util_tensor_pool.h"

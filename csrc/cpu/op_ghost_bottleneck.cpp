@@ -4,7 +4,7 @@
 // squeeze-excite, the shortcut, the residual add, the BatchNorms) is a dozen small eager ops per block, each with
 // its dispatcher and Python overhead, an output allocation and a pass over memory; end to end they cost more than
 // the fused Ghost modules (bench/NOTES.md, entry 12). Here the block is one call: both Ghost modules on the fused
-// kernel, the depthwise convs on depthwise_cpu.h's kernel, the squeeze-excite's mean taken from that kernel's
+// kernel, the depthwise convs on launch_depthwise_conv.cpp's kernel, the squeeze-excite's mean taken from that kernel's
 // output pass where a depthwise conv precedes it and applied in place, and the shortcut added in ghost2's output
 // store (no separate add pass). The batch is processed in chunks whose ghost1 output fits in cache, and the
 // kernels' intermediates come from, and go back to, the CPU block pool (util_tensor_pool.h).
@@ -22,11 +22,9 @@
 #include <vector>
 
 #include "../ghost_module_check.h"
-#include "depthwise_cpu.h"
-#include "ghost_forward_cpu.h"
+#include "entry_points.h"
+#include "kernel_depthwise_avx512.h"
 #include "kernel_ghost_forward_avx512.h"
-#include "ops_cpu.h"
-#include "pointwise_cpu.h"
 #include "util_bf16_bits.h"
 #include "util_kernel_choice.h"
 #include "util_tensor_pool.h"

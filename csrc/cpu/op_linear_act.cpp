@@ -14,9 +14,9 @@
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
-#include "depthwise_cpu.h"
+#include "entry_points.h"
 #include "kernel_gemv_avx512.h"
-#include "ops_cpu.h"
+#include "util_aten_act.h"
 #include "util_kernel_choice.h"
 
 namespace ghostkernels {
