@@ -1,5 +1,5 @@
 // The op contract, defined once for every backend. Kernels register themselves per dispatch key in
-// cpu/launch_ghost_module.cpp and cuda/ghost_module_cuda.cpp; fake kernels and autograd are registered from Python
+// cpu/op_*.cpp and cuda/ghost_module_cuda.cpp; fake kernels and autograd are registered from Python
 // (ghostkernels/_registration.py), the way pytorch/extension-cpp does it.
 #include <torch/library.h>
 

@@ -12,6 +12,7 @@
 #include <c10/util/string_view.h>
 
 #include <optional>
+#include <tuple>
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
@@ -42,10 +43,10 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Te
 
 // ---- Launchers ---------------------------------------------------------------------------------------------------
 
-// The CPU forward of ghostkernels::ghost_module (launch_ghost_module.cpp). Called by the ghost_module binding, by
-// the bottleneck (both of its Ghost modules; the second one adds the shortcut as `residual` and writes into the
-// bottleneck's output as `into`) and by pointwise_conv (bfloat16 1x1 convolutions, as a Ghost module with no cheap
-// half).
+// The CPU forward of ghostkernels::ghost_module (launch_ghost_forward.cpp). Called by its binding
+// (op_ghost_module.cpp), by the bottleneck (launch_ghost_bottleneck.cpp: both of its Ghost modules; the second one
+// adds the shortcut as `residual` and writes into the bottleneck's output as `into`) and by pointwise_conv
+// (launch_pointwise_conv.cpp: bfloat16 1x1 convolutions, as a Ghost module with no cheap half).
 // out = ghost_module(x, ...) for inputs already checked by check_ghost_inputs (d is what it returned) and on the
 // CPU, plus `residual` when it is defined (a tensor of the output's shape and dtype, added after the activation).
 // The output is written into `into` when that is defined (a tensor of the output's shape and dtype, e.g. a slice of
@@ -54,6 +55,15 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Te
 at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                          const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d,
                          const at::Tensor& residual, const at::Tensor& into);
+
+// The CPU backward of ghostkernels::ghost_module (launch_ghost_backward.cpp). Called by the binding of
+// ghostkernels::ghost_module_backward (op_ghost_module.cpp), which the op's autograd formula calls.
+// The gradients of (x, w_primary, b_primary, w_cheap, b_cheap) for grad_out [N, oc, H, W] of x's dtype and device
+// and inputs already checked by check_ghost_inputs (d is what it returned) on the CPU; grad_x in the contract's
+// memory format.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
+    const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d);
 
 // The CPU depthwise convolution (launch_depthwise_conv.cpp). Called by the bottleneck (conv_dw and the shortcut's
 // depthwise conv) and by the binding of the internal op ghostkernels::_depthwise_conv2d, through which the tests
