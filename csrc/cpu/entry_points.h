@@ -65,9 +65,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_bac
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
     const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d);
 
-// The CPU depthwise convolution (launch_depthwise_conv.cpp). Called by the bottleneck (conv_dw and the shortcut's
-// depthwise conv) and by the binding of the internal op ghostkernels::_depthwise_conv2d, through which the tests
-// reach it.
+// The CPU depthwise convolution (launch_depthwise_conv.cpp). Called by the bottleneck (launch_ghost_bottleneck.cpp:
+// conv_dw and the shortcut's depthwise conv) and by the binding of the internal op ghostkernels::_depthwise_conv2d
+// (op_depthwise_conv2d.cpp), through which the tests reach it.
 // act(conv2d(x, w, b, stride, padding = K // 2, groups = C)) for x [N, C, H, W], w [C, 1, K, K] (odd K), b [C], on
 // checked CPU inputs of one floating dtype. The AVX-512 kernel (kernel_depthwise_avx512.h) runs float32 and bfloat16
 // NCHW with K in {1, 3, 5, 7} and stride 1 or 2 (output from the CPU block pool); anything else runs on ATen's
@@ -78,8 +78,8 @@ at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Te
 
 // Checks the weight w, bias b and stride of a depthwise convolution over `x` (its channel count, dtype and device
 // are what matter, so a meta tensor will do), naming `op` and `what` (e.g. "conv_dw") in the messages
-// (launch_depthwise_conv.cpp). Called by the bottleneck's argument checks (conv_dw, the shortcut's depthwise conv)
-// and by the _depthwise_conv2d binding.
+// (launch_depthwise_conv.cpp). Called by the bottleneck's argument checks (op_ghost_bottleneck.cpp: conv_dw, the
+// shortcut's depthwise conv) and by the _depthwise_conv2d binding (op_depthwise_conv2d.cpp).
 void check_depthwise_inputs(const char* op, const char* what, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& b, int64_t stride);
 

@@ -1,15 +1,13 @@
-// The CPU depthwise convolution: the AVX-512 kernel where it applies, ATen's convolution elsewhere; and the
-// binding of the internal op ghostkernels::_depthwise_conv2d, which lets the tests reach it directly.
+// The CPU depthwise convolution (depthwise_conv in entry_points.h): the AVX-512 kernel where it applies, ATen's
+// convolution elsewhere; and the checks of its weight, bias and stride, which the ops that run it share.
 #include "entry_points.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <string>
 #include <vector>
 
-#include "../ghost_module_check.h"
 #include "kernel_depthwise_avx512.h"
 #include "util_aten_act.h"
 #include "util_float_weights.h"
@@ -101,24 +99,4 @@ at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Te
 }
 
 }  // namespace cpu
-
-namespace {
-
-constexpr const char* kDepthwiseOp = "ghostkernels::_depthwise_conv2d (CPU)";
-
-at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
-                                c10::string_view act) {
-  const Act a = parse_act(act);
-  cpu::check_depthwise_inputs(kDepthwiseOp, "the convolution", x, w, b, stride);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), kDepthwiseOp, ": expected CPU tensors, got ", x.device());
-  const auto t = x.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kDouble || t == at::kFloat || t == at::kBFloat16, kDepthwiseOp,
-                   ": supported dtypes are float64, float32 and bfloat16, got ", t);
-  return cpu::depthwise_conv(x.contiguous(), w, b, stride, a);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("_depthwise_conv2d", &depthwise_conv2d_cpu); }
-
 }  // namespace ghostkernels
