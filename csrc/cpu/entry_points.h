@@ -83,14 +83,20 @@ at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Te
 void check_depthwise_inputs(const char* op, const char* what, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& b, int64_t stride);
 
-// The CPU 1x1 convolution with bias and activation (launch_pointwise_conv.cpp). Called by the bottleneck (its
-// shortcut) and by conv2d_act with k = 1 (GhostNet's last ConvBnAct).
+// The CPU 1x1 convolution with bias and activation (launch_pointwise_conv.cpp). Called by the bottleneck
+// (launch_ghost_bottleneck.cpp: its shortcut) and by conv2d_act_forward with k = 1 (launch_conv2d_act.cpp:
+// GhostNet's last ConvBnAct).
 // act(conv1x1(s, w) + b) for s [N, C, H, W], w [O, C, 1, 1], b [O] (checked, one dtype). float32 NCHW runs on the
 // Ghost-module kernel's AVX-512 GEMM (output from the CPU block pool; no layout reorder, no BLAS call per image),
 // work items (image, 256-pixel chunk, block of output channels) so that a 7x7 image still feeds every thread;
 // bfloat16 NCHW on the Ghost-module kernel itself with no cheap half (its bf16 dot-product GEMM); anything else on
 // ATen's convolution.
 at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Tensor& b, Act act);
+
+// The launcher of ghostkernels::conv2d_act (launch_conv2d_act.cpp). Called by its binding (op_conv2d_act.cpp) once
+// the arguments are checked: act(conv2d(x, w, b, stride, padding k//2)) for contiguous x [N, C, H, W] on the CPU.
+at::Tensor conv2d_act_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
+                              Act act);
 
 }  // namespace cpu
 }  // namespace ghostkernels
