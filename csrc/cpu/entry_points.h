@@ -98,5 +98,9 @@ at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Te
 at::Tensor conv2d_act_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
                               Act act);
 
+// The launcher of ghostkernels::linear_act (launch_linear_act.cpp). Called by its binding (op_linear_act.cpp) once
+// the arguments are checked: act(x @ w^T + b) for x [N, K] on the CPU.
+at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, Act act);
+
 }  // namespace cpu
 }  // namespace ghostkernels

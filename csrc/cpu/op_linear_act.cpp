@@ -1,23 +1,17 @@
-// ghostkernels::linear_act on the CPU: act(x @ w^T + b) for x [N, K], inference only.
+// ghostkernels::linear_act on the CPU: act(x @ w^T + b) for x [N, K], inference only. The binding: it checks the
+// arguments and calls the launcher, linear_act_forward (launch_linear_act.cpp).
 //
 // Why an op for a linear layer: GhostNet's head is two of them at batch size N (conv_head, a 1x1 convolution on the
 // pooled 1x1 image, and the classifier), 10 MB of weights that the BLAS streamed on one thread (see
-// kernel_gemv_avx512.h and bench/NOTES.md, entry 19). float32 and bfloat16 run on the AVX-512 kernel of
-// kernel_gemv_avx512.h, the output rows split over the threads; float64 and CPUs without AVX-512 on ATen's addmm
-// followed by the activation.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+// kernel_gemv_avx512.h and bench/NOTES.md, entry 19).
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 #include <torch/library.h>
-
-#include <algorithm>
-#include <string>
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
 #include "entry_points.h"
-#include "kernel_gemv_avx512.h"
-#include "util_aten_act.h"
-#include "util_kernel_choice.h"
 
 namespace ghostkernels {
 namespace {
@@ -39,29 +33,6 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
                    ": supported dtypes are float64, float32 and bfloat16, got ", t);
 }
 
-at::Tensor linear_act_avx512(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& b_in, Act act) {
-  // The kernel reads rows of x with unit stride; w and b are read as one block each.
-  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
-  const at::Tensor w = w_in.contiguous(), b = b_in.contiguous();
-  const int64_t N = x.size(0), K = x.size(1), O = w.size(0);
-  at::Tensor y = at::empty({N, O}, x.options());
-  if (y.numel() == 0) return y;
-  cpu::GemvAvx512Params p{};
-  p.bf16 = x.scalar_type() == at::kBFloat16;
-  p.x = x.const_data_ptr();
-  p.w = w.const_data_ptr();
-  p.b = b.const_data_ptr();
-  p.y = y.mutable_data_ptr();
-  p.N = N, p.K = K, p.O = O, p.ldx = x.stride(0), p.ldy = O;
-  p.act = static_cast<int>(act);
-  // Grains of ~32K multiply-adds: GhostNet's head at batch 1 (320 and 250 blocks of 4 x 960 or 4 x 1280) gives
-  // both threads work, a 16-wide layer stays on one.
-  const int64_t blocks = (O + cpu::kGemvRowBlock - 1) / cpu::kGemvRowBlock;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cpu::kGemvRowBlock * K * N));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) { cpu::avx512_gemv_blocks(p, begin, end); });
-  return y;
-}
-
 }  // namespace
 
 namespace cpu {
@@ -69,16 +40,7 @@ namespace cpu {
 at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view act_name) {
   const Act act = parse_act(act_name);
   check_inputs(x, w, b);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  if ((bf16 || x.scalar_type() == at::kFloat) &&
-      cpu::use_avx512_kernel(cpu::cpu_kernel_knob(), cpu::avx512_gemv_available(bf16), [&] {
-        return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") + (bf16 ? " or BF16" : "");
-      })) {
-    return linear_act_avx512(x, w, b, act);
-  }
-  at::Tensor y = at::addmm(b, x, w.t());
-  cpu::apply_act_(y, act);
-  return y;
+  return linear_act_forward(x, w, b, act);
 }
 
 }  // namespace cpu
