@@ -102,5 +102,36 @@ at::Tensor conv2d_act_forward(const at::Tensor& x, const at::Tensor& w, const at
 // the arguments are checked: act(x @ w^T + b) for x [N, K] on the CPU.
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, Act act);
 
+// ghostkernels::ghost_bottleneck's arguments, by role (the schema's order), as its binding received them.
+struct BottleneckArgs {
+  const at::Tensor &x, &g1w1, &g1b1, &g1w2, &g1b2;
+  int64_t mid;
+  c10::string_view act;
+  const std::optional<at::Tensor> &dw_w, &dw_b;
+  int64_t stride;
+  const std::optional<at::Tensor> &se_rw, &se_rb, &se_ew, &se_eb;
+  const at::Tensor &g2w1, &g2b1, &g2w2, &g2b2;
+  int64_t out_channels;
+  const std::optional<at::Tensor> &sc_dw_w, &sc_dw_b, &sc_pw_w, &sc_pw_b;
+};
+
+// The shapes and options of one ghost_bottleneck call, validated (op_ghost_bottleneck.cpp's checks).
+struct BottleneckDims {
+  GhostDims ghost1, ghost2;
+  int64_t stride, Ho, Wo;
+  bool has_dw, has_se, has_shortcut;
+};
+
+// The launcher of ghostkernels::ghost_bottleneck (launch_ghost_bottleneck.cpp). Called by its binding
+// (op_ghost_bottleneck.cpp) once the arguments are checked (d is what the checks returned): the block's output.
+at::Tensor ghost_bottleneck_forward(const BottleneckArgs& a, const BottleneckDims& d);
+
+// The bottleneck's squeeze-excite, in place (launch_squeeze_excite.cpp). Called by launch_ghost_bottleneck.cpp.
+// y *= hardsigmoid(W_e . relu(W_r . mean_hw(y) + b_r) + b_e) per image and channel, for contiguous y [N, C, H, W];
+// `sums` is [N, C], each plane's sum where the depthwise conv before it produced them (depthwise_conv's
+// plane_sums), or undefined (then the means are computed here).
+void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
+                     const at::Tensor& ew, const at::Tensor& eb);
+
 }  // namespace cpu
 }  // namespace ghostkernels
