@@ -133,5 +133,9 @@ at::Tensor ghost_bottleneck_forward(const BottleneckArgs& a, const BottleneckDim
 void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
                      const at::Tensor& ew, const at::Tensor& eb);
 
+// Global average pooling and flatten, [N, C, H, W] -> [N, C] (launch_mean_hw.cpp). Called by op_chain.cpp (a
+// chain's mean_hw step); it checks its input itself, as the step has no op of its own.
+at::Tensor mean_hw(const at::Tensor& x);
+
 }  // namespace cpu
 }  // namespace ghostkernels

@@ -10,17 +10,13 @@
 // differently. ghostkernels.freeze() builds the program from a fused network (ghostkernels/frozen.py); the schema
 // and the program's encoding are in csrc/ghost_module.cpp.
 #include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "entry_points.h"
-#include "util_bf16_bits.h"
 #include "util_tensor_pool.h"
 
 namespace ghostkernels {
@@ -87,40 +83,6 @@ std::vector<Step> decode(c10::IntArrayRef program, const std::vector<OptTensor>&
   return steps;
 }
 
-// y[p] = mean of plane p of x (contiguous), accumulated in the op math type as ATen's adaptive average pooling does.
-// (bfloat16 as raw words, util_bf16_bits.h, so that the loop vectorizes.)
-template <typename scalar_t>
-void plane_means(const scalar_t* x, scalar_t* y, int64_t planes, int64_t HW) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using raw_t = cpu::raw_type<scalar_t>;
-  const raw_t* xp = reinterpret_cast<const raw_t*>(x);
-  raw_t* yp = reinterpret_cast<raw_t*>(y);
-  // Grains of ~16K elements: GhostNet's 960 planes of 7x7 at batch 1 stay on one thread.
-  at::parallel_for(0, planes, std::max<int64_t>(1, 16384 / HW), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const raw_t* plane = xp + p * HW;
-      acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t q = 0; q < HW; ++q) s += cpu::widen<acc_t>(plane[q]);
-      yp[p] = cpu::narrow<raw_t>(s / static_cast<acc_t>(HW));
-    }
-  });
-}
-
-// [N, C, H, W] -> [N, C]: global average pooling and flatten.
-at::Tensor mean_hw(const at::Tensor& x_in) {
-  TORCH_CHECK_VALUE(x_in.dim() == 4, "mean_hw: x must be 4-D [N, C, H, W], got shape ", x_in.sizes());
-  TORCH_CHECK_VALUE(x_in.size(2) * x_in.size(3) > 0, "mean_hw: x has an empty ", x_in.size(2), "x", x_in.size(3),
-                    " image");
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor y = at::empty({x.size(0), x.size(1)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghostkernels_chain_mean_hw", [&] {
-    plane_means<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.size(0) * x.size(1),
-                          x.size(2) * x.size(3));
-  });
-  return y;
-}
-
 at::Tensor run_step(const Step& s, c10::IntArrayRef program, const std::vector<OptTensor>& ts, const at::Tensor& x) {
   const int64_t* a = program.data() + s.ints;
   const auto T = [&](int64_t k) -> const at::Tensor& { return *ts[s.tensors + k]; };
@@ -133,7 +95,7 @@ at::Tensor run_step(const Step& s, c10::IntArrayRef program, const std::vector<O
                                        /*stride=*/a[2], O(6), O(7), O(8), O(9), T(10), T(11), T(12), T(13),
                                        /*out_channels=*/a[3], O(14), O(15), O(16), O(17));
     case kMeanHW:
-      return mean_hw(x);
+      return cpu::mean_hw(x);
     case kLinearAct:
     default:
       return cpu::linear_act_cpu(x, T(0), T(1), kActNames[a[0]]);
