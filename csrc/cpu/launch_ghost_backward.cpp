@@ -2,8 +2,8 @@
 // kernel.
 //
 // On CPUs with AVX-512 the float32 NCHW backward's GEMMs and depthwise half run on AVX-512 kernels
-// (kernel_ghost_forward_avx512.h), and the bfloat16 NCHW backward runs in float32 on them; the
-// GHOSTKERNELS_CPU_KERNEL knob (util_kernel_choice.h) picks. The generic kernel handles everything.
+// (kernel_backward_gemm_avx512.h, kernel_ghost_backward_avx512.h), and the bfloat16 NCHW backward runs in float32 on
+// them; the GHOSTKERNELS_CPU_KERNEL knob (util_kernel_choice.h) picks. The generic kernel handles everything.
 //
 // The backward recomputes what it needs from x the way the forward computes it (launch_ghost_forward.cpp), over a
 // halo of 2*(k//2) rows (the gradient of x1 at a row needs the cheap half's gradient k//2 rows around it, which needs
@@ -23,7 +23,9 @@
 #include "../activations.h"
 #include "../ghost_module_check.h"
 #include "entry_points.h"
-#include "kernel_ghost_forward_avx512.h"
+#include "kernel_backward_gemm_avx512.h"
+#include "kernel_ghost_backward_avx512.h"
+#include "kernel_ghost_forward_avx512.h"  // avx512_forward_available, avx512_column_masks
 #include "util_ghost_launch.h"
 #include "util_kernel_choice.h"
 #include "util_plane_ops.h"
@@ -45,8 +47,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const int64_t n_cheap = d.cheap_kept(), OC = d.oc;
 
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
-  // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_ghost_forward_avx512.h), which run the
-  // small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
+  // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_backward_gemm_avx512.h), which
+  // run the small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
   constexpr bool kFloatRows = std::is_same<scalar_t, float>::value && !CL;
   const bool fast = kFloatRows && avx512_gemms;
   const at::Tensor w1t = fast ? w1a.t().contiguous() : at::Tensor();

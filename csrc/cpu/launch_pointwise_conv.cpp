@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <string>
 
+#include "kernel_backward_gemm_avx512.h"
 #include "kernel_ghost_forward_avx512.h"
 #include "util_aten_act.h"
 #include "util_kernel_choice.h"
