@@ -3,9 +3,10 @@
 // Two kinds. The CPU functions of the inference ops: what the op registrations (TORCH_LIBRARY_IMPL in op_*.cpp)
 // bind, callable from C++ without the dispatcher; each validates its arguments exactly as the op does, so that
 // ghostkernels::chain (op_chain.cpp), which runs a whole network as one op call, can call them directly. And the
-// launchers (launch_*.cpp): they take checked CPU tensors, pick a kernel (util_kernel_choice.h) and run it; the ops
-// that are made of other ops' pieces call them (the bottleneck runs Ghost modules, depthwise and 1x1 convolutions).
-// Each declaration says where it is defined and who calls it; the schemas are in csrc/ghost_module.cpp.
+// launchers (launch_*.cpp): they take checked CPU tensors, pick a kernel (util_kernel_choice.h) and run it; their
+// op's binding calls them once the arguments are checked, and so do the ops made of other ops' pieces (the
+// bottleneck runs Ghost modules, depthwise and 1x1 convolutions). Each declaration says where it is defined and who
+// calls it; the schemas are in csrc/ghost_module.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
