@@ -1,6 +1,6 @@
 // The AVX-512 forward kernel for float32 and bfloat16 NCHW tensors: a params struct and launch functions, no torch.
 //
-// What it computes is the ghost_module contract (see launch_ghost_module.cpp for the generic kernel it replaces on
+// What it computes is the ghost_module contract (see launch_ghost_forward.cpp for the generic kernel it replaces on
 // CPUs with AVX-512). Per work item (images x primary-channel block x row band, planned by util_work_plan.h) and per
 // tile of kMR primary channels:
 //   1. z1 = W1 . x with a register-blocked microkernel (kMR channels x 64 pixels of accumulators, one broadcast

@@ -25,8 +25,8 @@ inline bool use_avx512(CpuKernel knob, bool bf16, int64_t K) {
 
 // The GEMM operand of g images from n0 on, rows [a0, a0 + na): a [C, g*na*W] matrix. A view where the memory
 // allows it (one image; or whole channels_last images, whose pixels are contiguous); otherwise packed into `pack`.
-inline at::Tensor input_matrix(const at::Tensor& x, int64_t n0, int64_t g, int64_t a0, int64_t na, bool channels_last,
-                        const at::Tensor& pack) {
+inline at::Tensor input_matrix(const at::Tensor& x, int64_t n0, int64_t g, int64_t a0, int64_t na,
+                               bool channels_last, const at::Tensor& pack) {
   const int64_t C = x.size(1), W = x.size(3), P = g * na * W;
   const at::Tensor xs = x.narrow(0, n0, g).narrow(2, a0, na);  // [g, C, na, W]
   if (channels_last && (g == 1 || na == x.size(2))) return xs.permute({0, 2, 3, 1}).reshape({P, C}).t();
