@@ -16,7 +16,8 @@
 
 namespace ghostkernels {
 
-// The order is part of the ABI between the bindings and the kernels; the string names live in ghost_module_check.cpp.
+// The values are the activation codes, part of the ABI between the bindings and the kernels; the names are in
+// op_layouts.h (kActNames), which checks that they agree.
 enum class Act : int { Identity = 0, ReLU = 1, ReLU6 = 2, SiLU = 3, HardSwish = 4 };
 
 GK_HD float gk_exp(float v) { return expf(v); }

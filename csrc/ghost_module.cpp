@@ -1,7 +1,58 @@
 // The op contract, defined once for every backend. Kernels register themselves per dispatch key in
-// cpu/ghost_module_cpu.cpp and cuda/ghost_module_cuda.cpp; fake kernels and autograd are registered from Python
-// (ghostkernels/_registration.py), the way pytorch/extension-cpp does it.
+// cpu/op_*.cpp and cuda/ghost_module_cuda.cpp; fake kernels and autograd are registered from Python
+// (ghostkernels/_registration.py), the way pytorch/extension-cpp does it. The ABI tables the schemas' integer
+// arguments refer to (activation codes, the chain's step layouts) are in op_layouts.h.
 #include <torch/library.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "op_layouts.h"
+
+namespace {
+
+// A JSON string: the names in the tables are identifiers, but quotes and backslashes are escaped all the same.
+std::string json_string(std::string_view v) {
+  std::string out = "\"";
+  for (const char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+// A JSON list of names, written as Python's json.dumps writes it (", " between items).
+template <typename NameOf>
+std::string json_names(int64_t n, NameOf&& name_of) {
+  std::string out = "[";
+  for (int64_t i = 0; i < n; ++i) out += (i > 0 ? ", " : "") + json_string(name_of(i));
+  return out + "]";
+}
+
+// What ghostkernels::_layouts returns: the tables of op_layouts.h, in their order.
+std::string layouts_json() {
+  namespace L = ghostkernels::layouts;
+  std::string steps;
+  for (int64_t op = 0; op < L::kNumChainSteps; ++op) {
+    const L::ChainStep& s = L::kChainSteps[op];
+    std::string optional = "[";
+    for (int64_t k = 0; k < s.n_tensors; ++k) {
+      if (!s.tensors[k].optional) continue;
+      optional += (optional.size() > 1 ? ", " : "") + json_string(s.tensors[k].name);
+    }
+    optional += "]";
+    steps += std::string(op > 0 ? ", " : "") + "{\"opcode\": " + std::to_string(s.opcode) +
+             ", \"name\": " + json_string(s.name) +
+             ", \"ints\": " + json_names(s.n_ints, [&](int64_t k) { return s.ints[k]; }) +
+             ", \"tensors\": " + json_names(s.n_tensors, [&](int64_t k) { return s.tensors[k].name; }) +
+             ", \"optional\": " + optional + "}";
+  }
+  return "{\"acts\": " + json_names(L::kNumActs, [](int64_t c) { return L::kActNames[c]; }) +
+         ", \"chain_steps\": [" + steps + "]}";
+}
+
+}  // namespace
 
 TORCH_LIBRARY(ghostkernels, m) {
   // out = cat(act(conv1x1(x, w_primary) + b_primary), act(dwconv_kxk(x1, w_cheap) + b_cheap))[:, :out_channels]
@@ -36,15 +87,17 @@ TORCH_LIBRARY(ghostkernels, m) {
   m.def("linear_act(Tensor x, Tensor w, Tensor b, str act) -> Tensor");
   // A chain of the inference ops above in one call (inference only, no autograd, CPU only; ghostkernels.freeze()
   // runs a fused GhostNet's whole forward on it, ghostkernels/frozen.py). `program` is a list of steps, each an
-  // opcode and its integers; each step takes its tensors from `tensors` in order and its input from the step before:
-  //   0 conv2d_act        [0, stride, act]                               tensors w, b
-  //   1 ghost_bottleneck  [1, mid_channels, act, stride, out_channels]   its 18 tensors in the order of its schema
-  //                                                                      (None where that schema has Tensor? None)
-  //   2 mean_hw           [2]                                            none: [N, C, H, W] -> [N, C], plane means
-  //   3 linear_act        [3, act]                                       tensors w, b
-  // act codes: 0 identity, 1 relu, 2 relu6, 3 silu, 4 hardswish. Each step computes exactly what its op computes.
+  // opcode and its integers; each step takes its tensors from `tensors` in order and its input from the step before.
+  // The steps (conv2d_act, ghost_bottleneck, mean_hw: [N, C, H, W] -> [N, C] plane means, linear_act), their
+  // opcodes, integers and tensors (the op's own arguments after x, in the order of its schema above; None where
+  // that schema has Tensor?) and the activation codes are the table of op_layouts.h, which _layouts() returns.
+  // Each step computes exactly what its op computes.
   m.def("chain(Tensor x, Tensor?[] tensors, int[] program) -> Tensor");
   // Internal (the tests reach the CPU depthwise kernel through it): act(conv2d(x, w, b, stride, padding k//2,
   // groups=C)), contiguous output.
   m.def("_depthwise_conv2d(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");
+  // Internal: the ABI tables of op_layouts.h (activation names by code; ghostkernels::chain's step layouts) as JSON,
+  // {"acts": [...], "chain_steps": [{"opcode", "name", "ints", "tensors", "optional"}, ...]}, so that the Python
+  // side can check its own copies against them. No tensors, so one kernel serves every dispatch key.
+  m.def("_layouts() -> str", &layouts_json);
 }

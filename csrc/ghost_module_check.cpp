@@ -4,16 +4,20 @@
 
 #include <string>
 
+#include "op_layouts.h"
+
 namespace ghostkernels {
 
 Act parse_act(c10::string_view act) {
-  if (act == "identity") return Act::Identity;
-  if (act == "relu") return Act::ReLU;
-  if (act == "relu6") return Act::ReLU6;
-  if (act == "silu") return Act::SiLU;
-  if (act == "hardswish") return Act::HardSwish;
-  TORCH_CHECK_VALUE(false, "ghostkernels: unknown act '", std::string(act),
-                    "'; expected one of identity, relu, relu6, silu, hardswish");
+  // An activation's code is its index in the table of names (op_layouts.h).
+  for (int64_t code = 0; code < layouts::kNumActs; ++code) {
+    if (act == layouts::kActNames[code]) return static_cast<Act>(code);
+  }
+  std::string names;
+  for (int64_t code = 0; code < layouts::kNumActs; ++code) {
+    names += (code > 0 ? ", " : "") + std::string(layouts::kActNames[code]);
+  }
+  TORCH_CHECK_VALUE(false, "ghostkernels: unknown act '", std::string(act), "'; expected one of ", names);
 }
 
 void check_like_x(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name) {

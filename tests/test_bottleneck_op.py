@@ -394,7 +394,7 @@ def test_pooled_output_is_an_ordinary_tensor():
 
 def test_pool_intermediates_may_take_larger_blocks_but_the_output_does_not():
     """ghost_bottleneck's intermediates die inside the call, so they may take an idle pool block up to 4x their
-    size (tensor_pool.h, TransientAllocationScope); its output gets a block of its own size."""
+    size (util_tensor_pool.h, TransientAllocationScope); its output gets a block of its own size."""
     if ops.cpu_pool_stats()["limit_bytes"] < (64 << 20):
         pytest.skip("the CPU block pool is off or small (GHOSTKERNELS_CPU_POOL_MB)")
     case = BottleneckCase(1, 16, 64, 64, 80, 16, label="pool")  # ghost1's output: 80 x 64 x 64 floats, 1.25 MB

@@ -69,7 +69,7 @@ def test_fingerprint_follows_source_content(tmp_path, monkeypatch):
     root = _copy_sources(tmp_path, monkeypatch)
     assert _fingerprint() == original, "the fingerprint must depend on the sources' content, not on their location"
 
-    kernel = os.path.join(root, "cpu", "ghost_module_cpu.cpp")
+    kernel = os.path.join(root, "cpu", "launch_ghost_forward.cpp")
     with open(kernel, "a") as f:
         f.write("\n// a changed kernel source\n")
     changed_source = _fingerprint()

@@ -307,7 +307,7 @@ def test_chain_errors_name_the_step():
 
 def test_chain_intermediates_reuse_larger_pool_blocks_but_its_output_does_not():
     """Inside the chain a step's output may take an idle pool block up to 4x its size (it dies inside the chain;
-    csrc/cpu/tensor_pool.h, TransientAllocationScope); the chain's own output gets a block of its size."""
+    csrc/cpu/util_tensor_pool.h, TransientAllocationScope); the chain's own output gets a block of its size."""
     from ghostkernels import ops
     if ops.cpu_pool_stats()["limit_bytes"] < (64 << 20):
         pytest.skip("the CPU block pool is off or small (GHOSTKERNELS_CPU_POOL_MB)")

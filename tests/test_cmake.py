@@ -144,6 +144,7 @@ def test_install_tree_has_library_headers_and_package(installed):
     cmake_dir = installed.prefix / "lib" / "cmake" / "ghostkernels"
     expected = [installed.library, installed.prefix / "include" / "ghostkernels" / "ghost_module_check.h",
                 installed.prefix / "include" / "ghostkernels" / "activations.h",
+                installed.prefix / "include" / "ghostkernels" / "op_layouts.h",
                 cmake_dir / "ghostkernelsConfig.cmake", cmake_dir / "ghostkernelsConfigVersion.cmake",
                 cmake_dir / "ghostkernelsTargets.cmake"]
     missing = [str(p) for p in expected if not p.exists()]

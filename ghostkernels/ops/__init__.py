@@ -225,7 +225,7 @@ def chain(x, tensors, program):
 
 
 def cpu_pool_stats() -> dict[str, int]:
-    """The CPU block pool of the C++ kernels (csrc/cpu/tensor_pool.h): idle bytes it keeps (``cached_bytes``),
+    """The CPU block pool of the C++ kernels (csrc/cpu/util_tensor_pool.h): idle bytes it keeps (``cached_bytes``),
     bytes held by live tensors (``in_use_bytes``), allocations served from it (``hits``) and from the system
     (``misses``), and the cap on idle bytes (``limit_bytes``, from ``GHOSTKERNELS_CPU_POOL_MB``)."""
     build.load_library()

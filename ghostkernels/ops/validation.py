@@ -102,7 +102,7 @@ def _group(op: str, names: str, ts) -> bool:
 
 def check_bottleneck_inputs(op: str, x, ghost1, mid_channels, act, dw, stride, se, ghost2, out_channels,
                             shortcut) -> tuple[int, int]:
-    """Validate a ghost_bottleneck call (the checks of csrc/cpu/ghost_bottleneck_cpu.cpp); return the output
+    """Validate a ghost_bottleneck call (the checks of csrc/cpu/op_ghost_bottleneck.cpp); return the output
     (H, W). ``dw``, ``se``, ``shortcut`` are tuples of tensors or Nones (None for an absent group)."""
     check_ghost_inputs(f"{op} (ghost1)", x, *ghost1, mid_channels, act)
     if stride not in (1, 2):

@@ -9,7 +9,7 @@ freeze() does two things, both undone by unfreeze():
 2. Every fused GhostNet in the model (this package's, the official code's, timm's: a module with the children
    conv_stem, bn1, act1, blocks, global_pool, conv_head, act2 and classifier, after fuse() on the CPU) gets a
    whole-network forward: in CPU inference the network is one call of ``ghostkernels::chain``, which runs the stem,
-   every bottleneck, the last ConvBnAct, the pooling and the head back to back in C++ (csrc/cpu/chain_cpu.cpp)
+   every bottleneck, the last ConvBnAct, the pooling and the head back to back in C++ (csrc/cpu/op_chain.cpp)
    instead of a Python module call and a dispatcher call per layer (bench/NOTES.md, entry 23). The program is
    built from the fused modules' ``chain_step()`` (their folded weights, their arguments; encoded by
    ghostkernels.ops.layouts) and checked on a probe image against the network's own forward; a network that does

@@ -1,8 +1,9 @@
 // Which AVX-512 extensions this CPU has, probed once per file that asks: the availability checks of the AVX-512
-// kernel files (ghost_forward_avx512, depthwise_avx512, gemv_avx512) share it. No torch header, like those files.
+// kernel files (kernel_ghost_forward_avx512, kernel_depthwise_avx512, kernel_gemv_avx512) share it. No torch header,
+// like those files.
 //
-// Internal linkage on purpose (see avx512_common.h): include and call it outside a file's AVX-512 `#pragma GCC
-// target` region, so that no copy of it is ever compiled with AVX-512 instructions.
+// Internal linkage on purpose (see util_avx512_common.h): include and call it outside a file's AVX-512 region
+// (util_avx512_target.h), so that no copy of it is ever compiled with AVX-512 instructions.
 #pragma once
 
 namespace ghostkernels {

@@ -1,7 +1,7 @@
 // The AVX-512 forward kernel for float32 and bfloat16 NCHW tensors: a params struct and launch functions, no torch.
 //
-// What it computes is the ghost_module contract (see ghost_module_cpu.cpp for the generic kernel it replaces on
-// CPUs with AVX-512). Per work item (images x primary-channel block x row band, planned by work_plan.h) and per
+// What it computes is the ghost_module contract (see launch_ghost_forward.cpp for the generic kernel it replaces on
+// CPUs with AVX-512). Per work item (images x primary-channel block x row band, planned by util_work_plan.h) and per
 // tile of kMR primary channels:
 //   1. z1 = W1 . x with a register-blocked microkernel (kMR channels x 64 pixels of accumulators, one broadcast
 //      of a weight and four loads of x per input channel); its epilogue adds b1, applies the activation and
@@ -41,7 +41,7 @@ struct ForwardAvx512Params {
   int64_t N, C, H, W, I, M, K, OC;
   int64_t n_primary, n_cheap;  // channels of each half kept by the slice
   int act;                     // ghostkernels::Act
-  // Work plan (work_plan.h): G images, Ib primary channels, B rows per item, and how many of each.
+  // Work plan (util_work_plan.h): G images, Ib primary channels, B rows per item, and how many of each.
   int64_t G, Ib, B, groups, blocks, bands;
   // avx512_column_masks(K, W, B): for each 16-output vector of a band and each column offset dx, the lanes whose
   // tap stays inside the row.
@@ -52,6 +52,8 @@ struct ForwardAvx512Params {
 // depthwise kernel size.
 bool avx512_forward_available(bool bf16, int64_t K);
 
+// For each 16-output vector of a band of B rows and each column offset dx, the lanes whose tap stays inside the row
+// (the forward's colmask; the depthwise backward, kernel_ghost_backward_avx512.h, reads the same masks).
 std::vector<uint16_t> avx512_column_masks(int64_t K, int64_t W, int64_t B);
 
 // Per-thread scratch, in 4-byte words, for avx512_forward_items.
@@ -59,44 +61,6 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p);
 
 // Runs work items [begin, end). Items write disjoint parts of the output, so threads may run disjoint ranges.
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch);
-
-// Plain float32 GEMMs on the same microkernel, for the backward pass (whose three 1x1 GEMMs per work item are small
-// and were the slowest part of it when run by the BLAS). Row-major, leading dimensions in elements; available
-// where avx512_forward_available(false, 1) is.
-// C[m][n] = (accumulate ? C[m][n] : 0) + sum_k A[m][k] * B[k][n]
-void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
-                     float* C, int64_t ldc, bool accumulate);
-// dst[c][r] = src[r][c] for r < rows, c < cols (16 x 16 blocks transposed in registers).
-void avx512_transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst, int64_t ldd);
-
-// The depthwise half of the float32 NCHW backward for one image of a backward work item (rows [r0, r0 + own)),
-// after z1 has been recomputed and x1 = act(z1 + b1) written into planes:
-//   g2 = grad_out(cheap) * act'(z2) on rows [r0 - p, r0 + own + p), z2 recomputed from x1 with masked-load taps; in
-//   the same pass, on the own rows, grad b2 += g2 and grad w2[t] += g2 * tap_t (the taps z2 was made of);
-//   g1 = (grad_out(primary) + transposed depthwise of g2) * act'(z1) on the own rows, grad b1 += g1.
-// The weight gradients are added to per-thread partial sums.
-struct DepthwiseBackwardImage {
-  const float* x1;   // channel 0's plane at image row r0 - 2p; planes x1_stride apart
-  int64_t x1_stride;
-  float* g2;         // cheap channel 0's plane at image row r0 - p; planes g2_stride apart (written here)
-  int64_t g2_stride;
-  const float* go;   // grad_out of this image, [OC][H][W]
-  const float* z1;   // z1 of channel 0 at image row z1_row0; channels z1_cstride apart, rows W apart
-  int64_t z1_cstride, z1_row0;
-  float* g1;         // g1 of channel 0 on the own rows; channels g1_cstride apart (written here)
-  int64_t g1_cstride;
-  const float* b1;
-  const float* w2;       // [I*M][K*K]
-  const float* w2_flip;  // taps flipped: w2_flip[j][t] = w2[j][K*K-1-t]
-  const float* b2;
-  float* pw2;  // [I*M][K*K] partial sums
-  float* pb2;  // [I*M]
-  float* pb1;  // [I]
-  int64_t H, W, I, M, K, OC, n_cheap, r0, own;
-  const uint16_t* colmask;  // avx512_column_masks(K, W, rows) with rows >= own + 2p
-  int act;
-};
-void avx512_depthwise_backward_image(const DepthwiseBackwardImage& p);
 
 }  // namespace cpu
 }  // namespace ghostkernels

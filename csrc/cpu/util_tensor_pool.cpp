@@ -1,11 +1,10 @@
-// The CPU block pool (see tensor_pool.h for why it exists).
-#include "tensor_pool.h"
+// The CPU block pool (see util_tensor_pool.h for why it exists).
+#include "util_tensor_pool.h"
 
 #include <ATen/ATen.h>
 #include <ATen/native/TensorFactories.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -164,22 +163,6 @@ TransientAllocationScope::~TransientAllocationScope() { --transient_depth; }
 PoolStats pool_stats() { return pool().stats(); }
 
 void pool_release_cached() { pool().release(); }
-
-namespace {
-
-std::vector<int64_t> cpu_pool_stats_op() {
-  const PoolStats s = pool_stats();
-  return {s.cached_bytes, s.in_use_bytes, s.hits, s.misses, s.limit_bytes};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(ghostkernels, m) {
-  // [cached bytes, bytes in use, hits, misses, limit bytes] of the CPU block pool (ghostkernels.ops.cpu_pool_stats).
-  m.def("_cpu_pool_stats() -> int[]", &cpu_pool_stats_op);
-  // Returns the pool's idle blocks to the system (ghostkernels.ops.release_cpu_pool).
-  m.def("_cpu_pool_release() -> ()", &pool_release_cached);
-}
 
 }  // namespace cpu
 }  // namespace ghostkernels

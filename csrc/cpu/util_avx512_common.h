@@ -1,5 +1,7 @@
-// Small AVX-512 helpers shared by the AVX-512 kernel files. Include it only between a file's
-// `#pragma GCC push_options` / `#pragma GCC target("avx512f,...")` and `pop_options`, after <immintrin.h>.
+// Small AVX-512 helpers shared by the AVX-512 kernel files. Include it only inside a file's AVX-512 region, right
+// after GK_AVX512_REGION_BEGIN (util_avx512_target.h, which also includes <immintrin.h>), and outside any namespace;
+// include its own headers (<cmath>, <cstdint>, activations.h) before the region, so their inline functions are not
+// compiled for AVX-512.
 //
 // Everything here has internal linkage (an anonymous namespace) on purpose: an inline function with external
 // linkage compiled with AVX-512 in one file and without it in another is one symbol to the linker, which may keep

@@ -1,7 +1,8 @@
-// The AVX-512 NCHW forward kernel, float32 and bfloat16 (see ghost_forward_avx512.h for what it computes and why).
+// The AVX-512 NCHW forward kernel, float32 and bfloat16 (see kernel_ghost_forward_avx512.h for what it computes and
+// why).
 //
-// No torch header here, and the only code compiled for AVX-512 sits in this file between the `#pragma GCC
-// target` lines, in an anonymous namespace (plus the one exported entry point), so no inline function shared with
+// No torch header here, and the only code compiled for AVX-512 sits in this file between GK_AVX512_REGION_BEGIN
+// and GK_AVX512_REGION_END (util_avx512_target.h), in an anonymous namespace (plus the one exported entry point), so no inline function shared with
 // other files is ever emitted with AVX-512 instructions: the library still loads and runs its generic kernels on
 // CPUs without AVX-512, which avx512_forward_available() keeps away from this code.
 //
@@ -9,7 +10,7 @@
 // multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM; the
 // depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
 // (the tests hold them to the dtype's tolerances against a float64 reference).
-#include "ghost_forward_avx512.h"
+#include "kernel_ghost_forward_avx512.h"
 
 #include <cmath>
 #include <cstdint>
@@ -17,14 +18,9 @@
 #include <vector>
 
 #include "../activations.h"
-#include "cpu_features.h"
+#include "util_cpu_features.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GK_HAVE_AVX512_KERNEL 1
-#include <immintrin.h>
-#else
-#define GK_HAVE_AVX512_KERNEL 0
-#endif
+#include "util_avx512_target.h"
 
 namespace ghostkernels {
 namespace cpu {
@@ -44,7 +40,7 @@ int64_t band_pixels_max(const ForwardAvx512Params& p) {
 }  // namespace
 
 bool avx512_forward_available(bool bf16, int64_t K) {
-#if GK_HAVE_AVX512_KERNEL
+#if GK_AVX512_KERNELS
   return cpu_has_avx512(bf16) && (K == 1 || K == 3 || K == 5 || K == 7);
 #else
   (void)bf16;
@@ -80,16 +76,15 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p) {
   return panel_words(p) + kMR * p.G * plane_stride(p) + 2 * plane_slack(p.W, p.K);
 }
 
-#if GK_HAVE_AVX512_KERNEL
-#pragma GCC push_options
+#if GK_AVX512_KERNELS
 // avx512bf16 only adds the bf16 intrinsics the BF16 instantiations use; the F32 ones contain none of its
 // instructions, so they still run on AVX-512 CPUs without BF16.
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+GK_AVX512_REGION_BEGIN
 
 }  // namespace cpu
 }  // namespace ghostkernels
 
-#include "avx512_common.h"
+#include "util_avx512_common.h"
 
 namespace ghostkernels {
 namespace cpu {
@@ -301,7 +296,7 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
   const DepthwiseFn<T, A> depthwise = depthwise_for<T, A>(K);
 
   for (int64_t item = begin; item < end; ++item) {
-    // item -> (group, block, band), band fastest: the order of work_plan.h's WorkPlan.
+    // item -> (group, block, band), band fastest: the order of util_work_plan.h's WorkPlan.
     const int64_t band = item % p.bands, block = (item / p.bands) % p.blocks, group = item / (p.bands * p.blocks);
     const int64_t n0 = group * p.G, g = imin(p.G, p.N - n0);
     const int64_t c0 = block * p.Ib, c1 = imin(I, c0 + p.Ib);
@@ -382,266 +377,7 @@ void run_items_for_act(const ForwardAvx512Params& p, int64_t begin, int64_t end,
   }
 }
 
-
-// C tile [MR x 16*NV] at (m0, n0) of avx512_sgemm_nn; `tail` masks the last vector's columns past N.
-template <int MR, int NV>
-void sgemm_nn_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-                   bool accumulate, __mmask16 tail) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < K; ++k) {
-    const float* bk = B + k * ldb;
-    __m512 bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(bk + v * kLanes);
-    bv[NV - 1] = _mm512_maskz_loadu_ps(tail, bk + (NV - 1) * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(A[r * lda + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = v == NV - 1 ? tail : static_cast<__mmask16>(0xFFFF);
-      float* c = C + r * ldc + v * kLanes;
-      const __m512 old = accumulate ? _mm512_maskz_loadu_ps(m, c) : _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(c, m, _mm512_add_ps(old, acc[r][v]));
-    }
-  }
-}
-
-using SgemmNNTile = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool, __mmask16);
-
-template <int MR>
-SgemmNNTile sgemm_nn_tile_for_nv(int64_t nv) {
-  switch (nv) {
-    case 1: return &sgemm_nn_tile<MR, 1>;
-    case 2: return &sgemm_nn_tile<MR, 2>;
-    case 3: return &sgemm_nn_tile<MR, 3>;
-    default: return &sgemm_nn_tile<MR, 4>;
-  }
-}
-
-SgemmNNTile sgemm_nn_tile_for(int64_t mr, int64_t nv) {
-  switch (mr) {
-    case 1: return sgemm_nn_tile_for_nv<1>(nv);
-    case 2: return sgemm_nn_tile_for_nv<2>(nv);
-    case 3: return sgemm_nn_tile_for_nv<3>(nv);
-    case 4: return sgemm_nn_tile_for_nv<4>(nv);
-    case 5: return sgemm_nn_tile_for_nv<5>(nv);
-    default: return sgemm_nn_tile_for_nv<6>(nv);
-  }
-}
-
-// g * act'(z), 16 lanes at a time: the same derivatives as act_derivative in activations.h (their values at the
-// kinks included).
-template <Act A>
-inline __m512 act_grad_v(__m512 z, __m512 g) {
-  const __m512 zero = _mm512_setzero_ps();
-  if constexpr (A == Act::ReLU) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ), g);
-  } else if constexpr (A == Act::ReLU6) {
-    const __mmask16 m = _mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(z, _mm512_set1_ps(6.f), _CMP_LT_OQ);
-    return _mm512_maskz_mov_ps(m, g);
-  } else if constexpr (A == Act::HardSwish) {
-    // z <= -3: 0; -3 < z < 3: z/3 + 0.5; z >= 3: 1
-    const __m512 mid = _mm512_add_ps(_mm512_div_ps(z, _mm512_set1_ps(3.f)), _mm512_set1_ps(0.5f));
-    __m512 d = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(3.f), _CMP_LT_OQ), _mm512_set1_ps(1.f), mid);
-    d = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(-3.f), _CMP_GT_OQ), d);
-    return _mm512_mul_ps(g, d);
-  } else if constexpr (A == Act::SiLU) {
-    alignas(64) float tz[kLanes], tg[kLanes];
-    _mm512_store_ps(tz, z);
-    _mm512_store_ps(tg, g);
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const float sg = 1.f / (1.f + std::exp(-tz[l]));
-      tg[l] *= sg * (1.f + tz[l] * (1.f - sg));
-    }
-    return _mm512_load_ps(tg);
-  } else {
-    return g;
-  }
-}
-
-// How many channel planes ahead the depthwise backward prefetches grad_out (and z1). It reads grad_out one channel
-// plane (a few hundred floats in GhostNet's later stages) at a time, and the hardware prefetchers did not hide
-// those loads: `perf` put two thirds of that part's time on the first load of grad_out in its two loops
-// (bench/NOTES.md entry 33). About 4 KB ahead, at least one plane and at most four: a 14x14 plane (784 bytes) takes
-// a few hundred cycles to process, less than a trip to memory, so its prefetches must start four planes early; a
-// 56x56 or 112x112 plane is itself more than enough. Measured on the development VM, batch 8: 4 planes ahead best
-// at 14x14 and 7x7, 1 at 112x112.
-inline int64_t prefetch_planes(int64_t plane_floats) {
-  return imax(1, imin(4, 4096 / imax(1, plane_floats * static_cast<int64_t>(sizeof(float)))));
-}
-
-template <int K, Act A>
-void depthwise_backward_image(const DepthwiseBackwardImage& p) {
-  constexpr int P = K / 2, KK = K * K;
-  const int64_t W = p.W, HW = p.H * p.W, own_lo = P * W, own_hi = (P + p.own) * W;
-  // g2 rows [r0 - P, r0 + own + P) inside the image; the others are the transposed conv's zero padding.
-  const int64_t top = p.r0 - P, b0 = imax(0, top), b1 = imin(p.H, p.r0 + p.own + P);
-  const int64_t qs = (b0 - top) * W, qe = (b1 - top) * W, plane_len = (p.own + 2 * P) * W;
-  const int64_t pfd = prefetch_planes(p.own * W);
-
-  for (int64_t j = 0; j < p.n_cheap; ++j) {
-    const float* centre = p.x1 + (j / p.M) * p.x1_stride + P * W;  // x1 at the g2 plane's first row
-    float* g2 = p.g2 + j * p.g2_stride;
-    const float* go = p.go + (p.I + j) * HW + top * W;  // grad_out at the g2 plane's first row
-    const float* w = p.w2 + j * KK;
-    if (j + pfd < p.n_cheap) prefetch_l1(go + pfd * HW + qs, (qe - qs) * sizeof(float));
-    std::memset(g2, 0, qs * sizeof(float));
-    std::memset(g2 + qe, 0, (plane_len - qe) * sizeof(float));
-    __m512 gw[KK];
-#pragma GCC unroll 49
-    for (int t = 0; t < KK; ++t) gw[t] = _mm512_setzero_ps();
-    __m512 gb = _mm512_setzero_ps();
-    for (int64_t q0 = qs; q0 < qe; q0 += kLanes) {
-      const uint16_t* cm = p.colmask + ((q0 - qs) / kLanes) * K;
-      const __mmask16 valid = lane_range(0, qe - q0);
-      __m512 tap[KK];
-      __m512 z2 = _mm512_set1_ps(p.b2[j]);
-#pragma GCC unroll 7
-      for (int dy = 0; dy < K; ++dy) {
-#pragma GCC unroll 7
-        for (int dx = 0; dx < K; ++dx) {
-          const float* src = centre + q0 + (dy - P) * W + dx - P;
-          tap[dy * K + dx] = dx == P ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[dx], src);
-          if constexpr (A != Act::Identity) z2 = _mm512_fmadd_ps(tap[dy * K + dx], _mm512_set1_ps(w[dy * K + dx]), z2);
-        }
-      }
-      const __m512 g = act_grad_v<A>(z2, _mm512_maskz_loadu_ps(valid, go + q0));
-      _mm512_mask_storeu_ps(g2 + q0, valid, g);
-      const __m512 g_own = _mm512_maskz_mov_ps(valid & lane_range(own_lo - q0, own_hi - q0), g);
-      gb = _mm512_add_ps(gb, g_own);
-#pragma GCC unroll 49
-      for (int t = 0; t < KK; ++t) gw[t] = _mm512_fmadd_ps(g_own, tap[t], gw[t]);
-    }
-    p.pb2[j] += _mm512_reduce_add_ps(gb);
-#pragma GCC unroll 49
-    for (int t = 0; t < KK; ++t) p.pw2[j * KK + t] += _mm512_reduce_add_ps(gw[t]);
-  }
-
-  const int64_t n = p.own * W;
-  for (int64_t c = 0; c < p.I; ++c) {
-    const float* go = c < p.OC ? p.go + c * HW + p.r0 * W : nullptr;
-    const float* z1 = p.z1 + c * p.z1_cstride + (p.r0 - p.z1_row0) * W;
-    float* g1 = p.g1 + c * p.g1_cstride;
-    const __m512 b1 = _mm512_set1_ps(p.b1[c]);
-    const int64_t j_end = imin((c + 1) * p.M, p.n_cheap);
-    if (c + pfd < p.I) {
-      if (c + pfd < p.OC) prefetch_l1(go + pfd * HW, n * sizeof(float));
-      prefetch_l1(z1 + pfd * p.z1_cstride, n * sizeof(float));
-    }
-    __m512 gb = _mm512_setzero_ps();
-    for (int64_t q0 = 0; q0 < n; q0 += kLanes) {
-      const uint16_t* cm = p.colmask + (q0 / kLanes) * K;
-      const __mmask16 valid = lane_range(0, n - q0);
-      __m512 acc = go ? _mm512_maskz_loadu_ps(valid, go + q0) : _mm512_setzero_ps();
-      for (int64_t j = c * p.M; j < j_end; ++j) {
-        const float* centre = p.g2 + j * p.g2_stride + P * W;  // g2 at row r0
-        const float* wf = p.w2_flip + j * KK;
-#pragma GCC unroll 7
-        for (int dy = 0; dy < K; ++dy) {
-#pragma GCC unroll 7
-          for (int dx = 0; dx < K; ++dx) {
-            const float* src = centre + q0 + (dy - P) * W + dx - P;
-            const __m512 v = dx == P ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[dx], src);
-            acc = _mm512_fmadd_ps(v, _mm512_set1_ps(wf[dy * K + dx]), acc);
-          }
-        }
-      }
-      const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(valid, z1 + q0), b1);
-      const __m512 g = _mm512_maskz_mov_ps(valid, act_grad_v<A>(z, acc));
-      _mm512_mask_storeu_ps(g1 + q0, valid, g);
-      gb = _mm512_add_ps(gb, g);
-    }
-    p.pb1[c] += _mm512_reduce_add_ps(gb);
-  }
-}
-
-template <int K>
-void depthwise_backward_for_act(const DepthwiseBackwardImage& p) {
-  switch (static_cast<Act>(p.act)) {
-    case Act::ReLU: depthwise_backward_image<K, Act::ReLU>(p); break;
-    case Act::ReLU6: depthwise_backward_image<K, Act::ReLU6>(p); break;
-    case Act::SiLU: depthwise_backward_image<K, Act::SiLU>(p); break;
-    case Act::HardSwish: depthwise_backward_image<K, Act::HardSwish>(p); break;
-    case Act::Identity:
-    default: depthwise_backward_image<K, Act::Identity>(p); break;
-  }
-}
-
 }  // namespace
-
-void avx512_depthwise_backward_image(const DepthwiseBackwardImage& p) {
-  switch (p.K) {
-    case 1: depthwise_backward_for_act<1>(p); break;
-    case 3: depthwise_backward_for_act<3>(p); break;
-    case 5: depthwise_backward_for_act<5>(p); break;
-    default: depthwise_backward_for_act<7>(p); break;
-  }
-}
-
-void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
-                     float* C, int64_t ldc, bool accumulate) {
-  // Column strips outside, row tiles inside: a strip of B (K x 64) is re-read from cache by every row tile.
-  for (int64_t n0 = 0; n0 < N; n0 += kNV * kLanes) {
-    const int64_t vecs = imin(kNV, (N - n0 + kLanes - 1) / kLanes);
-    const __mmask16 tail = lane_range(0, N - (n0 + (vecs - 1) * kLanes));
-    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
-      sgemm_nn_tile_for(imin(kMR, M - m0), vecs)(K, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc,
-                                                 accumulate, tail);
-    }
-  }
-}
-
-void avx512_transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst, int64_t ldd) {
-  for (int64_t r0 = 0; r0 < rows; r0 += kLanes) {
-    const int64_t nr = imin(kLanes, rows - r0);
-    const __mmask16 out_lanes = lane_range(0, nr);
-    for (int64_t c0 = 0; c0 < cols; c0 += kLanes) {
-      const int64_t nc = imin(kLanes, cols - c0);
-      const __mmask16 in_lanes = lane_range(0, nc);
-      __m512 r[16], t[16], u[16];
-      for (int i = 0; i < 16; ++i) {
-        r[i] = i < nr ? _mm512_maskz_loadu_ps(in_lanes, src + (r0 + i) * lds + c0) : _mm512_setzero_ps();
-      }
-      // Per 128-bit lane L: t[2i] = [r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]], t[2i+1] the same for 4L+2, 4L+3.
-      for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-      }
-      // u[4g + j], lane L: column 4L + j of rows 4g .. 4g+3.
-      for (int g = 0; g < 4; ++g) {
-        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-      }
-      // Output row 4L + j = lane L of u[j], u[4 + j], u[8 + j], u[12 + j].
-      for (int j = 0; j < 4; ++j) {
-        const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
-        const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
-        const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
-        const __m512 out[4] = {_mm512_shuffle_f32x4(v0, w0, 0x88), _mm512_shuffle_f32x4(v0, w0, 0xDD),
-                               _mm512_shuffle_f32x4(v1, w1, 0x88), _mm512_shuffle_f32x4(v1, w1, 0xDD)};
-        for (int L = 0; L < 4; ++L) {
-          const int64_t c = 4 * L + j;
-          if (c < nc) _mm512_mask_storeu_ps(dst + (c0 + c) * ldd + r0, out_lanes, out[L]);
-        }
-      }
-    }
-  }
-}
 
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
   if (p.bf16) {
@@ -651,13 +387,10 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
   }
 }
 
-#pragma GCC pop_options
+GK_AVX512_REGION_END
 #else
 // Never called: avx512_forward_available() is false.
 void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}
-void avx512_sgemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool) {}
-void avx512_transpose(int64_t, int64_t, const float*, int64_t, float*, int64_t) {}
-void avx512_depthwise_backward_image(const DepthwiseBackwardImage&) {}
 #endif
 
 }  // namespace cpu

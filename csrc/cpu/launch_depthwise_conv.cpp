@@ -1,19 +1,18 @@
-// The CPU depthwise convolution: the AVX-512 kernel where it applies, ATen's convolution elsewhere; and the
-// binding of the internal op ghostkernels::_depthwise_conv2d, which lets the tests reach it directly.
-#include "depthwise_cpu.h"
+// The CPU depthwise convolution (depthwise_conv in entry_points.h): the AVX-512 kernel where it applies, ATen's
+// convolution elsewhere; and the checks of its weight, bias and stride, which the ops that run it share.
+#include "entry_points.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <string>
 #include <vector>
 
-#include "../ghost_module_check.h"
-#include "depthwise_avx512.h"
-#include "float_weights.h"
-#include "kernel_choice.h"
-#include "tensor_pool.h"
+#include "kernel_depthwise_avx512.h"
+#include "util_aten_act.h"
+#include "util_float_weights.h"
+#include "util_kernel_choice.h"
+#include "util_tensor_pool.h"
 
 namespace ghostkernels {
 namespace cpu {
@@ -35,17 +34,6 @@ void check_depthwise_inputs(const char* op, const char* what, const at::Tensor& 
                      x.scalar_type(), " but its ", t == &w ? "weight" : "bias", " is ", t->scalar_type());
     TORCH_CHECK_VALUE(t->device() == x.device(), op, ": device mismatch: the input of ", what, " is on ",
                       x.device(), " but its ", t == &w ? "weight" : "bias", " is on ", t->device());
-  }
-}
-
-void apply_act_(at::Tensor& y, Act act) {
-  switch (act) {
-    case Act::ReLU: y.relu_(); break;
-    case Act::ReLU6: y.clamp_(0, 6); break;
-    case Act::SiLU: at::silu_(y); break;
-    case Act::HardSwish: at::hardswish_(y); break;
-    case Act::Identity:
-    default: break;
   }
 }
 
@@ -111,24 +99,4 @@ at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Te
 }
 
 }  // namespace cpu
-
-namespace {
-
-constexpr const char* kDepthwiseOp = "ghostkernels::_depthwise_conv2d (CPU)";
-
-at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
-                                c10::string_view act) {
-  const Act a = parse_act(act);
-  cpu::check_depthwise_inputs(kDepthwiseOp, "the convolution", x, w, b, stride);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), kDepthwiseOp, ": expected CPU tensors, got ", x.device());
-  const auto t = x.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kDouble || t == at::kFloat || t == at::kBFloat16, kDepthwiseOp,
-                   ": supported dtypes are float64, float32 and bfloat16, got ", t);
-  return cpu::depthwise_conv(x.contiguous(), w, b, stride, a);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(ghostkernels, CPU, m) { m.impl("_depthwise_conv2d", &depthwise_conv2d_cpu); }
-
 }  // namespace ghostkernels

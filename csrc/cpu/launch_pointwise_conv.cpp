@@ -1,5 +1,5 @@
-// The CPU 1x1 convolution of the inference ops (see pointwise_cpu.h).
-#include "pointwise_cpu.h"
+// The CPU 1x1 convolution of the inference ops (pointwise_conv in entry_points.h says what it computes).
+#include "entry_points.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -7,11 +7,11 @@
 #include <algorithm>
 #include <string>
 
-#include "depthwise_cpu.h"
-#include "ghost_forward_avx512.h"
-#include "ghost_forward_cpu.h"
-#include "kernel_choice.h"
-#include "tensor_pool.h"
+#include "kernel_backward_gemm_avx512.h"
+#include "kernel_ghost_forward_avx512.h"
+#include "util_aten_act.h"
+#include "util_kernel_choice.h"
+#include "util_tensor_pool.h"
 
 namespace ghostkernels {
 namespace cpu {

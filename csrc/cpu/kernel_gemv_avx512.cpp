@@ -1,26 +1,21 @@
-// The AVX-512 kernel of ghostkernels::linear_act (see gemv_avx512.h for what it computes and why).
+// The AVX-512 kernel of ghostkernels::linear_act (see kernel_gemv_avx512.h for what it computes and why).
 //
-// As in the other AVX-512 files: no torch header, and the AVX-512 code sits between the `#pragma GCC target` lines
-// with internal linkage, so the library still loads and runs on CPUs without AVX-512.
-#include "gemv_avx512.h"
+// As in the other AVX-512 files: no torch header, and the AVX-512 code sits in the AVX-512 region
+// (util_avx512_target.h) with internal linkage, so the library still loads and runs on CPUs without AVX-512.
+#include "kernel_gemv_avx512.h"
 
 #include <cstdint>
 
 #include "../activations.h"
-#include "cpu_features.h"
+#include "util_cpu_features.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GK_HAVE_AVX512_GEMV 1
-#include <immintrin.h>
-#else
-#define GK_HAVE_AVX512_GEMV 0
-#endif
+#include "util_avx512_target.h"
 
 namespace ghostkernels {
 namespace cpu {
 
 bool avx512_gemv_available(bool bf16) {
-#if GK_HAVE_AVX512_GEMV
+#if GK_AVX512_KERNELS
   return cpu_has_avx512(bf16);
 #else
   (void)bf16;
@@ -28,15 +23,14 @@ bool avx512_gemv_available(bool bf16) {
 #endif
 }
 
-#if GK_HAVE_AVX512_GEMV
-#pragma GCC push_options
+#if GK_AVX512_KERNELS
 // avx512bf16 only adds the conversion the bfloat16 instantiations use to round y.
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+GK_AVX512_REGION_BEGIN
 
 }  // namespace cpu
 }  // namespace ghostkernels
 
-#include "avx512_common.h"
+#include "util_avx512_common.h"
 
 namespace ghostkernels {
 namespace cpu {
@@ -123,7 +117,7 @@ void avx512_gemv_blocks(const GemvAvx512Params& p, int64_t begin, int64_t end) {
   }
 }
 
-#pragma GCC pop_options
+GK_AVX512_REGION_END
 #else
 // Never called: avx512_gemv_available() is false.
 void avx512_gemv_blocks(const GemvAvx512Params&, int64_t, int64_t) {}

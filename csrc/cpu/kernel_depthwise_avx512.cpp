@@ -1,12 +1,12 @@
-// The AVX-512 depthwise convolution and the small-channel dense one (see depthwise_avx512.h for what they compute
-// and why).
+// The AVX-512 depthwise convolution and the small-channel dense one (see kernel_depthwise_avx512.h for what they
+// compute and why).
 //
-// As in ghost_forward_avx512.cpp: no torch header, and the AVX-512 code sits between the `#pragma GCC target`
-// lines with internal linkage, so the library still loads and runs on CPUs without AVX-512.
+// As in kernel_ghost_forward_avx512.cpp: no torch header, and the AVX-512 code sits in the AVX-512 region
+// (util_avx512_target.h) with internal linkage, so the library still loads and runs on CPUs without AVX-512.
 //
 // Numerics: float32 accumulation; each output is b + the k*k taps added row by row with fused multiply-adds
 // (bfloat16 inputs are widened exactly, only the output is rounded). Results differ from oneDNN's by rounding only.
-#include "depthwise_avx512.h"
+#include "kernel_depthwise_avx512.h"
 
 #include <cstdint>
 #include <algorithm>
@@ -15,14 +15,9 @@
 #include <vector>
 
 #include "../activations.h"
-#include "cpu_features.h"
+#include "util_cpu_features.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GK_HAVE_AVX512_DEPTHWISE 1
-#include <immintrin.h>
-#else
-#define GK_HAVE_AVX512_DEPTHWISE 0
-#endif
+#include "util_avx512_target.h"
 
 namespace ghostkernels {
 namespace cpu {
@@ -57,7 +52,7 @@ int64_t phase_floats(const DepthwiseAvx512Params& p) {
 }  // namespace
 
 bool avx512_depthwise_available(bool bf16, int64_t K, int64_t stride) {
-#if GK_HAVE_AVX512_DEPTHWISE
+#if GK_AVX512_KERNELS
   return cpu_has_avx512(bf16) && (K == 1 || K == 3 || K == 5 || K == 7) && (stride == 1 || stride == 2);
 #else
   (void)bf16;
@@ -107,14 +102,13 @@ int64_t avx512_small_conv_scratch_floats(const SmallConvAvx512Params& p) {
   return kPhaseSlack + p.Ci * p.stride * p.stride * phase_floats(plane_geometry(p));
 }
 
-#if GK_HAVE_AVX512_DEPTHWISE
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+#if GK_AVX512_KERNELS
+GK_AVX512_REGION_BEGIN
 
 }  // namespace cpu
 }  // namespace ghostkernels
 
-#include "avx512_common.h"
+#include "util_avx512_common.h"
 
 namespace ghostkernels {
 namespace cpu {
@@ -328,7 +322,7 @@ void avx512_depthwise_planes(const DepthwiseAvx512Params& p, int64_t begin, int6
   });
 }
 
-#pragma GCC pop_options
+GK_AVX512_REGION_END
 #else
 // Never called: avx512_depthwise_available() and avx512_small_conv_available() are false.
 void avx512_depthwise_planes(const DepthwiseAvx512Params&, int64_t, int64_t, float*) {}

@@ -1,0 +1,162 @@
+// The AVX-512 float32 GEMMs of kernel_backward_gemm_avx512.h: the forward kernel's register-blocked microkernel
+// (kernel_ghost_forward_avx512.cpp) without its epilogue, and a 16 x 16 register transpose.
+//
+// As in the other AVX-512 files: no torch header, and the AVX-512 code sits in the AVX-512 region
+// (util_avx512_target.h) with internal linkage (plus the exported entry points), so the library still loads and runs
+// on CPUs without AVX-512; the callers check avx512_forward_available() first.
+//
+// Numerics: each C element is a sum over k in order with fused multiply-adds, then added to C's old value when
+// accumulating.
+#include "kernel_backward_gemm_avx512.h"
+
+#include <cmath>
+#include <cstdint>
+
+// util_avx512_common.h's own includes, here outside the AVX-512 region so that no inline function of theirs is
+// compiled for AVX-512 (see util_avx512_common.h).
+#include "../activations.h"
+#include "util_avx512_target.h"
+
+#if GK_AVX512_KERNELS
+GK_AVX512_REGION_BEGIN
+#include "util_avx512_common.h"
+#endif
+
+namespace ghostkernels {
+namespace cpu {
+
+#if GK_AVX512_KERNELS
+namespace {
+
+constexpr int64_t kLanes = 16;  // floats per 512-bit vector
+// The forward kernel's tile (kernel_ghost_forward_avx512.cpp: kForwardTileChannels x kNV): 6 rows x 4 vectors of
+// 16 floats, 24 accumulator registers of 32.
+constexpr int64_t kMR = 6;
+constexpr int64_t kNV = 4;
+
+// C tile [MR x 16*NV] at (m0, n0) of avx512_sgemm_nn; `tail` masks the last vector's columns past N.
+template <int MR, int NV>
+void sgemm_nn_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                   bool accumulate, __mmask16 tail) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(bk + v * kLanes);
+    bv[NV - 1] = _mm512_maskz_loadu_ps(tail, bk + (NV - 1) * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(A[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? tail : static_cast<__mmask16>(0xFFFF);
+      float* c = C + r * ldc + v * kLanes;
+      const __m512 old = accumulate ? _mm512_maskz_loadu_ps(m, c) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(c, m, _mm512_add_ps(old, acc[r][v]));
+    }
+  }
+}
+
+using SgemmNNTile = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool, __mmask16);
+
+template <int MR>
+SgemmNNTile sgemm_nn_tile_for_nv(int64_t nv) {
+  switch (nv) {
+    case 1: return &sgemm_nn_tile<MR, 1>;
+    case 2: return &sgemm_nn_tile<MR, 2>;
+    case 3: return &sgemm_nn_tile<MR, 3>;
+    default: return &sgemm_nn_tile<MR, 4>;
+  }
+}
+
+SgemmNNTile sgemm_nn_tile_for(int64_t mr, int64_t nv) {
+  static_assert(kMR == 6 && kNV == 4, "the switches below enumerate the tile shapes");
+  switch (mr) {
+    case 1: return sgemm_nn_tile_for_nv<1>(nv);
+    case 2: return sgemm_nn_tile_for_nv<2>(nv);
+    case 3: return sgemm_nn_tile_for_nv<3>(nv);
+    case 4: return sgemm_nn_tile_for_nv<4>(nv);
+    case 5: return sgemm_nn_tile_for_nv<5>(nv);
+    default: return sgemm_nn_tile_for_nv<6>(nv);
+  }
+}
+
+}  // namespace
+
+void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     float* C, int64_t ldc, bool accumulate) {
+  // Column strips outside, row tiles inside: a strip of B (K x 64) is re-read from cache by every row tile.
+  for (int64_t n0 = 0; n0 < N; n0 += kNV * kLanes) {
+    const int64_t vecs = imin(kNV, (N - n0 + kLanes - 1) / kLanes);
+    const __mmask16 tail = lane_range(0, N - (n0 + (vecs - 1) * kLanes));
+    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      sgemm_nn_tile_for(imin(kMR, M - m0), vecs)(K, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc,
+                                                 accumulate, tail);
+    }
+  }
+}
+
+void avx512_transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst, int64_t ldd) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kLanes) {
+    const int64_t nr = imin(kLanes, rows - r0);
+    const __mmask16 out_lanes = lane_range(0, nr);
+    for (int64_t c0 = 0; c0 < cols; c0 += kLanes) {
+      const int64_t nc = imin(kLanes, cols - c0);
+      const __mmask16 in_lanes = lane_range(0, nc);
+      __m512 r[16], t[16], u[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < nr ? _mm512_maskz_loadu_ps(in_lanes, src + (r0 + i) * lds + c0) : _mm512_setzero_ps();
+      }
+      // Per 128-bit lane L: t[2i] = [r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]], t[2i+1] the same for 4L+2, 4L+3.
+      for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      // u[4g + j], lane L: column 4L + j of rows 4g .. 4g+3.
+      for (int g = 0; g < 4; ++g) {
+        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+      }
+      // Output row 4L + j = lane L of u[j], u[4 + j], u[8 + j], u[12 + j].
+      for (int j = 0; j < 4; ++j) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+        const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+        const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        const __m512 out[4] = {_mm512_shuffle_f32x4(v0, w0, 0x88), _mm512_shuffle_f32x4(v0, w0, 0xDD),
+                               _mm512_shuffle_f32x4(v1, w1, 0x88), _mm512_shuffle_f32x4(v1, w1, 0xDD)};
+        for (int L = 0; L < 4; ++L) {
+          const int64_t c = 4 * L + j;
+          if (c < nc) _mm512_mask_storeu_ps(dst + (c0 + c) * ldd + r0, out_lanes, out[L]);
+        }
+      }
+    }
+  }
+}
+
+#else
+// Never called: avx512_forward_available() is false.
+void avx512_sgemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool) {}
+void avx512_transpose(int64_t, int64_t, const float*, int64_t, float*, int64_t) {}
+#endif
+
+}  // namespace cpu
+}  // namespace ghostkernels
+
+#if GK_AVX512_KERNELS
+GK_AVX512_REGION_END
+#endif

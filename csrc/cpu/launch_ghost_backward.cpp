@@ -1,0 +1,283 @@
+// The CPU backward of ghostkernels::ghost_module (ghost_backward in entry_points.h): the launcher, and the generic
+// kernel.
+//
+// On CPUs with AVX-512 the float32 NCHW backward's GEMMs and depthwise half run on AVX-512 kernels
+// (kernel_backward_gemm_avx512.h, kernel_ghost_backward_avx512.h), and the bfloat16 NCHW backward runs in float32 on
+// them; the GHOSTKERNELS_CPU_KERNEL knob (util_kernel_choice.h) picks. The generic kernel handles everything.
+//
+// The backward recomputes what it needs from x the way the forward computes it (launch_ghost_forward.cpp), over a
+// halo of 2*(k//2) rows (the gradient of x1 at a row needs the cheap half's gradient k//2 rows around it, which needs
+// x1 k//2 rows further), so nothing from the forward pass is saved. Weight gradients are summed per thread and
+// reduced at the end.
+//
+// Numerics: the whole backward pass is computed in float (bfloat16 included); float64 in float64.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../activations.h"
+#include "../ghost_module_check.h"
+#include "entry_points.h"
+#include "kernel_backward_gemm_avx512.h"
+#include "kernel_ghost_backward_avx512.h"
+#include "kernel_ghost_forward_avx512.h"  // avx512_forward_available, avx512_column_masks
+#include "util_ghost_launch.h"
+#include "util_kernel_choice.h"
+#include "util_plane_ops.h"
+#include "util_tensor_pool.h"
+#include "util_work_plan.h"
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+template <typename scalar_t, Act A, bool CL>
+void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                     const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& grad_x, at::Tensor& gw1,
+                     at::Tensor& gb1, at::Tensor& gw2, at::Tensor& gb2, const GhostDims& d, bool avx512_gemms) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  const bool same_type = std::is_same<acc_t, scalar_t>::value;
+  const int64_t N = d.N, C = d.C, H = d.H, W = d.W, I = d.I, M = d.M, K = d.K, p = K / 2, KK = K * K;
+  const int64_t n_cheap = d.cheap_kept(), OC = d.oc;
+
+  const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
+  // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_backward_gemm_avx512.h), which
+  // run the small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
+  constexpr bool kFloatRows = std::is_same<scalar_t, float>::value && !CL;
+  const bool fast = kFloatRows && avx512_gemms;
+  const at::Tensor w1t = fast ? w1a.t().contiguous() : at::Tensor();
+  // ... and, where the depthwise kernel size has an AVX-512 kernel, the depthwise half of the backward as well.
+  const bool fast_dw = fast && cpu::avx512_forward_available(false, K);
+  const at::Tensor b1a = b1.to(acc_type).contiguous();
+  const at::Tensor w2a = w2.to(acc_type).contiguous();
+  const at::Tensor w2flip = w2a.flip({2, 3}).contiguous();  // taps of the transposed depthwise conv
+  const at::Tensor b2a = b2.to(acc_type).contiguous();
+  const acc_t* b1p = b1a.data_ptr<acc_t>();
+  const acc_t* w2p = w2a.data_ptr<acc_t>();
+  const acc_t* w2fp = w2flip.data_ptr<acc_t>();
+  const acc_t* b2p = b2a.data_ptr<acc_t>();
+  const RowAccess<const scalar_t, CL> go(grad_out);
+
+  // Per-thread partial sums of the weight gradients.
+  const int64_t T = at::get_num_threads();
+  const auto acc_opts = x.options().dtype(acc_type).memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor part_w1 = at::zeros({T, I, C}, acc_opts);
+  at::Tensor part_b1 = at::zeros({T, I}, acc_opts);
+  at::Tensor part_w2 = at::zeros({T, I * M, KK}, acc_opts);
+  at::Tensor part_b2 = at::zeros({T, I * M}, acc_opts);
+
+  const int64_t as = sizeof(acc_t);
+  const cpu::WorkPlan plan = cpu::plan_work(N, H, W, I, 2 * p, /*split_channels=*/false, [&](int64_t G, int64_t, int64_t B) {
+    const int64_t rows = std::min(H, B + 4 * p);
+    return G * (I + C) * rows * W * as + G * I * B * W * as + (I + n_cheap + 2) * (B + 4 * p) * W * as;
+  });
+  const int64_t max_rows = std::min(H, plan.B + 4 * p);
+  const int64_t x1_stride = (plan.B + 4 * p) * W + 2 * p, g2_stride = (plan.B + 2 * p) * W + 2 * p;
+  const cpu::ColumnMasks<acc_t> masks(K, W, (plan.B + 4 * p) * W + cpu::kVec);
+  const std::vector<uint16_t> vec_masks = fast_dw ? cpu::avx512_column_masks(K, W, plan.B + 2 * p) : std::vector<uint16_t>();
+
+  const at::ThreadLocalState tls;
+  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard tls_guard(tls);  // as in forward_kernel (launch_ghost_forward.cpp)
+    const int64_t tid = at::get_thread_num();
+    at::Tensor pw1 = part_w1.select(0, tid);
+    acc_t* pb1 = part_b1.select(0, tid).data_ptr<acc_t>();
+    acc_t* pw2 = part_w2.select(0, tid).data_ptr<acc_t>();
+    acc_t* pb2 = part_b2.select(0, tid).data_ptr<acc_t>();
+    const auto x_opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor pack = at::empty({plan.G > 1 ? C * plan.G * max_rows * W : 0}, x_opts);
+    at::Tensor zbuf = at::empty({I * plan.G * max_rows * W}, acc_opts);
+    at::Tensor g1buf = at::empty({I * plan.G * plan.B * W}, acc_opts);
+    std::vector<acc_t> x1(I * x1_stride + cpu::kVec);
+    std::vector<acc_t> g2(n_cheap * g2_stride + cpu::kVec);
+    std::vector<acc_t> tmp((plan.B + 2 * p) * W + cpu::kVec);
+    std::vector<acc_t> scratch(std::max(masks.length(), cpu::kChunk + (K - 1) * W));
+
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n0 = plan.group_of(item) * plan.G, g = std::min(plan.G, N - n0);
+      const int64_t r0 = plan.band_of(item) * plan.B, r1 = std::min(H, r0 + plan.B), own = r1 - r0;
+      const Planes px1{r0 - 2 * p, own + 4 * p, W, p, x1_stride};  // x1 planes
+      const Planes pg2{r0 - p, own + 2 * p, W, p, g2_stride};      // g2 planes
+      const int64_t a0 = std::max<int64_t>(0, px1.top), a1 = std::min(H, r1 + 2 * p), PA = (a1 - a0) * W;
+      const int64_t b0 = std::max<int64_t>(0, pg2.top), b1r = std::min(H, r1 + p);
+      const int64_t PO = own * W;
+
+      // Recompute z1 = W1 . x (bias not yet added) on rows [r0 - 2p, r1 + 2p) of all g images.
+      at::Tensor xa = input_matrix(x, n0, g, a0, a1 - a0, CL, pack);
+      if (!same_type) xa = xa.to(acc_type);
+      at::Tensor z = zbuf.narrow(0, 0, I * g * PA).view({I, g * PA});
+      if constexpr (kFloatRows) {
+        if (fast && xa.stride(1) == 1) {
+          cpu::avx512_sgemm_nn(I, g * PA, C, w1a.const_data_ptr<float>(), C, xa.const_data_ptr<float>(), xa.stride(0),
+                               z.mutable_data_ptr<float>(), g * PA, /*accumulate=*/false);
+        } else {
+          at::mm_out(z, w1a, xa);
+        }
+      } else {
+        at::mm_out(z, w1a, xa);
+      }
+      const acc_t* zp = z.const_data_ptr<acc_t>();
+      acc_t* g1 = g1buf.data_ptr<acc_t>();  // [I, g, own*W]
+
+      for (int64_t i = 0; i < g; ++i) {
+        const int64_t n = n0 + i;
+        for (int64_t c = 0; c < I; ++c) {
+          const acc_t bc = b1p[c];
+          const acc_t* zc = zp + c * g * PA + i * PA;
+          fill_plane(x1.data() + c * x1_stride + p, px1, a0, a1, [&](int64_t q) { return act_forward(A, zc[q] + bc); });
+        }
+
+        if constexpr (kFloatRows) {
+          if (fast_dw) {
+            cpu::DepthwiseBackwardImage db{};
+            db.x1 = x1.data() + p;
+            db.x1_stride = x1_stride;
+            db.g2 = g2.data() + p;
+            db.g2_stride = g2_stride;
+            db.go = go.row(n, 0, 0);
+            db.z1 = zp + i * PA;
+            db.z1_cstride = g * PA;
+            db.z1_row0 = a0;
+            db.g1 = g1 + i * PO;
+            db.g1_cstride = g * PO;
+            db.b1 = b1p, db.w2 = w2p, db.w2_flip = w2fp, db.b2 = b2p;
+            db.pw2 = pw2, db.pb2 = pb2, db.pb1 = pb1;
+            db.H = H, db.W = W, db.I = I, db.M = M, db.K = K, db.OC = OC, db.n_cheap = n_cheap, db.r0 = r0;
+            db.own = own;
+            db.colmask = vec_masks.data();
+            db.act = static_cast<int>(A);
+            cpu::avx512_depthwise_backward_image(db);
+            continue;
+          }
+        }
+        // g2 = dL/d(cheap pre-activation) on rows [r0 - p, r1 + p). Its weight gradients are summed over the
+        // band's own rows only (the neighbouring bands account for theirs).
+        for (int64_t j = 0; j < n_cheap; ++j) {
+          const acc_t* x1c = x1.data() + (j / M) * x1_stride + p;
+          acc_t* g2j = g2.data() + j * g2_stride + p;
+          if (A != Act::Identity) {
+            // z2 on rows [r0 - p, r1 + p): tmp[q], q = (rr - (r0 - p))*W + w.
+            cpu::stencil(tmp.data(), x1c, w2p + j * KK, K, W, pg2.rows * W, /*init=*/true, b2p[j], masks,
+                         scratch.data());
+          }
+          const scalar_t* gor = go.row(n, I + j, b0);
+          const acc_t* z2 = tmp.data() + (b0 - pg2.top) * W;
+          fill_plane(g2j, pg2, b0, b1r, [&](int64_t q) {
+            const acc_t gv = static_cast<acc_t>(gor[q * go.step()]);
+            return A == Act::Identity ? gv : gv * act_derivative(A, z2[q]);
+          });
+          const acc_t* g2own = g2j + p * W;  // the band's own rows: g2own[q], q = (r - r0)*W + w
+          pb2[j] += cpu::sum(g2own, own * W);
+          // dL/dw2[dy][dx] = sum_q g2own[q] * mask_dx[q] * x1(r + dy - p, w + dx - p); x1(r + dy - p, .) is row
+          // (r - r0) + p + dy of the x1 plane.
+          for (int64_t dx = 0; dx < K; ++dx) {
+            cpu::masked_shift(scratch.data(), x1c, masks(dx), dx - p, px1.rows * W);
+            for (int64_t dy = 0; dy < K; ++dy) {
+              pw2[j * KK + dy * K + dx] += cpu::dot(g2own, scratch.data() + (p + dy) * W, own * W);
+            }
+          }
+        }
+
+        // g1 = (dL/dx1 from the output slice + transposed depthwise conv of g2) * act'(z1) on the own rows. The
+        // transposed conv is the same stencil over the g2 planes with the taps flipped: w2[K-1-dy][K-1-dx].
+        for (int64_t c = 0; c < I; ++c) {
+          if (c < OC) {
+            const scalar_t* gor = go.row(n, c, r0);
+            for (int64_t q = 0; q < own * W; ++q) tmp[q] = static_cast<acc_t>(gor[q * go.step()]);
+          } else {
+            std::fill(tmp.begin(), tmp.begin() + own * W, acc_t(0));
+          }
+          for (int64_t j = c * M; j < std::min((c + 1) * M, n_cheap); ++j) {
+            cpu::stencil(tmp.data(), g2.data() + j * g2_stride + p, w2fp + j * KK, K, W, own * W, /*init=*/false,
+                         acc_t(0), masks, scratch.data());
+          }
+          const acc_t bc = b1p[c];
+          acc_t* g1c = g1 + (c * g + i) * PO;
+          const acc_t* zc = zp + c * g * PA + i * PA + (r0 - a0) * W;
+          for (int64_t q = 0; q < PO; ++q) g1c[q] = tmp[q] * act_derivative(A, zc[q] + bc);
+          pb1[c] += cpu::sum(g1c, PO);
+        }
+      }
+
+      // The two 1x1 GEMMs over all g images: grad W1 += g1 . x^T and grad x = W1^T . g1 on the own rows.
+      const at::Tensor g1m = g1buf.narrow(0, 0, I * g * PO).view({I, g, PO});
+      const at::Tensor xo = xa.view({C, g, a1 - a0, W}).narrow(2, r0 - a0, own).reshape({C, g * PO});
+      if constexpr (kFloatRows) {
+        if (fast && xo.stride(1) == 1) {
+          // grad W1 += g1 . x^T as an NN product on x transposed ([P][C]): vectors along C, the forward's 6 x 64
+          // register tile. (A dot-product kernel on x as it is needs a horizontal sum per output and half the FMAs
+          // per load; it made the backward 1.2-1.6x slower, bench/NOTES.md entry 14.)
+          const int64_t P = g * PO;
+          thread_local std::vector<float> xt;
+          if (static_cast<int64_t>(xt.size()) < P * C) xt.resize(P * C);
+          cpu::avx512_transpose(C, P, xo.const_data_ptr<float>(), xo.stride(0), xt.data(), C);
+          cpu::avx512_sgemm_nn(I, C, P, g1, P, xt.data(), C, pw1.mutable_data_ptr<float>(), C, /*accumulate=*/true);
+          float* gx = grad_x.mutable_data_ptr<float>() + n0 * C * H * W + r0 * W;
+          for (int64_t i = 0; i < g; ++i) {
+            cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx + i * C * H * W,
+                                 H * W, /*accumulate=*/false);
+          }
+          continue;
+        }
+      }
+      pw1.addmm_(g1m.view({I, g * PO}), xo.t());
+      const at::Tensor gx = at::mm(w1a.t(), g1m.view({I, g * PO})).view({C, g, own, W});
+      grad_x.narrow(0, n0, g).narrow(2, r0, own).copy_(gx.transpose(0, 1));
+    }
+  });
+
+  gw1.copy_(part_w1.sum(0).view_as(gw1));
+  gb1.copy_(part_b1.sum(0));
+  gw2.copy_(part_w2.sum(0).view_as(gw2));
+  gb2.copy_(part_b2.sum(0));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
+    const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d) {
+  const at::MemoryFormat fmt = output_memory_format(x);
+  at::Tensor grad_x = pooled_empty(x.sizes(), x.options(), fmt);
+  at::Tensor gw1 = at::zeros(w_primary.sizes(), w_primary.options());
+  at::Tensor gb1 = at::zeros(b_primary.sizes(), b_primary.options());
+  at::Tensor gw2 = at::zeros(w_cheap.sizes(), w_cheap.options());
+  at::Tensor gb2 = at::zeros(b_cheap.sizes(), b_cheap.options());
+  if (x.numel() == 0) {
+    grad_x.zero_();
+    return {grad_x, gw1, gb1, gw2, gb2};
+  }
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  if (x.scalar_type() == at::kBFloat16 && !cl && use_avx512(cpu_kernel_knob(), false, 1)) {
+    // bfloat16 NCHW: the backward computes in float in any case (see the top of this file), so it runs on the float32
+    // AVX-512 kernels and only the gradients are rounded back; the inputs' float copies are the price.
+    const auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    const auto g = ghost_backward(f(grad_out), f(x), f(w_primary), f(b_primary), f(w_cheap), f(b_cheap), d);
+    const auto b = [](const at::Tensor& t) { return t.to(at::kBFloat16); };
+    return {b(std::get<0>(g)), b(std::get<1>(g)), b(std::get<2>(g)), b(std::get<3>(g)), b(std::get<4>(g))};
+  }
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor goc = grad_out.contiguous(fmt);
+  const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
+  const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
+  const bool avx512_gemms = x.scalar_type() == at::kFloat && !cl && use_avx512(cpu_kernel_knob(), false, 1);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghost_module_backward_cpu", [&] {
+    dispatch_act(d.act, [&](auto a) {
+      if (cl) {
+        backward_kernel<scalar_t, decltype(a)::value, true>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d, avx512_gemms);
+      } else {
+        backward_kernel<scalar_t, decltype(a)::value, false>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d, avx512_gemms);
+      }
+    });
+  });
+  return {grad_x, gw1, gb1, gw2, gb2};
+}
+
+}  // namespace cpu
+}  // namespace ghostkernels

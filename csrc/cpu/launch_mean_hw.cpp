@@ -1,0 +1,52 @@
+// The global average pooling (and flatten) of ghostkernels::chain's mean_hw step on the CPU (mean_hw in
+// entry_points.h): [N, C, H, W] -> [N, C], each plane's mean, a plain loop over contiguous planes.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "entry_points.h"
+#include "util_bf16_bits.h"
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+// y[p] = mean of plane p of x (contiguous), accumulated in the op math type as ATen's adaptive average pooling does.
+// (bfloat16 as raw words, util_bf16_bits.h, so that the loop vectorizes.)
+template <typename scalar_t>
+void plane_means(const scalar_t* x, scalar_t* y, int64_t planes, int64_t HW) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using raw_t = cpu::raw_type<scalar_t>;
+  const raw_t* xp = reinterpret_cast<const raw_t*>(x);
+  raw_t* yp = reinterpret_cast<raw_t*>(y);
+  // Grains of ~16K elements: GhostNet's 960 planes of 7x7 at batch 1 stay on one thread.
+  at::parallel_for(0, planes, std::max<int64_t>(1, 16384 / HW), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const raw_t* plane = xp + p * HW;
+      acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t q = 0; q < HW; ++q) s += cpu::widen<acc_t>(plane[q]);
+      yp[p] = cpu::narrow<raw_t>(s / static_cast<acc_t>(HW));
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor mean_hw(const at::Tensor& x_in) {
+  TORCH_CHECK_VALUE(x_in.dim() == 4, "mean_hw: x must be 4-D [N, C, H, W], got shape ", x_in.sizes());
+  TORCH_CHECK_VALUE(x_in.size(2) * x_in.size(3) > 0, "mean_hw: x has an empty ", x_in.size(2), "x", x_in.size(3),
+                    " image");
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor y = at::empty({x.size(0), x.size(1)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghostkernels_chain_mean_hw", [&] {
+    plane_means<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.size(0) * x.size(1),
+                          x.size(2) * x.size(3));
+  });
+  return y;
+}
+
+}  // namespace cpu
+}  // namespace ghostkernels

@@ -1,0 +1,98 @@
+// The squeeze-excite of ghostkernels::ghost_bottleneck on the CPU (squeeze_excite_ in entry_points.h):
+// y *= hardsigmoid(W_e . relu(W_r . mean_hw(y) + b_r) + b_e), per image and channel, in place. `sums` holds each
+// plane's sum where the depthwise kernel produced it (else it is computed here). The two matrix-vector products are
+// plain loops: at GhostNet's sizes (up to 960 x 240) ATen's addmm spent ~50 us per call in dispatch and threading,
+// several times the arithmetic, and GhostNet 1.0x runs 14 of them per image. They are split over the threads by
+// output (rows of W_r, then channels of W_e), with the images innermost so that each weight row is read once per
+// call: the squeeze-excite weights are 6 MB of GhostNet 1.0x's 21, and at batch 1 streaming them on one thread
+// while the other waited cost ~0.1 ms per forward (bench/NOTES.md, entry 16). Each thread scales the planes of the
+// channels whose gates it computed, so the gate and the scaling share one parallel region.
+// The weights are read in their own dtype and widened in the loops, bfloat16 as raw words (util_bf16_bits.h) so that
+// the loops vectorize: converting the weights to float tensors on every call (1.8 MB of float for a 960 x 240 pair)
+// and c10::BFloat16's own conversions made GhostNet's squeeze-excite blocks 1.5-2x slower in bfloat16 than in
+// float32 at batch 1 (bench/NOTES.md, entry 25).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "entry_points.h"
+#include "util_bf16_bits.h"
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
+                           const at::Tensor& ew, const at::Tensor& eb) {
+  using raw_t = cpu::raw_type<scalar_t>;
+  const int64_t N = y.size(0), C = y.size(1), R = rw.size(0), HW = y.size(2) * y.size(3);
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  const at::Tensor rwc = rw.contiguous(), rbc = rb.contiguous(), ewc = ew.contiguous(), ebc = eb.contiguous();
+  const auto raw = [](const at::Tensor& t) { return reinterpret_cast<const raw_t*>(t.const_data_ptr<scalar_t>()); };
+  const raw_t *wr = raw(rwc), *br = raw(rbc), *we = raw(ewc), *be = raw(ebc);
+  raw_t* yp = reinterpret_cast<raw_t*>(y.mutable_data_ptr<scalar_t>());
+  std::vector<acc_t> mean(N * C), hidden(N * R);
+  if (sums.defined()) {
+    const at::Tensor sa = sums.to(acc_type).contiguous();
+    const acc_t* sp = sa.const_data_ptr<acc_t>();
+    for (int64_t i = 0; i < N * C; ++i) mean[i] = sp[i] / static_cast<acc_t>(HW);
+  } else {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i) {
+        const raw_t* plane = yp + i * HW;
+        acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t q = 0; q < HW; ++q) s += cpu::widen<acc_t>(plane[q]);
+        mean[i] = s / static_cast<acc_t>(HW);
+      }
+    });
+  }
+  // Grains of ~16K multiply-adds: GhostNet's smallest squeeze-excites (72 x 20) stay on one thread.
+  const int64_t mv_grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N * C));
+  at::parallel_for(0, R, mv_grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const raw_t* w = wr + r * C;
+      for (int64_t n = 0; n < N; ++n) {
+        const acc_t* m = mean.data() + n * C;
+        acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = 0; c < C; ++c) s += cpu::widen<acc_t>(w[c]) * m[c];
+        hidden[n * R + r] = std::max<acc_t>(s + cpu::widen<acc_t>(br[r]), 0);
+      }
+    }
+  });
+  const int64_t gate_grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N * (R + HW)));
+  at::parallel_for(0, C, gate_grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const raw_t* w = we + c * R;
+      for (int64_t n = 0; n < N; ++n) {
+        const acc_t* h = hidden.data() + n * R;
+        acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t r = 0; r < R; ++r) s += cpu::widen<acc_t>(w[r]) * h[r];
+        // hardsigmoid(v) = relu6(v + 3) / 6
+        const acc_t g = std::min<acc_t>(std::max<acc_t>(s + cpu::widen<acc_t>(be[c]) + 3, 0), 6) / 6;
+        raw_t* plane = yp + (n * C + c) * HW;
+#pragma omp simd
+        for (int64_t q = 0; q < HW; ++q) plane[q] = cpu::narrow<raw_t>(cpu::widen<acc_t>(plane[q]) * g);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
+                     const at::Tensor& ew, const at::Tensor& eb) {
+  TORCH_CHECK(y.is_contiguous(), "squeeze_excite_: y must be contiguous");
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "ghost_bottleneck_se", [&] {
+    squeeze_excite_kernel<scalar_t, at::opmath_type<scalar_t>>(y, sums, rw, rb, ew, eb);
+  });
+}
+
+}  // namespace cpu
+}  // namespace ghostkernels
