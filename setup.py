@@ -1,7 +1,7 @@
 """Packaging for ghostkernels.
 
 `pip install .` and `pip install -e .` compile nothing: the C++/CUDA sources in csrc/ ship inside the package
-(as ghostkernels/csrc) and are built with ninja on first use (ghostkernels/_build.py).
+(as ghostkernels/csrc) and are built with ninja on first use (ghostkernels/ops/build.py).
 
 torch is deliberately not an install requirement: pip would otherwise be free to replace an installed torch or to
 fetch a multi-GB CUDA build on a machine that has none. Install torch first (see README).

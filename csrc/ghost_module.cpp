@@ -1,6 +1,6 @@
 // The op contract, defined once for every backend. Kernels register themselves per dispatch key in
 // cpu/op_*.cpp and cuda/ghost_module_cuda.cpp; fake kernels and autograd are registered from Python
-// (ghostkernels/_registration.py), the way pytorch/extension-cpp does it. The ABI tables the schemas' integer
+// (ghostkernels/ops/registration.py), the way pytorch/extension-cpp does it. The ABI tables the schemas' integer
 // arguments refer to (activation codes, the chain's step layouts) are in op_layouts.h.
 #include <torch/library.h>
 
@@ -80,13 +80,13 @@ TORCH_LIBRARY(ghostkernels, m) {
       "Tensor? shortcut_pw_b) -> Tensor");
   // act(conv2d(x, w, b, stride, padding k//2)), groups 1, odd k, stride 1 or 2: a convolution with its BatchNorm
   // folded in, inference only (no autograd), CPU only. FusedStemConv and FusedConvBnAct run GhostNet's stem and last
-  // ConvBnAct on it where nothing needs a gradient (ghostkernels/conv_bn_act.py).
+  // ConvBnAct on it where nothing needs a gradient (ghostkernels/nn/conv_bn_act.py).
   m.def("conv2d_act(Tensor x, Tensor w, Tensor b, int stride, str act) -> Tensor");
   // act(x @ w^T + b) for x [N, K], w [out, K]: inference only (no autograd), CPU only. FusedConvHead and
-  // FusedClassifier run GhostNet's head on it where nothing needs a gradient (ghostkernels/head.py).
+  // FusedClassifier run GhostNet's head on it where nothing needs a gradient (ghostkernels/nn/head.py).
   m.def("linear_act(Tensor x, Tensor w, Tensor b, str act) -> Tensor");
   // A chain of the inference ops above in one call (inference only, no autograd, CPU only; ghostkernels.freeze()
-  // runs a fused GhostNet's whole forward on it, ghostkernels/frozen.py). `program` is a list of steps, each an
+  // runs a fused GhostNet's whole forward on it, ghostkernels/patch/frozen.py). `program` is a list of steps, each an
   // opcode and its integers; each step takes its tensors from `tensors` in order and its input from the step before.
   // The steps (conv2d_act, ghost_bottleneck, mean_hw: [N, C, H, W] -> [N, C] plane means, linear_act), their
   // opcodes, integers and tensors (the op's own arguments after x, in the order of its schema above; None where

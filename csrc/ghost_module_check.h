@@ -30,7 +30,7 @@ GhostDims check_ghost_inputs(const char* op, const at::Tensor& x, const at::Tens
                              const at::Tensor& b_primary, const at::Tensor& w_cheap, const at::Tensor& b_cheap,
                              int64_t out_channels, c10::string_view act);
 
-// The output (and grad_x) memory format rule, mirrored by the fake kernels in ghostkernels/_registration.py:
+// The output (and grad_x) memory format rule, mirrored by the fake kernels in ghostkernels/ops/registration.py:
 // channels_last when x is channels_last-contiguous and not contiguous, else contiguous.
 at::MemoryFormat output_memory_format(const at::Tensor& x);
 

@@ -19,7 +19,7 @@ attributes a loop's closing branch to the statement of the kernel body that the 
 line calling cheap_epilogue), named by the first identifier on that line. The count is static: every instruction
 of the loop body once, whether or not a given element executes it (a switch's five activation cases all count).
 
-Compiles with the flags of the JIT build (ghostkernels/_build.py and torch's COMMON_NVCC_FLAGS) plus -cubin, and
+Compiles with the flags of the JIT build (ghostkernels/ops/build.py and torch's COMMON_NVCC_FLAGS) plus -cubin, and
 caches the cubins by a hash of the sources and flags (GHOSTKERNELS_SASS_CACHE, default a folder under the system
 temp dir), so repeated runs cost only the disassembly. Needs nvcc and cuobjdump/nvdisasm (these two ship in the
 triton wheel: triton/backends/nvidia/bin); tests/test_cuda_sass.py asserts the properties for the hot kernels.

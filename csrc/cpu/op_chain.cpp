@@ -7,7 +7,7 @@
 // (bench/NOTES.md, entry 23). Here the network is one call: the steps run back to back in C++, calling the ops'
 // CPU functions directly (entry_points.h), each with the same validation and the same numerics as the op itself;
 // only the global average pool (a plain loop here, ATen's pooling in the network's own forward) may round
-// differently. ghostkernels.freeze() builds the program from a fused network (ghostkernels/frozen.py); the schema
+// differently. ghostkernels.freeze() builds the program from a fused network (ghostkernels/patch/frozen.py); the schema
 // is in csrc/ghost_module.cpp, the program's encoding in csrc/op_layouts.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -28,7 +28,8 @@ constexpr const char* kOp = "ghostkernels::chain (CPU)";
 using OptTensor = std::optional<at::Tensor>;
 
 // Opcodes, the steps' integers and tensors, and activation codes: the ABI table of op_layouts.h, mirrored in Python
-// by ghostkernels/_registration.py (_CHAIN_STEPS) and reference.py (ACTS); ghostkernels::_layouts returns the table.
+// by ghostkernels/ops/layouts.py (CHAIN_STEPS) and ops/reference.py (ACTS); ghostkernels::_layouts returns the table
+// and tests/test_layouts.py compares the two.
 using layouts::kActNames;
 using layouts::kChainConv2dAct;
 using layouts::kChainGhostBottleneck;

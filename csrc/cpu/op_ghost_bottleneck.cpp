@@ -1,5 +1,5 @@
 // ghostkernels::ghost_bottleneck on the CPU: the binding. It checks the arguments (all of them, with the messages the
-// Python checks of ghostkernels/_validation.py mirror) and calls the launcher, ghost_bottleneck_forward
+// Python checks of ghostkernels/ops/validation.py mirror) and calls the launcher, ghost_bottleneck_forward
 // (launch_ghost_bottleneck.cpp), which says how the block runs and why it is one op.
 #include <ATen/ATen.h>
 #include <torch/library.h>
