@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import ghost_testing as gt
 import variants
 from ghostkernels import fuse, models
 from ghostkernels.nn import FusedGhostBottleneck
@@ -27,15 +28,8 @@ def _fused_block():
 
 @pytest.fixture
 def op_calls(monkeypatch):
-    calls = []
-    original = FusedGhostBottleneck.op_arguments
-
-    def counting(self, x=None):
-        calls.append(self)
-        return original(self, x)
-
-    monkeypatch.setattr(FusedGhostBottleneck, "op_arguments", counting)
-    return calls
+    """The calls that take the whole-block op (forward reads the op's arguments only then)."""
+    return gt.record_method_calls(monkeypatch, FusedGhostBottleneck, "op_arguments")
 
 
 def test_a_hook_on_an_inner_layer_runs_the_blocks_layers(op_calls):
