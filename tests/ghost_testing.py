@@ -255,6 +255,17 @@ class GhostCase:
         return dataclasses.replace(self, **kw)
 
 
+class CallCounter:
+    """Wraps a function and counts its calls (tests patch it in with monkeypatch.setattr)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
 def record_op_calls(monkeypatch, op: str) -> list:
     """Patch torch.ops.ghostkernels.<op>.default (for the rest of the test) to record the shape of its first
     argument on every call; returns the list the shapes go to."""
