@@ -24,7 +24,7 @@ cpu::BnStage stage(const at::Tensor& mean, const at::Tensor& invstd, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_stats_cpu(const at::Tensor& x, const at::Tensor& w_primary) {
   constexpr const char* op = "ghostkernels::ghost_bn_conv1x1_stats (CPU)";
   const GhostDims d = check_bn_conv1x1_inputs(op, x, w_primary);
-  cpu::check_cpu_input(op, x);
+  cpu::check_cpu_op_dtype(op, x);
   return cpu::bn_conv1x1_stats(x, w_primary, d);
 }
 
@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> cheap_stats_cpu(const at::Tensor& z1, const a
       op, z1, w_cheap, -1, act,
       {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"}},
       {});
-  cpu::check_cpu_input(op, z1);
+  cpu::check_cpu_op_dtype(op, z1);
   return cpu::bn_cheap_stats(z1, stage(mean1, invstd1, weight1, bias1), w_cheap, d);
 }
 
@@ -50,7 +50,7 @@ at::Tensor forward_out_cpu(const at::Tensor& z1, const at::Tensor& mean1, const 
       op, z1, w_cheap, out_channels, act,
       {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"}},
       {{&mean2, "mean_cheap"}, {&invstd2, "invstd_cheap"}, {&weight2, "weight_cheap"}, {&bias2, "bias_cheap"}});
-  cpu::check_cpu_input(op, z1);
+  cpu::check_cpu_op_dtype(op, z1);
   return cpu::bn_forward_out(z1, stage(mean1, invstd1, weight1, bias1), w_cheap,
                              stage(mean2, invstd2, weight2, bias2), d);
 }
@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_cpu(
       {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"}},
       {{&mean2, "mean_cheap"}, {&invstd2, "invstd_cheap"}, {&weight2, "weight_cheap"}, {&bias2, "bias_cheap"}});
   check_bn_grad_out(op, grad_out, z1, d);
-  cpu::check_cpu_input(op, z1);
+  cpu::check_cpu_op_dtype(op, z1);
   return cpu::bn_backward_reduce(grad_out, z1, stage(mean1, invstd1, weight1, bias1), w_cheap,
                                  stage(mean2, invstd2, weight2, bias2), d);
 }
@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   TORCH_CHECK_VALUE(dx.N == d.N && dx.H == d.H && dx.W == d.W && dx.I == d.I, op, ": z1 has shape ", z1.sizes(),
                     ", but conv1x1(x, w_primary) has shape [", dx.N, ", ", dx.I, ", ", dx.H, ", ", dx.W, "]");
   check_bn_grad_out(op, grad_out, z1, d);
-  cpu::check_cpu_input(op, x);
+  cpu::check_cpu_op_dtype(op, x);
   d.C = dx.C;
   cpu::BnBackwardArgs bn{z1,      stage(mean1, invstd1, weight1, bias1), stage(mean2, invstd2, weight2, bias2),
                          mean_dy1, mean_dy_xhat1,                        mean_dy2,

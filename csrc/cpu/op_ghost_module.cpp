@@ -18,11 +18,13 @@ namespace {
 constexpr const char* kForwardOp = "ghostkernels::ghost_module (CPU)";
 constexpr const char* kBackwardOp = "ghostkernels::ghost_module_backward (CPU)";
 
+using cpu::check_cpu_op_dtype;
+
 at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                             const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
                             c10::string_view act) {
   const GhostDims d = check_ghost_inputs(kForwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
-  cpu::check_cpu_input(kForwardOp, x);
+  check_cpu_op_dtype(kForwardOp, x);
   return cpu::ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, at::Tensor(), at::Tensor());
 }
 
@@ -31,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_mod
     const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels, c10::string_view act) {
   const GhostDims d =
       check_ghost_inputs(kBackwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
-  cpu::check_cpu_input(kBackwardOp, x);
+  check_cpu_op_dtype(kBackwardOp, x);
   TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == d.N && grad_out.size(1) == d.oc &&
                         grad_out.size(2) == d.H && grad_out.size(3) == d.W,
                     kBackwardOp, ": grad_out must be [", d.N, ", ", d.oc, ", ", d.H, ", ", d.W, "], got ",

@@ -9,10 +9,11 @@ per call between two paths:
   front of it (ghostkernels.nn.folding, differentiable, so gradients reach the conv weights and the BN affine
   parameters) and ``ghostkernels.ops.ghost_module`` runs once. The folded weights are cached (FoldCache).
 * train-mode BN: when both BatchNorms normalize with batch statistics (train mode; BatchNorm2d, or SyncBatchNorm
-  after torch.nn.SyncBatchNorm.convert_sync_batchnorm, before or after fuse()), ``ghostkernels.ops.ghost_module_bn_train``
-  runs once (the statistics, combined across the SyncBatchNorm's processes where it synchronizes, and the output in
-  a few passes; one fused backward), and the running statistics are updated from the statistics it returns exactly
-  as nn.BatchNorm2d updates them (ghostkernels.nn.batchnorm). Nothing is cached between calls.
+  after torch.nn.SyncBatchNorm.convert_sync_batchnorm, before or after fuse()),
+  ``ghostkernels.ops.ghost_module_bn_train`` runs once (the statistics, combined across the SyncBatchNorm's
+  processes where it synchronizes, and the output in a few passes; one fused backward), and the running statistics
+  are updated from the statistics it returns exactly as nn.BatchNorm2d updates them (ghostkernels.nn.batchnorm).
+  Nothing is cached between calls.
 * unfused: the original layers run exactly as the original module runs them, where neither of the above applies:
   only one of the two BatchNorms in train mode, backend ``eager`` or ``triton`` in train mode, a device without
   train-mode kernels, or two SyncBatchNorms of different process groups.

@@ -155,9 +155,10 @@ def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_pr
     Returns (out, mean_primary, var_primary, mean_cheap, var_cheap, count, saved_z1): each BN's batch mean and biased
     variance (the running statistics' update is the caller's: ghostkernels.nn.batchnorm.update_running_stats), the
     number of values each was computed over (all processes'), and what the backward keeps (an implementation
-    detail). Differentiable in x and every parameter (the statistics outputs are not). Backends: ``cpu``, ``cuda``
-    (once its kernels exist), ``eager`` (plain PyTorch ops, for reference; its saved_z1 is empty), ``auto``. Under
-    autocast x and the conv weights are cast to the autocast dtype, as for a convolution.
+    detail). Differentiable in x and every parameter (the statistics outputs are not). Backends: ``cpu``,
+    ``eager`` (plain PyTorch ops, for reference; its saved_z1 is empty), ``auto``; ``cuda`` and ``triton`` raise
+    NotImplementedError until their kernels exist. Under autocast x and the conv weights are cast to the autocast
+    dtype, as for a convolution.
     """
     backend = resolve_backend(backend, x.device)
     dev = x.device.type
@@ -182,8 +183,12 @@ def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_pr
         return (*out, count, x.new_empty(0))
     if backend == "triton":
         raise NotImplementedError("ghostkernels: the Triton backend has no train-mode BatchNorm kernels yet; use "
-                                  "backend='cuda' or 'cpu' (bench/NOTES.md entry 36 specifies them)")
+                                  "backend='cpu' or 'eager' (bench/NOTES.md entry 36 specifies them)")
     _ensure_library()
+    if not bn_train_kernels_available(x.device.type):
+        raise NotImplementedError(f"ghostkernels: the op library has no train-mode BatchNorm kernels for "
+                                  f"{x.device.type} tensors (only the CPU has them so far); use backend='eager' "
+                                  f"(FusedGhostModule runs its own layers there)")
     return torch.ops.ghostkernels.ghost_module_bn_train(*args)
 
 

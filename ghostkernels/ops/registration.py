@@ -264,8 +264,8 @@ def _bn_train_backward(ctx, grad_out, *unused):
 
 
 def _register_bn_train() -> None:
-    for name, fake in (("ghost_bn_conv1x1_stats", _bn_conv1x1_stats_fake), ("ghost_bn_cheap_stats", _bn_cheap_stats_fake),
-                       ("ghost_bn_forward_out", _bn_forward_out_fake),
+    for name, fake in (("ghost_bn_conv1x1_stats", _bn_conv1x1_stats_fake),
+                       ("ghost_bn_cheap_stats", _bn_cheap_stats_fake), ("ghost_bn_forward_out", _bn_forward_out_fake),
                        ("ghost_bn_backward_reduce", _bn_backward_reduce_fake), ("ghost_bn_backward", _bn_backward_fake),
                        ("ghost_module_bn_train", _bn_train_fake),
                        ("ghost_module_bn_train_backward", _bn_train_backward_fake)):
