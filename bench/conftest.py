@@ -6,7 +6,8 @@
 
 Scope (--bench-scope or GHOSTKERNELS_BENCH_SCOPE): smoke | quick | full; by default "full" with --benchmark-only
 (measuring) and "smoke" otherwise (a few small cases that reach every code path in about two minutes). In smoke scope:
-three Ghost-module shapes at <= 12x12, every mode, dtype, batch and fused backend; torch.compile only on the first
+three Ghost-module shapes at <= 12x12, every mode, dtype, batch and fused backend (batch-statistics BN: one shape,
+dtype and batch); torch.compile only on the first
 shape at batch 1 in the first dtype (once per mode: inference with freezing, and training); end-to-end GhostNet 0.5x
 at 64x64, batch 1, eager, fuse(model) and ONNX Runtime when installed, no whole-model torch.compile (40-90 s each on
 2 cores; the module cases run the same compile code); training memory of GhostNet 0.5x at 64x64, batch 2.
@@ -79,9 +80,15 @@ def _module_params(config) -> list:
                 for batch in (1, THROUGHPUT_BATCH[device.type]):
                     for i, sc in enumerate(shapes):
                         case = ModuleCase(sc, mode, batch, cfg)
+                        # Smoke, batch-statistics BN: one shape, dtype and batch, no compile (the same
+                        # compile_module as the frozen-BN cases; the op's own tests cover the rest).
+                        if (mode == "train-bn" and scope == "smoke"
+                                and not (i == 0 and batch == 1 and cfg == DEFAULT_CONFIGS[device.type][0])):
+                            continue
                         for p in providers:
                             if (p == "compile" and scope == "smoke"
-                                    and not (i == 0 and batch == 1 and cfg == DEFAULT_CONFIGS[device.type][0])):
+                                    and (mode == "train-bn"
+                                         or not (i == 0 and batch == 1 and cfg == DEFAULT_CONFIGS[device.type][0]))):
                                 continue
                             tid = _id(device, mode, cfg.label, f"b{batch}", sc.shape.label, p)
                             params.append(pytest.param(device, case, p, id=tid))
@@ -144,6 +151,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("device,e2e_case,provider", _end_to_end_params(metafunc.config))
     elif "memory_case" in names:
         metafunc.parametrize("device,memory_case,provider", _memory_params(metafunc.config))
+    elif "device" in names:  # a test of its own cases (the whole-model training step)
+        metafunc.parametrize("device", bench_devices(metafunc.config), ids=lambda d: d.type)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -45,3 +45,22 @@ def test_training_step(benchmark, device, memory_case, provider):
             f"{provider}: the fused Ghost modules keep {saved.ghost_bytes} bytes for backward, eager "
             f"{eager.ghost_bytes}: fusing should save memory")
     benchmark(rotating_call(lambda: step(), [()], device))
+
+
+def test_training_step_with_batch_statistics(device):
+    """The harness's whole-model training step (training_step.py) at smoke size: every provider but compile checked
+    against float64 eager and timed once, the fused Ghost modules keeping less activation memory than eager's."""
+    from ghostkernels.bench.cases import DEFAULT_CONFIGS
+    from ghostkernels.bench.providers import fused_backends
+    from ghostkernels.bench.timing import Rounds, TimingBudget
+    from ghostkernels.bench.training_step import TrainStepCase, run_train_step_case, train_step_providers
+
+    case = TrainStepCase("ghostnet_050", 2, DEFAULT_CONFIGS[device.type][0], resolution=64)
+    providers = train_step_providers(fused_backends(device)[0], with_compile=False)
+    records = run_train_step_case(case, _model("ghostnet_050"), providers, device, strict=True,
+                                  budget=TimingBudget(warmup_s=0.0, min_time_s=0.0, min_reps=1, max_reps=1),
+                                  turns=Rounds(rounds=1, dropped=0, pause_s=0.0))
+    by = {r["provider"]: r for r in records}
+    assert set(by) == set(providers) and all("median_ms" in r for r in records), records
+    for p in providers[1:]:
+        assert by[p]["saved_bytes_ghost"] < by["eager"]["saved_bytes_ghost"], (p, by[p], by["eager"])

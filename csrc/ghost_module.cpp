@@ -64,6 +64,86 @@ TORCH_LIBRARY(ghostkernels, m) {
   m.def(
       "ghost_module_backward(Tensor grad_out, Tensor x, Tensor w_primary, Tensor b_primary, Tensor w_cheap, "
       "Tensor b_cheap, SymInt out_channels, str act) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ---- Training with batch-statistics BatchNorm (bench/NOTES.md entry 36 has the design and the math) ----
+  //
+  // A Ghost module in train mode is x -> z1 = conv1x1(x, W1) -> BN1 (batch statistics) -> act -> x1,
+  // z2 = dwconv(x1, W2) -> BN2 -> act -> x2, out = cat(x1, x2)[:, :out_channels]. Its statistics must be known (and,
+  // under SyncBatchNorm, all-reduced across processes) before the normalized values can be computed, so it runs as a
+  // few passes with Python in between (ghostkernels/ops/train_bn.py); these are the passes. Every pass that needs x1
+  // or the depthwise output recomputes them from z1. Each BN stage is given the way torch's batch_norm_elemt takes
+  // it: mean, invstd, weight (gamma) and bias (beta) per channel, xhat = (z - mean) * invstd, y = weight * xhat +
+  // bias, x1 = act(y1). Statistics, sums and per-channel vectors are float64 for float64 x and float32 otherwise (the
+  // "stats dtype"); conv weights are in that dtype too (no rounding of the folded or raw weights to bfloat16).
+  //
+  // Pass 1: z1 = conv1x1(x, w_primary) (no bias; in x's dtype and memory format) and the mean and biased variance
+  // of each of its channels over (N, H, W), computed from z1 as stored (Chan-combined per-block two-pass moments,
+  // so a large mean costs no precision).
+  m.def("ghost_bn_conv1x1_stats(Tensor x, Tensor w_primary) -> (Tensor z1, Tensor mean, Tensor var)");
+  // Pass 2: the mean and biased variance over (N, H, W) of every channel of z2 = dwconv(x1, w_cheap) (no bias),
+  // x1 = act(BN1(z1)); all init*(ratio-1) channels, the ones the slice drops included (their running statistics
+  // are updated all the same).
+  m.def(
+      "ghost_bn_cheap_stats(Tensor z1, Tensor mean_primary, Tensor invstd_primary, Tensor weight_primary, "
+      "Tensor bias_primary, Tensor w_cheap, str act) -> (Tensor mean, Tensor var)");
+  // Pass 3: out = cat(x1, act(BN2(dwconv(x1, w_cheap))))[:, :out_channels], x1 = act(BN1(z1)); z1's dtype and
+  // memory format.
+  m.def(
+      "ghost_bn_forward_out(Tensor z1, Tensor mean_primary, Tensor invstd_primary, Tensor weight_primary, "
+      "Tensor bias_primary, Tensor w_cheap, Tensor mean_cheap, Tensor invstd_cheap, Tensor weight_cheap, "
+      "Tensor bias_cheap, SymInt out_channels, str act) -> Tensor");
+  // Backward pass 1: the per-channel sums from which the BN backward's reductions of both stages follow (the
+  // second stage's depend on the first's only linearly, so one pass serves both). With g2 = dL/dy2 =
+  // grad_out[:, init:] * act'(y2) (zero for channels past the slice), a1 = act'(y1), and for cheap channel j of
+  // primary channel c = j / (ratio-1) the depthwise convolutions (no bias) da = dwconv(a1_c, w_cheap_j) and
+  // dq = dwconv(a1_c * xhat1_c, w_cheap_j):
+  //   sums_primary [2, init]: sum(a1 * grad_out[:, c]), sum(a1 * xhat1 * grad_out[:, c]) (zero past the slice)
+  //   sums_cheap [8, init*(ratio-1)]: sum(g2), sum(g2 * xhat2), sum(da * g2), sum(da), sum(da * xhat2),
+  //                                   sum(dq * g2), sum(dq), sum(dq * xhat2)
+  // all over (N, H, W). ghostkernels/ops/train_bn.py turns them into dL/dbeta, dL/dgamma and the mean_dy* below.
+  m.def(
+      "ghost_bn_backward_reduce(Tensor grad_out, Tensor z1, Tensor mean_primary, Tensor invstd_primary, "
+      "Tensor weight_primary, Tensor bias_primary, Tensor w_cheap, Tensor mean_cheap, Tensor invstd_cheap, "
+      "Tensor weight_cheap, Tensor bias_cheap, SymInt out_channels, str act) -> (Tensor sums_primary, "
+      "Tensor sums_cheap)");
+  // Backward pass 2: the gradients of x, w_primary and w_cheap, with
+  //   dz2 = invstd2 * weight2 * (g2 - mean_dy_cheap - xhat2 * mean_dy_xhat_cheap),
+  //   g1 = (grad_out[:, :init] + dwconv_transposed(dz2, w_cheap)) * act'(y1),
+  //   dz1 = invstd1 * weight1 * (g1 - mean_dy_primary - xhat1 * mean_dy_xhat_primary),
+  //   grad_w_cheap = sum dz2 * (x1 at each tap), grad_w_primary = sum dz1 x^T, grad_x = w_primary^T dz1
+  // (mean_dy* = the BN backward's means of dL/dy and dL/dy * xhat over the whole batch, all processes' under
+  // SyncBatchNorm). grad_x in x's dtype and the output's memory-format rule, the weight gradients in the stats dtype.
+  m.def(
+      "ghost_bn_backward(Tensor grad_out, Tensor x, Tensor z1, Tensor w_primary, Tensor mean_primary, "
+      "Tensor invstd_primary, Tensor weight_primary, Tensor bias_primary, Tensor mean_dy_primary, "
+      "Tensor mean_dy_xhat_primary, Tensor w_cheap, Tensor mean_cheap, Tensor invstd_cheap, Tensor weight_cheap, "
+      "Tensor bias_cheap, Tensor mean_dy_cheap, Tensor mean_dy_xhat_cheap, SymInt out_channels, str act) -> "
+      "(Tensor grad_x, Tensor grad_w_primary, Tensor grad_w_cheap)");
+  // The whole train-mode Ghost module, with autograd: the passes above with the statistics combined in between
+  // (across the processes of the process group named `group` under SyncBatchNorm; "" for none). Its kernel is
+  // Python (ghostkernels/ops/train_bn.py, registered with the fake kernel and autograd in
+  // ghostkernels/ops/registration.py), because the statistics must cross processes between passes. The conv
+  // biases (None: none) only move the means (they cancel in the normalization; their gradient is zero); BN weight
+  // and bias None mean an affine-free BN. Returns the output, each BN's batch mean (of the conv output, bias
+  // included) and biased variance, the number of values per channel they were computed over (a float tensor of
+  // shape [], summed over the processes), and z1 when it is worth keeping for backward instead of recomputing
+  // (ghostkernels/ops/train_bn.py says when; else an empty tensor).
+  m.def(
+      "ghost_module_bn_train(Tensor x, Tensor w_primary, Tensor? b_primary, Tensor? bn_weight_primary, "
+      "Tensor? bn_bias_primary, float eps_primary, Tensor w_cheap, Tensor? b_cheap, Tensor? bn_weight_cheap, "
+      "Tensor? bn_bias_cheap, float eps_cheap, SymInt out_channels, str act, str group) -> (Tensor out, "
+      "Tensor mean_primary, Tensor var_primary, Tensor mean_cheap, Tensor var_cheap, Tensor count, "
+      "Tensor saved_z1)");
+  // Its backward: the gradients of x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
+  // bn_weight_cheap, bn_bias_cheap (each of its input's shape; zeros for the conv biases, and for an input that was
+  // None), from the forward's statistics and saved_z1.
+  m.def(
+      "ghost_module_bn_train_backward(Tensor grad_out, Tensor x, Tensor w_primary, Tensor? b_primary, "
+      "Tensor? bn_weight_primary, Tensor? bn_bias_primary, float eps_primary, Tensor w_cheap, Tensor? b_cheap, "
+      "Tensor? bn_weight_cheap, Tensor? bn_bias_cheap, float eps_cheap, Tensor mean_primary, Tensor var_primary, "
+      "Tensor mean_cheap, Tensor var_cheap, Tensor count, Tensor saved_z1, SymInt out_channels, str act, "
+      "str group) -> (Tensor grad_x, Tensor grad_w_primary, Tensor grad_b_primary, Tensor grad_bn_weight_primary, "
+      "Tensor grad_bn_bias_primary, Tensor grad_w_cheap, Tensor grad_b_cheap, Tensor grad_bn_weight_cheap, "
+      "Tensor grad_bn_bias_cheap)");
   // GhostNet's bottleneck, inference only (no autograd; FusedGhostBottleneck runs it where nothing needs a
   // gradient), BatchNorms folded into the convolutions, CPU only:
   //   y = ghost_module(x, ghost1_*, mid_channels, act)

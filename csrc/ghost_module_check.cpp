@@ -70,4 +70,74 @@ GhostDims check_ghost_inputs(const char* op, const at::Tensor& x, const at::Tens
   return d;
 }
 
+at::ScalarType bn_stats_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_bn_tensor(const char* op, const at::Tensor& like, const at::Tensor& t, at::IntArrayRef sizes,
+                     const char* name) {
+  const at::ScalarType want = bn_stats_dtype(like.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == want, op, ": ", name, " must be ", want, " (the statistics' dtype for ",
+                   like.scalar_type(), " inputs), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == like.device(), op, ": device mismatch: ", name, " is on ", t.device(),
+                    " but the input is on ", like.device());
+  TORCH_CHECK_VALUE(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
+}
+
+namespace {
+
+void check_floating_4d(const char* op, const at::Tensor& t, const char* name, const char* dims) {
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be 4-D ", dims, ", got ", t.dim(), "-D with shape ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a floating-point tensor, got ",
+                   t.scalar_type());
+}
+
+}  // namespace
+
+GhostDims check_bn_conv1x1_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary) {
+  check_floating_4d(op, x, "x", "[N, C, H, W]");
+  TORCH_CHECK_VALUE(w_primary.dim() == 4 && w_primary.size(0) > 0, op,
+                    ": w_primary must be [init, C, 1, 1] with init > 0, got shape ", w_primary.sizes());
+  GhostDims d{};
+  d.N = x.size(0), d.C = x.size(1), d.H = x.size(2), d.W = x.size(3);
+  d.I = w_primary.size(0), d.M = 1, d.K = 1, d.oc = d.I, d.act = Act::Identity;
+  check_bn_tensor(op, x, w_primary, {d.I, d.C, 1, 1}, "w_primary");
+  return d;
+}
+
+GhostDims check_bn_z1_inputs(const char* op, const at::Tensor& z1, const at::Tensor& w_cheap, int64_t out_channels,
+                             c10::string_view act, std::initializer_list<std::pair<const at::Tensor*, const char*>> primary,
+                             std::initializer_list<std::pair<const at::Tensor*, const char*>> cheap) {
+  GhostDims d{};
+  d.act = parse_act(act);
+  check_floating_4d(op, z1, "z1", "[N, init, H, W]");
+  d.N = z1.size(0), d.I = z1.size(1), d.H = z1.size(2), d.W = z1.size(3), d.C = d.I;
+  TORCH_CHECK_VALUE(d.I > 0, op, ": z1 has zero channels");
+  TORCH_CHECK_VALUE(w_cheap.dim() == 4 && w_cheap.size(1) == 1 && w_cheap.size(2) == w_cheap.size(3), op,
+                    ": w_cheap must be a depthwise weight [init*(ratio-1), 1, k, k], got shape ", w_cheap.sizes());
+  TORCH_CHECK_VALUE(w_cheap.size(0) >= d.I && w_cheap.size(0) % d.I == 0, op, ": w_cheap has ", w_cheap.size(0),
+                    " channels, which is not a positive multiple of init=", d.I, " (z1's channels)");
+  d.M = w_cheap.size(0) / d.I;
+  d.K = w_cheap.size(2);
+  TORCH_CHECK_VALUE(d.K % 2 == 1, op, ": the depthwise kernel size must be odd (padding k//2 keeps the size), got k=",
+                    d.K);
+  check_bn_tensor(op, z1, w_cheap, w_cheap.sizes(), "w_cheap");
+  const int64_t width = d.I * (d.M + 1);
+  TORCH_CHECK_VALUE(out_channels == -1 || (out_channels >= 1 && out_channels <= width), op, ": out_channels=",
+                    out_channels, " is outside [1, init*ratio=", width, "]");
+  d.oc = out_channels == -1 ? width : out_channels;
+  for (const auto& [t, name] : primary) check_bn_tensor(op, z1, *t, {d.I}, name);
+  for (const auto& [t, name] : cheap) check_bn_tensor(op, z1, *t, {d.I * d.M}, name);
+  return d;
+}
+
+void check_bn_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& z1, const GhostDims& d) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == d.N && grad_out.size(1) == d.oc &&
+                        grad_out.size(2) == d.H && grad_out.size(3) == d.W,
+                    op, ": grad_out must be [", d.N, ", ", d.oc, ", ", d.H, ", ", d.W, "], got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == z1.scalar_type(), op, ": dtype mismatch: z1 is ", z1.scalar_type(),
+                   " but grad_out is ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == z1.device(), op, ": device mismatch: z1 is on ", z1.device(),
+                    " but grad_out is on ", grad_out.device());
+}
+
 }  // namespace ghostkernels

@@ -4,6 +4,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <initializer_list>
+#include <utility>
+
 #include "activations.h"
 
 namespace ghostkernels {
@@ -29,6 +32,31 @@ void check_like_x(const char* op, const at::Tensor& x, const at::Tensor& t, cons
 GhostDims check_ghost_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary,
                              const at::Tensor& b_primary, const at::Tensor& w_cheap, const at::Tensor& b_cheap,
                              int64_t out_channels, c10::string_view act);
+
+// ---- The train-mode BatchNorm passes (ghost_bn_* in csrc/ghost_module.cpp) ----
+
+// Their stats dtype (of statistics, sums, per-channel vectors and conv weights) for inputs of dtype t: float64 for
+// float64, float32 for everything else.
+at::ScalarType bn_stats_dtype(at::ScalarType t);
+
+// Raises unless t is a floating tensor of the stats dtype of `like` (TypeError) on like's device (ValueError) with
+// the shape `sizes` (ValueError); `name` names it in the messages.
+void check_bn_tensor(const char* op, const at::Tensor& like, const at::Tensor& t, at::IntArrayRef sizes,
+                     const char* name);
+
+// The 1x1 conv of ghost_bn_conv1x1_stats and ghost_bn_backward: x [N, C, H, W] (floating), w_primary [I, C, 1, 1]
+// in the stats dtype. Returns the sizes (I = init, M = K = 1, oc = I, act identity).
+GhostDims check_bn_conv1x1_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary);
+
+// The passes over z1: z1 [N, I, H, W] (floating), w_cheap [I*M, 1, k, k] (odd k) in the stats dtype, the slice
+// (out_channels in [1, I*(M+1)]; -1: the whole width, for the statistics pass), the activation; and the named
+// per-channel vectors of each stage ([I] for `primary`, [I*M] for `cheap`). Returns the sizes (C = I).
+GhostDims check_bn_z1_inputs(const char* op, const at::Tensor& z1, const at::Tensor& w_cheap, int64_t out_channels,
+                             c10::string_view act, std::initializer_list<std::pair<const at::Tensor*, const char*>> primary,
+                             std::initializer_list<std::pair<const at::Tensor*, const char*>> cheap);
+
+// grad_out of a backward pass: [N, oc, H, W] with z1's dtype and device.
+void check_bn_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& z1, const GhostDims& d);
 
 // The output (and grad_x) memory format rule, mirrored by the fake kernels in ghostkernels/ops/registration.py:
 // channels_last when x is channels_last-contiguous and not contiguous, else contiguous.

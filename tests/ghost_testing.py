@@ -255,6 +255,17 @@ class GhostCase:
         return dataclasses.replace(self, **kw)
 
 
+class CallCounter:
+    """Wraps a function and counts its calls (tests patch it in with monkeypatch.setattr)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
 def record_method_calls(monkeypatch, cls: type, method: str) -> list:
     """Patch ``cls.method`` (for the rest of the test) to record the instance of every call; returns that list. For
     counting what cannot be counted at the op: a compiled call traces the op, which must stay the real one."""

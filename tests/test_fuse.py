@@ -59,21 +59,31 @@ def test_fuse_ghostnet_replaces_32_modules_and_keeps_logits(name):
     assert rel <= GHOSTNET_REL, f"max relative deviation {rel:.3g}"
 
 
-def test_fused_ghostnet_trains_exactly_like_the_original():
+def test_fused_ghostnet_trains_like_the_original():
+    """A fused GhostNet in train mode (every Ghost module on the batch-statistics op, the bottlenecks' other layers
+    eager) against the same network in float64: logits, every parameter's gradient, every running statistic and
+    num_batches_tracked. Batch 4 at 64x64, so that even the last stage's BatchNorms average 16 values: at 2x32x32
+    they see 2 per channel, and float32 eager itself is 50% off float64 there (a BN of two nearly equal values is
+    all rounding)."""
     torch.manual_seed(2)
     ref = variants.randomize_batchnorm(models.ghostnet_050(num_classes=10, dropout=0.0), seed=2).train()
     fused = models.ghostnet_050(num_classes=10, dropout=0.0)
     fused.load_state_dict(ref.state_dict())
     _fuse_quietly(fused.train())
-    x = torch.randn(2, 3, 32, 32)
-    out, expected = fused(x), ref(x)
-    assert torch.equal(out, expected)
+    ref = ref.double()
+    x = torch.randn(4, 3, 64, 64)
+    out, expected = fused(x), ref(x.double())
+    _assert_close(out.double(), expected.detach(), "logits")
     out.sum().backward()
     expected.sum().backward()
     for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
-        assert torch.equal(p.grad, p_ref.grad), name
+        scale = max(1.0, float(p_ref.grad.abs().max()))
+        torch.testing.assert_close(p.grad.double(), p_ref.grad, atol=5e-5 * scale, rtol=5e-5, msg=name)
     for (name, b), b_ref in zip(fused.named_buffers(), ref.buffers()):
-        assert torch.equal(b, b_ref), name
+        if b.is_floating_point():
+            _assert_close(b.double(), b_ref, name)
+        else:
+            assert torch.equal(b, b_ref), name
 
 
 def test_compile_fullgraph_of_fused_ghostnet():
@@ -157,7 +167,9 @@ def test_fuse_variant_in_eval_mode(variant):
 
 
 @pytest.mark.parametrize("variant", [v for v in FUSABLE if "reparameterized" not in v and "after" not in v])
-def test_fuse_variant_in_train_mode_is_exact(variant):
+def test_fuse_variant_in_train_mode_computes_the_original(variant):
+    """In train mode (batch statistics) the fused module runs ghost_module_bn_train: the original's output and
+    running statistics up to float32 rounding."""
     factory = FUSABLE[variant][0]
     torch.manual_seed(7)
     ghost = variants.randomize_batchnorm(factory(), seed=7).train()
@@ -165,9 +177,12 @@ def test_fuse_variant_in_train_mode_is_exact(variant):
     reference = variants.randomize_batchnorm(factory(), seed=7).train()
     reference.load_state_dict(ghost.state_dict())
     x = torch.randn(2, 6, 5, 5)
-    assert torch.equal(fused(x), reference(x))
+    _assert_close(fused(x), reference(x), variant)
     for b, b_ref in zip(fused.buffers(), reference.buffers()):
-        assert torch.equal(b, b_ref)
+        if b.is_floating_point():
+            _assert_close(b, b_ref, variant)
+        else:
+            assert torch.equal(b, b_ref)
 
 
 def test_fused_ghostconv_wrapper_and_frozen_bn_gradients():

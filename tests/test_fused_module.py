@@ -1,5 +1,6 @@
-"""FusedGhostModule: GhostModule's state_dict, the fused op in eval mode (BN folded differentiably, cached), exactly
-GhostModule's computation in train mode, from_module, torch.compile, bad arguments."""
+"""FusedGhostModule: GhostModule's state_dict, the fused op in eval mode (BN folded differentiably, cached), training
+with frozen BatchNorms, from_module, torch.compile, bad arguments (train mode with batch statistics:
+test_fused_module_train.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import ghostkernels
+import ghost_testing as gt
 import variants
 from ghostkernels import FusedGhostModule, GhostModule
 from ghostkernels.nn import activations, folding
@@ -46,25 +48,16 @@ def _assert_close(actual, expected, tol, what):
                                msg=lambda m: f"{what}: {m}")
 
 
-class _CountCalls:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.fn(*args, **kwargs)
-
-
 @pytest.fixture
 def fold_counter(monkeypatch):
-    counter = _CountCalls(folding.fold_conv_bn)
+    counter = gt.CallCounter(folding.fold_conv_bn)
     monkeypatch.setattr(folding, "fold_conv_bn", counter)
     return counter
 
 
 @pytest.fixture
 def op_counter(monkeypatch):
-    counter = _CountCalls(ghostkernels.ops.ghost_module)
+    counter = gt.CallCounter(ghostkernels.ops.ghost_module)
     monkeypatch.setattr(ghostkernels.ops, "ghost_module", counter)
     return counter
 
@@ -172,29 +165,11 @@ def test_channels_last_input_keeps_its_format():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# train mode: exactly GhostModule
+# train mode
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
-def test_train_mode_is_exactly_ghost_module(config, op_counter):
-    ref, fused = _pair(config, seed=6)
-    ref.train(), fused.train()
-    x = torch.randn(3, config[0], 6, 7)
-    x_ref = x.clone().requires_grad_()
-    x = x.requires_grad_()
-    for _ in range(2):  # running statistics are updated twice the same way
-        out, expected = fused(x), ref(x_ref)
-        assert torch.equal(out, expected)
-        grad_out = torch.randn_like(out)
-        out.backward(grad_out)
-        expected.backward(grad_out)
-    assert op_counter.calls == 0
-    assert torch.equal(x.grad, x_ref.grad)
-    for (name, a), b in zip(fused.state_dict().items(), ref.state_dict().values()):
-        assert torch.equal(a, b), name  # running_mean, running_var, num_batches_tracked
-    for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
-        assert torch.equal(p.grad, p_ref.grad), name
+# Train mode with batch statistics (ghost_module_bn_train): tests/test_fused_module_train.py.
 
 
 def test_training_with_frozen_batchnorm_runs_the_op_and_trains_conv_and_bn_affine(op_counter):

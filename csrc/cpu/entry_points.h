@@ -57,14 +57,51 @@ at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const
                          const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d,
                          const at::Tensor& residual, const at::Tensor& into);
 
+// One train-mode BatchNorm stage as the train-BN ops take it (csrc/ghost_module.cpp): xhat = (z - mean) * invstd,
+// y = weight * xhat + bias, each [channels], contiguous, in the stats dtype (float64 for float64 inputs, else
+// float32).
+struct BnStage {
+  at::Tensor mean, invstd, weight, bias;
+};
+
+// What ghostkernels::ghost_bn_backward adds to ghost_module_backward's arguments: z1 (conv1x1(x, w_primary), not
+// recomputed), both stages' BN and the BN backward's batch means (mean_dy, mean_dy_xhat) of each stage.
+struct BnBackwardArgs {
+  at::Tensor z1;
+  BnStage primary, cheap;
+  at::Tensor mean_dy_primary, mean_dy_xhat_primary, mean_dy_cheap, mean_dy_xhat_cheap;
+};
+
 // The CPU backward of ghostkernels::ghost_module (launch_ghost_backward.cpp). Called by the binding of
-// ghostkernels::ghost_module_backward (op_ghost_module.cpp), which the op's autograd formula calls.
+// ghostkernels::ghost_module_backward (op_ghost_module.cpp), which the op's autograd formula calls, and with `bn` by
+// the binding of ghostkernels::ghost_bn_backward (op_ghost_bn.cpp).
 // The gradients of (x, w_primary, b_primary, w_cheap, b_cheap) for grad_out [N, oc, H, W] of x's dtype and device
 // and inputs already checked by check_ghost_inputs (d is what it returned) on the CPU; grad_x in the contract's
-// memory format.
+// memory format. With `bn`, the train-mode BN backward of ghost_bn_backward: the weights are the raw convolutions'
+// (b_primary and b_cheap unused, and the returned bias gradients meaningless), z1 is taken from bn->z1, and the
+// weight gradients are in the stats dtype.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
-    const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d);
+    const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d, const BnBackwardArgs* bn = nullptr);
+
+// ---- The train-mode BatchNorm passes (csrc/ghost_module.cpp has their math; bindings in op_ghost_bn.cpp) -------
+
+// ghostkernels::ghost_bn_conv1x1_stats (launch_bn_conv1x1_stats.cpp): (z1, mean, var) for checked CPU inputs.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_conv1x1_stats(const at::Tensor& x, const at::Tensor& w_primary,
+                                                                 const GhostDims& d);
+
+// The passes that start from z1 (launch_bn_z1_passes.cpp); d.C is unused, d.oc is the slice (the whole width for
+// the statistics pass).
+// ghostkernels::ghost_bn_cheap_stats: (mean, var) of z2.
+std::tuple<at::Tensor, at::Tensor> bn_cheap_stats(const at::Tensor& z1, const BnStage& primary,
+                                                  const at::Tensor& w_cheap, const GhostDims& d);
+// ghostkernels::ghost_bn_forward_out: the module's output.
+at::Tensor bn_forward_out(const at::Tensor& z1, const BnStage& primary, const at::Tensor& w_cheap,
+                          const BnStage& cheap, const GhostDims& d);
+// ghostkernels::ghost_bn_backward_reduce: (sums_primary [2, I], sums_cheap [8, I*M]).
+std::tuple<at::Tensor, at::Tensor> bn_backward_reduce(const at::Tensor& grad_out, const at::Tensor& z1,
+                                                      const BnStage& primary, const at::Tensor& w_cheap,
+                                                      const BnStage& cheap, const GhostDims& d);
 
 // The CPU depthwise convolution (launch_depthwise_conv.cpp). Called by the bottleneck (launch_ghost_bottleneck.cpp:
 // conv_dw and the shortcut's depthwise conv) and by the binding of the internal op ghostkernels::_depthwise_conv2d

@@ -70,7 +70,23 @@ inline int64_t prefetch_planes(int64_t plane_floats) {
   return imax(1, imin(4, 4096 / imax(1, plane_floats * static_cast<int64_t>(sizeof(float)))));
 }
 
-template <int K, Act A>
+// Train-mode BN of one channel, broadcast (kernel_ghost_backward_avx512.h's BnCoefficients): the pre-activation from
+// s, and dz from g and xhat.
+struct BnLanes {
+  __m512 mean, invstd, weight, bias, mean_dy, mean_dy_xhat, dz_scale;
+  BnLanes() = default;  // the eval-mode instantiations, which never read it
+  BnLanes(const BnCoefficients& b, int64_t c)
+      : mean(_mm512_set1_ps(b.mean[c])), invstd(_mm512_set1_ps(b.invstd[c])), weight(_mm512_set1_ps(b.weight[c])),
+        bias(_mm512_set1_ps(b.bias[c])), mean_dy(_mm512_set1_ps(b.mean_dy[c])),
+        mean_dy_xhat(_mm512_set1_ps(b.mean_dy_xhat[c])), dz_scale(_mm512_set1_ps(b.dz_scale[c])) {}
+  __m512 xhat(__m512 s) const { return _mm512_mul_ps(_mm512_sub_ps(s, mean), invstd); }
+  __m512 pre(__m512 xh) const { return _mm512_fmadd_ps(weight, xh, bias); }
+  __m512 dz(__m512 g, __m512 xh) const {
+    return _mm512_mul_ps(dz_scale, _mm512_sub_ps(_mm512_sub_ps(g, mean_dy), _mm512_mul_ps(xh, mean_dy_xhat)));
+  }
+};
+
+template <int K, Act A, bool BN>
 void depthwise_backward_image(const DepthwiseBackwardImage& p) {
   constexpr int P = K / 2, KK = K * K;
   const int64_t W = p.W, HW = p.H * p.W, own_lo = P * W, own_hi = (P + p.own) * W;
@@ -84,6 +100,7 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
     float* g2 = p.g2 + j * p.g2_stride;
     const float* go = p.go + (p.I + j) * HW + top * W;  // grad_out at the g2 plane's first row
     const float* w = p.w2 + j * KK;
+    const BnLanes bn = BN ? BnLanes(p.bn2, j) : BnLanes{};
     if (j + pfd < p.n_cheap) prefetch_l1(go + pfd * HW + qs, (qe - qs) * sizeof(float));
     std::memset(g2, 0, qs * sizeof(float));
     std::memset(g2 + qe, 0, (plane_len - qe) * sizeof(float));
@@ -102,10 +119,18 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
         for (int dx = 0; dx < K; ++dx) {
           const float* src = centre + q0 + (dy - P) * W + dx - P;
           tap[dy * K + dx] = dx == P ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[dx], src);
-          if constexpr (A != Act::Identity) z2 = _mm512_fmadd_ps(tap[dy * K + dx], _mm512_set1_ps(w[dy * K + dx]), z2);
+          if constexpr (A != Act::Identity || BN) {
+            z2 = _mm512_fmadd_ps(tap[dy * K + dx], _mm512_set1_ps(w[dy * K + dx]), z2);
+          }
         }
       }
-      const __m512 g = act_grad_v<A>(z2, _mm512_maskz_loadu_ps(valid, go + q0));
+      __m512 g;
+      if constexpr (BN) {
+        const __m512 xh = bn.xhat(z2);
+        g = bn.dz(act_grad_v<A>(bn.pre(xh), _mm512_maskz_loadu_ps(valid, go + q0)), xh);
+      } else {
+        g = act_grad_v<A>(z2, _mm512_maskz_loadu_ps(valid, go + q0));
+      }
       _mm512_mask_storeu_ps(g2 + q0, valid, g);
       const __m512 g_own = _mm512_maskz_mov_ps(valid & lane_range(own_lo - q0, own_hi - q0), g);
       gb = _mm512_add_ps(gb, g_own);
@@ -123,6 +148,7 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
     const float* z1 = p.z1 + c * p.z1_cstride + (p.r0 - p.z1_row0) * W;
     float* g1 = p.g1 + c * p.g1_cstride;
     const __m512 b1 = _mm512_set1_ps(p.b1[c]);
+    const BnLanes bn = BN ? BnLanes(p.bn1, c) : BnLanes{};
     const int64_t j_end = imin((c + 1) * p.M, p.n_cheap);
     if (c + pfd < p.I) {
       if (c + pfd < p.OC) prefetch_l1(go + pfd * HW, n * sizeof(float));
@@ -147,7 +173,13 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
         }
       }
       const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(valid, z1 + q0), b1);
-      const __m512 g = _mm512_maskz_mov_ps(valid, act_grad_v<A>(z, acc));
+      __m512 g;
+      if constexpr (BN) {
+        const __m512 xh = bn.xhat(z);
+        g = _mm512_maskz_mov_ps(valid, bn.dz(act_grad_v<A>(bn.pre(xh), acc), xh));
+      } else {
+        g = _mm512_maskz_mov_ps(valid, act_grad_v<A>(z, acc));
+      }
       _mm512_mask_storeu_ps(g1 + q0, valid, g);
       gb = _mm512_add_ps(gb, g);
     }
@@ -155,26 +187,35 @@ void depthwise_backward_image(const DepthwiseBackwardImage& p) {
   }
 }
 
-template <int K>
+template <int K, bool BN>
 void depthwise_backward_for_act(const DepthwiseBackwardImage& p) {
   switch (static_cast<Act>(p.act)) {
-    case Act::ReLU: depthwise_backward_image<K, Act::ReLU>(p); break;
-    case Act::ReLU6: depthwise_backward_image<K, Act::ReLU6>(p); break;
-    case Act::SiLU: depthwise_backward_image<K, Act::SiLU>(p); break;
-    case Act::HardSwish: depthwise_backward_image<K, Act::HardSwish>(p); break;
+    case Act::ReLU: depthwise_backward_image<K, Act::ReLU, BN>(p); break;
+    case Act::ReLU6: depthwise_backward_image<K, Act::ReLU6, BN>(p); break;
+    case Act::SiLU: depthwise_backward_image<K, Act::SiLU, BN>(p); break;
+    case Act::HardSwish: depthwise_backward_image<K, Act::HardSwish, BN>(p); break;
     case Act::Identity:
-    default: depthwise_backward_image<K, Act::Identity>(p); break;
+    default: depthwise_backward_image<K, Act::Identity, BN>(p); break;
+  }
+}
+
+template <bool BN>
+void depthwise_backward_for_k(const DepthwiseBackwardImage& p) {
+  switch (p.K) {
+    case 1: depthwise_backward_for_act<1, BN>(p); break;
+    case 3: depthwise_backward_for_act<3, BN>(p); break;
+    case 5: depthwise_backward_for_act<5, BN>(p); break;
+    default: depthwise_backward_for_act<7, BN>(p); break;
   }
 }
 
 }  // namespace
 
 void avx512_depthwise_backward_image(const DepthwiseBackwardImage& p) {
-  switch (p.K) {
-    case 1: depthwise_backward_for_act<1>(p); break;
-    case 3: depthwise_backward_for_act<3>(p); break;
-    case 5: depthwise_backward_for_act<5>(p); break;
-    default: depthwise_backward_for_act<7>(p); break;
+  if (p.bn) {
+    depthwise_backward_for_k<true>(p);
+  } else {
+    depthwise_backward_for_k<false>(p);
   }
 }
 

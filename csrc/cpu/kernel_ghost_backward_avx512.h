@@ -15,6 +15,13 @@ namespace cpu {
 //   the same pass, on the own rows, grad b2 += g2 and grad w2[t] += g2 * tap_t (the taps z2 was made of);
 //   g1 = (grad_out(primary) + transposed depthwise of g2) * act'(z1) on the own rows, grad b1 += g1.
 // The weight gradients are added to per-thread partial sums.
+// With `bn` (train-mode BatchNorm, launch_ghost_backward.cpp's Coefficients): a stage's pre-activation is
+// y = weight * xhat + bias with xhat = (s - mean) * invstd (s = z1 + b1, z2 with b2 added), and what is stored,
+// summed and convolved in place of g2 and g1 is dz = dz_scale * (g - mean_dy - xhat * mean_dy_xhat).
+struct BnCoefficients {
+  const float *mean, *invstd, *weight, *bias, *mean_dy, *mean_dy_xhat, *dz_scale;
+};
+
 struct DepthwiseBackwardImage {
   const float* x1;   // channel 0's plane at image row r0 - 2p; planes x1_stride apart
   int64_t x1_stride;
@@ -35,6 +42,8 @@ struct DepthwiseBackwardImage {
   int64_t H, W, I, M, K, OC, n_cheap, r0, own;
   const uint16_t* colmask;  // avx512_column_masks(K, W, rows) with rows >= own + 2p
   int act;
+  bool bn;                  // train-mode BatchNorm: bn1 (primary) and bn2 (cheap) apply
+  BnCoefficients bn1, bn2;
 };
 void avx512_depthwise_backward_image(const DepthwiseBackwardImage& p);
 

@@ -387,10 +387,16 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
   }
 }
 
+void avx512_depthwise_taps(const float* centre, float* dst, int64_t n, int64_t W, int64_t K, const float* w,
+                           const uint16_t* colmask) {
+  depthwise_for<F32, Act::Identity>(K)(centre, dst, nullptr, n, W, w, 0.f, colmask);
+}
+
 GK_AVX512_REGION_END
 #else
 // Never called: avx512_forward_available() is false.
 void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}
+void avx512_depthwise_taps(const float*, float*, int64_t, int64_t, int64_t, const float*, const uint16_t*) {}
 #endif
 
 }  // namespace cpu

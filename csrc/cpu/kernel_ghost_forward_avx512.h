@@ -62,5 +62,13 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p);
 // Runs work items [begin, end). Items write disjoint parts of the output, so threads may run disjoint ranges.
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch);
 
+// The cheap half's stencil on its own, for the train-mode BatchNorm passes (launch_bn_z1_passes.cpp):
+// dst[q] = sum_{dy,dx} w[dy*K+dx] * plane(q + (dy-p)*W + dx-p) for q in [0, n), no bias, no activation. `centre` is a
+// compact plane (pitch W, zero rows for the padding) at the first output row, with at least (K/2 + 1) * W + 32
+// readable floats before it and after its last output; colmask = avx512_column_masks(K, W, rows) with
+// rows * W >= n.
+void avx512_depthwise_taps(const float* centre, float* dst, int64_t n, int64_t W, int64_t K, const float* w,
+                           const uint16_t* colmask);
+
 }  // namespace cpu
 }  // namespace ghostkernels

@@ -10,6 +10,13 @@
 // x1 k//2 rows further), so nothing from the forward pass is saved. Weight gradients are summed per thread and
 // reduced at the end.
 //
+// The same kernels run the train-mode BatchNorm backward of ghostkernels::ghost_bn_backward (BnBackwardArgs): z1 is
+// then read from the given tensor instead of recomputed, each stage's pre-activation is weight * xhat + bias with
+// xhat = (z - mean) * invstd, and the gradient that flows on from a stage's pre-activation is the BN backward's
+// dz = invstd * weight * (g - mean_dy - xhat * mean_dy_xhat) instead of g itself. The eval-mode op is the special
+// case mean = -bias of the conv, invstd = weight = 1, bias = mean_dy = mean_dy_xhat = 0 (Coefficients below), and its
+// arithmetic is unchanged by it (x - (-b) is x + b, and 1 * t + 0 is t).
+//
 // Numerics: the whole backward pass is computed in float (bfloat16 included); float64 in float64.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -17,6 +24,7 @@
 #include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -36,15 +44,51 @@ namespace ghostkernels {
 namespace cpu {
 namespace {
 
+// Per-channel coefficients of one stage, in the accumulation type: pre-activation y = weight * xhat + bias with
+// xhat = (s - mean) * invstd, where s is the conv output plus `conv_bias` (the eval-mode op's bias; zero with BN),
+// and dz = dz_scale * (g - mean_dy - xhat * mean_dy_xhat) for g = dL/dy.
+template <typename acc_t>
+struct Coefficients {
+  at::Tensor conv_bias, mean, invstd, weight, bias, mean_dy, mean_dy_xhat, dz_scale;
+
+  // The eval-mode op: s = conv + b, y = s, dz = g.
+  static Coefficients eval(const at::Tensor& b) {
+    const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor bias = b.to(acc).contiguous(), zeros = at::zeros_like(bias), ones = at::ones_like(bias);
+    return {bias, zeros, ones, ones, zeros, zeros, zeros, ones};
+  }
+  // Train-mode BN (the stage's tensors are already in the accumulation type, see check_bn_stage).
+  static Coefficients train(const BnStage& s, const at::Tensor& mean_dy, const at::Tensor& mean_dy_xhat) {
+    return {at::zeros_like(s.mean), s.mean, s.invstd, s.weight, s.bias, mean_dy.contiguous(),
+            mean_dy_xhat.contiguous(), (s.invstd * s.weight).contiguous()};
+  }
+  // Raw pointers, for the kernels' inner loops.
+  struct View {
+    const acc_t *conv_bias, *mean, *invstd, *weight, *bias, *mean_dy, *mean_dy_xhat, *dz_scale;
+    acc_t xhat(int64_t c, acc_t s) const { return (s - mean[c]) * invstd[c]; }
+    acc_t pre(int64_t c, acc_t xh) const { return weight[c] * xh + bias[c]; }
+    acc_t dz(int64_t c, acc_t g, acc_t xh) const { return dz_scale[c] * (g - mean_dy[c] - xh * mean_dy_xhat[c]); }
+  };
+  View view() const {
+    return {conv_bias.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
+            weight.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), mean_dy.const_data_ptr<acc_t>(),
+            mean_dy_xhat.const_data_ptr<acc_t>(), dz_scale.const_data_ptr<acc_t>()};
+  }
+};
+
 template <typename scalar_t, Act A, bool CL>
-void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-                     const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& grad_x, at::Tensor& gw1,
-                     at::Tensor& gb1, at::Tensor& gw2, at::Tensor& gb2, const GhostDims& d, bool avx512_gemms) {
+void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                     const Coefficients<at::opmath_type<scalar_t>>& k1,
+                     const Coefficients<at::opmath_type<scalar_t>>& k2, const at::Tensor& z1_given,
+                     const at::Tensor& grad_x, at::Tensor& gw1, at::Tensor& gb1, at::Tensor& gw2, at::Tensor& gb2,
+                     const GhostDims& d, bool avx512_gemms) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
   const bool same_type = std::is_same<acc_t, scalar_t>::value;
   const int64_t N = d.N, C = d.C, H = d.H, W = d.W, I = d.I, M = d.M, K = d.K, p = K / 2, KK = K * K;
   const int64_t n_cheap = d.cheap_kept(), OC = d.oc;
+  // Train-mode BN: the stages' xhat matter (and, with an identity activation, the cheap half's pre-activation).
+  const bool bn = z1_given.defined();
 
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
   // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_backward_gemm_avx512.h), which
@@ -54,15 +98,13 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const at::Tensor w1t = fast ? w1a.t().contiguous() : at::Tensor();
   // ... and, where the depthwise kernel size has an AVX-512 kernel, the depthwise half of the backward as well.
   const bool fast_dw = fast && cpu::avx512_forward_available(false, K);
-  const at::Tensor b1a = b1.to(acc_type).contiguous();
   const at::Tensor w2a = w2.to(acc_type).contiguous();
   const at::Tensor w2flip = w2a.flip({2, 3}).contiguous();  // taps of the transposed depthwise conv
-  const at::Tensor b2a = b2.to(acc_type).contiguous();
-  const acc_t* b1p = b1a.data_ptr<acc_t>();
   const acc_t* w2p = w2a.data_ptr<acc_t>();
   const acc_t* w2fp = w2flip.data_ptr<acc_t>();
-  const acc_t* b2p = b2a.data_ptr<acc_t>();
+  const typename Coefficients<acc_t>::View c1v = k1.view(), c2v = k2.view();
   const RowAccess<const scalar_t, CL> go(grad_out);
+  const std::optional<RowCopy<acc_t>> z1_rows = bn ? std::optional<RowCopy<acc_t>>(z1_given) : std::nullopt;
 
   // Per-thread partial sums of the weight gradients.
   const int64_t T = at::get_num_threads();
@@ -108,19 +150,19 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       const int64_t b0 = std::max<int64_t>(0, pg2.top), b1r = std::min(H, r1 + p);
       const int64_t PO = own * W;
 
-      // Recompute z1 = W1 . x (bias not yet added) on rows [r0 - 2p, r1 + 2p) of all g images.
-      at::Tensor xa = input_matrix(x, n0, g, a0, a1 - a0, CL, pack);
-      if (!same_type) xa = xa.to(acc_type);
+      // z1 = W1 . x (bias not yet added) on rows [r0 - 2p, r1 + 2p) of all g images: recomputed, or (train-mode
+      // BN) copied from the given z1; x itself is then needed on the own rows only, for the two GEMMs at the end.
       at::Tensor z = zbuf.narrow(0, 0, I * g * PA).view({I, g * PA});
-      if constexpr (kFloatRows) {
-        if (fast && xa.stride(1) == 1) {
-          cpu::avx512_sgemm_nn(I, g * PA, C, w1a.const_data_ptr<float>(), C, xa.const_data_ptr<float>(), xa.stride(0),
-                               z.mutable_data_ptr<float>(), g * PA, /*accumulate=*/false);
-        } else {
-          at::mm_out(z, w1a, xa);
-        }
+      at::Tensor xo;
+      if (bn) {
+        z1_rows->to_buffer(n0, g, 0, I, a0, a1 - a0, z.mutable_data_ptr<acc_t>());
+        xo = input_matrix(x, n0, g, r0, own, CL, pack);
+        if (!same_type) xo = xo.to(acc_type);
       } else {
-        at::mm_out(z, w1a, xa);
+        at::Tensor xa = input_matrix(x, n0, g, a0, a1 - a0, CL, pack);
+        if (!same_type) xa = xa.to(acc_type);
+        cpu::matmul_into(z, w1a, xa, fast);
+        xo = xa.view({C, g, a1 - a0, W}).narrow(2, r0 - a0, own).reshape({C, g * PO});
       }
       const acc_t* zp = z.const_data_ptr<acc_t>();
       acc_t* g1 = g1buf.data_ptr<acc_t>();  // [I, g, own*W]
@@ -128,9 +170,10 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       for (int64_t i = 0; i < g; ++i) {
         const int64_t n = n0 + i;
         for (int64_t c = 0; c < I; ++c) {
-          const acc_t bc = b1p[c];
           const acc_t* zc = zp + c * g * PA + i * PA;
-          fill_plane(x1.data() + c * x1_stride + p, px1, a0, a1, [&](int64_t q) { return act_forward(A, zc[q] + bc); });
+          fill_plane(x1.data() + c * x1_stride + p, px1, a0, a1, [&](int64_t q) {
+            return act_forward(A, c1v.pre(c, c1v.xhat(c, zc[q] + c1v.conv_bias[c])));
+          });
         }
 
         if constexpr (kFloatRows) {
@@ -146,31 +189,40 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
             db.z1_row0 = a0;
             db.g1 = g1 + i * PO;
             db.g1_cstride = g * PO;
-            db.b1 = b1p, db.w2 = w2p, db.w2_flip = w2fp, db.b2 = b2p;
+            db.b1 = c1v.conv_bias, db.w2 = w2p, db.w2_flip = w2fp, db.b2 = c2v.conv_bias;
+            if (bn) {
+              db.bn1 = {c1v.mean, c1v.invstd, c1v.weight, c1v.bias, c1v.mean_dy, c1v.mean_dy_xhat, c1v.dz_scale};
+              db.bn2 = {c2v.mean, c2v.invstd, c2v.weight, c2v.bias, c2v.mean_dy, c2v.mean_dy_xhat, c2v.dz_scale};
+            }
             db.pw2 = pw2, db.pb2 = pb2, db.pb1 = pb1;
             db.H = H, db.W = W, db.I = I, db.M = M, db.K = K, db.OC = OC, db.n_cheap = n_cheap, db.r0 = r0;
             db.own = own;
             db.colmask = vec_masks.data();
             db.act = static_cast<int>(A);
+            db.bn = bn;
             cpu::avx512_depthwise_backward_image(db);
             continue;
           }
         }
-        // g2 = dL/d(cheap pre-activation) on rows [r0 - p, r1 + p). Its weight gradients are summed over the
-        // band's own rows only (the neighbouring bands account for theirs).
+        // g2 = dL/d(cheap pre-activation), then the gradient that flows on into the depthwise conv (dz2; g2 itself
+        // without BN), on rows [r0 - p, r1 + p). Its weight gradients are summed over the band's own rows only (the
+        // neighbouring bands account for theirs).
         for (int64_t j = 0; j < n_cheap; ++j) {
           const acc_t* x1c = x1.data() + (j / M) * x1_stride + p;
           acc_t* g2j = g2.data() + j * g2_stride + p;
-          if (A != Act::Identity) {
+          const bool need_z2 = A != Act::Identity || bn;
+          if (need_z2) {
             // z2 on rows [r0 - p, r1 + p): tmp[q], q = (rr - (r0 - p))*W + w.
-            cpu::stencil(tmp.data(), x1c, w2p + j * KK, K, W, pg2.rows * W, /*init=*/true, b2p[j], masks,
+            cpu::stencil(tmp.data(), x1c, w2p + j * KK, K, W, pg2.rows * W, /*init=*/true, c2v.conv_bias[j], masks,
                          scratch.data());
           }
           const scalar_t* gor = go.row(n, I + j, b0);
           const acc_t* z2 = tmp.data() + (b0 - pg2.top) * W;
           fill_plane(g2j, pg2, b0, b1r, [&](int64_t q) {
             const acc_t gv = static_cast<acc_t>(gor[q * go.step()]);
-            return A == Act::Identity ? gv : gv * act_derivative(A, z2[q]);
+            if (!need_z2) return gv;
+            const acc_t xh = c2v.xhat(j, z2[q]);
+            return c2v.dz(j, gv * act_derivative(A, c2v.pre(j, xh)), xh);
           });
           const acc_t* g2own = g2j + p * W;  // the band's own rows: g2own[q], q = (r - r0)*W + w
           pb2[j] += cpu::sum(g2own, own * W);
@@ -184,8 +236,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
           }
         }
 
-        // g1 = (dL/dx1 from the output slice + transposed depthwise conv of g2) * act'(z1) on the own rows. The
-        // transposed conv is the same stencil over the g2 planes with the taps flipped: w2[K-1-dy][K-1-dx].
+        // g1 = (dL/dx1 from the output slice + transposed depthwise conv of g2) * act'(y1) on the own rows, then
+        // dz1 as above. The transposed conv is the same stencil over the g2 planes with the taps flipped:
+        // w2[K-1-dy][K-1-dx].
         for (int64_t c = 0; c < I; ++c) {
           if (c < OC) {
             const scalar_t* gor = go.row(n, c, r0);
@@ -197,17 +250,18 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
             cpu::stencil(tmp.data(), g2.data() + j * g2_stride + p, w2fp + j * KK, K, W, own * W, /*init=*/false,
                          acc_t(0), masks, scratch.data());
           }
-          const acc_t bc = b1p[c];
           acc_t* g1c = g1 + (c * g + i) * PO;
           const acc_t* zc = zp + c * g * PA + i * PA + (r0 - a0) * W;
-          for (int64_t q = 0; q < PO; ++q) g1c[q] = tmp[q] * act_derivative(A, zc[q] + bc);
+          for (int64_t q = 0; q < PO; ++q) {
+            const acc_t xh = c1v.xhat(c, zc[q] + c1v.conv_bias[c]);
+            g1c[q] = c1v.dz(c, tmp[q] * act_derivative(A, c1v.pre(c, xh)), xh);
+          }
           pb1[c] += cpu::sum(g1c, PO);
         }
       }
 
       // The two 1x1 GEMMs over all g images: grad W1 += g1 . x^T and grad x = W1^T . g1 on the own rows.
       const at::Tensor g1m = g1buf.narrow(0, 0, I * g * PO).view({I, g, PO});
-      const at::Tensor xo = xa.view({C, g, a1 - a0, W}).narrow(2, r0 - a0, own).reshape({C, g * PO});
       if constexpr (kFloatRows) {
         if (fast && xo.stride(1) == 1) {
           // grad W1 += g1 . x^T as an NN product on x transposed ([P][C]): vectors along C, the forward's 6 x 64
@@ -242,7 +296,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
-    const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d) {
+    const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d, const BnBackwardArgs* bn) {
   const at::MemoryFormat fmt = output_memory_format(x);
   at::Tensor grad_x = pooled_empty(x.sizes(), x.options(), fmt);
   at::Tensor gw1 = at::zeros(w_primary.sizes(), w_primary.options());
@@ -256,23 +310,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_bac
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   if (x.scalar_type() == at::kBFloat16 && !cl && use_avx512(cpu_kernel_knob(), false, 1)) {
     // bfloat16 NCHW: the backward computes in float in any case (see the top of this file), so it runs on the float32
-    // AVX-512 kernels and only the gradients are rounded back; the inputs' float copies are the price.
+    // AVX-512 kernels and only the gradients are rounded back (with BN only grad x: the weight gradients are in the
+    // stats dtype, float32, already); the inputs' float copies are the price.
     const auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
-    const auto g = ghost_backward(f(grad_out), f(x), f(w_primary), f(b_primary), f(w_cheap), f(b_cheap), d);
-    const auto b = [](const at::Tensor& t) { return t.to(at::kBFloat16); };
-    return {b(std::get<0>(g)), b(std::get<1>(g)), b(std::get<2>(g)), b(std::get<3>(g)), b(std::get<4>(g))};
+    const auto g = ghost_backward(f(grad_out), f(x), f(w_primary), f(b_primary), f(w_cheap), f(b_cheap), d, bn);
+    const auto b = [&](const at::Tensor& t) { return bn != nullptr ? t : t.to(at::kBFloat16); };
+    return {std::get<0>(g).to(at::kBFloat16), b(std::get<1>(g)), b(std::get<2>(g)), b(std::get<3>(g)),
+            b(std::get<4>(g))};
   }
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor goc = grad_out.contiguous(fmt);
-  const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
-  const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
+  const at::Tensor w1 = w_primary.contiguous(), w2 = w_cheap.contiguous();
   const bool avx512_gemms = x.scalar_type() == at::kFloat && !cl && use_avx512(cpu_kernel_knob(), false, 1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghost_module_backward_cpu", [&] {
+    using K = Coefficients<at::opmath_type<scalar_t>>;
+    const K k1 = bn ? K::train(bn->primary, bn->mean_dy_primary, bn->mean_dy_xhat_primary) : K::eval(b_primary);
+    const K k2 = bn ? K::train(bn->cheap, bn->mean_dy_cheap, bn->mean_dy_xhat_cheap) : K::eval(b_cheap);
+    const at::Tensor z1 = bn ? bn->z1.contiguous(output_memory_format(bn->z1)) : at::Tensor();
     dispatch_act(d.act, [&](auto a) {
       if (cl) {
-        backward_kernel<scalar_t, decltype(a)::value, true>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d, avx512_gemms);
+        backward_kernel<scalar_t, decltype(a)::value, true>(goc, xc, w1, w2, k1, k2, z1, grad_x, gw1, gb1, gw2, gb2,
+                                                            d, avx512_gemms);
       } else {
-        backward_kernel<scalar_t, decltype(a)::value, false>(goc, xc, w1, b1, w2, b2, grad_x, gw1, gb1, gw2, gb2, d, avx512_gemms);
+        backward_kernel<scalar_t, decltype(a)::value, false>(goc, xc, w1, w2, k1, k2, z1, grad_x, gw1, gb1, gw2, gb2,
+                                                             d, avx512_gemms);
       }
     });
   });

@@ -5,8 +5,10 @@ or float16 channels_last (GPU), the throughput batch and batch 1, against eager 
 end-to-end (eager against fuse(model), and on CPU fuse(model, blocks=False)). Prints progress while it runs and the
 tables at the end; writes nothing unless --save.
 
---full: every Ghost-module shape of GhostNet 0.5x/1.0x/1.3x, forward and forward+backward, every dtype of the
-device, batch 1 and the throughput batch; end-to-end with torch.compile and ONNX Runtime; training memory. Writes
+--full: every Ghost-module shape of GhostNet 0.5x/1.0x/1.3x, forward, forward+backward with frozen BN and with
+batch-statistics BN (train-bn), every dtype of the device, batch 1 and the throughput batch; end-to-end with
+torch.compile and ONNX Runtime; training memory; a whole training step with batch-statistics BN (batch 32 on CPU,
+eager, torch.compile and fused, with peak and activation memory). Writes
 bench/results/<device>.json, .png (plot) and .md (README tables). Takes one to two hours on 2 CPU cores; the filters
 (--models, --modes, --dtype, --batch, --providers) with --merge run it in pieces into the same file.
 """
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"on CPU, {THROUGHPUT_BATCH['cuda']} on GPU)")
     p.add_argument("--models", default=None, help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)} (train = forward+backward, "
-                                                 "frozen BN)")
+                                                 "frozen BN; train-bn = forward+backward, batch-statistics BN)")
     p.add_argument("--providers", default=None,
                    help="comma list of providers to keep (eager always runs as the baseline): compile, fused-cpu, "
                         "fused-cuda, fused-triton, fused-<b>+compile, fused-cpu-frozen, fused-cpu-modules, onnxruntime")
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-modules", action="store_true", help="skip the Ghost-module microbenchmarks")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end models")
     p.add_argument("--no-memory", action="store_true", help="skip the training-memory measurement")
+    p.add_argument("--no-train-step", action="store_true",
+                   help="skip the whole-model training step with batch-statistics BN (full runs only)")
     p.add_argument("--no-compile", action="store_true", help="skip every torch.compile provider")
     p.add_argument("--save", action="store_true", help="write the JSON, PNG and markdown (default in --full)")
     p.add_argument("--merge", action="store_true",
@@ -108,6 +112,7 @@ def options_from_args(args: argparse.Namespace) -> runner.RunOptions:
     opts.module_cases = not args.no_modules
     opts.end_to_end = not args.no_e2e
     opts.training_memory = opts.training_memory and not args.no_memory
+    opts.training_step = opts.training_step and not args.no_train_step
     opts.strict = args.strict
     return opts
 

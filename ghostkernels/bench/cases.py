@@ -56,7 +56,9 @@ DEFAULT_CONFIGS = {
     "cuda": (DTypeConfig(torch.float16, True), DTypeConfig(torch.bfloat16, True), DTypeConfig(torch.float32, False)),
 }
 THROUGHPUT_BATCH = {"cpu": 8, "cuda": 256}
-MODES = ("forward", "train")  # train = forward+backward with frozen (eval-mode) BatchNorm
+# train = forward+backward with frozen (eval-mode) BatchNorm; train-bn = forward+backward with the BatchNorms in
+# training (batch statistics, running statistics updated on every call: what a training step does).
+MODES = ("forward", "train", "train-bn")
 
 
 def parse_dtype_config(text: str, device_type: str) -> DTypeConfig:

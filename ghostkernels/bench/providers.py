@@ -21,6 +21,8 @@ Modes:
            parameters and the input require grad, and torch.autograd.grad computes the gradients of the input and
            every parameter from a fixed random grad_output (autograd.grad rather than .backward() so that no .grad
            accumulates between calls).
+  train-bn forward + backward as in train, but in train mode: every BatchNorm normalizes with the batch's statistics
+           and updates its running statistics on each call (the fused module runs ghostkernels::ghost_module_bn_train).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def make_step(module: Callable, mode: str) -> Callable:
                 return module(x)
 
         return forward_step
-    if mode == "train":
+    if mode in ("train", "train-bn"):
         params = tuple(p for p in _parameters_of(module) if p.requires_grad)
 
         def train_step(x, grad_out):
@@ -121,7 +123,7 @@ def make_step(module: Callable, mode: str) -> Callable:
             return torch.autograd.grad(out, (x, *params), grad_out)
 
         return train_step
-    raise ValueError(f"ghostkernels.bench: unknown mode {mode!r}; expected forward or train")
+    raise ValueError(f"ghostkernels.bench: unknown mode {mode!r}; expected forward, train or train-bn")
 
 
 def _parameters_of(module) -> list[torch.Tensor]:
@@ -130,9 +132,9 @@ def _parameters_of(module) -> list[torch.Tensor]:
 
 
 def set_mode(module: nn.Module, mode: str) -> nn.Module:
-    """Eval mode always (frozen BN); parameters require grad only for training."""
-    module.eval()
-    module.requires_grad_(mode == "train")
+    """Eval mode (frozen BN), except train mode for train-bn; parameters require grad only for training."""
+    module.train(mode == "train-bn")
+    module.requires_grad_(mode != "forward")
     return module
 
 

@@ -27,6 +27,7 @@ BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
 ROOT = pathlib.Path(__file__).resolve().parents[2]  # the source checkout this module runs from
 MODEL = "ghostnet_100"  # the model of the README's tables (the issue's targets are about GhostNet 1.0x)
+_MODE_ORDER = {"forward": 0, "train": 1, "train-bn": 2}
 _DTYPE_ORDER = {"float32": 0, "bfloat16": 1, "float16": 2, "float64": 3}
 
 
@@ -115,12 +116,15 @@ def conditions(results: dict, path: str) -> str:
     by_mode = defaultdict(list)
     for r in results["module_cases"]:
         by_mode[r["mode"]].append(r)
-    names = {"forward": "Ghost modules forward", "train": "forward+backward"}
+    names = {"forward": "Ghost modules forward", "train": "forward+backward",
+             "train-bn": "forward+backward with batch-statistics BN"}
     parts += [f"{names.get(mode, mode)} at {_commits(results, recs)}" for mode, recs in sorted(by_mode.items())]
     if results["end_to_end"]:
         parts.append(f"end to end at {_commits(results, results['end_to_end'])}")
     if results["training_memory"]:
         parts.append(f"training memory at {_commits(results, results['training_memory'])}")
+    if results.get("training_step"):
+        parts.append(f"training step at {_commits(results, results['training_step'])}")
     n = len(results.get("runs", {}))
     merged = f"{n} runs merged" if n > 1 else "one run"
     text = f"From [`{path}`]({path}) (every table, all widths: [`{md}`]({md})), {merged}: {'; '.join(parts)}."
@@ -131,8 +135,8 @@ def conditions(results: dict, path: str) -> str:
 
 
 def _row_order(s: dict) -> tuple:
-    return (s["mode"] != "forward", _DTYPE_ORDER.get(s["dtype"], 9), s["dtype"], s["memory_format"], s["batch"],
-            s["provider"])
+    return (_MODE_ORDER.get(s["mode"], 9), _DTYPE_ORDER.get(s["dtype"], 9), s["dtype"], s["memory_format"],
+            s["batch"], s["provider"])
 
 
 def module_table(results: dict, model: str = MODEL) -> str | None:
@@ -153,7 +157,8 @@ def module_table(results: dict, model: str = MODEL) -> str | None:
     for s in sorted(fused, key=_row_order):
         if s["mode"] != "forward" and s["batch"] != largest[s["mode"]]:
             continue
-        mode = "forward" if s["mode"] == "forward" else "forward+backward (frozen BN)"
+        mode = {"forward": "forward", "train": "forward+backward (frozen BN)",
+                "train-bn": "forward+backward (batch-statistics BN)"}.get(s["mode"], s["mode"])
         label = f"{mode}, {_config(s['dtype'], s['memory_format'])}, batch {s['batch']}"
         if several:
             label += f", {s['provider']}"
@@ -228,7 +233,8 @@ def dtype_ratios(results: dict, model: str = MODEL, fast: str = "bfloat16", base
         if not pairs:
             continue
         faster = sum(1 for v, _ in pairs if v > 1.0)
-        what = "forward" if mode == "forward" else "forward+backward"
+        what = {"forward": "forward", "train": "forward+backward",
+                "train-bn": "forward+backward (batch-statistics BN)"}.get(mode, mode)
         out.append(f"{what} {_x(results_mod._geomean(pairs))} at batch {batch} (faster on {faster} of {len(pairs)} "
                    "shapes)")
     return out
@@ -333,6 +339,26 @@ def _training_memory(results: dict, model: str) -> list[str]:
     return lines
 
 
+def _training_step(results: dict, model: str) -> list[str]:
+    """The whole training step with batch-statistics BN: time and memory of fused and compile against eager."""
+    recs = [r for r in results.get("training_step", []) if r["model"] == model and "median_ms" in r]
+    eager = {(r["batch"], r["dtype"]): r for r in recs if r["provider"] == "eager"}
+    lines = []
+    for r in recs:
+        e = eager.get((r["batch"], r["dtype"]))
+        if r["provider"] == "eager" or e is None:
+            continue
+        line = (f"- Training step with batch-statistics BN ({model_name(model)}, {r['dtype']}, batch {r['batch']}, "
+                f"forward+backward): {provider_name(r['provider'])} {r['median_ms']:.0f} ms against eager "
+                f"{e['median_ms']:.0f} ms ({_x(e['median_ms'] / r['median_ms'])}); peak {r['peak_bytes'] / MIB:.0f} "
+                f"against {e['peak_bytes'] / MIB:.0f} MiB")
+        if r.get("saved_bytes_ghost") is not None and e.get("saved_bytes_ghost"):
+            line += (f"; activation memory of the Ghost modules {r['saved_bytes_ghost'] / MIB:.0f} against "
+                     f"{e['saved_bytes_ghost'] / MIB:.0f} MiB ({r['saved_bytes_ghost'] / e['saved_bytes_ghost']:.2f}x)")
+        lines.append(line + ".")
+    return lines
+
+
 def figure_lines(results: dict, model: str = MODEL) -> list[str]:
     """The figures the tables leave out, as markdown list items: dtype ratios of the fused Ghost modules, fused
     against eager and ONNX Runtime end to end, the other widths, bfloat16 end to end, training memory. The
@@ -348,7 +374,7 @@ def figure_lines(results: dict, model: str = MODEL) -> list[str]:
         lines += [line for line in (_against_eager_and_ort(e2e, model),
                                     *(_other_width(e2e, m) for m in e2e.models if m != model),
                                     _bfloat16_frozen(e2e)) if line]
-    return lines + _training_memory(results, model)
+    return lines + _training_memory(results, model) + _training_step(results, model)
 
 
 def render_results(results: dict, path: str, model: str = MODEL) -> str:

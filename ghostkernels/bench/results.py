@@ -11,6 +11,10 @@ Layout (schema "ghostkernels-bench/1"):
                    fields plus images_per_s;
   training_memory  one record per (model, batch, dtype, memory format, provider): peak_bytes, saved_bytes,
                    saved_bytes_ghost;
+  training_step    one record per (model, batch, dtype, memory format, provider) of a whole training step with
+                   batch-statistics BatchNorm (training_step.py): the timing fields, images_per_s, rel_err and
+                   grad_rel_err, peak_bytes, and (not for compile) saved_bytes and saved_bytes_ghost; files written
+                   before it existed have no such section;
   summary          per (model, mode, batch, dtype, memory format, provider): the geometric mean of the per-shape
                    speedups over that model's Ghost modules, each shape weighted by how often the model uses it,
                    and the shapes where the provider is slower than eager.
@@ -30,8 +34,8 @@ SCHEMA = "ghostkernels-bench/1"
 # Fields that are measurements (or derived from them); everything else in a record identifies the case.
 _MEASURED = {"median_ms", "p20_ms", "p80_ms", "reps", "rounds", "gb_per_s", "images_per_s", "speedup_vs_eager",
              "speedup_vs_compile", "rel_err", "error", "traceback", "run_id", "input_copies", "peak_bytes",
-             "saved_bytes", "saved_bytes_ghost", "saved_tensors", "model_counts"}
-SECTIONS = ("module_cases", "end_to_end", "training_memory")
+             "saved_bytes", "saved_bytes_ghost", "saved_tensors", "model_counts", "grad_rel_err"}
+SECTIONS = ("module_cases", "end_to_end", "training_memory", "training_step")
 
 
 def record_key(rec: dict) -> str:
@@ -95,7 +99,8 @@ def new_results(environment: dict, settings: dict) -> dict:
     run_id = environment["date"]
     return {"schema": SCHEMA, "environment": environment, "settings": settings,
             "runs": {run_id: {"environment": environment, "settings": settings}},
-            "module_cases": [], "end_to_end": [], "training_memory": [], "summary": []}
+            "module_cases": [], "end_to_end": [], "training_memory": [], "training_step": [],
+            "summary": []}
 
 
 def add_records(results: dict, section: str, records: list[dict]) -> None:
@@ -108,6 +113,7 @@ def add_records(results: dict, section: str, records: list[dict]) -> None:
 def finalize(results: dict) -> dict:
     add_speedups(results["module_cases"])
     add_speedups(results["end_to_end"])
+    add_speedups(results.setdefault("training_step", []))
     results["summary"] = summarize(results["module_cases"])
     return results
 

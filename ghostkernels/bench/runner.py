@@ -19,6 +19,7 @@ from .end_to_end import EndToEndCase, EndToEndRunner, end_to_end_providers
 from .microbench import ModuleCase, run_module_case
 from .providers import fused_backends, module_providers
 from .timing import Rounds, TimingBudget
+from .training_step import TRAIN_STEP_BATCH, TrainStepCase, run_train_step_case, train_step_providers
 
 
 @dataclasses.dataclass
@@ -37,6 +38,7 @@ class RunOptions:
     e2e_compile: bool = True         # torch.compile providers end-to-end (a model compile takes ~1 min on 2 cores)
     onnx: bool = True
     training_memory: bool = True
+    training_step: bool = True       # a whole training step with batch-statistics BN (training_step.py)
     strict: bool = False             # raise on the first failing provider instead of recording the error
     e2e_turns: Rounds = Rounds()     # how a case's end-to-end providers take turns (timing.time_in_rounds)
 
@@ -47,7 +49,7 @@ class RunOptions:
         return cls(device=device, scope="quick", models=[QUICK_MODEL], modes=["forward"],
                    batches=[THROUGHPUT_BATCH[device.type], 1], configs=[DEFAULT_CONFIGS[device.type][0]],
                    threads=threads or environment.usable_cores(), budget=TimingBudget(warmup_s=0.05, min_time_s=0.2),
-                   e2e_compile=False, onnx=False, training_memory=False)
+                   e2e_compile=False, onnx=False, training_memory=False, training_step=False)
 
     @classmethod
     def full(cls, device: torch.device, threads: int | None = None) -> RunOptions:
@@ -122,6 +124,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = _print,
         "scope": opts.scope, "models": list(opts.models), "modes": list(opts.modes), "batches": list(opts.batches),
         "configs": [c.label for c in opts.configs], "module_providers": providers,
         "end_to_end_providers": e2e_names, "training_memory": opts.training_memory,
+        "training_step": opts.training_step,
         "timing": dataclasses.asdict(opts.budget), "end_to_end_turns": dataclasses.asdict(opts.e2e_turns),
         "skipped": skipped,
         "timing_method": ("CUDA events per call, inputs rotated past 2x L2" if dev.type == "cuda"
@@ -152,6 +155,8 @@ def run(opts: RunOptions, log: Callable[[str], None] = _print,
         _run_end_to_end(opts, e2e_names, add, log)
     if opts.training_memory:
         _run_training_memory(opts, ["eager"] + [f"fused-{b}" for b in backends], add, log)
+    if opts.training_step:
+        _run_training_step(opts, _keep(train_step_providers(backends, opts.e2e_compile), opts.providers), add, log)
     res["environment"]["memory_copy_gbs_at_end"] = environment.memory_copy_gbs(dev)
     res["complete"] = True
     return results_mod.finalize(res)
@@ -218,11 +223,27 @@ def _run_training_memory(opts: RunOptions, providers: list[str], add: Callable,
                 add("training_memory", [rec])
 
 
+def _run_training_step(opts: RunOptions, providers: list[str], add: Callable, log: Callable[[str], None]) -> None:
+    dev, batch = opts.device, TRAIN_STEP_BATCH[opts.device.type]
+    models = opts.models if opts.scope == "full" else [QUICK_MODEL]
+    log(f"\ntraining step (forward+backward, batch-statistics BN), batch {batch}: {', '.join(providers)}")
+    t0 = time.perf_counter()
+    for m in models:
+        base = build_model(m)
+        for cfg in opts.configs:
+            case = TrainStepCase(m, batch, cfg)
+            progress, what = _Progress(len(providers), log), f"train step {case.label}"
+            add("training_step", run_train_step_case(case, base, providers, dev, strict=opts.strict,
+                                                     turns=opts.e2e_turns,
+                                                     on_result=lambda rec, what=what: progress(what, rec)))
+    log(f"training step done in {time.perf_counter() - t0:.0f} s")
+
+
 def errors(res: dict) -> list[str]:
     """One line per failed record."""
     out = []
     for section in results_mod.SECTIONS:
-        for r in res[section]:
+        for r in res.get(section, []):
             if "error" in r:
                 what = r.get("label") or r.get("model")
                 out.append(f"{section}: {what} {r.get('mode', '')} {r['dtype']} b{r['batch']} {r['provider']}: "

@@ -147,6 +147,31 @@ def memory_table(results: dict, markdown: bool = False) -> str | None:
     return _title(title, markdown) + render(headers, rows, markdown)
 
 
+def training_step_table(results: dict, markdown: bool = False) -> str | None:
+    recs = results.get("training_step", [])
+    if not recs:
+        return None
+    eager = {(r["model"], r["batch"], r["dtype"], r["memory_format"]): r for r in recs if r["provider"] == "eager"}
+    rows = []
+    for r in recs:
+        head = [r["model"], f"{r['dtype']} {r['memory_format']}", str(r["batch"]), r["provider"]]
+        if "median_ms" not in r:
+            rows.append(head + ["ERROR"] + ["-"] * 7)
+            continue
+        e = eager.get((r["model"], r["batch"], r["dtype"], r["memory_format"]))
+        saved = r.get("saved_bytes_ghost")
+        rows.append(head + [f"{r['median_ms']:.1f}", f"{r['images_per_s']:.1f}", _x(r.get("speedup_vs_eager")),
+                            f"{r['peak_bytes'] / MIB:.1f}", _ratio(r, e, "peak_bytes"),
+                            f"{saved / MIB:.1f}" if saved is not None else "-",
+                            _ratio(r, e, "saved_bytes_ghost") if saved is not None else "-"])
+    headers = ["model", "dtype", "batch", "provider", "median ms", "images/s", "vs eager", "peak MiB",
+               "peak / eager", "saved in Ghost modules MiB", "Ghost saved / eager"]
+    res = recs[0]["resolution"]
+    title = (f"Training step with batch-statistics BN at {res}x{res} (forward+backward; peak above the step's start; "
+             "saved = activation memory kept for backward)")
+    return _title(title, markdown) + render(headers, rows, markdown)
+
+
 def conditions(results: dict) -> str:
     """One line stating the conditions of the numbers."""
     env, s = results["environment"], results["settings"]
@@ -182,7 +207,8 @@ def report(results: dict, markdown: bool = False) -> str:
         used += f"; end-to-end: {', '.join(s['end_to_end_providers'])}"
     parts = [("_" + conditions(results) + "_") if markdown else conditions(results), used]
     for part in [summary_table(results, markdown), *module_tables(results, markdown),
-                 end_to_end_table(results, markdown), memory_table(results, markdown)]:
+                 end_to_end_table(results, markdown), memory_table(results, markdown),
+                 training_step_table(results, markdown)]:
         if part:
             parts.append(part)
     skipped = s.get("skipped") or []

@@ -8,8 +8,15 @@ per call between two paths:
   BatchNorms frozen in eval mode; or a module with no BatchNorm at all). Each BN is folded into the convolution in
   front of it (ghostkernels.nn.folding, differentiable, so gradients reach the conv weights and the BN affine
   parameters) and ``ghostkernels.ops.ghost_module`` runs once. The folded weights are cached (FoldCache).
-* unfused: when a BatchNorm uses batch statistics (train mode), the original layers run exactly as the original
-  module runs them, so outputs and running statistics are identical. The op has no batch-statistics kernel.
+* train-mode BN: when both BatchNorms normalize with batch statistics (train mode; BatchNorm2d, or SyncBatchNorm
+  after torch.nn.SyncBatchNorm.convert_sync_batchnorm, before or after fuse()),
+  ``ghostkernels.ops.ghost_module_bn_train`` runs once (the statistics, combined across the SyncBatchNorm's
+  processes where it synchronizes, and the output in a few passes; one fused backward), and the running statistics
+  are updated from the statistics it returns exactly as nn.BatchNorm2d updates them (ghostkernels.nn.batchnorm).
+  Nothing is cached between calls.
+* unfused: the original layers run exactly as the original module runs them, where neither of the above applies:
+  only one of the two BatchNorms in train mode, backend ``eager`` or ``triton`` in train mode, a device without
+  train-mode kernels, or two SyncBatchNorms of different process groups.
 
 Unlike the CPU inference ops (ghostkernels.nn.gate), the fused Ghost-module op has a backward and kernels on every
 backend, so the fused path is taken in training too; forward hooks on the inner layers (primary_conv[0], ...) do
@@ -27,6 +34,7 @@ from .. import ops
 from ..models import _check_positive_int
 from ..ops.layouts import GhostModuleArgs
 from ..ops.reference import ACTS
+from . import batchnorm
 from .activations import activation_module
 from .folding import FoldCache, Stage, uses_batch_statistics
 from .gate import BackendAttribute
@@ -73,10 +81,35 @@ class FusedGhostBase(BackendAttribute, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stages = self.ghost_stages()
-        if any(uses_batch_statistics(st.bn) for st in stages):
+        batch = [uses_batch_statistics(st.bn) for st in stages]
+        if all(batch):
+            group = self._train_bn_group(x, stages)
+            if group is not None:
+                return self._train_bn_forward(x, stages, group)
+        if any(batch):
             return self._unfused_forward(x)
         w1, b1, w2, b2 = self._fold_cache.get(stages)
         return ops.ghost_module(x, w1, b1, w2, b2, self.out_channels, self.act, backend=self.backend)
+
+    def _train_bn_group(self, x: torch.Tensor, stages) -> str | None:
+        """The process group name for ghost_module_bn_train ("" for none), or None where the op does not apply (see
+        the module docstring)."""
+        if self.backend in ("eager", "triton"):
+            return None
+        ops.resolve_backend(self.backend, x.device)  # raises for a backend that cannot run x, as the op would
+        if not ops.bn_train_kernels_available(x.device.type):
+            return None
+        groups = {batchnorm.sync_group(st.bn) for st in stages}
+        return groups.pop() if len(groups) == 1 else None
+
+    def _train_bn_forward(self, x: torch.Tensor, stages, group: str) -> torch.Tensor:
+        (conv1, bn1), (conv2, bn2) = stages
+        out, mean1, var1, mean2, var2, count, _ = ops.ghost_module_bn_train(
+            x, conv1.weight, conv1.bias, bn1.weight, bn1.bias, bn1.eps, conv2.weight, conv2.bias, bn2.weight,
+            bn2.bias, bn2.eps, self.out_channels, self.act, group=group, backend=self.backend)
+        batchnorm.update_running_stats(bn1, mean1, var1, count)
+        batchnorm.update_running_stats(bn2, mean2, var2, count)
+        return out
 
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}, act={self.act!r}, backend={self.backend!r}"

@@ -41,6 +41,7 @@ from torch import nn
 from ..ops.layouts import GhostBottleneckArgs
 from ..ops.reference import ACTS, activation, ghost_bottleneck_reference, ghost_module_reference
 from .activations import activation_name
+from .batchnorm import BATCHNORM_TYPES, is_batchnorm
 from .folding import FoldCache, Stage, fold_conv_bn
 from .gate import global_hooks_registered
 
@@ -122,11 +123,13 @@ def probe(module: nn.Module, shape: tuple[int, ...], like: torch.Tensor, expecte
 
 
 def _check_bn(what: str, bn: nn.Module | None, error=NotFusableError) -> nn.BatchNorm2d | None:
-    """A plain BatchNorm2d with running statistics (or None): what folding needs."""
+    """A plain BatchNorm2d (or SyncBatchNorm, a BatchNorm2d in eval mode) with running statistics (or None): what
+    folding needs."""
     if bn is None:
         return None
-    if type(bn) is not nn.BatchNorm2d:
-        raise error(f"{what} is a {type(bn).__name__}, not a plain BatchNorm2d (its forward may do more)")
+    if not is_batchnorm(bn):
+        raise error(f"{what} is a {type(bn).__name__}, not a plain BatchNorm2d or SyncBatchNorm (its forward may do "
+                    f"more)")
     if bn.running_mean is None or bn.running_var is None:
         raise error(f"{what} has no running statistics (track_running_stats=False), so it cannot be folded into "
                     f"the convolution")
@@ -222,7 +225,7 @@ def _stage_from_sequential(what: str, seq: nn.Module) -> _ActStage:
         raise NotFusableError(f"{what} starts with {first}, not a Conv2d")
     bn = None
     rest = layers[1:]
-    if rest and isinstance(rest[0], nn.BatchNorm2d):
+    if rest and isinstance(rest[0], BATCHNORM_TYPES):
         bn = rest.pop(0)
     if len(rest) > 1:
         raise NotFusableError(f"{what} has more layers than Conv2d, BatchNorm2d and one activation: "
@@ -238,7 +241,7 @@ def _stage_from_conv_block(what: str, block: nn.Module) -> _ActStage:
     act = children.pop("act", None)
     if type(conv) is not nn.Conv2d:
         raise NotFusableError(f"{what}.conv is a {type(conv).__name__}, not a Conv2d")
-    if bn is not None and not isinstance(bn, nn.BatchNorm2d):
+    if bn is not None and not isinstance(bn, BATCHNORM_TYPES):
         raise NotFusableError(f"{what}.bn is a {type(bn).__name__}, not a BatchNorm2d")
     stateful = [name for name, m in children.items() if any(True for _ in m.state_dict())]
     if stateful:
@@ -335,7 +338,7 @@ def sequential_stage(seq: nn.Sequential) -> Stage:
     _modules dict rather than seq[i]: Sequential's indexing costs microseconds, and fused modules do this per
     call)."""
     layers = list(seq._modules.values())
-    bn = layers[1] if len(layers) > 1 and isinstance(layers[1], nn.BatchNorm2d) else None
+    bn = layers[1] if len(layers) > 1 and isinstance(layers[1], BATCHNORM_TYPES) else None
     return Stage(layers[0], bn)
 
 
@@ -488,7 +491,7 @@ def read_bottleneck(module: nn.Module) -> tuple[BottleneckLayers, BottleneckSpec
 
 
 def _check_bn_like(what: str, bn: nn.Module | None) -> nn.BatchNorm2d | None:
-    if bn is not None and not isinstance(bn, nn.BatchNorm2d):
+    if bn is not None and not isinstance(bn, BATCHNORM_TYPES):
         raise NotFusableError(f"{what} is a {type(bn).__name__}, not a BatchNorm2d")
     return _check_bn(what, bn)
 
@@ -532,7 +535,7 @@ def _check_conv_bn(conv_name: str, conv: nn.Module, bn_name: str, bn: nn.Module,
     if max_in_channels is not None and conv.in_channels > max_in_channels:
         raise StemNotFusable(f"{conv_name} has {conv.in_channels} input channels; the op's stem kernel takes at most "
                              f"{max_in_channels}")
-    if type(bn) is not nn.BatchNorm2d or bn.running_mean is None or bn.running_var is None:
+    if not is_batchnorm(bn) or bn.running_mean is None or bn.running_var is None:
         raise StemNotFusable(f"{bn_name} is not a BatchNorm2d with running statistics")
 
 
@@ -541,7 +544,7 @@ def conv_bn_act_layout(module: nn.Module) -> bool:
     op's set), the ConvBnAct shape; its forward is checked by inspect_conv_bn_act."""
     kids = module._modules
     return (set(kids) == {"conv", "bn1", "act1"} and type(kids["conv"]) is nn.Conv2d
-            and type(kids["bn1"]) is nn.BatchNorm2d and activation_name(kids["act1"]) is not None)
+            and is_batchnorm(kids["bn1"]) and activation_name(kids["act1"]) is not None)
 
 
 def inspect_conv_bn_act(module: nn.Module) -> str:
@@ -577,6 +580,10 @@ def check_stem(conv: nn.Module, bn: nn.Module, act: nn.Module) -> None:
     statistics, a ReLU; without hooks. Whether the network applies them as act1(bn1(conv_stem(x))) is probed by
     ghostkernels.patch.stem, which installs the fused stem."""
     _check_conv_bn("conv_stem", conv, "bn1", bn, max_in_channels=STEM_MAX_IN_CHANNELS)
+    if type(bn) is not nn.BatchNorm2d:
+        # The fused stem's bn1 becomes a BatchNorm2d subclass (BatchNormAfterFusedStem), which would train a
+        # SyncBatchNorm's statistics per process.
+        raise StemNotFusable(f"bn1 is a {type(bn).__name__}, not a BatchNorm2d")
     if type(act) is not nn.ReLU:
         raise StemNotFusable(f"act1 is a {type(act).__name__}, not a ReLU")
     if has_hooks(conv, bn, act):

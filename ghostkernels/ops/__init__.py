@@ -20,9 +20,10 @@ import warnings
 import torch
 
 from . import build
-from .layouts import ChainArgs, Conv2dActArgs, GhostBottleneckArgs, GhostModuleArgs, LinearActArgs
-from .reference import ACTS, ghost_bottleneck_reference, ghost_module_reference
-from .validation import check_bottleneck_inputs, check_ghost_inputs
+from .layouts import (ChainArgs, Conv2dActArgs, GhostBottleneckArgs, GhostModuleArgs, GhostModuleBnTrainArgs,
+                      LinearActArgs)
+from .reference import ACTS, ghost_bottleneck_reference, ghost_module_bn_train_reference, ghost_module_reference
+from .validation import check_bn_train_inputs, check_bottleneck_inputs, check_ghost_inputs
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "eager")
 
@@ -129,6 +130,66 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
             "without CUDA: torch has no CUDA, no nvcc was found, or GHOSTKERNELS_NO_CUDA=1)")
     return torch.ops.ghostkernels.ghost_module(*GhostModuleArgs(x, w_primary, b_primary, w_cheap, b_cheap,
                                                                 out_channels, act))
+
+
+@torch.compiler.assume_constant_result  # a dispatcher query, which dynamo cannot trace; fixed once loaded
+def bn_train_kernels_available(device_type: str) -> bool:
+    """Whether the op library has kernels of the train-mode BatchNorm passes for tensors on devices of this type
+    (CPU always; CUDA once csrc/cuda has them)."""
+    _ensure_library()
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "ghostkernels::ghost_bn_conv1x1_stats", key)
+
+
+def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary: float, w_cheap,
+                          b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap: float, out_channels: int,
+                          act: str = "relu", group: str = "", backend: str = "auto"):
+    """A Ghost module in training, each BatchNorm normalizing with the batch's statistics:
+    ``cat(x1, x2)[:, :out_channels]`` with x1 = act(BN1(conv1x1(x, w_primary, b_primary))) and
+    x2 = act(BN2(depthwise(x1, w_cheap, b_cheap))), BN_i(z) = bn_weight_i * (z - mean(z)) / sqrt(var(z) + eps_i) +
+    bn_bias_i over (N, H, W). The conv biases and BN affine parameters may be None (none); ``group`` names the
+    process group a SyncBatchNorm combines the statistics over ("" for none; every process must call with the same
+    shapes but may have its own batch size).
+
+    Returns (out, mean_primary, var_primary, mean_cheap, var_cheap, count, saved_z1): each BN's batch mean and biased
+    variance (the running statistics' update is the caller's: ghostkernels.nn.batchnorm.update_running_stats), the
+    number of values each was computed over (all processes'), and what the backward keeps (an implementation
+    detail). Differentiable in x and every parameter (the statistics outputs are not). Backends: ``cpu``,
+    ``eager`` (plain PyTorch ops, for reference; its saved_z1 is empty), ``auto``; ``cuda`` and ``triton`` raise
+    NotImplementedError until their kernels exist. Under autocast x and the conv weights are cast to the autocast
+    dtype, as for a convolution.
+    """
+    backend = resolve_backend(backend, x.device)
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        cast = lambda t: t if t is None else t.to(dt)  # noqa: E731
+        with torch.autocast(dev, enabled=False):
+            return ghost_module_bn_train(cast(x), cast(w_primary), cast(b_primary), bn_weight_primary,
+                                         bn_bias_primary, eps_primary, cast(w_cheap), cast(b_cheap), bn_weight_cheap,
+                                         bn_bias_cheap, eps_cheap, out_channels, act, group, backend)
+    args = GhostModuleBnTrainArgs(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary, w_cheap,
+                                  b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap, out_channels, act, group)
+    if backend == "eager":
+        op = "ghostkernels (eager)"
+        check_bn_train_inputs(op, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
+                              bn_weight_cheap, bn_bias_cheap, out_channels, act, group)
+        if group:
+            raise ValueError(f"{op}: the eager backend does not synchronize statistics across processes "
+                             f"(group={group!r}); use a SyncBatchNorm module")
+        out = ghost_module_bn_train_reference(*args[:-1])
+        count = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), dtype=out[1].dtype, device=x.device)
+        return (*out, count, x.new_empty(0))
+    if backend == "triton":
+        raise NotImplementedError("ghostkernels: the Triton backend has no train-mode BatchNorm kernels yet; use "
+                                  "backend='cpu' or 'eager' (bench/NOTES.md entry 36 specifies them)")
+    _ensure_library()
+    if not bn_train_kernels_available(x.device.type):
+        raise NotImplementedError(f"ghostkernels: the op library has no train-mode BatchNorm kernels for "
+                                  f"{x.device.type} tensors (only the CPU has them so far); use backend='eager' "
+                                  f"(FusedGhostModule runs its own layers there)")
+    return torch.ops.ghostkernels.ghost_module_bn_train(*args)
 
 
 BOTTLENECK_BACKENDS = ("auto", "cpu", "eager")
@@ -240,6 +301,6 @@ def release_cpu_pool() -> None:
     torch.ops.ghostkernels._cpu_pool_release()
 
 
-__all__ = ["ACTS", "BACKENDS", "BOTTLENECK_BACKENDS", "LoadWarning", "chain", "conv2d_act", "cpu_pool_stats",
-           "cuda_kernels_available", "ghost_bottleneck", "ghost_module", "linear_act", "load_library",
-           "release_cpu_pool", "resolve_backend"]
+__all__ = ["ACTS", "BACKENDS", "BOTTLENECK_BACKENDS", "LoadWarning", "bn_train_kernels_available", "chain",
+           "conv2d_act", "cpu_pool_stats", "cuda_kernels_available", "ghost_bottleneck", "ghost_module",
+           "ghost_module_bn_train", "linear_act", "load_library", "release_cpu_pool", "resolve_backend"]

@@ -45,6 +45,79 @@ class GhostModuleBackwardArgs(NamedTuple):
     act: str
 
 
+class GhostModuleBnTrainArgs(NamedTuple):
+    """ghostkernels::ghost_module_bn_train: the Ghost module's layers in training (conv, batch-statistics BN, act)."""
+
+    x: Tensor
+    w_primary: Tensor
+    b_primary: Optional[Tensor]
+    bn_weight_primary: Optional[Tensor]
+    bn_bias_primary: Optional[Tensor]
+    eps_primary: float
+    w_cheap: Tensor
+    b_cheap: Optional[Tensor]
+    bn_weight_cheap: Optional[Tensor]
+    bn_bias_cheap: Optional[Tensor]
+    eps_cheap: float
+    out_channels: int
+    act: str
+    group: str
+
+
+def _layout(name: str, doc: str, fields: list) -> type:
+    """A NamedTuple layout from (name, type) fields: for the train-mode BN ops, whose layouts share groups of fields
+    that are spelled out once here rather than in each class."""
+    layout = NamedTuple(name, fields)
+    layout.__doc__ = doc
+    layout.__module__ = __name__
+    return layout
+
+
+def _fields(layout: type) -> list:
+    hints = typing.get_type_hints(layout)
+    return [(f, hints[f]) for f in layout._fields]
+
+
+def _stage(stage: str, *more: str) -> list:
+    """One BN stage's per-channel vectors as the passes take them (and `more` of them, e.g. mean_dy)."""
+    return [(f"{k}_{stage}", Tensor) for k in ("mean", "invstd", "weight", "bias") + more]
+
+
+# The forward's layer tensors and eps (its arguments before out_channels), its statistics outputs, then its
+# out_channels, act and group.
+GhostModuleBnTrainBackwardArgs = _layout(
+    "GhostModuleBnTrainBackwardArgs",
+    "ghostkernels::ghost_module_bn_train_backward: the forward's arguments and its statistics outputs.",
+    [("grad_out", Tensor)] + _fields(GhostModuleBnTrainArgs)[:-3]
+    + [(f, Tensor) for f in ("mean_primary", "var_primary", "mean_cheap", "var_cheap", "count", "saved_z1")]
+    + _fields(GhostModuleBnTrainArgs)[-3:])
+
+BnConv1x1StatsArgs = _layout(
+    "BnConv1x1StatsArgs",
+    "ghostkernels::ghost_bn_conv1x1_stats: z1 = conv1x1(x, w_primary) and its per-channel mean and variance.",
+    [("x", Tensor), ("w_primary", Tensor)])
+
+BnCheapStatsArgs = _layout(
+    "BnCheapStatsArgs", "ghostkernels::ghost_bn_cheap_stats: statistics of the depthwise conv of act(BN1(z1)).",
+    [("z1", Tensor)] + _stage("primary") + [("w_cheap", Tensor), ("act", str)])
+
+BnForwardOutArgs = _layout(
+    "BnForwardOutArgs", "ghostkernels::ghost_bn_forward_out: the module's output from z1 and both stages' statistics.",
+    [("z1", Tensor)] + _stage("primary") + [("w_cheap", Tensor)] + _stage("cheap")
+    + [("out_channels", int), ("act", str)])
+
+BnBackwardReduceArgs = _layout(
+    "BnBackwardReduceArgs",
+    "ghostkernels::ghost_bn_backward_reduce: the sums both stages' BN backward reductions come from.",
+    [("grad_out", Tensor)] + _fields(BnForwardOutArgs))
+
+BnBackwardArgs = _layout(
+    "BnBackwardArgs", "ghostkernels::ghost_bn_backward: the gradients of x and both conv weights.",
+    [("grad_out", Tensor), ("x", Tensor), ("z1", Tensor), ("w_primary", Tensor)]
+    + _stage("primary", "mean_dy", "mean_dy_xhat") + [("w_cheap", Tensor)] + _stage("cheap", "mean_dy", "mean_dy_xhat")
+    + [("out_channels", int), ("act", str)])
+
+
 class _Group:
     """A read-only attribute of a layout: the tuple of its fields named ``<prefix>_...``, in order."""
 
@@ -144,6 +217,13 @@ OP_LAYOUTS = {
     "_depthwise_conv2d": DepthwiseConv2dArgs,
     "linear_act": LinearActArgs,
     "chain": ChainArgs,
+    "ghost_module_bn_train": GhostModuleBnTrainArgs,
+    "ghost_module_bn_train_backward": GhostModuleBnTrainBackwardArgs,
+    "ghost_bn_conv1x1_stats": BnConv1x1StatsArgs,
+    "ghost_bn_cheap_stats": BnCheapStatsArgs,
+    "ghost_bn_forward_out": BnForwardOutArgs,
+    "ghost_bn_backward_reduce": BnBackwardReduceArgs,
+    "ghost_bn_backward": BnBackwardArgs,
 }
 
 
@@ -236,7 +316,9 @@ def encode_chain(steps) -> tuple[list, list[int]]:
     return tensors, program
 
 
-__all__ = ["CHAIN_STEPS", "CHAIN_STEP_BY_NAME", "ChainArgs", "ChainStep", "ChainStepLayout", "Conv2dActArgs",
+__all__ = ["BnBackwardArgs", "BnBackwardReduceArgs", "BnCheapStatsArgs", "BnConv1x1StatsArgs", "BnForwardOutArgs",
+           "CHAIN_STEPS", "CHAIN_STEP_BY_NAME", "ChainArgs", "ChainStep", "ChainStepLayout", "Conv2dActArgs",
            "DepthwiseConv2dArgs", "GhostBottleneckArgs", "GhostModuleArgs", "GhostModuleBackwardArgs",
+           "GhostModuleBnTrainArgs", "GhostModuleBnTrainBackwardArgs",
            "LinearActArgs", "OP_LAYOUTS", "chain_step", "encode_chain", "mean_hw_step", "optional_fields",
            "tensor_fields"]

@@ -37,6 +37,22 @@ def ghost_module_reference(x, w_primary, b_primary, w_cheap, b_cheap, out_channe
     return torch.cat([x1, x2], dim=1)[:, :out_channels].contiguous(memory_format=output_memory_format(x))
 
 
+def ghost_module_bn_train_reference(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary: float,
+                                    w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap: float,
+                                    out_channels: int, act: str):
+    """The Ghost module in training with batch-statistics BatchNorm, as its layers compute it: (out, mean1, var1,
+    mean2, var2), each BN's batch mean and biased variance over (N, H, W) of its conv's output (bias included)."""
+    f = activation(act)
+    init, k = w_primary.shape[0], w_cheap.shape[-1]
+    z1 = F.conv2d(x, w_primary, b_primary)
+    x1 = f(F.batch_norm(z1, None, None, bn_weight_primary, bn_bias_primary, True, 0.0, eps_primary))
+    z2 = F.conv2d(x1, w_cheap, b_cheap, padding=k // 2, groups=init)
+    x2 = f(F.batch_norm(z2, None, None, bn_weight_cheap, bn_bias_cheap, True, 0.0, eps_cheap))
+    out = torch.cat([x1, x2], dim=1)[:, :out_channels].contiguous(memory_format=output_memory_format(x))
+    moments = [m for z in (z1, z2) for m in (z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False))]
+    return (out, *moments)
+
+
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The contract's output format (mirrors csrc/ghost_module_check.cpp): channels_last iff x is
     channels_last-contiguous and not contiguous."""

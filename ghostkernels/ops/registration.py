@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from .layouts import CHAIN_STEPS, GhostBottleneckArgs
+from . import train_bn
+from .layouts import CHAIN_STEPS, GhostBottleneckArgs, GhostModuleBnTrainBackwardArgs
 from .reference import ACTS
-from .validation import check_bottleneck_inputs, check_depthwise_inputs, check_ghost_inputs, output_memory_format
+from .validation import (bn_stats_dtype, check_bn_conv1x1_inputs, check_bn_grad_out, check_bn_train_inputs,
+                         check_bn_z1_inputs, check_bottleneck_inputs, check_depthwise_inputs, check_ghost_inputs,
+                         output_memory_format)
 
 _registered = False
 
@@ -121,6 +124,161 @@ def _chain_fake(x, tensors, program):
     return y  # every step's fake returns a new tensor, with the layout the kernel gives its output
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Training with batch-statistics BatchNorm: the passes (ghost_bn_*) and the composite op with autograd
+# ---------------------------------------------------------------------------------------------------------------
+
+_PRIMARY = ("mean_primary", "invstd_primary", "weight_primary", "bias_primary")
+_CHEAP = ("mean_cheap", "invstd_cheap", "weight_cheap", "bias_cheap")
+
+
+def _vectors(z1, n: int, count: int = 1):
+    return tuple(z1.new_empty((n,), dtype=bn_stats_dtype(z1.dtype)) for _ in range(count))
+
+
+def _bn_conv1x1_stats_fake(x, w_primary):
+    init = check_bn_conv1x1_inputs("ghostkernels::ghost_bn_conv1x1_stats", x, w_primary)
+    n, _, h, w = x.shape
+    z1 = torch.empty((n, init, h, w), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    return (z1,) + _vectors(x, init, 2)
+
+
+def _bn_cheap_stats_fake(z1, mean1, invstd1, weight1, bias1, w_cheap, act):
+    init, mult = check_bn_z1_inputs("ghostkernels::ghost_bn_cheap_stats", z1, w_cheap, -1, act,
+                                    primary=zip(_PRIMARY, (mean1, invstd1, weight1, bias1)))
+    return _vectors(z1, init * mult, 2)
+
+
+def _bn_forward_out_fake(z1, mean1, invstd1, weight1, bias1, w_cheap, mean2, invstd2, weight2, bias2, out_channels,
+                         act):
+    check_bn_z1_inputs("ghostkernels::ghost_bn_forward_out", z1, w_cheap, out_channels, act,
+                       primary=zip(_PRIMARY, (mean1, invstd1, weight1, bias1)),
+                       cheap=zip(_CHEAP, (mean2, invstd2, weight2, bias2)))
+    n, _, h, w = z1.shape
+    return torch.empty((n, out_channels, h, w), dtype=z1.dtype, device=z1.device,
+                       memory_format=output_memory_format(z1))
+
+
+def _bn_backward_reduce_fake(grad_out, z1, mean1, invstd1, weight1, bias1, w_cheap, mean2, invstd2, weight2, bias2,
+                             out_channels, act):
+    op = "ghostkernels::ghost_bn_backward_reduce"
+    init, mult = check_bn_z1_inputs(op, z1, w_cheap, out_channels, act,
+                                    primary=zip(_PRIMARY, (mean1, invstd1, weight1, bias1)),
+                                    cheap=zip(_CHEAP, (mean2, invstd2, weight2, bias2)))
+    check_bn_grad_out(op, grad_out, z1, out_channels)
+    sd = bn_stats_dtype(z1.dtype)
+    return z1.new_empty((2, init), dtype=sd), z1.new_empty((8, init * mult), dtype=sd)
+
+
+def _bn_backward_fake(grad_out, x, z1, w_primary, mean1, invstd1, weight1, bias1, mean_dy1, mean_dy_xhat1, w_cheap,
+                      mean2, invstd2, weight2, bias2, mean_dy2, mean_dy_xhat2, out_channels, act):
+    op = "ghostkernels::ghost_bn_backward"
+    if z1.dtype != x.dtype:
+        raise TypeError(f"{op}: dtype mismatch: x is {x.dtype} but z1 is {z1.dtype}")
+    check_bn_z1_inputs(op, z1, w_cheap, out_channels, act,
+                       primary=zip(_PRIMARY + ("mean_dy_primary", "mean_dy_xhat_primary"),
+                                   (mean1, invstd1, weight1, bias1, mean_dy1, mean_dy_xhat1)),
+                       cheap=zip(_CHEAP + ("mean_dy_cheap", "mean_dy_xhat_cheap"),
+                                 (mean2, invstd2, weight2, bias2, mean_dy2, mean_dy_xhat2)))
+    init = check_bn_conv1x1_inputs(op, x, w_primary)
+    n, _, h, w = x.shape
+    if tuple(z1.shape) != (n, init, h, w):
+        raise ValueError(f"{op}: z1 has shape {list(z1.shape)}, but conv1x1(x, w_primary) has shape "
+                         f"[{n}, {init}, {h}, {w}]")
+    check_bn_grad_out(op, grad_out, z1, out_channels)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    return grad_x, torch.empty_like(w_primary), torch.empty_like(w_cheap)
+
+
+def _bn_train_fake(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary, w_cheap, b_cheap,
+                   bn_weight_cheap, bn_bias_cheap, eps_cheap, out_channels, act, group):
+    check_bn_train_inputs("ghostkernels::ghost_module_bn_train", x, w_primary, b_primary, bn_weight_primary,
+                          bn_bias_primary, w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap, out_channels, act, group)
+    shapes = train_bn.output_shapes(x, w_primary, w_cheap, out_channels)
+    sd = bn_stats_dtype(x.dtype)
+    out = torch.empty(shapes[0], dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    stats = tuple(x.new_empty(s, dtype=sd) for s in shapes[1:6])
+    z1 = (torch.empty(shapes[6], dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+          if len(shapes[6]) == 4 else x.new_empty(shapes[6]))
+    return (out,) + stats + (z1,)
+
+
+def _bn_train_backward_fake(grad_out, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary,
+                            w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap, mean_primary, var_primary,
+                            mean_cheap, var_cheap, count, saved_z1, out_channels, act, group):
+    op = "ghostkernels::ghost_module_bn_train_backward"
+    check_bn_train_inputs(op, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
+                          bn_weight_cheap, bn_bias_cheap, out_channels, act, group)
+    n, _, h, w = x.shape
+    if tuple(grad_out.shape) != (n, out_channels, h, w):
+        raise ValueError(f"{op}: grad_out must be [{n}, {out_channels}, {h}, {w}], got {list(grad_out.shape)}")
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+
+    def like(t, channels, weight):
+        return torch.empty_like(t) if t is not None else weight.new_empty((channels,))
+
+    init, cheap = w_primary.shape[0], w_cheap.shape[0]
+    return (grad_x, torch.empty_like(w_primary), like(b_primary, init, w_primary),
+            like(bn_weight_primary, init, w_primary), like(bn_bias_primary, init, w_primary),
+            torch.empty_like(w_cheap), like(b_cheap, cheap, w_cheap), like(bn_weight_cheap, cheap, w_cheap),
+            like(bn_bias_cheap, cheap, w_cheap))
+
+
+def _bn_train_kernel(*args):
+    return train_bn.forward(train_bn.native_passes(), *args)
+
+
+def _bn_train_backward_kernel(*args):
+    return train_bn.backward(train_bn.native_passes(), *args)
+
+
+# ghost_module_bn_train's inputs that are tensors, by position (the others: eps, out_channels, act, group).
+_BN_TRAIN_TENSORS = (0, 1, 2, 3, 4, 6, 7, 8, 9)
+
+
+def _bn_train_setup_context(ctx, inputs, output):
+    """Keeps x, the layers' tensors and the small statistics; z1 only where the forward kept it
+    (train_bn.keep_z1): everything else is recomputed. The statistics outputs are not differentiable (the running
+    statistics are buffers)."""
+    _, mean1, var1, mean2, var2, count, saved_z1 = output
+    ctx.mark_non_differentiable(mean1, var1, mean2, var2, count, saved_z1)
+    ctx.save_for_backward(*(inputs[i] for i in _BN_TRAIN_TENSORS), mean1, var1, mean2, var2, count, saved_z1)
+    ctx.scalars = (inputs[5], inputs[10], inputs[11], inputs[12], inputs[13])  # eps x2, out_channels, act, group
+
+
+def _bn_train_backward(ctx, grad_out, *unused):
+    if grad_out is None:  # only the statistics were used
+        return (None,) * 14
+    saved = ctx.saved_tensors
+    x, w1, b1, g1, be1, w2, b2, g2, be2 = saved[:9]
+    mean1, var1, mean2, var2, count, saved_z1 = saved[9:]
+    eps1, eps2, out_channels, act, group = ctx.scalars
+    grads = torch.ops.ghostkernels.ghost_module_bn_train_backward(*GhostModuleBnTrainBackwardArgs(
+        grad_out, x, w1, b1, g1, be1, eps1, w2, b2, g2, be2, eps2, mean1, var1, mean2, var2, count, saved_z1,
+        out_channels, act, group))
+    result = [None] * 14
+    for pos, grad, tensor in zip(_BN_TRAIN_TENSORS, grads, saved[:9]):
+        if tensor is not None and ctx.needs_input_grad[pos]:
+            result[pos] = grad
+    return tuple(result)
+
+
+def _register_bn_train() -> None:
+    for name, fake in (("ghost_bn_conv1x1_stats", _bn_conv1x1_stats_fake),
+                       ("ghost_bn_cheap_stats", _bn_cheap_stats_fake), ("ghost_bn_forward_out", _bn_forward_out_fake),
+                       ("ghost_bn_backward_reduce", _bn_backward_reduce_fake), ("ghost_bn_backward", _bn_backward_fake),
+                       ("ghost_module_bn_train", _bn_train_fake),
+                       ("ghost_module_bn_train_backward", _bn_train_backward_fake)):
+        torch.library.register_fake(f"ghostkernels::{name}")(fake)
+    for name, kernel in (("ghost_module_bn_train", _bn_train_kernel),
+                         ("ghost_module_bn_train_backward", _bn_train_backward_kernel)):
+        torch.library.register_kernel(f"ghostkernels::{name}", ("cpu", "cuda"), kernel)
+    torch.library.register_autograd("ghostkernels::ghost_module_bn_train", _bn_train_backward,
+                                    setup_context=_bn_train_setup_context)
+    for op in _BN_TRAIN_INTERNAL:
+        torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
+
+
 # Why an inference op has no backward, and what to use for training instead.
 _NO_BACKWARD_HINT = {
     "ghost_bottleneck": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's own "
@@ -133,11 +291,18 @@ _NO_BACKWARD_HINT = {
     "chain": "a frozen network (ghostkernels.freeze) runs it only where nothing needs a gradient and runs its own "
              "forward otherwise",
 }
+_BN_TRAIN_INTERNAL = ("ghost_bn_conv1x1_stats", "ghost_bn_cheap_stats", "ghost_bn_forward_out",
+                      "ghost_bn_backward_reduce", "ghost_bn_backward", "ghost_module_bn_train_backward")
+_BN_PASS_HINT = ("it is a pass of ghostkernels::ghost_module_bn_train, whose autograd formula covers it; call "
+                 "ghostkernels.ops.ghost_module_bn_train (or a FusedGhostModule in train mode)")
+_NO_BACKWARD_HINT.update({op: _BN_PASS_HINT for op in _BN_TRAIN_INTERNAL[:-1]})
+_NO_BACKWARD_HINT["ghost_module_bn_train_backward"] = "it is a backward formula; double backward is not supported"
 
 
 def _no_backward(op: str):
-    def backward(ctx, grad_out):
-        raise RuntimeError(f"ghostkernels::{op} has no backward: it is an inference op; {_NO_BACKWARD_HINT[op]}")
+    def backward(ctx, *grads):
+        what = "" if op in _BN_TRAIN_INTERNAL else "it is an inference op; "
+        raise RuntimeError(f"ghostkernels::{op} has no backward: {what}{_NO_BACKWARD_HINT[op]}")
 
     return backward
 
@@ -180,4 +345,5 @@ def register_all() -> None:
     torch.library.register_fake("ghostkernels::chain")(_chain_fake)
     for op in ("ghost_bottleneck", "_depthwise_conv2d", "conv2d_act", "linear_act", "chain"):
         torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
+    _register_bn_train()
     _registered = True

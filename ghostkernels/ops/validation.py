@@ -138,3 +138,114 @@ def check_bottleneck_inputs(op: str, x, ghost1, mid_channels, act, dw, stride, s
         raise ValueError(f"{op}: without shortcut weights the shortcut is the identity, which needs in_channels == "
                          f"out_channels and stride 1 (got {c} -> {out_channels}, stride {stride})")
     return ho, wo
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The train-mode BatchNorm passes (ghost_bn_*; the C++ checks are in csrc/ghost_module_check.cpp)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def bn_stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 for everything else (the passes' statistics, vectors and weights)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_bn_tensor(op: str, like, t, shape, name: str) -> None:
+    want = bn_stats_dtype(like.dtype)
+    if t.dtype != want:
+        raise TypeError(f"{op}: {name} must be {want} (the statistics' dtype for {like.dtype} inputs), got {t.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{op}: device mismatch: {name} is on {t.device} but the input is on {like.device}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {list(shape)}, got {list(t.shape)}")
+
+
+def _check_floating_4d(op: str, t, name: str, dims: str) -> None:
+    if t.dim() != 4:
+        raise ValueError(f"{op}: {name} must be 4-D {dims}, got {t.dim()}-D with shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+
+
+def check_bn_conv1x1_inputs(op: str, x, w_primary) -> int:
+    """x [N, C, H, W] and w_primary [init, C, 1, 1] (stats dtype); returns init."""
+    _check_floating_4d(op, x, "x", "[N, C, H, W]")
+    if w_primary.dim() != 4 or w_primary.shape[0] == 0:
+        raise ValueError(f"{op}: w_primary must be [init, C, 1, 1] with init > 0, got shape {tuple(w_primary.shape)}")
+    check_bn_tensor(op, x, w_primary, (w_primary.shape[0], x.shape[1], 1, 1), "w_primary")
+    return w_primary.shape[0]
+
+
+def check_bn_z1_inputs(op: str, z1, w_cheap, out_channels: int, act: str, primary=(), cheap=()) -> tuple[int, int]:
+    """z1 [N, init, H, W], w_cheap [init*(ratio-1), 1, k, k] (odd k, stats dtype), out_channels (-1: the whole
+    width), act, and named per-channel vectors ((name, tensor) pairs) of each stage; returns (init, ratio - 1)."""
+    if act not in ACTS:
+        raise ValueError(f"ghostkernels: unknown act {act!r}; expected one of {', '.join(ACTS)}")
+    _check_floating_4d(op, z1, "z1", "[N, init, H, W]")
+    init = z1.shape[1]
+    if init == 0:
+        raise ValueError(f"{op}: z1 has zero channels")
+    if w_cheap.dim() != 4 or w_cheap.shape[1] != 1 or w_cheap.shape[2] != w_cheap.shape[3]:
+        raise ValueError(f"{op}: w_cheap must be a depthwise weight [init*(ratio-1), 1, k, k], got shape "
+                         f"{tuple(w_cheap.shape)}")
+    if w_cheap.shape[0] < init or w_cheap.shape[0] % init != 0:
+        raise ValueError(f"{op}: w_cheap has {w_cheap.shape[0]} channels, which is not a positive multiple of "
+                         f"init={init} (z1's channels)")
+    if w_cheap.shape[2] % 2 != 1:
+        raise ValueError(f"{op}: the depthwise kernel size must be odd (padding k//2 keeps the size), got "
+                         f"k={w_cheap.shape[2]}")
+    check_bn_tensor(op, z1, w_cheap, w_cheap.shape, "w_cheap")
+    mult = w_cheap.shape[0] // init
+    if out_channels != -1 and not 1 <= out_channels <= init * (mult + 1):
+        raise ValueError(f"{op}: out_channels={out_channels} is outside [1, init*ratio={init * (mult + 1)}]")
+    for name, t in primary:
+        check_bn_tensor(op, z1, t, (init,), name)
+    for name, t in cheap:
+        check_bn_tensor(op, z1, t, (init * mult,), name)
+    return init, mult
+
+
+def check_bn_grad_out(op: str, grad_out, z1, out_channels: int) -> None:
+    n, _, h, w = z1.shape
+    if tuple(grad_out.shape) != (n, out_channels, h, w):
+        raise ValueError(f"{op}: grad_out must be [{n}, {out_channels}, {h}, {w}], got {list(grad_out.shape)}")
+    if grad_out.dtype != z1.dtype:
+        raise TypeError(f"{op}: dtype mismatch: z1 is {z1.dtype} but grad_out is {grad_out.dtype}")
+    if grad_out.device != z1.device:
+        raise ValueError(f"{op}: device mismatch: z1 is on {z1.device} but grad_out is on {grad_out.device}")
+
+
+def check_bn_train_inputs(op: str, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
+                          bn_weight_cheap, bn_bias_cheap, out_channels, act, group) -> tuple[int, int]:
+    """ghost_module_bn_train's arguments: the module's own layers' tensors (x's dtype and device, any floating
+    dtype for the parameters); returns (init, ratio - 1)."""
+    if act not in ACTS:
+        raise ValueError(f"{op}: unknown act {act!r}; expected one of {', '.join(ACTS)}")
+    _check_floating_4d(op, x, "x", "[N, C, H, W]")
+    if w_primary.dim() != 4 or w_primary.shape[1:] != (x.shape[1], 1, 1) or w_primary.shape[0] == 0:
+        raise ValueError(f"{op}: w_primary must be [init, {x.shape[1]}, 1, 1] for x with {x.shape[1]} channels, got "
+                         f"shape {tuple(w_primary.shape)}")
+    init = w_primary.shape[0]
+    if (w_cheap.dim() != 4 or w_cheap.shape[1] != 1 or w_cheap.shape[2] != w_cheap.shape[3]
+            or w_cheap.shape[0] < init or w_cheap.shape[0] % init != 0 or w_cheap.shape[2] % 2 != 1):
+        raise ValueError(f"{op}: w_cheap must be a depthwise weight [init*(ratio-1), 1, k, k] with init={init} and "
+                         f"odd k, got shape {tuple(w_cheap.shape)}")
+    mult = w_cheap.shape[0] // init
+    if not 1 <= out_channels <= init * (mult + 1):
+        raise ValueError(f"{op}: out_channels={out_channels} is outside [1, init*ratio={init * (mult + 1)}]")
+    vectors = (("b_primary", b_primary, init), ("bn_weight_primary", bn_weight_primary, init),
+               ("bn_bias_primary", bn_bias_primary, init), ("b_cheap", b_cheap, init * mult),
+               ("bn_weight_cheap", bn_weight_cheap, init * mult), ("bn_bias_cheap", bn_bias_cheap, init * mult))
+    for name, t in (("w_primary", w_primary), ("w_cheap", w_cheap)) + tuple((n, t) for n, t, _ in vectors):
+        if t is None:
+            continue
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: device mismatch: x is on {x.device} but {name} is on {t.device}")
+    for name, t, n in vectors:
+        if t is not None and tuple(t.shape) != (n,):
+            raise ValueError(f"{op}: {name} must be [{n}], got shape {tuple(t.shape)}")
+    if not isinstance(group, str):
+        raise TypeError(f"{op}: group must be a process group's name (str), got {type(group).__name__}")
+    return init, mult

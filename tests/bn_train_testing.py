@@ -1,0 +1,138 @@
+"""Cases, inputs and the float64 reference of the train-mode BatchNorm op (ghostkernels::ghost_module_bn_train).
+
+The reference is ghostkernels.ops.reference.ghost_module_bn_train_reference (conv, F.batch_norm with batch
+statistics, activation, depthwise conv, F.batch_norm, activation, cat, slice) run in float64 on float64 copies of the
+inputs, so that a comparison measures the op's own error. Tolerances are those of ghost_testing (relative to the
+largest magnitude of the expected tensor), widened where the BN makes errors larger: the normalization divides by
+the batch's standard deviation, and a gradient through it is a difference of terms of the size of the uncentred
+one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+import ghost_testing as gt
+from ghostkernels.ops.reference import ghost_module_bn_train_reference
+
+# Field names of the op's tensor inputs, in schema order (those that are None are skipped by the gradient checks).
+TENSOR_INPUTS = ("x", "w_primary", "b_primary", "bn_weight_primary", "bn_bias_primary", "w_cheap", "b_cheap",
+                 "bn_weight_cheap", "bn_bias_cheap")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCase(gt.GhostCase):
+    """A ghost_testing case (shape, slice, activation, layout) plus the BatchNorms' own axes."""
+
+    conv_bias: bool = False  # conv biases before the BNs (they only move the means)
+    affine: bool = True      # BN weight and bias (False: affine-free BN, both None)
+    x_mean: float = 0.0      # added to x: with w_primary's positive mean this makes |mean(z1)| large
+
+    @property
+    def id(self) -> str:
+        extra = "".join(f"-{t}" for t, on in (("bias", self.conv_bias), ("noaffine", not self.affine),
+                                                (f"mean{self.x_mean:g}", self.x_mean != 0)) if on)
+        return super().id + extra
+
+
+_BASE = TrainCase(n=3, c=6, h=5, w=7, init=5)
+
+
+def op_cases() -> list[TrainCase]:
+    """Every axis of the op, each varied on its own around a small base case."""
+    b = _BASE
+    cases = [b.replace(label="base"),
+             b.replace(out_channels=7, label="slice-in-x2"), b.replace(out_channels=3, label="slice-in-x1"),
+             b.replace(init=4, ratio=3, out_channels=10, label="ratio3"),
+             b.replace(k=5, label="k5"), b.replace(k=1, label="k1"), b.replace(h=2, w=3, k=7, label="k7-small"),
+             b.replace(n=1, h=1, w=9, label="h1"), b.replace(c=40, init=12, h=4, w=4, label="keeps-z1"),
+             b.replace(conv_bias=True, label="bias"), b.replace(affine=False, label="noaffine"),
+             b.replace(layout="channels_last", label="layout"), b.replace(layout="sliced", label="layout"),
+             b.replace(n=2, h=17, w=5, k=5, init=3, label="tall"), b.replace(n=5, h=3, w=3, label="small-images")]
+    cases += [b.replace(act=a, ratio=3, init=4, out_channels=11, label="act") for a in gt.ACTS]
+    return cases
+
+
+def make_inputs(case: TrainCase, dtype: torch.dtype, seed: int, requires_grad: bool = False) -> dict:
+    """The op's arguments (a dict by schema name) drawn on the CPU from a seeded generator at ``dtype``. BN weights
+    are kept away from zero (1 +- 0.3) but may be negative; z1's scale is about 3 as in ghost_testing."""
+    gen = torch.Generator().manual_seed(seed)
+    m = case.ratio - 1
+
+    def draw(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=gen) * scale + shift
+
+    x = gt._make_x(case, gen, dtype, "cpu")
+    if case.x_mean:
+        x = (x + case.x_mean).to(dtype)
+    args = dict(
+        x=x,
+        w_primary=draw(case.init, case.c, 1, 1, scale=3.0 / math.sqrt(case.c)),
+        b_primary=draw(case.init, scale=0.5) if case.conv_bias else None,
+        bn_weight_primary=draw(case.init, scale=0.3, shift=1.0) if case.affine else None,
+        bn_bias_primary=draw(case.init, scale=0.5) if case.affine else None,
+        eps_primary=1e-5,
+        w_cheap=draw(case.init * m, 1, case.k, case.k, scale=1.2 / case.k),
+        b_cheap=draw(case.init * m, scale=0.5) if case.conv_bias else None,
+        bn_weight_cheap=draw(case.init * m, scale=0.3, shift=1.0) if case.affine else None,
+        bn_bias_cheap=draw(case.init * m, scale=0.5) if case.affine else None,
+        eps_cheap=1e-3,
+        out_channels=case.oc,
+        act=case.act,
+    )
+    for name in TENSOR_INPUTS[1:]:
+        if args[name] is not None:
+            args[name] = args[name].to(dtype)
+    if requires_grad:
+        for name in TENSOR_INPUTS:
+            if args[name] is not None:
+                args[name] = args[name].detach().requires_grad_()
+    return args
+
+
+def float64_copy(args: dict, requires_grad: bool = False) -> dict:
+    out = dict(args)
+    for name in TENSOR_INPUTS:
+        if args[name] is not None:
+            out[name] = args[name].detach().double().requires_grad_(requires_grad)
+    return out
+
+
+def reference(args: dict):
+    """(out, mean1, var1, mean2, var2) of the float64 reference on float64 copies of ``args``."""
+    a = float64_copy(args)
+    return ghost_module_bn_train_reference(*(a[k] for k in TENSOR_INPUTS[:5]), a["eps_primary"],
+                                           *(a[k] for k in TENSOR_INPUTS[5:]), a["eps_cheap"], a["out_channels"],
+                                           a["act"])
+
+
+def reference_grads(args: dict, grad_out: torch.Tensor) -> dict:
+    """Float64 gradients of every tensor input of ``args`` that is not None, for output gradient ``grad_out``."""
+    a = float64_copy(args, requires_grad=True)
+    out = ghost_module_bn_train_reference(*(a[k] for k in TENSOR_INPUTS[:5]), a["eps_primary"],
+                                          *(a[k] for k in TENSOR_INPUTS[5:]), a["eps_cheap"], a["out_channels"],
+                                          a["act"])[0]
+    names = [k for k in TENSOR_INPUTS if a[k] is not None]
+    grads = torch.autograd.grad(out, [a[k] for k in names], grad_out.double())
+    return dict(zip(names, grads))
+
+
+def call(args: dict, backend: str = "cpu", group: str = ""):
+    import ghostkernels
+
+    return ghostkernels.ops.ghost_module_bn_train(
+        *(args[k] for k in TENSOR_INPUTS[:5]), args["eps_primary"], *(args[k] for k in TENSOR_INPUTS[5:]),
+        args["eps_cheap"], args["out_channels"], args["act"], group=group, backend=backend)
+
+
+# Forward and gradient tolerances against the float64 reference (ghost_testing's scaled form). float32: the BN
+# divides by the batch standard deviation (about 1 here) and the BN backward's centred gradient is a difference of
+# terms as large as the uncentred one, so gradients carry a few times the op's plain float32 error; bfloat16: z1 and
+# the output are rounded to bfloat16 (unit roundoff 2^-9), and everything after z1 is in float.
+FORWARD_TOL = {torch.float64: gt.Tol(1e-11, 1e-11), torch.float32: gt.Tol(2e-5, 1e-5),
+               torch.bfloat16: gt.Tol(3e-2, 1.6e-2)}
+BACKWARD_TOL = {torch.float64: gt.Tol(1e-10, 1e-10), torch.float32: gt.Tol(5e-5, 2e-5),
+                torch.bfloat16: gt.Tol(6e-2, 3e-2)}

@@ -1,0 +1,350 @@
+"""ghostkernels::ghost_module_bn_train (the Ghost module with batch-statistics BatchNorm) and its passes: forward,
+statistics and gradients against the float64 layers, in float64, float32 and bfloat16, on both CPU kernels
+(GHOSTKERNELS_CPU_KERNEL=generic and the AVX-512 ones), with large means, and as PyTorch sees the ops (opcheck,
+gradcheck, bad input)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bn_train_testing as bt
+import ghost_testing as gt
+import ghostkernels
+from ghostkernels.ops import train_bn
+
+KERNELS = ["generic"] + (["avx512"] if gt.cpu_has_avx512() else [])
+DTYPES = (torch.float64, torch.float32, torch.bfloat16)
+# (dtype, CPU kernel) pairs of the per-case tests: the AVX-512 kernels compute in float (float32 and bfloat16 inputs)
+# and float64 always runs the generic one, so float64 x avx512 would repeat float64 x generic; the generic kernel
+# is one template for every accumulation type, so float32 covers its bfloat16 path's arithmetic too.
+DTYPE_KERNELS = [(torch.float64, "generic"), (torch.float32, "generic")] + (
+    [(torch.float32, "avx512"), (torch.bfloat16, "avx512")] if gt.cpu_has_avx512() else [(torch.bfloat16, "generic")])
+
+
+@pytest.fixture(params=KERNELS)
+def cpu_kernel(request, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", request.param)
+    return request.param
+
+
+def _use_kernel(monkeypatch, kernel: str) -> None:
+    monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", kernel)
+
+
+def _check_forward(case: bt.TrainCase, dtype: torch.dtype, seed: int) -> None:
+    args = bt.make_inputs(case, dtype, seed)
+    out, mean1, var1, mean2, var2, count, saved_z1 = bt.call(args)
+    expected = bt.reference(args)
+    tol = bt.FORWARD_TOL[dtype]
+    assert out.dtype == dtype and out.shape == expected[0].shape
+    gt.assert_close_to_reference(out, expected[0], tol, "output")
+    gt.assert_memory_format(out, gt.expected_memory_format(args["x"]), "output")
+    for name, got, want in zip(("mean1", "var1", "mean2", "var2"), (mean1, var1, mean2, var2), expected[1:]):
+        assert got.dtype == train_bn.stats_dtype(dtype), name
+        gt.assert_close_to_reference(got, want, tol, name)
+    assert float(count) == case.n * case.h * case.w
+    assert saved_z1.dim() == (4 if train_bn.keep_z1(case.c) else 1)
+
+
+@pytest.mark.parametrize("dtype,kernel", DTYPE_KERNELS, ids=lambda v: gt.dtype_name(v) if isinstance(v, torch.dtype)
+                         else v)
+@pytest.mark.parametrize("case", bt.op_cases(), ids=lambda c: c.id)
+def test_forward_matches_float64_layers(case, dtype, kernel, seed, monkeypatch):
+    _use_kernel(monkeypatch, kernel)
+    _check_forward(case, dtype, seed)
+
+
+def _check_backward(case: bt.TrainCase, dtype: torch.dtype, seed: int) -> None:
+    args = bt.make_inputs(case, dtype, seed, requires_grad=True)
+    out = bt.call(args)[0]
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    names = [k for k in bt.TENSOR_INPUTS if args[k] is not None]
+    grads = torch.autograd.grad(out, [args[k] for k in names], grad_out)
+    expected = bt.reference_grads(args, grad_out)
+    for name, g in zip(names, grads):
+        t = args[name]
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        gt.assert_close_to_reference(g, expected[name], bt.BACKWARD_TOL[dtype], f"grad {name}")
+    gt.assert_memory_format(grads[0], gt.expected_memory_format(args["x"]), "grad x")
+
+
+# bfloat16 gradients on the smooth activations only: z1 rounded to bfloat16 moves pre-activations by ~2^-9 of their
+# size, and a relu mask flipped by that is an O(1) difference at that element, not an arithmetic error.
+BACKWARD_PARAMS = [pytest.param(c, d, k, id=f"{c.id}-{gt.dtype_name(d)}-{k}") for c in bt.op_cases()
+                   for d, k in DTYPE_KERNELS if d != torch.bfloat16 or c.act in ("identity", "silu")]
+
+
+@pytest.mark.parametrize("case,dtype,kernel", BACKWARD_PARAMS)
+def test_backward_matches_float64_layers(case, dtype, kernel, seed, monkeypatch):
+    _use_kernel(monkeypatch, kernel)
+    _check_backward(case, dtype, seed)
+
+
+# x with mean 1000 (300) and standard deviation 1: z1's mean is ~1000 x (the sum of a row of w_primary), its
+# deviation ~3. Statistics from plain float32 sums of z and z^2 lose the variance here (1e6 - 1e6 in a 24-bit
+# mantissa: errors of the order of the variance itself); the passes' shifted two-pass moments do not, so the
+# statistics are held to the dtype's plain tolerance. The outputs and gradients are not: any computation in the
+# dtype, the float64 reference's included, rounds z1 at ~3000 and centres it, and sums dz1 * x over x of ~1000 for
+# grad w_primary (sum(dz1) = 0), so their errors grow with kappa = max |mean(z)| / std(z).
+LARGE_MEAN = [bt.TrainCase(n=4, c=8, h=6, w=6, init=6, x_mean=1000.0, label="large-mean"),
+              bt.TrainCase(n=2, c=40, h=9, w=9, init=8, x_mean=300.0, act="identity", label="large-mean")]
+STATS_RTOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+@pytest.mark.parametrize("case", LARGE_MEAN, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=gt.dtype_name)
+def test_large_mean_inputs(case, dtype, cpu_kernel, seed):
+    args = bt.make_inputs(case, dtype, seed, requires_grad=True)
+    out, mean1, var1, mean2, var2, _, _ = bt.call(args)
+    expected = bt.reference(args)
+    with torch.no_grad():
+        z1 = torch.nn.functional.conv2d(args["x"].double(), args["w_primary"].double())
+    kappa = float((z1.mean((0, 2, 3)).abs() / z1.std((0, 2, 3))).max())
+    assert kappa > 50  # the case is what it says
+    # BN1's statistics to the dtype's precision: the mean within a few roundings of z1 itself (eps * |mean|, i.e.
+    # eps * kappa standard deviations, per rounding: z1 is a dot product of C terms in the op and in the reference,
+    # whose own conv rounds as well; 8 of them), the variance relative to itself. (BN2's come from x1, which carries
+    # the kappa-sized error of the normalization.)
+    std1 = expected[2].sqrt()
+    mean_err = float(((mean1.double() - expected[1]).abs() / std1).max())
+    assert mean_err <= 8 * torch.finfo(dtype).eps * kappa, f"mean1 off by {mean_err:.3g} standard deviations"
+    # The variance: to the dtype's plain precision against that of z1 as the op stores it (the values its BN
+    # normalizes, which is what eager's BN does with its own conv output), and within the effect of z1's rounding
+    # (eps * kappa of the standard deviation per value) against the exact one.
+    z1_stored = torch.ops.ghostkernels.ghost_bn_conv1x1_stats(args["x"].detach(),
+                                                               args["w_primary"].detach().to(mean1.dtype))[0]
+    torch.testing.assert_close(var1.double(), z1_stored.double().var((0, 2, 3), unbiased=False), atol=0.0,
+                               rtol=STATS_RTOL[dtype], msg="var1 of z1 as stored")
+    torch.testing.assert_close(var1.double(), expected[2], atol=0.0, rtol=4 * torch.finfo(dtype).eps * kappa,
+                               msg="var1")
+    scaled = lambda t: gt.Tol(t.atol * kappa, t.rtol * kappa)  # noqa: E731
+    for name, got, want in (("mean2", mean2, expected[3]), ("var2", var2, expected[4])):
+        gt.assert_close_to_reference(got, want, scaled(bt.FORWARD_TOL[dtype]), name)
+    gt.assert_close_to_reference(out, expected[0], scaled(bt.FORWARD_TOL[dtype]), "output")
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    names = [k for k in bt.TENSOR_INPUTS if args[k] is not None]
+    grads = torch.autograd.grad(out, [args[k] for k in names], grad_out)
+    ref = bt.reference_grads(args, grad_out)
+    for name, g in zip(names, grads):
+        gt.assert_close_to_reference(g, ref[name], scaled(bt.BACKWARD_TOL[dtype]), f"grad {name}")
+
+
+def test_gradcheck_float64(seed):
+    case = bt.TrainCase(n=2, c=3, h=3, w=4, init=2, ratio=3, out_channels=5, act="silu", conv_bias=True)
+    args = bt.make_inputs(case, torch.float64, seed, requires_grad=True)
+    names = [k for k in bt.TENSOR_INPUTS if args[k] is not None]
+
+    def f(*tensors):
+        a = dict(args, **dict(zip(names, tensors)))
+        return bt.call(a)[0]
+
+    assert torch.autograd.gradcheck(f, [args[k] for k in names], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_conv_biases_move_the_means_and_get_zero_gradients(seed):
+    case = bt.TrainCase(n=2, c=6, h=4, w=5, init=4, conv_bias=True)
+    args = bt.make_inputs(case, torch.float32, seed, requires_grad=True)
+    out, mean1, _, mean2, _, _, _ = bt.call(args)
+    no_bias = bt.call(dict(args, b_primary=None, b_cheap=None))
+    torch.testing.assert_close(out, no_bias[0])  # the biases cancel in the normalization
+    torch.testing.assert_close(mean1 - no_bias[1], args["b_primary"].detach())
+    torch.testing.assert_close(mean2 - no_bias[3], args["b_cheap"].detach())
+    gb1, gb2 = torch.autograd.grad(out, (args["b_primary"], args["b_cheap"]), torch.randn_like(out))
+    assert torch.count_nonzero(gb1) == 0 and torch.count_nonzero(gb2) == 0
+
+
+def test_one_value_per_channel_raises_like_batchnorm():
+    args = bt.make_inputs(bt.TrainCase(n=1, c=4, h=1, w=1, init=3), torch.float32, 0)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        bt.call(args)
+
+
+def test_statistics_outputs_are_not_differentiable(seed):
+    args = bt.make_inputs(bt.TrainCase(n=2, c=4, h=3, w=3, init=3), torch.float32, seed, requires_grad=True)
+    out, *stats = bt.call(args)
+    assert out.requires_grad and not any(t.requires_grad for t in stats)
+
+
+def test_saved_tensors_are_x_and_only_z1_where_kept(seed):
+    """What autograd keeps per call: x, the layers' own tensors and per-channel statistics; z1 (init channels) only
+    for wide inputs, never anything of the output's size."""
+    for c, kept in ((8, False), (train_bn.KEEP_Z1_MIN_CHANNELS, True)):
+        case = bt.TrainCase(n=2, c=c, h=6, w=6, init=5)
+        args = bt.make_inputs(case, torch.float32, seed, requires_grad=True)
+        big = []
+
+        def pack(t):
+            if t.dim() == 4 and t.shape[0] == 2 and t.shape[2:] == (6, 6):  # an activation, not a weight
+                big.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            bt.call(args)
+        expected = [(2, c, 6, 6)] + ([(2, 5, 6, 6)] if kept else [])
+        assert sorted(big) == sorted(expected), (c, big)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The passes on their own
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _stage(mean, var, weight, bias, eps):
+    return mean, torch.rsqrt(var + eps), weight, bias
+
+
+def test_each_pass_against_its_definition(cpu_kernel, seed):
+    """Every pass against the formula of its schema in float64 (csrc/ghost_module.cpp)."""
+    case = bt.TrainCase(n=2, c=5, h=6, w=5, init=3, ratio=3, out_channels=7, act="hardswish")
+    a = bt.float64_copy(bt.make_inputs(case, torch.float64, seed))
+    ops = torch.ops.ghostkernels
+    F = torch.nn.functional
+    x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
+    f = gt.activation(case.act)
+    z1, m1, v1 = ops.ghost_bn_conv1x1_stats(x, w1)
+    ref_z1 = F.conv2d(x, w1)
+    torch.testing.assert_close(z1, ref_z1)
+    torch.testing.assert_close(m1, ref_z1.mean((0, 2, 3)))
+    torch.testing.assert_close(v1, ref_z1.var((0, 2, 3), unbiased=False))
+    s1 = _stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
+
+    def bn(z, s):
+        mean, invstd, weight, bias = (t.view(1, -1, 1, 1) for t in s)
+        return (z - mean) * invstd * weight + bias
+
+    xh1 = (z1 - s1[0].view(1, -1, 1, 1)) * s1[1].view(1, -1, 1, 1)
+    y1 = bn(z1, s1)
+    x1 = f(y1)
+    z2 = F.conv2d(x1, w2, padding=case.k // 2, groups=case.init)
+    m2, v2 = ops.ghost_bn_cheap_stats(z1, *s1, w2, case.act)
+    torch.testing.assert_close(m2, z2.mean((0, 2, 3)))
+    torch.testing.assert_close(v2, z2.var((0, 2, 3), unbiased=False))
+    s2 = _stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
+    y2 = bn(z2, s2)
+    out = ops.ghost_bn_forward_out(z1, *s1, w2, *s2, case.oc, case.act)
+    torch.testing.assert_close(out, torch.cat([x1, f(y2)], 1)[:, :case.oc])
+
+    go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    sums_p, sums_c = ops.ghost_bn_backward_reduce(go, z1, *s1, w2, *s2, case.oc, case.act)
+    yy1 = y1.detach().requires_grad_()
+    a1 = torch.autograd.grad(f(yy1).sum(), yy1)[0]
+    yy2 = y2.detach().requires_grad_()
+    a2 = torch.autograd.grad(f(yy2).sum(), yy2)[0]
+    keep_p = min(case.oc, case.init)
+    gp = torch.zeros_like(z1)
+    gp[:, :keep_p] = go[:, :keep_p]
+    g2 = torch.zeros_like(z2)
+    g2[:, :case.oc - case.init] = go[:, case.init:] * a2[:, :case.oc - case.init]
+    xh2 = (z2 - s2[0].view(1, -1, 1, 1)) * s2[1].view(1, -1, 1, 1)
+    da = F.conv2d(a1, w2, padding=case.k // 2, groups=case.init)
+    dq = F.conv2d(a1 * xh1, w2, padding=case.k // 2, groups=case.init)
+    dims = (0, 2, 3)
+    torch.testing.assert_close(sums_p, torch.stack([(a1 * gp).sum(dims), (a1 * xh1 * gp).sum(dims)]))
+    expected_c = torch.stack([g2.sum(dims), (g2 * xh2).sum(dims), (da * g2).sum(dims), da.sum(dims),
+                              (da * xh2).sum(dims), (dq * g2).sum(dims), dq.sum(dims), (dq * xh2).sum(dims)])
+    # The sums of channels past the slice are zero, whatever da/dq are there.
+    expected_c[:, case.oc - case.init:] = 0
+    torch.testing.assert_close(sums_c, expected_c)
+
+    mdy1, mdyx1, mdy2, mdyx2 = (torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+                                for n, s in ((3, 1), (3, 2), (6, 3), (6, 4)))
+    gx, gw1, gw2 = ops.ghost_bn_backward(go, x, z1, w1, *s1, mdy1, mdyx1, w2, *s2, mdy2, mdyx2, case.oc, case.act)
+
+    def dz(g, xh, s, mdy, mdyx):
+        v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+        return v(s[1] * s[2]) * (g - v(mdy) - xh * v(mdyx))
+
+    dz2 = dz(g2, xh2, s2, mdy2, mdyx2)
+    dz2[:, case.oc - case.init:] = 0
+    x1v = x1.detach().requires_grad_()
+    dx1 = gp + torch.autograd.grad(F.conv2d(x1v, w2, padding=case.k // 2, groups=case.init), x1v, dz2)[0]
+    dz1 = dz(dx1 * a1, xh1, s1, mdy1, mdyx1)
+    w2v = w2.detach().requires_grad_()
+    torch.testing.assert_close(gw2, torch.autograd.grad(F.conv2d(x1, w2v, padding=case.k // 2, groups=case.init),
+                                                        w2v, dz2)[0])
+    xv, w1v = x.detach().requires_grad_(), w1.detach().requires_grad_()
+    ref_gx, ref_gw1 = torch.autograd.grad(F.conv2d(xv, w1v), (xv, w1v), dz1)
+    torch.testing.assert_close(gx, ref_gx)
+    torch.testing.assert_close(gw1, ref_gw1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# As PyTorch sees the ops
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pass_arguments(seed: int):
+    case = bt.TrainCase(n=2, c=4, h=4, w=5, init=3, out_channels=5, act="relu")
+    a = bt.make_inputs(case, torch.float32, seed)
+    x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
+    ops = torch.ops.ghostkernels
+    z1, m1, v1 = ops.ghost_bn_conv1x1_stats(x, w1)
+    s1 = _stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
+    m2, v2 = ops.ghost_bn_cheap_stats(z1, *s1, w2, "relu")
+    s2 = _stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-5)
+    go = torch.randn(2, 5, 4, 5)
+    v = torch.randn(3), torch.randn(3), torch.randn(3), torch.randn(3)
+    return {
+        "ghost_bn_conv1x1_stats": (x, w1),
+        "ghost_bn_cheap_stats": (z1, *s1, w2, "relu"),
+        "ghost_bn_forward_out": (z1, *s1, w2, *s2, 5, "relu"),
+        "ghost_bn_backward_reduce": (go, z1, *s1, w2, *s2, 5, "relu"),
+        "ghost_bn_backward": (go, x, z1, w1, *s1, v[0], v[1], w2, *s2, v[2], v[3], 5, "relu"),
+    }
+
+
+@pytest.mark.parametrize("op", ["ghost_bn_conv1x1_stats", "ghost_bn_cheap_stats", "ghost_bn_forward_out",
+                                "ghost_bn_backward_reduce", "ghost_bn_backward"])
+def test_opcheck_passes(op, seed):
+    torch.library.opcheck(getattr(torch.ops.ghostkernels, op), _pass_arguments(seed)[op])
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_train_op(requires_grad, seed):
+    case = bt.TrainCase(n=2, c=4, h=4, w=5, init=3, ratio=3, out_channels=7, conv_bias=True)
+    a = bt.make_inputs(case, torch.float32, seed, requires_grad=requires_grad)
+    args = ghostkernels.ops.layouts.GhostModuleBnTrainArgs(**a, group="")
+    torch.library.opcheck(torch.ops.ghostkernels.ghost_module_bn_train, tuple(args))
+
+
+def test_opcheck_train_backward_op(seed):
+    case = bt.TrainCase(n=2, c=40, h=4, w=5, init=3, out_channels=5, affine=False)
+    a = bt.make_inputs(case, torch.float32, seed)
+    fwd = torch.ops.ghostkernels.ghost_module_bn_train(*ghostkernels.ops.layouts.GhostModuleBnTrainArgs(**a, group=""))
+    args = ghostkernels.ops.layouts.GhostModuleBnTrainBackwardArgs(
+        grad_out=torch.randn_like(fwd[0]), **{k: v for k, v in a.items()}, mean_primary=fwd[1], var_primary=fwd[2],
+        mean_cheap=fwd[3], var_cheap=fwd[4], count=fwd[5], saved_z1=fwd[6], group="")
+    torch.library.opcheck(torch.ops.ghostkernels.ghost_module_bn_train_backward, tuple(args))
+
+
+@pytest.mark.parametrize("op,index,bad,match", [
+    ("ghost_bn_conv1x1_stats", 1, lambda t: t.double(), "w_primary must be .*statistics' dtype"),
+    ("ghost_bn_cheap_stats", 1, lambda t: t[:2], r"mean_primary must have shape \[3\]"),
+    ("ghost_bn_cheap_stats", 5, lambda t: t[:, :, :2], "w_cheap must be a depthwise weight"),
+    ("ghost_bn_forward_out", 10, lambda t: 9, "out_channels=9 is outside"),
+    ("ghost_bn_backward_reduce", 0, lambda t: t[:, :4], r"grad_out must be \[2, 5, 4, 5\]"),
+    ("ghost_bn_backward", 2, lambda t: t.double(), "dtype mismatch: x is .* but z1 is"),
+])
+def test_bad_input_names_the_problem(op, index, bad, match, seed):
+    args = list(_pass_arguments(seed)[op])
+    args[index] = bad(args[index])
+    fn = getattr(torch.ops.ghostkernels, op)
+    with pytest.raises((ValueError, TypeError), match=match):
+        fn(*args)
+    with pytest.raises((ValueError, TypeError), match=match):  # the fake kernel's checks say the same
+        with torch._subclasses.FakeTensorMode() as mode:
+            fn(*(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in args))
+
+
+def test_the_passes_have_no_autograd(seed):
+    x, w1 = _pass_arguments(seed)["ghost_bn_conv1x1_stats"]
+    z1 = torch.ops.ghostkernels.ghost_bn_conv1x1_stats(x, w1.requires_grad_())[0]
+    with pytest.raises(RuntimeError, match="pass of ghostkernels::ghost_module_bn_train"):
+        z1.sum().backward()
+
+
+def test_backends_without_train_bn_kernels_raise_clearly(seed):
+    args = bt.make_inputs(bt.TrainCase(n=2, c=4, h=3, w=3, init=3), torch.float32, seed)
+    with pytest.raises(NotImplementedError, match="Triton backend has no train-mode BatchNorm kernels"):
+        bt.call(args, backend="triton")
