@@ -1,10 +1,11 @@
 """The CMake build of the op library (CMakeLists.txt): C++ tests under ctest, the installed CMake package, and the
 CMake-built library loaded from Python through GHOSTKERNELS_LIBRARY.
 
-One configure + build + install of the project (Release, two jobs) serves every test of the session, including the
-C++ AOTInductor runner of tests/test_aoti.py: ``cmake_install()`` and ``aoti_runner()`` below build once per process
-and are shared through this module. Skipped, saying which, where cmake or a C++ compiler is missing (or where torch
-has CUDA but no CUDA toolkit is installed: torch's own CMake config then refuses to configure).
+One configure + build + install of the project (two jobs, unoptimized: see ``_BUILD_TYPE``) serves every test of
+the run, including the C++ AOTInductor runner of tests/test_aoti.py: ``cmake_install()`` and ``aoti_runner()`` below
+build once per test run (across pytest-xdist workers too) and are shared through this module. Skipped, saying
+which, where cmake or a C++ compiler is missing (or where torch has CUDA but no CUDA toolkit is installed: torch's
+own CMake config then refuses to configure).
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+# These tests check the build system, the package and the C++ API, not the kernels' speed (every other test uses the
+# -O3 JIT build). Unoptimized, the CMake build compiles ~10x faster (the AVX-512 kernel files take ~36 s each at -O3
+# on the CI's cores and ~3 s at -O0), which is most of what this file and tests/test_aoti.py cost CI. No -g either:
+# debug info only adds compile and link time here.
+_BUILD_TYPE = ["-DCMAKE_BUILD_TYPE=Debug", "-DCMAKE_CXX_FLAGS_DEBUG=-O0"]
+
+
 def _generator_args() -> list[str]:
     return ["-G", "Ninja"] if shutil.which("ninja") else []
 
@@ -74,35 +82,57 @@ class CMakeInstall:
 _built: dict[str, object] = {}  # what this process has built (or the failure it met), by step
 
 
-def _once(step: str, build):
-    """build() once per process; a failed build fails every later caller the same way without rebuilding."""
+def _shared_root(tmp_path_factory) -> Path:
+    """Where a build made once per test run goes. Under pytest-xdist every worker has its own basetemp inside one
+    common directory: the build goes there, so that test_cmake.py and test_aoti.py on two workers share it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _once(step: str, build, tmp_path_factory) -> Path:
+    """build(directory) once per test run -- once per process, and once across pytest-xdist workers by a lock file
+    beside the directory; returns the directory. A failed build fails every later caller the same way without
+    building again."""
     if step not in _built:
-        try:
-            _built[step] = build()
-        except BaseException as e:  # pytest.fail raises an OutcomeException (a BaseException)
-            _built[step] = e
+        import fcntl
+
+        root = _shared_root(tmp_path_factory)
+        where, failed = root / step, root / f"{step}.failed"
+        with open(root / f"{step}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if failed.exists():
+                _built[step] = failed.read_text()
+            elif (where / ".done").exists():
+                _built[step] = where
+            else:
+                try:
+                    build(where)
+                    (where / ".done").touch()
+                    _built[step] = where
+                except BaseException as e:  # pytest.fail raises an OutcomeException (a BaseException)
+                    _built[step] = f"{step}: {e}"
+                    failed.write_text(_built[step])
     result = _built[step]
-    if isinstance(result, BaseException):
-        raise result
+    if isinstance(result, str):
+        pytest.fail(result, pytrace=False)
     return result
 
 
 def cmake_install(tmp_path_factory) -> CMakeInstall:
-    """Configure, build (-j2, Release) and install the project into a session temp dir; returns where."""
+    """Configure, build (-j2, unoptimized) and install the project into a temp dir of the run; returns where."""
     reason = toolchain_skip_reason()
     if reason:
         pytest.skip(reason)
 
-    def build() -> CMakeInstall:
-        root = tmp_path_factory.mktemp("cmake")
+    def build(root: Path) -> None:
         out = CMakeInstall(root / "build", root / "install")
-        run(["cmake", "-S", str(REPO), "-B", str(out.build_dir), *_generator_args(), "-DCMAKE_BUILD_TYPE=Release",
+        run(["cmake", "-S", str(REPO), "-B", str(out.build_dir), *_generator_args(), *_BUILD_TYPE,
              f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"], "CMake configure")
         run(["cmake", "--build", str(out.build_dir), "--parallel", "2"], "CMake build")
         run(["cmake", "--install", str(out.build_dir), "--prefix", str(out.prefix)], "CMake install")
-        return out
 
-    return _once("cmake_install", build)
+    root = _once("cmake_install", build, tmp_path_factory)
+    return CMakeInstall(root / "build", root / "install")
 
 
 def aoti_runner(tmp_path_factory) -> Path:
@@ -111,16 +141,14 @@ def aoti_runner(tmp_path_factory) -> Path:
     libghostkernels if the package's target did not keep it."""
     install = cmake_install(tmp_path_factory)
 
-    def build() -> Path:
-        build_dir = tmp_path_factory.mktemp("aoti_runner")
+    def build(build_dir: Path) -> None:
         flags = ["-DCMAKE_EXE_LINKER_FLAGS=-Wl,--as-needed"] if platform.system() == "Linux" else []
         run(["cmake", "-S", str(REPO / "examples" / "aoti_runner"), "-B", str(build_dir), *_generator_args(),
-             "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_PREFIX_PATH={install.prefix}", *flags],
+             *_BUILD_TYPE, f"-DCMAKE_PREFIX_PATH={install.prefix}", *flags],
             "CMake configure of examples/aoti_runner")
         run(["cmake", "--build", str(build_dir), "--parallel", "2"], "CMake build of examples/aoti_runner")
-        return build_dir / "aoti_runner"
 
-    return _once("aoti_runner", build)
+    return _once("aoti_runner", build, tmp_path_factory) / "aoti_runner"
 
 
 @pytest.fixture(scope="module")
