@@ -7,7 +7,9 @@ hot instantiations -- every compile-time activation, k = 3 and run-time k, NCHW 
   * no local memory (STL/LDL) and no stack frame in the hot kernels (every forward, the NHWCVec k = 3
     backward); elsewhere at most a few bytes;
   * NHWCVec: 128-bit global stores present and 16-bit scalar global stores absent (8 channels per thread and
-    access), and the epilogue loops' static instruction count per output element stays small.
+    access), and the epilogue loops' static instruction count per output element stays small;
+  * every forward kernel issues asynchronous copies (LDGSTS, cp.async) from the persistent loop's `issue_next`,
+    the next unit's prologue that L.overlap sends out before this unit's epilogue (NOTES entry 37).
 Skipped, with the reason, where nvcc or the disassembler is missing. The cubins are cached by a hash of the
 sources and flags (GHOSTKERNELS_SASS_CACHE), so only a change of csrc/cuda recompiles.
 """
@@ -154,3 +156,40 @@ def test_nhwc_vector_epilogue_loops_are_short(reports, cu):
             assert stage in seen, f"{name}: no store loop found for {stage}\n{sass.format_report([r])}"
             assert seen[stage] <= limit, (f"{name}: {stage} takes {seen[stage]:.1f} instructions per element "
                                           f"(ceiling {limit})\n{sass.format_report([r])}")
+
+
+def _source_lines_of(path: str, start_marker: str) -> range:
+    """The lines (1-based) of the brace block opened on the line holding start_marker."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    first = next(i for i, text in enumerate(lines) if start_marker in text)
+    depth = 0
+    for i in range(first, len(lines)):
+        depth += lines[i].count("{") - lines[i].count("}")
+        if depth == 0 and i > first:
+            return range(first + 1, i + 2)
+    raise AssertionError(f"unbalanced braces after {start_marker!r} in {path}")
+
+
+@pytest.mark.parametrize("cu", [f for f in FILES if "forward" in f])
+def test_forward_prefetches_the_next_unit(reports, cu):
+    """The next unit's cp.async copies exist in the compiled persistent loop (not folded away): LDGSTS at the lines
+    of issue_next, which the kernel calls right after a unit's GEMM when the plan overlaps copies and epilogue."""
+    kernel_src = os.path.join(sass.CUDA_DIR, "ghost_forward_kernel.cuh")
+    lines = _source_lines_of(kernel_src, "const auto issue_next = [&]")
+    nvcc = sass.find_nvcc()
+    cubin = sass.compile_cubin(cu, 90, nvcc)
+    disasm = sass.subprocess.run([sass.find_binutil("nvdisasm"), "-gi", "-c", cubin], capture_output=True,
+                                 text=True, check=True).stdout
+    funcs, _ = sass.parse_functions(disasm)
+    names = sass._demangle([n for n in funcs if not n.startswith("$")])
+    checked = 0
+    for mangled, demangled in names.items():
+        if "ghost_forward_kernel" not in demangled:
+            continue
+        at = [i for i in funcs[mangled] if i.opcode.startswith("LDGSTS") and
+              (i.loc[3] if i.loc[3] else i.loc[1]) in lines and
+              os.path.basename(i.loc[2] or i.loc[0]) == "ghost_forward_kernel.cuh"]
+        assert at, f"{sass.short_name(demangled)}: no LDGSTS from issue_next (lines {lines.start}-{lines.stop - 1})"
+        checked += 1
+    assert checked == 22

@@ -50,9 +50,10 @@ CUDA_DIR = os.path.join(CSRC, "cuda")
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
               "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
 CXX_STD = "c++17"
-# Kernel-body lines whose loops are not epilogues: weight and pixel-table set-up, the GEMM's K loop (its cp.async
-# copies are the loads there), the backward's persistent item loop.
-NOT_EPILOGUE = {"load_chunk_weights", "build_pixel_table", "gemm_rect", "for", "if", "while", "zero_dropped_partials"}
+# Kernel-body lines whose loops are not epilogues: weight and pixel-table set-up, the GEMM's K loop and the
+# prologues of the next unit (their cp.async copies are the loads there), the persistent loops over units / items.
+NOT_EPILOGUE = {"load_chunk_weights", "build_pixel_table", "build_tile_table", "gemm_rect", "gemm_main", "k_prologue",
+                "issue_next", "next", "for", "if", "while", "zero_dropped_partials"}
 
 
 def find_nvcc() -> str | None:
