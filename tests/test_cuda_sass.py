@@ -10,25 +10,21 @@ hot instantiations -- every compile-time activation, k = 3 and run-time k, NCHW 
     access), and the epilogue loops' static instruction count per output element stays small;
   * every forward kernel issues asynchronous copies (LDGSTS, cp.async) from the persistent loop's `issue_next`,
     the next unit's prologue that L.overlap sends out before this unit's epilogue (NOTES entry 37).
-Skipped, with the reason, where nvcc or the disassembler is missing. The cubins are cached by a hash of the
-sources and flags (GHOSTKERNELS_SASS_CACHE), so only a change of csrc/cuda recompiles.
+The code is the sm_90 part of the objects tests/test_cuda_compile.py checks (the session's ``cuda_objects``,
+tests/cuda_toolchain.py: each .cu compiled once, with the JIT build's flags, for sm_80 and sm_90), taken out with
+cuobjdump -xelf. Skipped, with the reason, where nvcc or the disassembler is missing.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import importlib.util
 import os
 import re
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("sass_report", os.path.join(REPO, "bench", "gpu", "sass_report.py"))
-sass = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("sass_report", sass)  # dataclasses look their module up there
-_spec.loader.exec_module(sass)
+import cuda_toolchain
+
+sass = cuda_toolchain.sass
 
 FILES = ("ghost_forward_f16.cu", "ghost_forward_bf16.cu", "ghost_backward_f16.cu", "ghost_backward_bf16.cu")
 # Loose ceilings on instructions per output element of the NHWCVec store loops (k = 3), measured at 7.8 (primary
@@ -64,16 +60,16 @@ def _k_class(name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reports():
-    nvcc = sass.find_nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found (no CUDA toolkit on PATH, in CUDA_HOME or /usr/local/cuda)")
+def cubins(cuda_objects):
     if sass.find_binutil("nvdisasm") is None or sass.find_binutil("cuobjdump") is None:
         pytest.skip("nvdisasm/cuobjdump not found (they ship with the triton wheel of the test extra)")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        cubins = list(pool.map(lambda f: sass.compile_cubin(f, 90, nvcc), FILES))
+    return {f: cuda_objects.cubin(f, 90) for f in FILES}
+
+
+@pytest.fixture(scope="module")
+def reports(cubins):
     out = {}
-    for f, cubin in zip(FILES, cubins):
+    for f, cubin in cubins.items():
         out[f] = sass.report_cubin(cubin)
         assert out[f], f"{f}: no ghost kernels found in its cubin"
     return out
@@ -158,38 +154,29 @@ def test_nhwc_vector_epilogue_loops_are_short(reports, cu):
                                           f"(ceiling {limit})\n{sass.format_report([r])}")
 
 
-def _source_lines_of(path: str, start_marker: str) -> range:
-    """The lines (1-based) of the brace block opened on the line holding start_marker."""
+def _line_of(path: str, statement: str) -> int:
+    """The line (1-based) of the one line of `path` that is exactly `statement` (leading spaces aside)."""
     with open(path) as f:
-        lines = f.read().splitlines()
-    first = next(i for i, text in enumerate(lines) if start_marker in text)
-    depth = 0
-    for i in range(first, len(lines)):
-        depth += lines[i].count("{") - lines[i].count("}")
-        if depth == 0 and i > first:
-            return range(first + 1, i + 2)
-    raise AssertionError(f"unbalanced braces after {start_marker!r} in {path}")
+        found = [i for i, text in enumerate(f, 1) if text.strip() == statement]
+    assert len(found) == 1, f"{statement!r} on lines {found} of {path}, expected once"
+    return found[0]
 
 
 @pytest.mark.parametrize("cu", [f for f in FILES if "forward" in f])
-def test_forward_prefetches_the_next_unit(reports, cu):
-    """The next unit's cp.async copies exist in the compiled persistent loop (not folded away): LDGSTS at the lines
-    of issue_next, which the kernel calls right after a unit's GEMM when the plan overlaps copies and epilogue."""
+def test_forward_prefetches_the_next_unit(cubins, cu):
+    """The next unit's cp.async copies exist in the compiled persistent loop (not folded away): LDGSTS attributed to
+    the kernel body's `issue_next();` line, which runs right after a unit's GEMM when the plan overlaps copies and
+    epilogue (ptxas attributes inlined code to the kernel-body statement it came from, as for the loops above)."""
     kernel_src = os.path.join(sass.CUDA_DIR, "ghost_forward_kernel.cuh")
-    lines = _source_lines_of(kernel_src, "const auto issue_next = [&]")
-    nvcc = sass.find_nvcc()
-    cubin = sass.compile_cubin(cu, 90, nvcc)
-    disasm = sass.subprocess.run([sass.find_binutil("nvdisasm"), "-gi", "-c", cubin], capture_output=True,
-                                 text=True, check=True).stdout
-    funcs, _ = sass.parse_functions(disasm)
-    names = sass._demangle([n for n in funcs if not n.startswith("$")])
+    line = _line_of(kernel_src, "issue_next();")
+    funcs, _, names = sass.disassemble(cubins[cu])
     checked = 0
     for mangled, demangled in names.items():
         if "ghost_forward_kernel" not in demangled:
             continue
         at = [i for i in funcs[mangled] if i.opcode.startswith("LDGSTS") and
-              (i.loc[3] if i.loc[3] else i.loc[1]) in lines and
-              os.path.basename(i.loc[2] or i.loc[0]) == "ghost_forward_kernel.cuh"]
-        assert at, f"{sass.short_name(demangled)}: no LDGSTS from issue_next (lines {lines.start}-{lines.stop - 1})"
+              os.path.basename(i.loc[2] or i.loc[0]) == "ghost_forward_kernel.cuh" and
+              (i.loc[3] if i.loc[3] else i.loc[1]) == line]
+        assert at, f"{sass.short_name(demangled)}: no LDGSTS from issue_next (line {line})"
         checked += 1
     assert checked == 22

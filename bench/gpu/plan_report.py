@@ -35,6 +35,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sass_report  # noqa: E402  (the cache folder)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA_DIR = os.path.join(REPO, "csrc", "cuda")
 EMULATOR_SRC = os.path.join(CUDA_DIR, "emulation", "ghost_cuda_emulator.cpp")
@@ -90,9 +93,7 @@ def build_emulator(cxx: str | None = None, include: str | None = None) -> str:
             h.update(os.path.relpath(path, REPO).encode())
             with open(path, "rb") as f:
                 h.update(f.read())
-    cache = os.environ.get("GHOSTKERNELS_SASS_CACHE") or os.path.join(tempfile.gettempdir(), "ghostkernels-sass")
-    os.makedirs(cache, exist_ok=True)
-    exe = os.path.join(cache, f"ghost_cuda_emulator-{h.hexdigest()[:16]}")
+    exe = os.path.join(sass_report.cache_dir(), f"ghost_cuda_emulator-{h.hexdigest()[:16]}")
     if not os.path.isfile(exe):
         tmp = f"{exe}.tmp{os.getpid()}"
         cmd = [cxx, "-std=c++17", "-O1", "-Wno-attributes", f"-I{include}", EMULATOR_SRC, "-o", tmp]

@@ -473,7 +473,8 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_backward_kernel(const Kerne
     __syncthreads();
     const GemmUnit gu{reinterpret_cast<const long long*>(smem + P.L.pix), n, c0, true};
     k_prologue<T, kCL, false>(P, smem, gu);
-    gemm_main<T, kTF32, kCL, false>(P, smem, gu, [] {});
+    gemm_main<T, kTF32, kCL, false>(P, smem, gu);
+    __syncthreads();
     x1_and_derivative<A, L>(P, smem, n_x1);
     __syncthreads();
     if (n_cheap > 0) {

@@ -334,13 +334,14 @@ __device__ __forceinline__ void k_main(const KernelParams& P, unsigned char* sme
   __syncthreads();     // every warp is done with the stages (stage S - 1 and, without overlap, all alias Z)
 }
 
-// The GEMM of a unit whose k_prologue was issued: leaves z1 (without bias) in Z, zeroes Z's slack columns past the
-// GEMM's (the depthwise windows may read them), then runs after_store() -- the forward issues the next unit's
-// prologue there -- and ends with a barrier. Callers must have built the unit's pixel table and put a barrier after
-// it before the prologue. kTF32 only matters for T = float; kFwd as for slice_buffers (the backward's units are
-// 32 rows, wc = 8, and its GEMM covers all of Z).
-template <typename T, bool kTF32, bool kCL, bool kFwd, typename AfterStore>
-__device__ void gemm_main(const KernelParams& P, unsigned char* smem, const GemmUnit& u, AfterStore after_store) {
+// The GEMM of a unit whose k_prologue was issued: leaves z1 (without bias) in Z and zeroes Z's slack columns past
+// the GEMM's (the depthwise windows may read them). Every warp is done with the stages when it returns (k_main's
+// last barrier), so the caller may issue the next unit's prologue right away (the forward does, with L.overlap);
+// the caller's barrier then makes Z visible. Callers must have built the unit's pixel table and put a barrier
+// after it before the prologue. kTF32 only matters for T = float; kFwd as for slice_buffers (the backward's units
+// are 32 rows, wc = 8, and its GEMM covers all of Z).
+template <typename T, bool kTF32, bool kCL, bool kFwd>
+__device__ void gemm_main(const KernelParams& P, unsigned char* smem, const GemmUnit& u) {
   namespace wmma = nvcuda::wmma;
   constexpr bool kTensorCores = sizeof(T) == 2 || kTF32;
   constexpr int KS = MmaTypes<T>::kStep, KC = sizeof(T) == 4 ? 16 : 32;
@@ -391,8 +392,6 @@ __device__ void gemm_main(const KernelParams& P, unsigned char* smem, const Gemm
       Z[z_index<kCL>(P, i, q)] = 0.f;
     }
   }
-  after_store();
-  __syncthreads();
 }
 
 }  // namespace cuda

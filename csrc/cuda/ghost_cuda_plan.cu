@@ -331,9 +331,10 @@ const char* unsupported_reason(const GhostShape& s, bool backward) {
     return "the CUDA kernels support depthwise kernel sizes 1, 3, 5 and 7 only";
   const Plan pl = backward ? plan_backward(s) : plan_forward(s);
   if (pl.why != nullptr) return pl.why;
-  // The forward kernel counts a block's units in 32 bits; its grid has at least one block per SM.
+  // The forward kernel counts a block's units and its images in 32 bits; its grid has at least one block per SM.
   if (!backward && s.N * pl.g.ntiles() * pl.g.chunks / (dev.sm_count > 0 ? dev.sm_count : 1) >= INT_MAX)
     return "the input has too many tiles for the CUDA forward kernel (more than 2^31 - 1 per SM)";
+  if (!backward && s.N >= INT_MAX) return "the batch is too large for the CUDA forward kernel (2^31 images or more)";
   return nullptr;
 }
 

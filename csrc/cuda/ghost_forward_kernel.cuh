@@ -239,16 +239,16 @@ __device__ __forceinline__ void cheap_epilogue_vec(const KernelParams& P, unsign
   }
 }
 
-// Where the units of a block's run are: (image, tile, chunk), advanced without a division per unit.
+// Where the units of a block's run are: (image, tile, chunk), advanced without a division per unit. The image is
+// an int (the planner checks N < 2^31): the persistent loop's state stays in few registers.
 struct UnitCursor {
-  long long n;
-  int tile, chunk;
+  int n, tile, chunk;
   __device__ __forceinline__ UnitCursor(const KernelParams& P, long long u) {
     const long long item = u / P.g.chunks;
     chunk = int(u - item * P.g.chunks);
     const int ntiles = P.g.tiles_y * P.g.tiles_x;
-    n = item / ntiles;
-    tile = int(item - n * ntiles);
+    n = int(item / ntiles);
+    tile = int(item - (long long)n * ntiles);
   }
   // The following unit; true when it starts a new tile.
   __device__ __forceinline__ bool next(const KernelParams& P) {
@@ -295,13 +295,13 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const Kernel
   GK_DYNAMIC_SHARED_MEMORY(smem);
   const long long b = blockIdx.x;
   // Loop state, few registers (the cheap epilogue of the run-time-k instantiation sits at the 128-register cap):
-  // the units left in this block's run (< 2^31, checked by the planner) and three flags in one word.
+  // the units left in this block's run (< 2^31, checked by the planner), the cursor and two flags in one word.
   int left = int(P.units_per_block) + (b < P.units_rem ? 1 : 0);
   if (left <= 0) return;
   UnitCursor cur(P, b * P.units_per_block + (b < P.units_rem ? b : P.units_rem));
-  constexpr int kTable = 1;   // which pixel table holds the current tile
-  constexpr int kFirst = 2;   // the run's first unit: it loads x even when it starts inside a tile (xres)
-  constexpr int kIssued = 4;  // this unit's prologue went out during the previous unit's epilogue (L.overlap)
+  constexpr int kTable = 1;  // which pixel table holds the current tile
+  constexpr int kFirst = 2;  // the run's first unit: it loads x even when it starts inside a tile (xres), and its
+                             // prologue was not issued by a previous unit (with L.overlap every later one's was)
   int flags = kFirst;
 
   // The next unit's first slices, copied from its tile's pixel table (the other table at a new tile). Recomputed
@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const Kernel
   for (;;) {
     const int c0 = cur.chunk * P.L.rows, table = flags & kTable;
     const GemmUnit gu{pixel_table(P, smem, table), cur.n, c0, !P.L.xres || (flags & kFirst) || cur.chunk == 0};
-    if (!(flags & kIssued)) k_prologue<T, kCL, true>(P, smem, gu);
+    if (!P.L.overlap || (flags & kFirst)) k_prologue<T, kCL, true>(P, smem, gu);
     // The weights of this unit (the previous unit's epilogue is done with them) and the next tile's pixel table
     // (its slot's last reader was an earlier tile's epilogue); both are visible after the K loop's barriers.
     load_chunk_weights<T>(P, smem, c0);
@@ -326,9 +326,13 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const Kernel
       const int ntiles = P.g.tiles_y * P.g.tiles_x;
       build_tile_table(P, pixel_table(P, smem, table ^ 1), cur.tile + 1 == ntiles ? 0 : cur.tile + 1);
     }
-    gemm_main<T, kTF32, kCL, true>(P, smem, gu, [&] {
-      if (P.L.overlap && left > 1) issue_next();  // stages 0..S-2 and X are not read by the epilogue
-    });
+    gemm_main<T, kTF32, kCL, true>(P, smem, gu);
+    // With L.overlap the next unit's first slices go out now and land during this unit's epilogue: stages
+    // 0..S-2 and X are disjoint from Z and not read by the epilogue (tests/test_cuda_sass.py finds these copies
+    // by this line).
+    if (P.L.overlap && left > 1)
+      issue_next();
+    __syncthreads();  // Z complete
     x1_in_place<A, L>(P, smem, pixel_table(P, smem, table), min(P.L.rows, P.I - c0));
     __syncthreads();
     {  // step 3 (each call on a line of its own in the kernel body: sass_report names the loops by these lines)
@@ -345,7 +349,7 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const Kernel
     }
     if (--left == 0) break;
     __syncthreads();  // Z, the weights and (at a new tile) this pixel table are rewritten next
-    flags = (cur.next(P) ? table ^ 1 : table) | (P.L.overlap ? kIssued : 0);
+    flags = cur.next(P) ? table ^ 1 : table;
   }
 #endif
 }
