@@ -9,6 +9,8 @@
   fill floating-point memory with NaN, so an output element a kernel never writes shows up as NaN instead of
   whatever the allocator left there (the tests' comparisons reject NaN).
 - TF32 is off, so that float32 on a GPU means float32 arithmetic and the float32 tolerances can stay tight.
+- ``cuda_objects``: the csrc/cuda/*.cu files compiled once per session for sm_80 and sm_90 (tests/cuda_toolchain.py),
+  shared by test_cuda_compile.py (do they compile) and test_cuda_sass.py (what the sm_90 code looks like).
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ def _no_tf32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(scope="session")
+def cuda_objects():
+    import cuda_toolchain
+
+    nvcc = cuda_toolchain.nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (no CUDA toolkit on PATH, in CUDA_HOME or /usr/local/cuda)")
+    return cuda_toolchain.CudaObjects(nvcc, cuda_toolchain.sass.cache_dir())
 
 
 @pytest.fixture

@@ -4,29 +4,27 @@ The fp16/bf16 forward and backward translation units are compiled for sm_90 (as 
 H100/H200) and disassembled (bench/gpu/sass_report.py; cuobjdump and nvdisasm come with the triton wheel). For the
 hot instantiations -- every compile-time activation, k = 3 and run-time k, NCHW and NHWCVec -- the tests assert:
   * no indirect branch (BRX/JMX): the activation is a template parameter, not a switch per element;
-  * no local memory (STL/LDL) and no stack frame in the hot kernels (every forward, the NHWCVec k = 3
-    backward); elsewhere at most a few bytes;
+  * no local memory (STL/LDL) and no stack frame in the hot kernels (every k = 3 forward, the NHWCVec k = 3
+    backward: GhostNet's); elsewhere at most a few bytes;
   * NHWCVec: 128-bit global stores present and 16-bit scalar global stores absent (8 channels per thread and
-    access), and the epilogue loops' static instruction count per output element stays small.
-Skipped, with the reason, where nvcc or the disassembler is missing. The cubins are cached by a hash of the
-sources and flags (GHOSTKERNELS_SASS_CACHE), so only a change of csrc/cuda recompiles.
+    access), and the epilogue loops' static instruction count per output element stays small;
+  * every forward kernel issues asynchronous copies (LDGSTS, cp.async) from the persistent loop's `issue_next`,
+    the next unit's prologue that L.overlap sends out before this unit's epilogue (NOTES entry 37).
+The code is the sm_90 part of the objects tests/test_cuda_compile.py checks (the session's ``cuda_objects``,
+tests/cuda_toolchain.py: each .cu compiled once, with the JIT build's flags, for sm_80 and sm_90), taken out with
+cuobjdump -xelf. Skipped, with the reason, where nvcc or the disassembler is missing.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import importlib.util
 import os
 import re
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("sass_report", os.path.join(REPO, "bench", "gpu", "sass_report.py"))
-sass = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("sass_report", sass)  # dataclasses look their module up there
-_spec.loader.exec_module(sass)
+import cuda_toolchain
+
+sass = cuda_toolchain.sass
 
 FILES = ("ghost_forward_f16.cu", "ghost_forward_bf16.cu", "ghost_backward_f16.cu", "ghost_backward_bf16.cu")
 # Loose ceilings on instructions per output element of the NHWCVec store loops (k = 3), measured at 7.8 (primary
@@ -62,16 +60,16 @@ def _k_class(name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reports():
-    nvcc = sass.find_nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found (no CUDA toolkit on PATH, in CUDA_HOME or /usr/local/cuda)")
+def cubins(cuda_objects):
     if sass.find_binutil("nvdisasm") is None or sass.find_binutil("cuobjdump") is None:
         pytest.skip("nvdisasm/cuobjdump not found (they ship with the triton wheel of the test extra)")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        cubins = list(pool.map(lambda f: sass.compile_cubin(f, 90, nvcc), FILES))
+    return {f: cuda_objects.cubin(f, 90) for f in FILES}
+
+
+@pytest.fixture(scope="module")
+def reports(cubins):
     out = {}
-    for f, cubin in zip(FILES, cubins):
+    for f, cubin in cubins.items():
         out[f] = sass.report_cubin(cubin)
         assert out[f], f"{f}: no ghost kernels found in its cubin"
     return out
@@ -92,15 +90,17 @@ def test_every_instantiation_is_there(reports, cu):
     assert {_layout(n) for n in names} == {0, 1, 2}
 
 
-# The hot kernels (every forward; the backward's NHWCVec for k = 3, GhostNet's) must not spill at all. The other
-# backward instantiations run their GEMM at the 128-register cap of the launch bounds and may keep a few loop
-# values in local memory (measured when written: bfloat16 NCHW k = 3, 8 bytes, one store and one load per work
-# item; NHWCVec with a run-time k, 16-40 bytes): bounded here so that a real blow-up still fails.
-COLD_BACKWARD_STACK_LIMIT = 64
+# The hot kernels (every k = 3 forward; the backward's NHWCVec for k = 3: GhostNet's Ghost modules all use k = 3)
+# must not spill at all. The other instantiations run at the 128-register cap of the launch bounds and may keep a
+# few loop values in local memory (measured when written: bfloat16 NCHW k = 3 backward, 8 bytes, one store and one
+# load per work item; NHWCVec backward with a run-time k, 16-40 bytes; the float16 NHWCVec forward with a run-time
+# k, 8 bytes of the persistent loop's state, one store and load per unit, NOTES entry 37): bounded here so that a
+# real blow-up still fails.
+COLD_STACK_LIMIT = 64
 
 
 def _hot(r) -> bool:
-    return "forward" in r.name or (_layout(r.name) == 2 and _k_class(r.name) == 3)
+    return _k_class(r.name) == 3 and ("forward" in r.name or _layout(r.name) == 2)
 
 
 @pytest.mark.parametrize("cu", FILES)
@@ -113,7 +113,7 @@ def test_no_spills_in_hot_kernels(reports, cu):
 @pytest.mark.parametrize("cu", FILES)
 def test_spills_elsewhere_stay_small(reports, cu):
     bad = [f"{sass.short_name(r.name)}: stack {r.stack} B" for r in reports[cu]
-           if not _hot(r) and r.stack > COLD_BACKWARD_STACK_LIMIT]
+           if not _hot(r) and r.stack > COLD_STACK_LIMIT]
     assert not bad, "\n".join(bad)
 
 
@@ -154,3 +154,31 @@ def test_nhwc_vector_epilogue_loops_are_short(reports, cu):
             assert stage in seen, f"{name}: no store loop found for {stage}\n{sass.format_report([r])}"
             assert seen[stage] <= limit, (f"{name}: {stage} takes {seen[stage]:.1f} instructions per element "
                                           f"(ceiling {limit})\n{sass.format_report([r])}")
+
+
+def _line_of(path: str, statement: str) -> int:
+    """The line (1-based) of the one line of `path` that is exactly `statement` (leading spaces aside)."""
+    with open(path) as f:
+        found = [i for i, text in enumerate(f, 1) if text.strip() == statement]
+    assert len(found) == 1, f"{statement!r} on lines {found} of {path}, expected once"
+    return found[0]
+
+
+@pytest.mark.parametrize("cu", [f for f in FILES if "forward" in f])
+def test_forward_prefetches_the_next_unit(cubins, cu):
+    """The next unit's cp.async copies exist in the compiled persistent loop (not folded away): LDGSTS attributed to
+    the kernel body's `issue_next();` line, which runs right after a unit's GEMM when the plan overlaps copies and
+    epilogue (ptxas attributes inlined code to the kernel-body statement it came from, as for the loops above)."""
+    kernel_src = os.path.join(sass.CUDA_DIR, "ghost_forward_kernel.cuh")
+    line = _line_of(kernel_src, "issue_next();")
+    funcs, _, names = sass.disassemble(cubins[cu])
+    checked = 0
+    for mangled, demangled in names.items():
+        if "ghost_forward_kernel" not in demangled:
+            continue
+        at = [i for i in funcs[mangled] if i.opcode.startswith("LDGSTS") and
+              os.path.basename(i.loc[2] or i.loc[0]) == "ghost_forward_kernel.cuh" and
+              (i.loc[3] if i.loc[3] else i.loc[1]) == line]
+        assert at, f"{sass.short_name(demangled)}: no LDGSTS from issue_next (line {line})"
+        checked += 1
+    assert checked == 22

@@ -10,6 +10,10 @@ Checks, each against float64 eager math on the GPU (ghostkernels.ops.reference) 
             (torch.utils.deterministic.fill_uninitialized_memory), so an unwritten element fails;
   ghostnet  every Ghost-module shape of GhostNet 1.0x (read off the model) at batch 2, float16 channels_last and
             float32 NCHW, forward and backward;
+  blocking  GhostNet 1.0x's 7x7 and 14x14 shapes at batch 256, where the planner takes the layouts of NOTES entry
+            37 (128-channel units, x resident across a tile's chunks, copies overlapped with the epilogue, a
+            persistent grid): forward in float16/bfloat16 channels_last and TF32 NCHW against float64, and its first
+            two images bit-identical to a batch-2 call (32-channel units there: the same z1 in another layout);
   tf32      float32 with torch.backends.cudnn.allow_tf32 on (the kernels then use TF32 tensor cores);
   empty     N = 0 and H*W = 0 give empty outputs and zero weight gradients;
   strided   non-contiguous input (a channel slice) gives the same result as its contiguous copy;
@@ -158,6 +162,41 @@ def check_ghostnet():
         "\n    FAIL " + f for f in failures)
 
 
+def check_blocking():
+    from ghostkernels.bench.cases import model_shapes
+
+    shapes = [s for s in dict.fromkeys(model_shapes("ghostnet_100")) if s.height <= 14]
+    failures, worst, count = [], 0.0, 0
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        for j, s in enumerate(shapes):
+            for dtype, cl, tf32 in ((torch.float16, True, False), (torch.bfloat16, True, False),
+                                    (torch.float32, False, True)):
+                torch.backends.cudnn.allow_tf32 = tf32
+                act = "relu" if s.relu else "identity"
+                inputs = make_inputs(256, s.in_channels, s.height, s.width, s.init_channels, s.ratio, s.dw_size,
+                                     dtype, cl, torch.Generator().manual_seed(300 + j))
+                with torch.no_grad():
+                    out = ghostkernels.ops.ghost_module(*inputs, s.out_channels, act, backend="cuda")
+                    ref = ghost_module_reference(*[t.double() for t in inputs], s.out_channels, act)
+                    few = ghostkernels.ops.ghost_module(inputs[0][:2].contiguous(memory_format=(
+                        torch.channels_last if cl else torch.contiguous_format)), *inputs[1:], s.out_channels, act,
+                        backend="cuda")
+                limit = TF32_LIMIT[0] if tf32 else LIMIT[dtype][0]
+                err = rel_err(out, ref)
+                worst = max(worst, err / limit)
+                count += 1
+                name = f"{s.label} {str(dtype).removeprefix('torch.')}{' tf32' if tf32 else ''}"
+                if not err < limit:
+                    failures.append(f"{name}: fwd {err:.2e}")
+                if not torch.equal(out[:2], few):
+                    failures.append(f"{name}: batch 256 vs batch 2 differ by {(out[:2] - few).abs().max().item():.3e}")
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    return not failures, f"{count} cases, worst error at {worst:.2f} of its limit" + "".join(
+        "\n    FAIL " + f for f in failures[:20])
+
+
 def check_tf32():
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
@@ -287,6 +326,7 @@ def main() -> int:
     torch.utils.deterministic.fill_uninitialized_memory = True  # at::empty -> NaN: unwritten outputs show
     rng = random.Random(1234)
     checks = [("sweep", lambda: check_sweep(args.cases, rng)), ("grid", check_grid), ("ghostnet", check_ghostnet),
+              ("blocking", check_blocking),
               ("tf32", check_tf32), ("empty", check_empty), ("strided", check_strided), ("graph", check_graph),
               ("compile", check_compile), ("opcheck", check_opcheck), ("errors", check_errors)]
     if args.checks:

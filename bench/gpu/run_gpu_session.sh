@@ -9,12 +9,16 @@
 # and each writing its results under $OUT as soon as it ends, so a call cut short still returns every finished step:
 #   1. environment + JIT build of the op library, with the Triton kernels compiling meanwhile  -> env_build.log
 #   2. smoke: a 20-second correctness run of the CUDA kernels (a few random cases)              -> smoke.log
-#   3. CUDA correctness vs float64: every dtype x layout x activation x k, GhostNet shapes, TF32  -> cuda_check.log
+#   3. CUDA correctness vs float64: every dtype x layout x activation x k, GhostNet shapes, the 7x7/14x14
+#      shapes at batch 256 (entry 37's forward layouts, bit-identical to batch 2), TF32               -> cuda_check.log
 #   4. Triton correctness: 8 cases, one autotune configuration                                   -> triton_check.log
-#   5. timings: 6 GhostNet shapes, forward and forward+backward, fused-cuda / fused-triton / eager /
-#      torch.compile, inputs made on the GPU                              -> timings.json, log in timings_e2e.log
+#   5. timings: entry 37's small-map shapes first (fused-cuda and eager, forward), then 6 GhostNet shapes, forward
+#      and forward+backward, fused-cuda / fused-triton / eager / torch.compile, inputs made on the GPU
+#                                                                          -> timings.json, log in timings_e2e.log
 #   6. end to end: ghostnet_100, batch 256, float16 channels_last, eager vs fused              -> timings_e2e.log
 #   7. compute-sanitizer memcheck on a small forward+backward of the ghostkernels kernels          -> memcheck.log
+#   8. compute-sanitizer racecheck (shared-memory hazards: the overlapped copies of entry 37) on its two cases
+#                                                                                                -> memcheck.log
 # plus summary.txt (every step's status and key lines: read it first): 8 files at most, none in sub-folders.
 # Without a CUDA device (a dry run: OUT=/tmp/out bash bench/gpu/run_gpu_session.sh) every step says why it is
 # skipped and the script exits 0.
@@ -113,7 +117,7 @@ grep -E "^\[(PASS|FAIL)\]" "$OUT/smoke.log" | cut -c1-200 | tee -a "$SUMMARY"
 
 # 3. CUDA correctness against float64
 step cuda_check 90 "$OUT/cuda_check.log" $PY bench/gpu/check_cuda_kernels.py \
-  --checks grid,ghostnet,tf32,empty,strided,graph,errors
+  --checks grid,ghostnet,blocking,tf32,empty,strided,graph,errors
 grep -E "^\[(PASS|FAIL)\]|    FAIL|check_cuda_kernels:" "$OUT/cuda_check.log" | cut -c1-200 | head -n 20 | tee -a "$SUMMARY"
 
 # 4. Triton correctness (the warm-up compiled its kernels)
@@ -124,8 +128,8 @@ sed -n '/^== check/,$p' "$OUT/triton_check.log" | grep -E "FAIL|check_triton_ker
 # 5. timings of 6 shapes (JSON rewritten after every shape)
 TE="$OUT/timings_e2e.log"
 echo "== timings" >> "$TE"
-step timings 110 "$TE" $PY bench/gpu/time_shapes.py --batch 256 --json "$OUT/timings.json"
-tail -n 7 "$TE" | tee -a "$SUMMARY"
+step timings 120 "$TE" $PY bench/gpu/time_shapes.py --batch 256 --shapes small+spread --json "$OUT/timings.json"
+tail -n 13 "$TE" | tee -a "$SUMMARY"
 grep -E "Error" "$TE" | head -n 5 | cut -c1-200 | tee -a "$SUMMARY"
 
 # 6. end to end: ghostnet_100 at batch 256 (no Ghost-module microbenchmarks, no memory probe)
@@ -139,6 +143,11 @@ CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 step memcheck 60 "$OUT/memcheck.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool memcheck \
   --kernel-name kns=ghost_ --error-exitcode 3 $PY bench/gpu/sanitize_case.py
 grep -E "ERROR SUMMARY|Invalid" "$OUT/memcheck.log" | head -n 3 | tee -a "$SUMMARY"
+echo "== racecheck" >> "$OUT/memcheck.log"
+step racecheck 45 "$OUT/memcheck.log" "$CS" --tool racecheck --kernel-name kns=ghost_forward --error-exitcode 3 \
+  $PY bench/gpu/sanitize_case.py --only-layouts
+sed -n '/^== racecheck/,$p' "$OUT/memcheck.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard" | head -n 3 | \
+  tee -a "$SUMMARY"
 
 note "== done in $SECONDS s; files: $(cd "$OUT" && ls | tr '\n' ' ')"
 exit 0

@@ -50,9 +50,10 @@ CUDA_DIR = os.path.join(CSRC, "cuda")
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
               "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
 CXX_STD = "c++17"
-# Kernel-body lines whose loops are not epilogues: weight and pixel-table set-up, the GEMM's K loop (its cp.async
-# copies are the loads there), the backward's persistent item loop.
-NOT_EPILOGUE = {"load_chunk_weights", "build_pixel_table", "gemm_rect", "for", "if", "while", "zero_dropped_partials"}
+# Kernel-body lines whose loops are not epilogues: weight and pixel-table set-up, the GEMM's K loop and the
+# prologues of the next unit (their cp.async copies are the loads there), the persistent loops over units / items.
+NOT_EPILOGUE = {"load_chunk_weights", "build_pixel_table", "build_tile_table", "gemm_main", "k_prologue",
+                "issue_next", "next", "for", "if", "while", "zero_dropped_partials"}
 
 
 def find_nvcc() -> str | None:
@@ -87,13 +88,14 @@ def find_binutil(name: str) -> str | None:
     return None
 
 
-def _cache_dir() -> str:
+def cache_dir() -> str:
     d = os.environ.get("GHOSTKERNELS_SASS_CACHE") or os.path.join(tempfile.gettempdir(), "ghostkernels-sass")
     os.makedirs(d, exist_ok=True)
     return d
 
 
-def _sources_hash(extra: str) -> str:
+def sources_hash(extra: str) -> str:
+    """Hash of every csrc/ header and .cu file that the kernels compile from (not the emulator), and `extra`."""
     h = hashlib.sha256(extra.encode())
     for path in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
         if path.endswith((".h", ".cuh", ".cu")) and "emulation" not in path:
@@ -107,14 +109,35 @@ def compile_cubin(cu_file: str, arch: int, nvcc: str) -> str:
     """Path of the cubin of csrc/cuda/<cu_file> for sm_<arch>, compiled once per source hash."""
     src = os.path.join(CUDA_DIR, cu_file)
     flags = [f"-std={CXX_STD}", *NVCC_FLAGS, "-I", CSRC, f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin"]
-    key = _sources_hash(repr((cu_file, flags, nvcc)))
-    out = os.path.join(_cache_dir(), f"{os.path.splitext(cu_file)[0]}-sm{arch}-{key}.cubin")
+    key = sources_hash(repr((cu_file, flags, nvcc)))
+    out = os.path.join(cache_dir(), f"{os.path.splitext(cu_file)[0]}-sm{arch}-{key}.cubin")
     if not os.path.isfile(out):
         tmp = out + f".tmp{os.getpid()}"
         r = subprocess.run([nvcc, *flags, src, "-o", tmp], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"nvcc failed on {cu_file}:\n{r.stdout}\n{r.stderr}")
         os.replace(tmp, out)
+    return out
+
+
+def extract_cubin(obj: str, arch: int) -> str:
+    """The sm_<arch> cubin inside a relocatable object or fatbinary (nvcc -c with several -gencode), extracted
+    next to it once (cuobjdump -xelf)."""
+    cuobjdump = find_binutil("cuobjdump")
+    if not cuobjdump:
+        raise RuntimeError("cuobjdump not found (install triton, which ships it, or a CUDA toolkit)")
+    out = f"{os.path.splitext(obj)[0]}.sm_{arch}.cubin"
+    if os.path.isfile(out):
+        return out
+    listing = subprocess.run([cuobjdump, "-lelf", obj], capture_output=True, text=True, check=True).stdout
+    names = re.findall(r"ELF file\s+\d+:\s+(\S+)", listing)
+    wanted = [n for n in names if n.endswith(f".sm_{arch}.cubin")]
+    if len(wanted) != 1:
+        raise RuntimeError(f"{obj}: expected one sm_{arch} cubin, found {names}")
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(obj)) as tmp:
+        subprocess.run([cuobjdump, "-xelf", wanted[0], os.path.abspath(obj)], cwd=tmp, capture_output=True,
+                       text=True, check=True)
+        os.replace(os.path.join(tmp, wanted[0]), out)
     return out
 
 
@@ -279,15 +302,23 @@ def _elem_bytes(demangled: str) -> int:
     return 4 if not m or m.group(1) == "float" else 2
 
 
-def report_cubin(cubin: str, name_filter: str | None = None, stages: tuple[str, ...] | None = None
-                 ) -> list[KernelReport]:
-    nvdisasm, cuobjdump = find_binutil("nvdisasm"), find_binutil("cuobjdump")
-    if not nvdisasm or not cuobjdump:
-        raise RuntimeError("nvdisasm/cuobjdump not found (install triton, which ships them, or a CUDA toolkit)")
+def disassemble(cubin: str) -> tuple[dict[str, list[Instr]], dict[str, dict[str, int]], dict[str, str]]:
+    """parse_functions of the cubin's nvdisasm -gi text, and {mangled: demangled} of its functions."""
+    nvdisasm = find_binutil("nvdisasm")
+    if not nvdisasm:
+        raise RuntimeError("nvdisasm not found (install triton, which ships it, or a CUDA toolkit)")
     disasm = subprocess.run([nvdisasm, "-gi", "-c", cubin], capture_output=True, text=True, check=True).stdout
     funcs, labels = parse_functions(disasm)
+    return funcs, labels, _demangle([n for n in funcs if not n.startswith("$")])
+
+
+def report_cubin(cubin: str, name_filter: str | None = None, stages: tuple[str, ...] | None = None
+                 ) -> list[KernelReport]:
+    cuobjdump = find_binutil("cuobjdump")
+    if not cuobjdump:
+        raise RuntimeError("cuobjdump not found (install triton, which ships it, or a CUDA toolkit)")
+    funcs, labels, names = disassemble(cubin)
     res = _resources(cubin, cuobjdump)
-    names = _demangle([n for n in funcs if not n.startswith("$")])
     src_lines = {}
     for path in glob.glob(os.path.join(CUDA_DIR, "*.cu*")):
         with open(path) as f:

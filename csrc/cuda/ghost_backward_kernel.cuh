@@ -471,7 +471,10 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_backward_kernel(const Kerne
     const int tha = min(P.g.th, P.H - ty0), twa = min(P.g.tw, P.W - tx0);
     build_pixel_table(P, reinterpret_cast<long long*>(smem + P.L.pix), ty0, tx0, tha, twa);
     __syncthreads();
-    gemm_rect<T, kTF32, kCL>(P, smem, n, c0);
+    const GemmUnit gu{reinterpret_cast<const long long*>(smem + P.L.pix), n, c0, true};
+    k_prologue<T, kCL, false>(P, smem, gu);
+    gemm_main<T, kTF32, kCL, false>(P, smem, gu);
+    __syncthreads();
     x1_and_derivative<A, L>(P, smem, n_x1);
     __syncthreads();
     if (n_cheap > 0) {

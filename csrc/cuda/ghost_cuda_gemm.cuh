@@ -1,17 +1,25 @@
-// The primary 1x1 convolution of one block: Z[i][q] = sum_c W1[c0 + i][c] * x[n][c][pixel q of the GEMM rect],
-// for the block's kChunk channels and every pixel of its rect, accumulated in float32 into shared memory.
+// The primary 1x1 convolution of one work unit: Z[i][q] = sum_c W1[c0 + i][c] * x[n][c][pixel q of the GEMM rect],
+// for the unit's `rows` channels (L.rows: 32 in the backward, 32/64/128 in the forward) and every pixel of its rect,
+// accumulated in float32 into shared memory.
 //
 // Pipeline: the input channels are consumed in slices of kc (64 bytes of every pixel) through 2 to 4 shared-memory
 // stages (cp.async, completing asynchronously): while the tensor cores work on slice s, slices s + 1 .. s + S - 1
 // are in flight. Small rects (7x7 images with hundreds of input channels: ~5 KB per slice) get more stages so that
-// enough bytes are in flight to cover the memory latency; big rects have enough with two.
-// Both stages hold their matrix K-contiguous: A[i][k] (row-major) and B[q][k] (B "column-major"), which lets an
-// NHWC pixel's channels land with one 16-byte copy; NCHW inputs are transposed element by element on the way in.
+// enough bytes are in flight to cover the memory latency; big rects have enough with two. The loop is split into a
+// prologue (the first S - 1 slices) and the main loop, so that the forward can issue the next unit's prologue
+// before this unit's epilogue (L.overlap) and the copies run under the epilogue's arithmetic.
+// Stages hold their matrix K-contiguous: A[i][k] (row-major) and B[q][k] (B "column-major"), which lets an NHWC
+// pixel's channels land with one 16-byte copy; NCHW inputs are transposed element by element on the way in. With
+// L.xres the x slices land in the resident buffer X[q][c] instead (the same K-contiguous order, pitch L.ldx), where
+// the later units of the same tile find them; then only W1 streams.
 // Everything outside the image, past C or past I is zero-filled, so the padding columns produce z1 = 0 exactly.
 //
 // Math: float16/bfloat16 -> wmma m16n16k16 (HMMA) with float accumulation; float32 -> wmma m16n16k8 on TF32
 // (operands rounded to 10 mantissa bits, like cuDNN with allow_tf32) or, when TF32 is not allowed, plain float32
-// FMAs (each thread a 4 x 12 register tile; 16-byte shared loads keep the FMA:load ratio at 4).
+// FMAs (each thread a 4 x 12 register tile; 16-byte shared loads keep the FMA:load ratio at 4; 32-row units only).
+// The warps of a tensor-core unit form rows/32 row groups x L.wc column groups, each warp two 16-row tiles x up to
+// kColTilesPerWarp column tiles: the same fragments and the same k order for every Z element whatever the unit's
+// height or the x buffer, so every layout of the forward computes bit-identical z1 (the emulator's tests compare).
 #pragma once
 
 #include <mma.h>
@@ -66,60 +74,74 @@ __device__ __forceinline__ void copy_elem(T* dst, const T* src, bool valid) {
   }
 }
 
-// Copies input-channel slice [k0, k0 + kc) of W1's chunk rows and of x's rect pixels into stage buffers As, Bs.
-template <typename T, bool kCL>
-__device__ __forceinline__ void load_stage(const KernelParams& P, const long long* pix, T* As, T* Bs, int k0, long long n,
-                                           int c0) {
+// The operands of one work unit's GEMM.
+struct GemmUnit {
+  const long long* pix;  // the pixel table of the unit's rect (build_pixel_table)
+  long long n;           // image
+  int c0;                // first x1 channel (W1 row)
+  bool load_x;           // copy x's slices (false: L.xres and X already holds this tile)
+};
+
+// Copies input-channel slice [k0, k0 + kc) of W1's unit rows into As and, when u.load_x, of x's rect pixels into
+// Bs (row pitch ldb; kcols <= kc channels of the slice exist in Bs: the resident X ends at L.kpad).
+template <typename T, bool kCL, bool kFwd>
+__device__ __forceinline__ void load_stage(const KernelParams& P, const GemmUnit& u, T* As, T* Bs, int ldb, int k0,
+                                           int kcols) {
   constexpr int ES = sizeof(T), KC = ES == 4 ? 16 : 32, VEC = 16 / ES, LD = KC + VEC;
   const T* w1 = static_cast<const T*>(P.w1);
   const T* x = static_cast<const T*>(P.x);
-  const long long xn = n * P.C * P.HW;
+  const long long xn = u.n * P.C * P.HW;
+  const long long* pix = u.pix;
+  const int c0 = u.c0, rows = kFwd ? P.L.rows : kChunk;
   // The copies are asynchronous (or, on the 16-bit element path, independent loads the compiler can batch), so the
   // loops stay rolled: unrolling them only holds addresses in registers that the accumulators need.
   if (P.vec_w1) {
 #pragma unroll 1
-    for (int e = threadIdx.x; e < kChunk * (KC / VEC); e += kThreads) {
+    for (int e = threadIdx.x; e < rows * (KC / VEC); e += kThreads) {
       const int i = e / (KC / VEC), k = (e % (KC / VEC)) * VEC;
       const bool ok = c0 + i < P.I && k0 + k < P.C;
       cp_async16(As + i * LD + k, ok ? w1 + (long long)(c0 + i) * P.C + k0 + k : w1, ok);
     }
   } else {
 #pragma unroll 1
-    for (int e = threadIdx.x; e < kChunk * KC; e += kThreads) {
+    for (int e = threadIdx.x; e < rows * KC; e += kThreads) {
       const int i = e / KC, k = e % KC;
       const bool ok = c0 + i < P.I && k0 + k < P.C;
       copy_elem(As + i * LD + k, ok ? w1 + (long long)(c0 + i) * P.C + k0 + k : w1, ok);
     }
   }
-  const int cols = P.L.cols;
+  if (kFwd && !u.load_x) return;
+  const int cols = P.L.gcols;
   if constexpr (kCL) {
     if (P.vec_x) {  // a pixel's kc channels are 64 contiguous bytes: KC / VEC 16-byte copies
 #pragma unroll 1
       for (int e = threadIdx.x; e < cols * (KC / VEC); e += kThreads) {
         const int q = e / (KC / VEC), k = (e % (KC / VEC)) * VEC;
+        if (k >= kcols) continue;
         const long long v = pix[q];
         const bool ok = v >= 0 && k0 + k < P.C;
-        cp_async16(Bs + q * LD + k, ok ? x + xn + (v >> 1) * P.C + k0 + k : x, ok);
+        cp_async16(Bs + q * ldb + k, ok ? x + xn + (v >> 1) * P.C + k0 + k : x, ok);
       }
     } else {
 #pragma unroll 1
       for (int e = threadIdx.x; e < cols * KC; e += kThreads) {
         const int q = e / KC, k = e % KC;
+        if (k >= kcols) continue;
         const long long v = pix[q];
         const bool ok = v >= 0 && k0 + k < P.C;
-        copy_elem(Bs + q * LD + k, ok ? x + xn + (v >> 1) * P.C + k0 + k : x, ok);
+        copy_elem(Bs + q * ldb + k, ok ? x + xn + (v >> 1) * P.C + k0 + k : x, ok);
       }
     }
   } else {  // NCHW: a warp reads 32 consecutive pixels of one channel (coalesced) and transposes them into Bs
     const int lane = threadIdx.x % 32;
 #pragma unroll 1
-    for (int k = threadIdx.x / 32; k < KC; k += kWarps) {
+    for (int k = threadIdx.x / 32; k < kcols; k += kWarps) {
       const bool kok = k0 + k < P.C;
       const long long xc = xn + (long long)(k0 + k) * P.HW;
       for (int q = lane; q < cols; q += 32) {
         const long long v = pix[q];
         const bool ok = kok && v >= 0;
-        copy_elem(Bs + q * LD + k, ok ? x + xc + (v >> 1) : x, ok);
+        copy_elem(Bs + q * ldb + k, ok ? x + xc + (v >> 1) : x, ok);
       }
     }
   }
@@ -153,30 +175,45 @@ __device__ __forceinline__ void to_tf32(FragT& f) {
   for (int t = 0; t < f.num_elements; ++t) f.x[t] = nvcuda::wmma::__float_to_tf32(f.x[t]);
 }
 
-// acc[r][m] += A(rows 16m..16m+15) . B(columns of tile warp + r * kWarps) over one stage.
+// Where a warp's tiles lie: row group rg (rows 32 rg .. 32 rg + 31 of the unit), column group cg (column tiles
+// cg, cg + wc, cg + 2 wc). With 32-row units (wc = 8) warp w takes column tiles w, w + 8, w + 16.
+struct WarpTiles {
+  int rg, cg, wc;
+  __device__ __forceinline__ explicit WarpTiles(int wc_) : wc(wc_) {
+    const int warp = threadIdx.x / 32;
+    rg = warp / wc;
+    cg = warp - rg * wc;
+  }
+  __device__ __forceinline__ int col_tile(int r) const { return cg + r * wc; }
+};
+
+// acc[r][m] += A(rows 32 rg + 16m .. + 15) . B(column tile col_tile(r)) over the first ksteps k steps of one stage
+// (a slice of the resident X may hold fewer than kc channels: the steps past its end are skipped).
 template <typename T>
-__device__ __forceinline__ void mma_stage(const T* As, const T* Bs, int col_tiles,
-                                          AccFrag<T> (&acc)[kColTilesPerWarp][2]) {
+__device__ __forceinline__ void mma_stage(const T* As, const T* Bs, int ldb, int ksteps, int col_tiles,
+                                          const WarpTiles& wt, AccFrag<T> (&acc)[kColTilesPerWarp][2]) {
   namespace wmma = nvcuda::wmma;
   using F = typename MmaTypes<T>::Frag;
   constexpr int KS = MmaTypes<T>::kStep;
   constexpr int ES = sizeof(T), KC = ES == 4 ? 16 : 32, LD = KC + 16 / ES;
-  const int warp = threadIdx.x / 32;
+  const T* Aw = As + 32 * wt.rg * LD;
 #pragma unroll
-  for (int ks = 0; ks < KC; ks += KS) {
+  for (int s = 0; s < KC / KS; ++s) {
+    if (s >= ksteps) break;  // block-uniform
+    const int ks = s * KS;
     wmma::fragment<wmma::matrix_a, 16, 16, KS, F, wmma::row_major> a0, a1;
-    wmma::load_matrix_sync(a0, As + ks, LD);
-    wmma::load_matrix_sync(a1, As + 16 * LD + ks, LD);
+    wmma::load_matrix_sync(a0, Aw + ks, LD);
+    wmma::load_matrix_sync(a1, Aw + 16 * LD + ks, LD);
     if constexpr (sizeof(T) == 4) {
       to_tf32(a0);
       to_tf32(a1);
     }
 #pragma unroll
     for (int r = 0; r < kColTilesPerWarp; ++r) {
-      const int nt = warp + r * kWarps;
+      const int nt = wt.col_tile(r);
       if (nt < col_tiles) {  // warp-uniform, as wmma requires
         wmma::fragment<wmma::matrix_b, 16, 16, KS, F, wmma::col_major> b;
-        wmma::load_matrix_sync(b, Bs + nt * 16 * LD + ks, LD);
+        wmma::load_matrix_sync(b, Bs + nt * 16 * ldb + ks, ldb);
         if constexpr (sizeof(T) == 4) to_tf32(b);
         wmma::mma_sync(acc[r][0], a0, b, acc[r][0]);
         wmma::mma_sync(acc[r][1], a1, b, acc[r][1]);
@@ -234,63 +271,103 @@ __device__ __forceinline__ void cp_async_wait_pending(int pending) {
     cp_async_wait<2>();
 }
 
-// The multistage K loop shared by both GEMM paths: S = P.L.stages stages, S - 1 slices in flight while one is
-// consumed, one barrier per slice. Commit group g always holds slice g (empty groups keep the count when the loop
-// runs out of slices), so waiting until at most S - 2 groups are pending means slice kc has landed. The barrier
-// then also guarantees every warp finished slice kc - 1, whose stage the next copy reuses.
-template <typename T, bool kCL, typename Consume>
-__device__ __forceinline__ void k_loop(const KernelParams& P, const long long* pix, unsigned char* smem, long long n,
-                                       int c0, Consume consume) {
-  constexpr int ES = sizeof(T), KC = ES == 4 ? 16 : 32;
+// Slice kc of a unit: its stage (kc % S; each unit restarts at stage 0), where its x lands and how much of it.
+template <typename T>
+struct SliceBuffers {
+  T* As;
+  T* Bs;
+  int ldb;    // B's row pitch (elements)
+  int kcols;  // channels of the slice that exist in Bs (< kc only at the end of a resident X)
+};
+// kFwd: the forward's layouts (resident x possible); the backward's (kFwd = false) always streams, and compiling
+// that in keeps its registers where they were.
+template <typename T, bool kFwd>
+__device__ __forceinline__ SliceBuffers<T> slice_buffers(const KernelParams& P, unsigned char* smem, int kc) {
+  constexpr int ES = sizeof(T), KC = ES == 4 ? 16 : 32, LD = KC + 16 / ES;
+  const int s = kc % P.L.stages;
   // Stage s lives at a0 + s * a_step, b0 + s * b_step: pointer arithmetic, not an array indexed at run time
   // (which would put the pointers in local memory).
-  T* const A0 = reinterpret_cast<T*>(smem + P.L.a0);
-  T* const B0 = reinterpret_cast<T*>(smem + P.L.b0);
-  const int a_step = int(P.L.a_step) / ES, b_step = int(P.L.b_step) / ES;
-  const int S = P.L.stages;
+  T* const As = reinterpret_cast<T*>(smem + P.L.a0 + unsigned(s) * P.L.a_step);
+  if (kFwd && P.L.xres) {
+    const int k0 = kc * KC, left = P.L.kpad - k0;
+    return {As, reinterpret_cast<T*>(smem + P.L.x) + k0, P.L.ldx, left < KC ? left : KC};
+  }
+  return {As, reinterpret_cast<T*>(smem + P.L.b0 + unsigned(s) * P.L.b_step), LD, KC};
+}
+
+template <typename T, bool kCL, bool kFwd>
+__device__ __forceinline__ void issue_slice(const KernelParams& P, unsigned char* smem, const GemmUnit& u, int kc) {
+  constexpr int KC = sizeof(T) == 4 ? 16 : 32;
+  const SliceBuffers<T> b = slice_buffers<T, kFwd>(P, smem, kc);
+  load_stage<T, kCL, kFwd>(P, u, b.As, b.Bs, b.ldb, kc * KC, b.kcols);
+}
+
+// The first S - 1 slices of a unit, one commit group each (empty groups where the unit has fewer slices).
+template <typename T, bool kCL, bool kFwd>
+__device__ __forceinline__ void k_prologue(const KernelParams& P, unsigned char* smem, const GemmUnit& u) {
+  constexpr int KC = sizeof(T) == 4 ? 16 : 32;
   const int nk = (P.C + KC - 1) / KC;
-  for (int s = 0; s < S - 1; ++s) {
-    if (s < nk) load_stage<T, kCL>(P, pix, A0 + s * a_step, B0 + s * b_step, s * KC, n, c0);
+  for (int s = 0; s < P.L.stages - 1; ++s) {
+    if (s < nk) issue_slice<T, kCL, kFwd>(P, smem, u, s);
     cp_async_commit();
   }
+}
+
+// The main K loop after k_prologue: S - 1 slices in flight while one is consumed, one barrier per slice. Commit
+// group g always holds slice g (empty groups keep the count when the loop runs out of slices), so waiting until at
+// most S - 2 groups are pending means slice kc has landed. The barrier then also guarantees every warp finished
+// slice kc - 1, whose stage the next copy reuses.
+template <typename T, bool kCL, bool kFwd, typename Consume>
+__device__ __forceinline__ void k_main(const KernelParams& P, unsigned char* smem, const GemmUnit& u,
+                                       Consume consume) {
+  constexpr int KC = sizeof(T) == 4 ? 16 : 32;
+  const int S = P.L.stages;
+  const int nk = (P.C + KC - 1) / KC;
   for (int kc = 0; kc < nk; ++kc) {
     cp_async_wait_pending(S - 2);
     __syncthreads();
-    const int nxt = kc + S - 1, nb = nxt % S, cb = kc % S;
-    if (nxt < nk) load_stage<T, kCL>(P, pix, A0 + nb * a_step, B0 + nb * b_step, nxt * KC, n, c0);
+    if (kc + S - 1 < nk) issue_slice<T, kCL, kFwd>(P, smem, u, kc + S - 1);
     cp_async_commit();
-    consume(A0 + cb * a_step, B0 + cb * b_step);
+    consume(slice_buffers<T, kFwd>(P, smem, kc));
   }
   cp_async_wait<0>();  // only empty groups can be pending here
-  __syncthreads();     // every warp is done with the stages, which Z overwrites next
+  __syncthreads();     // every warp is done with the stages (stage S - 1 and, without overlap, all alias Z)
 }
 
-// Runs the whole K loop and leaves z1 (without bias) in Z. Ends with a barrier after Z is written. Callers must
-// have built the pixel table and put a barrier after it. kTF32 only matters for T = float.
-template <typename T, bool kTF32, bool kCL>
-__device__ void gemm_rect(const KernelParams& P, unsigned char* smem, long long n, int c0) {
+// The GEMM of a unit whose k_prologue was issued: leaves z1 (without bias) in Z and zeroes Z's slack columns past
+// the GEMM's (the depthwise windows may read them). Every warp is done with the stages when it returns (k_main's
+// last barrier), so the caller may issue the next unit's prologue right away (the forward does, with L.overlap);
+// the caller's barrier then makes Z visible. Callers must have built the unit's pixel table and put a barrier
+// after it before the prologue. kTF32 only matters for T = float; kFwd as for slice_buffers (the backward's units
+// are 32 rows, wc = 8, and its GEMM covers all of Z).
+template <typename T, bool kTF32, bool kCL, bool kFwd>
+__device__ void gemm_main(const KernelParams& P, unsigned char* smem, const GemmUnit& u) {
   namespace wmma = nvcuda::wmma;
   constexpr bool kTensorCores = sizeof(T) == 2 || kTF32;
-  const long long* pix = reinterpret_cast<const long long*>(smem + P.L.pix);
+  constexpr int KS = MmaTypes<T>::kStep, KC = sizeof(T) == 4 ? 16 : 32;
   float* Z = reinterpret_cast<float*>(smem + P.L.z);
-  const int cols = P.L.cols, col_tiles = cols / 16;
+  const int gcols = P.L.gcols, col_tiles = gcols / 16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   if constexpr (kTensorCores) {
+    const WarpTiles wt(kFwd ? P.L.wc : kWarps);
     AccFrag<T> acc[kColTilesPerWarp][2];
 #pragma unroll
     for (int r = 0; r < kColTilesPerWarp; ++r) {
       wmma::fill_fragment(acc[r][0], 0.f);
       wmma::fill_fragment(acc[r][1], 0.f);
     }
-    k_loop<T, kCL>(P, pix, smem, n, c0, [&](const T* As, const T* Bs) { mma_stage<T>(As, Bs, col_tiles, acc); });
+    k_main<T, kCL, kFwd>(P, smem, u, [&](const SliceBuffers<T>& b) {
+      mma_stage<T>(b.As, b.Bs, b.ldb, kFwd ? (b.kcols + KS - 1) / KS : KC / KS, col_tiles, wt, acc);
+    });
     const auto layout = kCL ? wmma::mem_col_major : wmma::mem_row_major;
 #pragma unroll
     for (int r = 0; r < kColTilesPerWarp; ++r) {
-      const int nt = warp + r * kWarps;
+      const int nt = wt.col_tile(r);
       if (nt < col_tiles) {
 #pragma unroll
-        for (int m = 0; m < 2; ++m) wmma::store_matrix_sync(Z + z_index<kCL>(P, 16 * m, 16 * nt), acc[r][m], P.L.ldz, layout);
+        for (int m = 0; m < 2; ++m)
+          wmma::store_matrix_sync(Z + z_index<kCL>(P, 32 * wt.rg + 16 * m, 16 * nt), acc[r][m], P.L.ldz, layout);
       }
     }
   } else {
@@ -299,16 +376,22 @@ __device__ void gemm_rect(const KernelParams& P, unsigned char* smem, long long 
     for (int ii = 0; ii < kFfmaRows; ++ii)
 #pragma unroll
       for (int r = 0; r < kFfmaCols; ++r) acc[ii][r] = 0.f;
-    k_loop<T, kCL>(P, pix, smem, n, c0, [&](const T* As, const T* Bs) { ffma_stage(As, Bs, cols, acc); });
+    k_main<T, kCL, kFwd>(P, smem, u, [&](const SliceBuffers<T>& b) { ffma_stage(b.As, b.Bs, gcols, acc); });
 #pragma unroll
     for (int ii = 0; ii < kFfmaRows; ++ii)
 #pragma unroll
       for (int r = 0; r < kFfmaCols; ++r) {
         const int q = lane + 32 * r;
-        if (q < cols) Z[z_index<kCL>(P, warp * kFfmaRows + ii, q)] = acc[ii][r];
+        if (q < gcols) Z[z_index<kCL>(P, warp * kFfmaRows + ii, q)] = acc[ii][r];
       }
   }
-  __syncthreads();
+  if constexpr (kFwd) {  // the backward's GEMM covers every Z column
+    const int slack = P.L.cols - gcols;
+    for (int e = threadIdx.x; e < slack * P.L.rows; e += kThreads) {
+      const int i = e % P.L.rows, q = gcols + e / P.L.rows;
+      Z[z_index<kCL>(P, i, q)] = 0.f;
+    }
+  }
 }
 
 }  // namespace cuda

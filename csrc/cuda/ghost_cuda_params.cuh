@@ -38,6 +38,9 @@ struct KernelParams {
   long long N = 0, HW = 0;
   long long items = 0;      // N * tiles: (image, tile) work items
   long long groups = 0;     // backward: blocks per chunk, each looping over items
+  // Forward: units = items * g.chunks (chunk fastest), split into contiguous runs over the grid's blocks: block b
+  // runs units_per_block units (one more for b < units_rem) from b * units_per_block + min(b, units_rem).
+  long long units = 0, units_per_block = 0, units_rem = 0;
   Act act = Act::Identity;  // read only by the instantiations compiled for a run-time activation (kActRuntime)
   Layout layout = Layout::NCHW;  // which instantiation runs (choose_layout); the kernels know it at compile time
   bool vec_x = false;       // x rows can be fetched as 16-byte vectors (NHWC, C*sizeof % 16 == 0, aligned)
@@ -238,7 +241,8 @@ __device__ __forceinline__ void build_pixel_table(const KernelParams& P, long lo
   }
 }
 
-// The chunk's depthwise weights and biases as float in shared memory (zero past the last channel).
+// The unit's depthwise weights and biases as float in shared memory (zero past the last channel), L.rows x1
+// channels from c0 (and their L.cheap = rows * M cheap channels).
 template <typename T>
 __device__ __forceinline__ void load_chunk_weights(const KernelParams& P, unsigned char* smem, int c0) {
   const int KK = P.K * P.K, cheap = P.L.cheap;
@@ -256,7 +260,7 @@ __device__ __forceinline__ void load_chunk_weights(const KernelParams& P, unsign
     w2s[(e % KK) * cheap + e / KK] = j < nj ? Elem<T>::load(w2 + j0 * KK + e) : 0.f;
   }
   for (int e = threadIdx.x; e < cheap; e += kThreads) b2s[e] = j0 + e < nj ? Elem<T>::load(b2 + j0 + e) : 0.f;
-  for (int e = threadIdx.x; e < kChunk; e += kThreads) b1s[e] = c0 + e < P.I ? Elem<T>::load(b1 + c0 + e) : 0.f;
+  for (int e = threadIdx.x; e < P.L.rows; e += kThreads) b1s[e] = c0 + e < P.I ? Elem<T>::load(b1 + c0 + e) : 0.f;
 }
 
 }  // namespace cuda

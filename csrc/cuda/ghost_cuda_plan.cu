@@ -21,6 +21,17 @@ int elem_size(DType t) { return t == DType::Float32 ? 4 : 2; }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// The forward's layout when nothing more fits: 32-row units, stages inside Z, as the backward (plus the second
+// pixel table of the persistent loop). The tile search sizes forward tiles with it.
+SmemLayout forward_fallback_layout(const GhostShape& s, int rect, int stages) {
+  const int es = elem_size(s.dtype), M = int(s.M), KK = int(s.K * s.K);
+  if (stages == 0) {
+    const SmemLayout probe = make_forward_layout(es, s.channels_last, rect, int(s.C), M, KK, kChunk, false, false, 2);
+    stages = preferred_stages(probe.a_step, z_buffer_bytes(s.channels_last, probe.cols, kChunk));
+  }
+  return make_forward_layout(es, s.channels_last, rect, int(s.C), M, KK, kChunk, false, false, stages);
+}
+
 // One candidate tiling and its shared memory, or total = 0 when the GEMM rect is too wide.
 Plan make_plan(const GhostShape& s, bool backward, int th, int tw) {
   Plan pl;
@@ -35,8 +46,11 @@ Plan make_plan(const GhostShape& s, bool backward, int th, int tw) {
   pl.g.rw = tw + 2 * halo;
   pl.g.chunks = int((s.I + kChunk - 1) / kChunk);
   if (gemm_cols(pl.g.rh * pl.g.rw) > kMaxGemmCols) return pl;
-  pl.L = make_layout(elem_size(s.dtype), s.channels_last, pl.g.rh * pl.g.rw, backward, th, tw, p, int(s.M),
-                     int(s.K * s.K));
+  if (backward)
+    pl.L = make_layout(elem_size(s.dtype), s.channels_last, pl.g.rh * pl.g.rw, true, th, tw, p, int(s.M),
+                       int(s.K * s.K));
+  else
+    pl.L = forward_fallback_layout(s, pl.g.rh * pl.g.rw, 0);
   return pl;
 }
 
@@ -108,9 +122,124 @@ DeviceInfo device_info(int device) {
   return info;
 }
 
-Plan plan_forward(const GhostShape& s) {
+// x1 channels with any output: the kept primary channels, and the sources of the kept cheap channels. A forward
+// unit past them would store nothing, so the forward's chunks stop there.
+int64_t kept_x1(const GhostShape& s) {
+  const int64_t pk = s.OC < s.I ? s.OC : s.I, ck = s.OC > s.I ? s.OC - s.I : 0;
+  const int64_t src = s.M > 0 ? (ck + s.M - 1) / s.M : 0;
+  const int64_t kept = pk > src ? pk : src;
+  return kept > 0 ? kept : 1;
+}
+
+// The forward's unit height and buffers for the searched tile (see plan_forward in ghost_cuda_plan.h).
+Plan refine_forward(const GhostShape& s, const Plan& tile, const DeviceInfo& dev, const ForwardPlanRequest& req) {
+  Plan pl = tile;
+  const int es = elem_size(s.dtype), rect = tile.g.rh * tile.g.rw, M = int(s.M), KK = int(s.K * s.K);
+  const bool tensor_cores = s.dtype != DType::Float32 || s.fp32_math == Fp32Math::TF32;
+  const int64_t kept = kept_x1(s);
+  const unsigned optin = unsigned(dev.smem_optin);
+  // Two blocks per SM, as the launch bounds ask (the runtime reserves 1 KB of shared memory per block).
+  const unsigned two_per_sm = unsigned(dev.smem_per_sm / 2 - 1024);
+  const unsigned budget = two_per_sm < optin ? two_per_sm : optin;
+  const long long slots = 2LL * dev.sm_count;
+  const bool forced = req.rows != 0 || req.mode != 0 || req.stages != 0;
+
+  int rows = kChunk;
+  if (req.rows != 0) {
+    rows = req.rows;
+    if (!(rows == 32 || rows == 64 || rows == 128) || (rows != kChunk && !tensor_cores) ||
+        !forward_gemm_fits(rect, rows)) {
+      pl.why = "the requested forward unit height does not fit this shape";
+      return pl;
+    }
+  } else if (tensor_cores) {
+    for (int r = kMaxRows; r > kChunk; r /= 2) {
+      const long long chunks = (kept + r - 1) / r;
+      // Taller units mean fewer of them: keep them while they still occupy most resident blocks (a grid a
+      // little short of one wave runs as long as a full one; twice as many half-height units take longer).
+      if (forward_gemm_fits(rect, r) && kept > r / 2 && 4 * s.N * tile.g.ntiles() * chunks >= 3 * slots) {
+        rows = r;
+        break;
+      }
+    }
+  }
+  pl.g.chunks = int((kept + rows - 1) / rows);
+
+  // Candidate (x resident, overlap) pairs in order of preference. The resident X needs the MMA's k-step skipping,
+  // which the exact-float32 FMA path does not have.
+  const bool xres_ok = tensor_cores && pl.g.chunks > 1;
+  bool cand[4][2];
+  int ncand = 0;
+  if (req.mode != 0) {
+    if (req.mode < 1 || req.mode > 4 || (req.mode >= 3 && !tensor_cores)) {
+      pl.why = "the requested forward mode does not exist for this dtype";
+      return pl;
+    }
+    cand[0][0] = req.mode >= 3;
+    cand[0][1] = req.mode % 2 == 0;
+    ncand = 1;
+  } else {
+    if (xres_ok) {
+      cand[ncand][0] = true, cand[ncand++][1] = true;
+      cand[ncand][0] = true, cand[ncand++][1] = false;
+    }
+    cand[ncand][0] = false, cand[ncand++][1] = true;
+    cand[ncand][0] = false, cand[ncand++][1] = false;
+  }
+  for (int c = 0; c < ncand; ++c) {
+    const bool xres = cand[c][0], overlap = cand[c][1];
+    const SmemLayout probe = make_forward_layout(es, s.channels_last, rect, int(s.C), M, KK, rows, xres, overlap, 2);
+    if (probe.total == 0) continue;
+    const int deepest = req.stages != 0 ? req.stages
+                                        : preferred_stages(probe.a_step, z_buffer_bytes(s.channels_last, probe.cols, rows));
+    const int shallowest = req.stages != 0 ? req.stages : 2;
+    for (int st = deepest; st >= shallowest; --st) {
+      const SmemLayout L = make_forward_layout(es, s.channels_last, rect, int(s.C), M, KK, rows, xres, overlap, st);
+      if (L.total != 0 && L.total <= (forced ? optin : budget)) {
+        pl.L = L;
+        return pl;
+      }
+    }
+  }
+  if (forced) {
+    pl.why = "the requested forward plan does not fit in shared memory";
+    return pl;
+  }
+  // Nothing fits two blocks per SM: the tile search's own layout, which fits the opt-in limit.
+  pl.g.chunks = int((kept + kChunk - 1) / kChunk);
+  pl.L = tile.L;
+  return pl;
+}
+
+Plan plan_forward(const GhostShape& s, const ForwardPlanRequest& req) {
   const DeviceInfo dev = device_info(s.device);
-  return choose(s, false, unsigned(dev.smem_optin));
+  const Plan tile = choose(s, false, unsigned(dev.smem_optin));
+  if (tile.why != nullptr) return tile;
+  // Memoized like the tile search (a few dozen layout evaluations per call otherwise); the batch size is part of
+  // the key because the unit height depends on whether the batch fills the device.
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool, int,
+                         int, int, int>;
+  static std::mutex mu;
+  static std::map<Key, Plan> cache;
+  const Key key{s.N, s.C, s.H, s.W, s.I, s.M, s.K, s.OC, int(s.dtype), int(s.fp32_math), s.channels_last, s.device,
+                req.rows, req.mode, req.stages};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (cache.size() > 4096) cache.clear();
+  const Plan pl = refine_forward(s, tile, dev, req);
+  cache.emplace(key, pl);
+  return pl;
+}
+
+long long set_forward_grid(KernelParams& P, long long max_blocks) {
+  P.units = P.items * P.g.chunks;
+  if (P.units == 0) return 0;
+  long long blocks = P.units;
+  if (max_blocks > 0 && blocks > max_blocks) blocks = max_blocks;
+  P.units_per_block = P.units / blocks;
+  P.units_rem = P.units % blocks;
+  return blocks;
 }
 
 Plan plan_backward(const GhostShape& s) {
@@ -202,8 +331,10 @@ const char* unsupported_reason(const GhostShape& s, bool backward) {
     return "the CUDA kernels support depthwise kernel sizes 1, 3, 5 and 7 only";
   const Plan pl = backward ? plan_backward(s) : plan_forward(s);
   if (pl.why != nullptr) return pl.why;
-  if (!backward && (long long)pl.g.chunks * s.N * pl.g.ntiles() > INT_MAX)
-    return "the input has more tiles than one CUDA grid can hold (more than 2^31 - 1 blocks)";
+  // The forward kernel counts a block's units and its images in 32 bits; its grid has at least one block per SM.
+  if (!backward && s.N * pl.g.ntiles() * pl.g.chunks / (dev.sm_count > 0 ? dev.sm_count : 1) >= INT_MAX)
+    return "the input has too many tiles for the CUDA forward kernel (more than 2^31 - 1 per SM)";
+  if (!backward && s.N >= INT_MAX) return "the batch is too large for the CUDA forward kernel (2^31 images or more)";
   return nullptr;
 }
 

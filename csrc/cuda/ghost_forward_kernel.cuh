@@ -3,15 +3,21 @@
 //   out[:, I + j] = act(b2[j] + dw_kxk(x1[j / M], w2[j]))        for the kept cheap channels,
 // with x1 = 0 outside the image (zero padding of the depthwise conv is applied after the activation).
 //
-// One block = one (image, tile of th x tw pixels, chunk of 32 x1 channels). It
+// Work unit = (image, tile of th x tw pixels, chunk of L.rows x1 channels: 32, or 64 / 128 for small rects on tensor
+// cores). The grid is persistent: block b runs a contiguous run of units (KernelParams::units_per_block), chunk
+// fastest, so a block usually runs all chunks of a tile back to back. Per unit it
 //   1. computes z1 for the tile plus a halo of p = k/2 pixels on tensor cores (ghost_cuda_gemm.cuh) into Z,
 //   2. turns Z into x1 in place (bias, activation, zero outside the image) on the whole rect -- no global access;
 //   3. after one barrier, stores the tile's own pixels of x1 as the primary half of the output, and computes the
-//      chunk's 32*M cheap channels from Z (ghost_cuda_window.cuh) and stores them.
-// x is read once per chunk (the chunk index varies fastest in the grid, so the chunks of a tile run together and
-// re-reads of x hit L2; so do the halo re-reads of neighbouring tiles); the output is written once; nothing else
-// touches global memory. Halo pixels cost recomputed GEMM columns, which the tensor cores have to spare, and the
-// cheap pass 2 (a shared-memory round trip); they are never part of a store loop.
+//      chunk's rows*M cheap channels from Z (ghost_cuda_window.cuh) and stores them.
+// Latency: with L.overlap the next unit's first S - 1 slices (W1, and x unless it is resident) are issued as
+// cp.async right after this unit's GEMM, so they land while steps 2-3 run; for C <= kc (one slice) that is the next
+// tile's whole x, so no unit but a block's first waits for its x. The next tile's pixel table is built into the
+// second table during this unit.
+// Traffic: x is read once per chunk, or once per tile with L.xres (x resident in shared memory across the chunks of
+// a tile; the plan takes it where it fits, ghost_cuda_plan.cu); W1 once per unit; the output is written once.
+// Halo pixels cost recomputed GEMM columns, which the tensor cores have to spare, and the cheap pass 2 (a
+// shared-memory round trip); they are never part of a store loop.
 //
 // Template parameters: the element type T, TF32 for float (kTF32), k = 3 fixed (KT = 3) or at run time (KT = 0),
 // the activation A (compile time, so no per-element switch; kActRuntime only for the NHWC fallback) and the
@@ -27,10 +33,10 @@
 namespace ghostkernels {
 namespace cuda {
 
-// Step 2: Z <- x1 = act(z1 + b1) on every rect pixel (0 outside the image) for the chunk's n_x1 channels.
+// Step 2: Z <- x1 = act(z1 + b1) on every rect pixel (0 outside the image) for the unit's n_x1 channels.
 template <Act A, Layout L>
-__device__ __forceinline__ void x1_in_place(const KernelParams& P, unsigned char* smem, int n_x1) {
-  const long long* pix = reinterpret_cast<const long long*>(smem + P.L.pix);
+__device__ __forceinline__ void x1_in_place(const KernelParams& P, unsigned char* smem, const long long* pix,
+                                            int n_x1) {
   const float* b1s = reinterpret_cast<const float*>(smem + P.L.bias1);
   float* Z = reinterpret_cast<float*>(smem + P.L.z);
   const int rect = P.g.rh * P.g.rw;
@@ -135,7 +141,7 @@ __device__ __forceinline__ void primary_stores(const KernelParams& P, unsigned c
   }
 }
 
-// Step 3b, NCHW and NHWC: the chunk's kept cheap channels on the tile's own pixels, kVX adjacent pixels per thread.
+// Step 3b, NCHW and NHWC: the unit's kept cheap channels on the tile's own pixels, kVX adjacent pixels per thread.
 template <typename T, Act A, int KT, bool kCL>
 __device__ __forceinline__ void cheap_epilogue(const KernelParams& P, unsigned char* smem, long long n, int c0,
                                                int n_cheap, int ty0, int tx0, int tha, int twa) {
@@ -233,6 +239,50 @@ __device__ __forceinline__ void cheap_epilogue_vec(const KernelParams& P, unsign
   }
 }
 
+// Where the units of a block's run are: (image, tile, chunk), advanced without a division per unit. The image is
+// an int (the planner checks N < 2^31): the persistent loop's state stays in few registers.
+struct UnitCursor {
+  int n, tile, chunk;
+  __device__ __forceinline__ UnitCursor(const KernelParams& P, long long u) {
+    const long long item = u / P.g.chunks;
+    chunk = int(u - item * P.g.chunks);
+    const int ntiles = P.g.tiles_y * P.g.tiles_x;
+    n = int(item / ntiles);
+    tile = int(item - (long long)n * ntiles);
+  }
+  // The following unit; true when it starts a new tile.
+  __device__ __forceinline__ bool next(const KernelParams& P) {
+    if (++chunk < P.g.chunks) return false;
+    chunk = 0;
+    if (++tile == P.g.tiles_y * P.g.tiles_x) {
+      tile = 0;
+      ++n;
+    }
+    return true;
+  }
+};
+
+// A tile's origin and its size clipped to the image.
+struct TileBox {
+  int ty0, tx0, tha, twa;
+  __device__ __forceinline__ TileBox(const KernelParams& P, int tile) {
+    const int ty = tile / P.g.tiles_x;
+    ty0 = ty * P.g.th;
+    tx0 = (tile - ty * P.g.tiles_x) * P.g.tw;
+    tha = min(P.g.th, P.H - ty0);
+    twa = min(P.g.tw, P.W - tx0);
+  }
+};
+
+__device__ __forceinline__ long long* pixel_table(const KernelParams& P, unsigned char* smem, int which) {
+  return reinterpret_cast<long long*>(smem + P.L.pix + unsigned(which) * P.L.pix_step);
+}
+
+__device__ __forceinline__ void build_tile_table(const KernelParams& P, long long* pix, int tile) {
+  const TileBox t(P, tile);
+  build_pixel_table(P, pix, t.ty0, t.tx0, t.tha, t.twa);
+}
+
 // The activation is an int template argument (kActRuntime for the fallback): nvcc's host stubs spell an enum
 // argument outside the enumerators in a form the host compiler rejects.
 template <typename T, bool kTF32, int KT, int kAct, Layout L>
@@ -243,31 +293,64 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const Kernel
   constexpr bool kCL = L != Layout::NCHW;
   constexpr Act A = static_cast<Act>(kAct);
   GK_DYNAMIC_SHARED_MEMORY(smem);
-  const int chunk = int(blockIdx.x % unsigned(P.g.chunks));
-  const long long item = blockIdx.x / unsigned(P.g.chunks);
-  const int ntiles = P.g.tiles_y * P.g.tiles_x;
-  const long long n = item / ntiles;
-  const int tile = int(item - n * ntiles);
-  const int c0 = chunk * kChunk;
-  const int n_x1 = min(kChunk, P.I - c0);          // x1 channels of this chunk (the last chunk may be partial)
-  const int n_primary = min(max(P.PK - c0, 0), kChunk);
-  const int n_cheap = int(min(max((long long)P.CK - (long long)c0 * P.M, 0LL), (long long)kChunk * P.M));
-  if (n_primary == 0 && n_cheap == 0) return;  // this chunk's channels are all sliced away (block-uniform)
+  const long long b = blockIdx.x;
+  // Loop state, few registers (the cheap epilogue of the run-time-k instantiation sits at the 128-register cap):
+  // the units left in this block's run (< 2^31, checked by the planner), the cursor and two flags in one word.
+  int left = int(P.units_per_block) + (b < P.units_rem ? 1 : 0);
+  if (left <= 0) return;
+  UnitCursor cur(P, b * P.units_per_block + (b < P.units_rem ? b : P.units_rem));
+  constexpr int kTable = 1;  // which pixel table holds the current tile
+  constexpr int kFirst = 2;  // the run's first unit: it loads x even when it starts inside a tile (xres), and its
+                             // prologue was not issued by a previous unit (with L.overlap every later one's was)
+  int flags = kFirst;
 
-  const int ty0 = (tile / P.g.tiles_x) * P.g.th, tx0 = (tile % P.g.tiles_x) * P.g.tw;
-  const int tha = min(P.g.th, P.H - ty0), twa = min(P.g.tw, P.W - tx0);
-  load_chunk_weights<T>(P, smem, c0);
-  build_pixel_table(P, reinterpret_cast<long long*>(smem + P.L.pix), ty0, tx0, tha, twa);
+  // The next unit's first slices, copied from its tile's pixel table (the other table at a new tile). Recomputed
+  // from `cur` where needed rather than held: the GEMM needs the registers.
+  const auto issue_next = [&]() {
+    UnitCursor nx = cur;
+    const bool new_tile = nx.next(P);
+    const int table = (flags & kTable) ^ (new_tile ? 1 : 0);
+    k_prologue<T, kCL, true>(P, smem, GemmUnit{pixel_table(P, smem, table), nx.n, nx.chunk * P.L.rows,
+                                               !P.L.xres || new_tile});
+  };
+  build_tile_table(P, pixel_table(P, smem, 0), cur.tile);
   __syncthreads();
-  gemm_rect<T, kTF32, kCL>(P, smem, n, c0);
-  x1_in_place<A, L>(P, smem, n_x1);
-  __syncthreads();
-  primary_stores<T, L>(P, smem, n, c0, n_primary, ty0, tx0, tha, twa);
-  if (n_cheap == 0) return;
-  if constexpr (L == Layout::NHWCVec)
-    cheap_epilogue_vec<T, A, KT>(P, smem, n, c0, n_cheap, ty0, tx0, tha, twa);
-  else
-    cheap_epilogue<T, A, KT, kCL>(P, smem, n, c0, n_cheap, ty0, tx0, tha, twa);
+  for (;;) {
+    const int c0 = cur.chunk * P.L.rows, table = flags & kTable;
+    const GemmUnit gu{pixel_table(P, smem, table), cur.n, c0, !P.L.xres || (flags & kFirst) || cur.chunk == 0};
+    if (!P.L.overlap || (flags & kFirst)) k_prologue<T, kCL, true>(P, smem, gu);
+    // The weights of this unit (the previous unit's epilogue is done with them) and the next tile's pixel table
+    // (its slot's last reader was an earlier tile's epilogue); both are visible after the K loop's barriers.
+    load_chunk_weights<T>(P, smem, c0);
+    if (left > 1 && cur.chunk + 1 == P.g.chunks) {
+      const int ntiles = P.g.tiles_y * P.g.tiles_x;
+      build_tile_table(P, pixel_table(P, smem, table ^ 1), cur.tile + 1 == ntiles ? 0 : cur.tile + 1);
+    }
+    gemm_main<T, kTF32, kCL, true>(P, smem, gu);
+    // With L.overlap the next unit's first slices go out now and land during this unit's epilogue: stages
+    // 0..S-2 and X are disjoint from Z and not read by the epilogue (tests/test_cuda_sass.py finds these copies
+    // by this line).
+    if (P.L.overlap && left > 1)
+      issue_next();
+    __syncthreads();  // Z complete
+    x1_in_place<A, L>(P, smem, pixel_table(P, smem, table), min(P.L.rows, P.I - c0));
+    __syncthreads();
+    {  // step 3 (each call on a line of its own in the kernel body: sass_report names the loops by these lines)
+      const int n_primary = min(max(P.PK - c0, 0), P.L.rows);
+      const int n_cheap = int(min(max((long long)P.CK - (long long)c0 * P.M, 0LL), (long long)P.L.cheap));
+      const TileBox t(P, cur.tile);
+      primary_stores<T, L>(P, smem, cur.n, c0, n_primary, t.ty0, t.tx0, t.tha, t.twa);
+      if (n_cheap > 0) {
+        if constexpr (L == Layout::NHWCVec)
+          cheap_epilogue_vec<T, A, KT>(P, smem, cur.n, c0, n_cheap, t.ty0, t.tx0, t.tha, t.twa);
+        else
+          cheap_epilogue<T, A, KT, kCL>(P, smem, cur.n, c0, n_cheap, t.ty0, t.tx0, t.tha, t.twa);
+      }
+    }
+    if (--left == 0) break;
+    __syncthreads();  // Z, the weights and (at a new tile) this pixel table are rewritten next
+    flags = cur.next(P) ? table ^ 1 : table;
+  }
 #endif
 }
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tile_math import act_derivative, apply_act, primary_conv_region, work_item
+from .tile_math import act_derivative, apply_act, image_offset, primary_conv_region, work_item
 
 
 @triton.autotune(configs=configs.autotune_configs(triton), key=configs.AUTOTUNE_KEY)
@@ -39,7 +39,7 @@ def ghost_backward_kernel(
         K: tl.constexpr, M: tl.constexpr, ACT: tl.constexpr, CHEAP: tl.constexpr,
         TH: tl.constexpr, TW: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_P1: tl.constexpr,
         SUB_P: tl.constexpr, SUB_A: tl.constexpr, SUB_Q: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+        VEC: tl.constexpr, XVEC: tl.constexpr, BLOCK_C: tl.constexpr):
     """See the module docstring. Regions, each flattened row-major: the tile T (TH x TW), the single halo
     H1 = T + r (BLOCK_P1 slots, row length RW1), the double halo H2 = T + 2r (BLOCK_P slots, row length RW2).
     A shift by one radius maps H1-local (a_y, a_x) + tap (dy, dx) to H2-local (a_y + dy, a_x + dx), and T-local
@@ -49,7 +49,8 @@ def ghost_backward_kernel(
     are, they spilled on sm_90: 16 bytes at 128 registers for float16 k = 3, 255 registers and 8 bytes for
     bfloat16 k = 5; rolled, 128 and 168 without spills). nprog is the grid size (the interpreter's tl.num_programs
     is not a scalar); HW is only there for the autotuner's key.
-    VEC > 1: the per-pixel offsets of x, grad_out and gz1 are multiples of VEC (see the forward kernel)."""
+    VEC > 1: the per-pixel and per-image offsets of grad_out and gz1 are multiples of VEC; XVEC > 1: those of x
+    (see the forward kernel)."""
     R: tl.constexpr = K // 2
     KK: tl.constexpr = K * K
     RH2: tl.constexpr = TH + 4 * R
@@ -70,14 +71,14 @@ def ghost_backward_kernel(
         t = work // n_iblocks  # (image, tile) index: this item's row of the depthwise partial sums
         ii = i0 + il
         i_ok = ii < I
-        g_img = g_ptr + n.to(tl.int64) * sgn
+        g_img = g_ptr + image_offset(n, sgn, VEC)
 
         # Phase 1: z1 and x1 on the double halo, into scratch.
         tl.debug_barrier()  # WAR on the scratch slot against the previous work item
         for p0 in range(0, RH2 * RW2, SUB_P):
-            z1, in_image = primary_conv_region(x_ptr + n.to(tl.int64) * sxn, sxc, sxh, sxw, wp_ptr, bp_ptr, i0,
-                                               ty0 - 2 * R, tx0 - 2 * R, p0, C, I, H, W, RH2, RW2, SUB_P, BLOCK_I,
-                                               BLOCK_C, DOT_PRECISION, VEC)
+            z1, in_image = primary_conv_region(x_ptr + image_offset(n, sxn, XVEC), sxc, sxh, sxw, wp_ptr, bp_ptr,
+                                               i0, ty0 - 2 * R, tx0 - 2 * R, p0, C, I, H, W, RH2, RW2, SUB_P, BLOCK_I,
+                                               BLOCK_C, DOT_PRECISION, XVEC)
             x1 = tl.where(in_image[None, :], apply_act(z1, ACT), 0.0).to(x_ptr.dtype.element_ty)
             cols = p0 + tl.arange(0, SUB_P)[None, :]
             tl.store(x1_rows + cols, x1)
@@ -103,13 +104,12 @@ def ghost_backward_kernel(
                     a_img = a_ok & (hy >= 0) & (hy < H) & (hx >= 0) & (hx < W)
                     a_own = a_img & (ay >= R) & (ay < R + TH) & (ax >= R) & (ax < R + TW)
                     acc = tl.zeros([BLOCK_I, SUB_A], dtype=tl.float32)
-                    for tap in range(KK):
-                        ey = tap // K
-                        ex = tap % K
-                        wv = tl.load(wc_ptr + j * KK + tap, mask=i_ok, other=0.0).to(tl.float32)
-                        xs = tl.load(x1_rows + ((ay + ey) * RW2 + ax + ex)[None, :], mask=a_ok[None, :],
-                                     other=0.0).to(tl.float32)
-                        acc += wv[:, None] * xs
+                    for ey in range(K):
+                        row = (ay + ey) * RW2 + ax
+                        for ex in tl.static_range(K):
+                            wv = tl.load(wc_ptr + j * KK + (ey * K + ex), mask=i_ok, other=0.0).to(tl.float32)
+                            xs = tl.load(x1_rows + (row + ex)[None, :], mask=a_ok[None, :], other=0.0).to(tl.float32)
+                            acc += wv[:, None] * xs
                     h_off = hy * sgh + hx * sgw
                     if VEC > 1:
                         h_off = tl.multiple_of(h_off, VEC)
@@ -160,20 +160,19 @@ def ghost_backward_kernel(
             if CHEAP:
                 for m in tl.static_range(M):
                     j = ii * M + m
-                    for tap in range(KK):
-                        fy = tap // K
-                        fx = tap % K
-                        wv = tl.load(wc_ptr + j * KK + tap, mask=i_ok, other=0.0).to(tl.float32)
-                        gs = tl.load(g_rows + m * (BLOCK_I * BLOCK_P1)
-                                     + ((qy + 2 * R - fy) * RW1 + qx + 2 * R - fx)[None, :],
-                                     mask=q_ok[None, :], other=0.0)
-                        gx1 += wv[:, None] * gs
+                    for fy in range(K):
+                        row = (qy + 2 * R - fy) * RW1 + qx + 2 * R
+                        for fx in tl.static_range(K):
+                            wv = tl.load(wc_ptr + j * KK + (fy * K + fx), mask=i_ok, other=0.0).to(tl.float32)
+                            gs = tl.load(g_rows + m * (BLOCK_I * BLOCK_P1) + (row - fx)[None, :], mask=q_ok[None, :],
+                                         other=0.0)
+                            gx1 += wv[:, None] * gs
             z1_tile = tl.load(z1_rows + ((qy + 2 * R) * RW2 + qx + 2 * R)[None, :], mask=q_ok[None, :], other=0.0)
             gz1 = gx1 * act_derivative(z1_tile, ACT)
             z_off = oy * szh + ox * szw  # computed here, not with g_off: live across the tap loops it cost registers
             if VEC > 1:
                 z_off = tl.multiple_of(z_off, VEC)
-            tl.store(gz1_ptr + n.to(tl.int64) * szn + ii[:, None] * szc + z_off[None, :],
+            tl.store(gz1_ptr + image_offset(n, szn, VEC) + ii[:, None] * szc + z_off[None, :],
                      gz1.to(gz1_ptr.dtype.element_ty), mask=i_ok[:, None] & pix_ok[None, :])
 
 
@@ -195,15 +194,6 @@ def _pointwise_conv_grads(x, w_primary, gz1, fmt: torch.memory_format):
         grad_x = torch.matmul(wp.t(), g3).reshape(N, C, H, W)
         grad_wp = torch.matmul(g3, x3.transpose(1, 2)).sum(0, dtype=torch.float32).to(x.dtype)
     return grad_x, grad_wp.reshape(w_primary.shape)
-
-
-def _backward_vec(x, grad_out, gz1, C: int, out_channels: int, init: int) -> int:
-    """VEC for the backward: x, grad_out and gz1 channels_last with channel stride 1 and per-pixel strides equal to
-    their channel counts (gz1 is allocated so when grad_x's format is channels_last)."""
-    tensors = ((x, C), (grad_out, out_channels), (gz1, init))
-    if any(t.stride(1) != 1 or t.stride(3) != ch for t, ch in tensors):
-        return 1
-    return configs.channel_vector(C, out_channels, init, *(t.stride(2) for t, _ in tensors))
 
 
 def backward_launch_plan(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act_id: int,
@@ -233,8 +223,11 @@ def backward_launch_plan(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, ou
             C, init, H, W, H * W, out_channels, geo.tiles_x, geo.tiles_per_image, num_work, nprog)
     consts = dict(K=K, M=M, ACT=act_id, CHEAP=cheap, TH=geo.TH, TW=geo.TW, BLOCK_I=block_i, BLOCK_P=geo.BLOCK_P,
                   BLOCK_P1=geo.BLOCK_P1, SUB_P=configs.sub_block(geo.BLOCK_P, block_i, 16),
-                  SUB_A=configs.sub_block(geo.BLOCK_P1, block_i), SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i),
-                  DOT_PRECISION=configs.dot_precision(dt), VEC=_backward_vec(x, grad_out, gz1, C, out_channels, init))
+                  SUB_A=configs.sub_block(geo.BLOCK_P1, block_i, elems=configs.tap_chunk_elems()),
+                  SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i, elems=configs.tap_chunk_elems()),
+                  DOT_PRECISION=configs.dot_precision(dt),
+                  VEC=min(configs.tensor_vector(grad_out, out_channels), configs.tensor_vector(gz1, init)),
+                  XVEC=configs.tensor_vector(x, C))
     return (nprog,), args, consts, gz1, part_wc, part_bc
 
 

@@ -6,7 +6,10 @@ Triton compiles for a target given by its driver; this tool installs a stand-in 
 (sm_<arch>) and compiles each kernel through JITFunction.run(warmup=True), which compiles without launching.
 ptxas (shipped with triton) runs for real, so what this reports is what the GPU would load: registers per thread,
 spill stack, shared memory. It catches code that the interpreter accepts but the compiler rejects, and register
-blow-ups (a kernel over 128 registers at 4 warps runs at most 4 programs per SM).
+blow-ups (a kernel over 128 registers at 4 warps runs at most 4 programs per SM). It also reads the PTX for the
+widths of the x tile's global loads (tile_math.primary_conv_region's `xt = tl.load(...)`): 16-byte accesses (ld.global.v4
+or the pipeliner's 16-byte cp.async) are what a channels_last 16-bit x must get, 2-byte ones mean the vector hints
+did not hold.
 
 It must run without TRITON_INTERPRET=1 (the interpreter replaces the compiler). It uses triton's driver hook and
 JITFunction.run, internal APIs that exist in triton 3.6 and 3.7.
@@ -15,7 +18,10 @@ JITFunction.run, internal APIs that exist in triton 3.6 and 3.7.
 from __future__ import annotations
 
 import argparse
+import collections
+import inspect
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -64,6 +70,41 @@ def _resource_usage(cubin: bytes) -> str:
     return "resource usage unavailable"
 
 
+_PTX_LOC = re.compile(r"^\s*\.loc\s.*//\s*([\w.]+\.py):(\d+):")
+_PTX_LD = re.compile(r"\bld\.global(?:\.\w+)*?(?:\.v(\d))?\.[bufs](\d+)\b")
+_PTX_CP = re.compile(r"\bcp\.async\.c[ag]\.shared\.global\s*\[[^]]*\],\s*\[[^]]*\],\s*(0x[0-9a-f]+|\d+)")
+
+
+def x_tile_line() -> int:
+    """Line of tile_math.py that loads the x tile of the 1x1 conv."""
+    from . import tile_math
+
+    with open(inspect.getsourcefile(tile_math)) as f:
+        return next(i for i, text in enumerate(f, 1) if text.strip().startswith("xt = tl.load("))
+
+
+def global_load_widths(ptx: str, file: str, line: int) -> dict[int, int]:
+    """{bytes per access: count} of the global loads (ld.global and cp.async global -> shared) that the PTX
+    attributes to file:line."""
+    widths = collections.Counter()
+    here = None
+    for text in ptx.splitlines():
+        m = _PTX_LOC.match(text)
+        if m:
+            here = (m.group(1), int(m.group(2)))
+            continue
+        if here != (file, line):
+            continue
+        m = _PTX_LD.search(text)
+        if m:
+            widths[int(m.group(1) or 1) * int(m.group(2)) // 8] += 1
+            continue
+        m = _PTX_CP.search(text)
+        if m:
+            widths[int(m.group(1), 0)] += 1
+    return dict(widths)
+
+
 def _case_tensors(dtype_name, C, init, H, W, M, k, oc, channels_last):
     import torch
 
@@ -110,8 +151,10 @@ def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3):
                     except Exception as e:  # report every failure, keep compiling the rest
                         results.append((desc, False, f"{type(e).__name__}: {e}"))
                         continue
+                    widths = global_load_widths(compiled.asm["ptx"], "tile_math.py", x_tile_line())
+                    loads = " ".join(f"{b}Bx{n}" for b, n in sorted(widths.items())) or "none"
                     detail = (f"{_resource_usage(compiled.asm['cubin'])} smem={compiled.metadata.shared} "
-                              f"({time.time() - t0:.1f}s)")
+                              f"x-tile loads [{loads}] ({time.time() - t0:.1f}s)")
                     results.append((desc, True, detail))
         return results
     finally:

@@ -127,11 +127,12 @@ def choose_block_i(init: int) -> int:
     return min(cands, key=lambda b: _ceil_div(init, b) * b)
 
 
-def sub_block(region_block: int, block_i: int, minimum: int = 1) -> int:
+def sub_block(region_block: int, block_i: int, minimum: int = 1, elems: int | None = None) -> int:
     """Pixels per chunk of a pass over a region of `region_block` slots: a [BLOCK_I, chunk] tile of about
-    chunk_elems() elements, so that offsets, pointers and accumulators stay in registers. `minimum` is 16 for
-    the 1x1 conv, whose tl.dot needs N >= 16."""
-    return max(minimum, min(region_block, next_pow2(max(1, chunk_elems() // block_i))))
+    `elems` (default chunk_elems()) elements, so that offsets, pointers and accumulators stay in registers.
+    `minimum` is 16 for the 1x1 conv, whose tl.dot needs N >= 16."""
+    elems = chunk_elems() if elems is None else elems
+    return max(minimum, min(region_block, next_pow2(max(1, elems // block_i))))
 
 
 def chunk_elems() -> int:
@@ -140,6 +141,13 @@ def chunk_elems() -> int:
     96-170 for the backward (128 at 8 warps); 2048 took 165-250, and whole 256-slot regions spilled. Under the interpreter, whose cost is per operation rather than per element, 4096: a test
     tile is then one chunk (tests/test_triton_backend.py lowers it to cover the chunk loops)."""
     return 4096 if interpreting() else 1024
+
+
+def tap_chunk_elems() -> int:
+    """Elements of one [BLOCK_I, chunk] tile in the backward's depthwise passes (gz2 on the single halo, gx1 on the
+    tile), whose taps are unrolled along each kernel row: half of chunk_elems() on the GPU, so that the unrolled
+    taps' shifted offsets fit the registers; the interpreter's size otherwise (NOTES entry 37)."""
+    return chunk_elems() if interpreting() else 512
 
 
 # Persistent programs per SM. Each program owns a scratch slot for the whole launch, so the scratch stays small
@@ -221,6 +229,14 @@ def channel_vector(*channel_counts: int) -> int:
     tl.multiple_of on their per-pixel offsets, which lets Triton vectorize the channel-contiguous accesses; it is a
     promise about the offsets, so it must only be given when true."""
     return 8 if all(int(c) % 8 == 0 for c in channel_counts) else 1
+
+
+def tensor_vector(t, channels: int) -> int:
+    """channel_vector for one tensor's per-pixel accesses: channels_last with channel stride 1, per-pixel stride
+    `channels`, and row and image strides (the kernels' n * stride offset) multiples of the vector too; else 1."""
+    if t.stride(1) != 1 or t.stride(3) != channels:
+        return 1
+    return channel_vector(channels, t.stride(2), t.stride(0))
 
 
 AUTOTUNE_KEY = ["I", "C", "HW", "K"]  # Triton adds the dtypes of the tensor arguments to the key itself

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tile_math import apply_act, primary_conv_region, work_item
+from .tile_math import apply_act, image_offset, primary_conv_region, work_item
 
 
 @triton.autotune(configs=configs.autotune_configs(triton), key=configs.AUTOTUNE_KEY)
@@ -35,14 +35,15 @@ def ghost_forward_kernel(
         C, I, H, W, HW, OC, tiles_x, tiles_per_image, num_work, nprog,
         K: tl.constexpr, M: tl.constexpr, ACT: tl.constexpr, CHEAP: tl.constexpr,
         TH: tl.constexpr, TW: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, SUB_P: tl.constexpr,
-        SUB_Q: tl.constexpr, DOT_PRECISION: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+        SUB_Q: tl.constexpr, DOT_PRECISION: tl.constexpr, VEC: tl.constexpr, XVEC: tl.constexpr,
+        BLOCK_C: tl.constexpr):
     """See the module docstring. The 1x1 conv walks the halo tile in chunks of SUB_P slots, the output pass walks
     the tile in chunks of SUB_Q pixels with each kernel row's k taps unrolled (tl.static_range: constant column
     shifts, no index arithmetic per tap; unrolling the rows too took 255 registers and spilled for k = 5 bfloat16 on
     sm_90), so that one [BLOCK_I, chunk] tile is live at a time: whole tiles need more than 255 registers per
-    thread and spill. VEC > 1: x's and out's per-pixel offsets are multiples of VEC
-    (channels_last, every channel count a multiple of VEC; configs.channel_vector), hinted to Triton so the
-    channel-contiguous accesses can be vectors.
+    thread and spill. VEC > 1 (out) and XVEC > 1 (x): the tensor's per-pixel and per-image offsets are multiples
+    of it (channels_last, its channel count a multiple of it; configs.tensor_vector), hinted to Triton so the
+    channel-contiguous accesses can be vectors (the x tile's loads become 16-byte copies; tile_math).
     HW is unused in the body; it is an argument so that the autotuner can key on it. nprog is the grid size,
     passed in because the interpreter's tl.num_programs is not a scalar."""
     R: tl.constexpr = K // 2
@@ -64,15 +65,15 @@ def ghost_forward_kernel(
         # The previous work item's shifted loads must be finished before its slot is overwritten (WAR) ...
         tl.debug_barrier()
         for p0 in range(0, RH * RW, SUB_P):
-            z1, in_image = primary_conv_region(x_ptr + n.to(tl.int64) * sxn, sxc, sxh, sxw, wp_ptr, bp_ptr, i0,
-                                               ty0 - R, tx0 - R, p0, C, I, H, W, RH, RW, SUB_P, BLOCK_I, BLOCK_C,
-                                               DOT_PRECISION, VEC)
+            z1, in_image = primary_conv_region(x_ptr + image_offset(n, sxn, XVEC), sxc, sxh, sxw, wp_ptr, bp_ptr,
+                                               i0, ty0 - R, tx0 - R, p0, C, I, H, W, RH, RW, SUB_P, BLOCK_I,
+                                               BLOCK_C, DOT_PRECISION, XVEC)
             x1 = tl.where(in_image[None, :], apply_act(z1, ACT), 0.0).to(out_ptr.dtype.element_ty)
             tl.store(rows + p0 + tl.arange(0, SUB_P)[None, :], x1)
         # ... and every thread's stores must be visible before the shifted loads read them (RAW).
         tl.debug_barrier()
 
-        out_img = out_ptr + n.to(tl.int64) * son
+        out_img = out_ptr + image_offset(n, son, VEC)
         for q0 in range(0, TH * TW, SUB_Q):
             q = q0 + tl.arange(0, SUB_Q)
             qy = q // TW
@@ -104,13 +105,6 @@ def ghost_forward_kernel(
                              mask=(i_ok & (ch < OC))[:, None] & pix_ok[None, :])
 
 
-def _forward_vec(x, out, C: int, out_channels: int) -> int:
-    """VEC for the forward: x and out channels_last with channel stride 1 and per-pixel strides of C and OC."""
-    if x.stride(1) != 1 or out.stride(1) != 1 or x.stride(3) != C or out.stride(3) != out_channels:
-        return 1
-    return configs.channel_vector(C, out_channels, x.stride(2), out.stride(2))
-
-
 def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int):
     """(grid, positional args, constexpr kwargs) of ghost_forward_kernel writing into `out` (already allocated in
     the output memory format); allocates the per-program scratch. Weights are made contiguous here: the kernel
@@ -130,7 +124,7 @@ def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_chan
     consts = dict(K=K, M=M, ACT=act_id, CHEAP=out_channels > init, TH=geo.TH, TW=geo.TW, BLOCK_I=block_i,
                   BLOCK_P=geo.BLOCK_P, SUB_P=configs.sub_block(geo.BLOCK_P, block_i, 16),
                   SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i), DOT_PRECISION=configs.dot_precision(x.dtype),
-                  VEC=_forward_vec(x, out, C, out_channels))
+                  VEC=configs.tensor_vector(out, out_channels), XVEC=configs.tensor_vector(x, C))
     return (nprog,), args, consts
 
 

@@ -57,6 +57,17 @@ def work_item(work, n_iblocks, tiles_per_image, tiles_x, TH: tl.constexpr, TW: t
 
 
 @triton.jit
+def image_offset(n, stride, VEC: tl.constexpr):
+    """n * stride in 64 bits, the element offset of image n; VEC > 1 promises it is a multiple of VEC (the
+    tensor's image stride is, configs.tensor_vector), which Triton cannot infer for a stride that is not a multiple
+    of 16 and needs for the per-pixel vectors behind this offset to stay aligned."""
+    off = n.to(tl.int64) * stride
+    if VEC > 1:
+        off = tl.multiple_of(off, VEC)
+    return off
+
+
+@triton.jit
 def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I, H, W,
                         RH: tl.constexpr, RW: tl.constexpr, SUB_P: tl.constexpr, BLOCK_I: tl.constexpr,
                         BLOCK_C: tl.constexpr, DOT_PRECISION: tl.constexpr, VEC: tl.constexpr):
@@ -74,7 +85,12 @@ def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I
     allows TF32 for convolutions ("tf32", configs.fp32_dot_precision).
 
     VEC > 1 promises that every pixel's offset is a multiple of VEC elements (channels_last x with C % VEC == 0):
-    with the channel stride 1 (which Triton specializes on), the x tile is VEC-element vectors along the channels.
+    with the channel stride 1 (which Triton specializes on), the x tile is VEC-element vectors along the channels,
+    its axis 0, contiguous over BLOCK_C (a power of two). For the loads to become 16-byte vectors the compiler must
+    also see the mask constant over each vector, which `cc < C` is not when C is not a multiple of 16 (Triton knows
+    the divisibility of an integer argument only by 16): the channel test is written on vector indices instead,
+    cc // VEC < C // VEC, equal over the VEC channels of a vector and the same test since C % VEC == 0. The same
+    holds for W1's rows (offset ii * C, a multiple of VEC).
     """
     p = p0 + tl.arange(0, SUB_P)
     py = y0 + p // RW
@@ -83,14 +99,19 @@ def primary_conv_region(x_ptr, sxc, sxh, sxw, w_ptr, b_ptr, i0, y0, x0, p0, C, I
     ii = i0 + tl.arange(0, BLOCK_I)
     i_ok = ii < I
     pix_off = py * sxh + px * sxw
+    w_row = ii * C
     if VEC > 1:
         pix_off = tl.multiple_of(pix_off, VEC)
+        w_row = tl.multiple_of(w_row, VEC)
     acc = tl.zeros([BLOCK_I, SUB_P], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cc = tl.max_contiguous(tl.multiple_of(c0 + tl.arange(0, BLOCK_C), BLOCK_C), BLOCK_C)
-        c_ok = cc < C
+        if VEC > 1:
+            c_ok = cc // VEC < C // VEC
+        else:
+            c_ok = cc < C
         xt = tl.load(x_ptr + cc[:, None] * sxc + pix_off[None, :], mask=c_ok[:, None] & in_image[None, :], other=0.0)
-        wt = tl.load(w_ptr + ii[:, None] * C + cc[None, :], mask=i_ok[:, None] & c_ok[None, :], other=0.0)
+        wt = tl.load(w_ptr + w_row[:, None] + cc[None, :], mask=i_ok[:, None] & c_ok[None, :], other=0.0)
         acc = tl.dot(wt, xt, acc, input_precision=DOT_PRECISION)
     bias = tl.load(b_ptr + ii, mask=i_ok, other=0.0).to(tl.float32)
     return acc + bias[:, None], in_image

@@ -4,14 +4,19 @@
 //
 // Build: g++ -std=c++17 -O1 -I<cuda include> ghost_cuda_emulator.cpp -o ghost_cuda_emulator  (no CUDA library).
 //
-// Usage: ghost_cuda_emulator IN OUT [--reverse]
-//   IN : "GKEM", then 15 int64 (mode 0 forward / 1 backward, dtype 0 float32 / 1 float16 / 2 bfloat16,
-//        fp32_math 0 exact / 1 tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, unused), then float32
-//        arrays: x [N,C,H,W], w1 [I,C], b1 [I], w2 [I*M,K*K], b2 [I*M], and for backward grad_out [N,OC,H,W]; all
-//        NCHW, values exactly representable in the dtype.
+// Usage: ghost_cuda_emulator IN OUT [--reverse] | ghost_cuda_emulator --plan IN
+//   IN : "GKEM", then 18 int64 (mode 0 forward / 1 backward, dtype 0 float32 / 1 float16 / 2 bfloat16,
+//        fp32_math 0 exact / 1 tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, blocks, rows, fmode,
+//        stages), then float32 arrays: x [N,C,H,W], w1 [I,C], b1 [I], w2 [I*M,K*K], b2 [I*M], and for backward
+//        grad_out [N,OC,H,W]; all NCHW, values exactly representable in the dtype.
+//        groups: the backward's block groups. blocks: the forward's persistent grid (0: as the launcher sizes it
+//        for the emulated H100, 132 SMs x 1 block). rows / fmode / stages: ForwardPlanRequest (0: the planner's
+//        choice), so that tests can run every forward layout on the same inputs.
 //   OUT: float32 arrays: forward out [N,OC,H,W]; backward grad_z1 [N,I,H,W] then the group-summed partials
 //        [I*M, K*K+1]. NCHW whatever the kernel's layout. A line "plan th tw ..." goes to stdout.
 //   --reverse runs each block's threads in descending order (a missing barrier shows up as a different result).
+//   --plan prints the plan of the header's shape (the arrays may be absent) and exits: what the planner would
+//        choose on an H100 (shared memory per block, unit height, x resident, overlap, stages, units).
 // Outputs are filled with NaN before the kernels run, so an element the kernels fail to write comes back as NaN.
 #include "cuda_host_emulation.h"
 
@@ -168,7 +173,7 @@ using namespace ghostkernels;
 using namespace ghostkernels::cuda;
 
 struct Header {
-  int64_t mode, dtype, fp32_math, channels_last, act, N, C, H, W, I, M, K, OC, groups, unused;
+  int64_t mode, dtype, fp32_math, channels_last, act, N, C, H, W, I, M, K, OC, groups, blocks, rows, fmode, stages;
 };
 
 template <typename T>
@@ -221,8 +226,7 @@ std::vector<float> read_floats(FILE* f, int64_t n) {
   return v;
 }
 
-template <typename T, bool kTF32>
-void run(const Header& h, FILE* in, FILE* out, bool reverse) {
+GhostShape shape_of(const Header& h) {
   GhostShape s;
   s.N = h.N;
   s.C = h.C;
@@ -236,18 +240,45 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
   s.dtype = DType(h.dtype);
   s.fp32_math = Fp32Math(h.fp32_math);
   s.channels_last = h.channels_last != 0;
+  return s;
+}
+
+ForwardPlanRequest request_of(const Header& h) {
+  ForwardPlanRequest r;
+  r.rows = int(h.rows);
+  r.mode = int(h.fmode);
+  r.stages = int(h.stages);
+  return r;
+}
+
+Plan plan_of(const Header& h) {
+  const GhostShape s = shape_of(h);
+  return h.mode == 1 ? plan_backward(s) : plan_forward(s, request_of(h));
+}
+
+void print_plan(const Header& h, const Plan& pl) {
+  const long long units = h.N * pl.g.ntiles() * pl.g.chunks;
+  std::printf("plan th=%d tw=%d tiles=%dx%d halo=%d rect=%dx%d cols=%d gcols=%d chunks=%d smem=%u rows=%d "
+              "xres=%d overlap=%d stages=%d units=%lld\n",
+              pl.g.th, pl.g.tw, pl.g.tiles_y, pl.g.tiles_x, pl.g.halo, pl.g.rh, pl.g.rw, pl.L.cols, pl.L.gcols,
+              pl.g.chunks, pl.L.total, pl.L.rows, int(pl.L.xres), int(pl.L.overlap), pl.L.stages, units);
+}
+
+template <typename T, bool kTF32>
+void run(const Header& h, FILE* in, FILE* out, bool reverse) {
+  const GhostShape s = shape_of(h);
   const bool backward = h.mode == 1, cl = s.channels_last;
   const int64_t HW = h.H * h.W, KK = h.K * h.K;
   if (const char* why = unsupported_reason(s, backward)) throw std::runtime_error(why);
+  const Plan pl = plan_of(h);
+  if (pl.why != nullptr) throw std::runtime_error(pl.why);
 
   const std::vector<T> x = to_layout<T>(read_floats(in, h.N * h.C * HW), h.N, h.C, HW, cl);
   const std::vector<T> w1 = convert<T>(read_floats(in, h.I * h.C));
   const std::vector<T> b1 = convert<T>(read_floats(in, h.I));
   const std::vector<T> w2 = convert<T>(read_floats(in, h.I * h.M * KK));
   const std::vector<T> b2 = convert<T>(read_floats(in, h.I * h.M));
-  const Plan pl = backward ? plan_backward(s) : plan_forward(s);
-  std::printf("plan th=%d tw=%d tiles=%dx%d halo=%d rect=%dx%d cols=%d chunks=%d smem=%u\n", pl.g.th, pl.g.tw,
-              pl.g.tiles_y, pl.g.tiles_x, pl.g.halo, pl.g.rh, pl.g.rw, pl.L.cols, pl.g.chunks, pl.L.total);
+  print_plan(h, pl);
   KernelParams P = make_kernel_params(s, pl.g, pl.L, x.data(), w1.data(), b1.data(), w2.data(), b2.data());
   emulation::Scheduler sched;
   emulation::g = &sched;
@@ -259,7 +290,9 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
     P.layout = choose_layout(s, o.data(), nullptr);
     std::printf("layout %d\n", int(P.layout));
     const KernelFn k = select_kernel<false, T, kTF32>(int(h.K), s.act, P.layout);
-    const long long blocks = (long long)pl.g.chunks * P.items;
+    // The launcher's grid: one resident block per emulated SM, unless the test asks for another size.
+    const long long blocks = set_forward_grid(P, h.blocks > 0 ? h.blocks : 132);
+    std::printf("grid %lld blocks, %lld units\n", blocks, P.units);
     for (long long b = 0; b < blocks; ++b) emulation::run_block(k, P, unsigned(b), reverse);
     const std::vector<float> r = from_layout(o, h.N, h.OC, HW, cl);
     std::fwrite(r.data(), sizeof(float), r.size(), out);
@@ -291,14 +324,15 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const bool plan_only = argc == 3 && std::string(argv[1]) == "--plan";
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s IN OUT [--reverse]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s IN OUT [--reverse] | %s --plan IN\n", argv[0], argv[0]);
     return 2;
   }
   const bool reverse = argc > 3 && std::string(argv[3]) == "--reverse";
-  FILE* in = std::fopen(argv[1], "rb");
-  FILE* out = std::fopen(argv[2], "wb");
-  if (!in || !out) {
+  FILE* in = std::fopen(argv[plan_only ? 2 : 1], "rb");
+  FILE* out = plan_only ? nullptr : std::fopen(argv[2], "wb");
+  if (!in || (!plan_only && !out)) {
     std::fprintf(stderr, "emulator: cannot open %s or %s\n", argv[1], argv[2]);
     return 2;
   }
@@ -309,6 +343,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (plan_only) {
+      const GhostShape s = shape_of(h);
+      if (const char* why = unsupported_reason(s, h.mode == 1)) throw std::runtime_error(why);
+      const Plan pl = plan_of(h);
+      if (pl.why != nullptr) throw std::runtime_error(pl.why);
+      print_plan(h, pl);
+      return 0;
+    }
     if (h.dtype == 1)
       run<__half, false>(h, in, out, reverse);
     else if (h.dtype == 2)
