@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import glob
 import importlib.util
@@ -127,14 +128,18 @@ class CudaObjects:
         base = os.path.splitext(os.path.basename(src))[0]
         obj = os.path.join(self.dir, f"{base}-{sass.sources_hash(repr(self._key))}.o")
         cmd = [self.nvcc, *self.flags, "-c", src, "-o", obj]
-        if os.path.isfile(obj):
-            return CompiledUnit(src, cmd, 0, "(unchanged sources: the object of an earlier run)", obj)
-        tmp = f"{obj}.tmp{os.getpid()}"
-        r = subprocess.run([*cmd[:-1], tmp], capture_output=True, text=True)
-        if r.returncode != 0:
-            return CompiledUnit(src, cmd, r.returncode, r.stdout + r.stderr, None)
-        os.replace(tmp, obj)
-        return CompiledUnit(src, cmd, 0, r.stdout + r.stderr, obj)
+        # One compile per object across processes too (pytest-xdist workers run test_cuda_compile.py and
+        # test_cuda_sass.py side by side): the second waits for the first's object instead of compiling it again.
+        with open(f"{obj}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if os.path.isfile(obj):
+                return CompiledUnit(src, cmd, 0, "(unchanged sources: the object of an earlier compile)", obj)
+            tmp = f"{obj}.tmp{os.getpid()}"
+            r = subprocess.run([*cmd[:-1], tmp], capture_output=True, text=True)
+            if r.returncode != 0:
+                return CompiledUnit(src, cmd, r.returncode, r.stdout + r.stderr, None)
+            os.replace(tmp, obj)
+            return CompiledUnit(src, cmd, 0, r.stdout + r.stderr, obj)
 
     def cubin(self, name: str, arch: int = 90) -> str:
         """The sm_<arch> cubin inside the object of csrc/cuda/<name> (extracted once)."""
