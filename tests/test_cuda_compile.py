@@ -2,8 +2,8 @@
 
 1. Every ``csrc/cuda/*.cu`` compiles with nvcc for sm_80 and sm_90 (one nvcc call per file, both architectures),
    with the flags torch's JIT build uses, so a kernel that does not build fails CI rather than a user's first call.
-2. The torch binding ``csrc/cuda/ghost_module_cuda.cpp`` passes ``c++ -fsyntax-only`` against torch's headers and
-   the CUDA runtime headers (a CPU-only torch wheel ships the c10/cuda headers it uses).
+2. The torch bindings ``csrc/cuda/*.cpp`` pass ``c++ -fsyntax-only`` against torch's headers and the CUDA runtime
+   headers (a CPU-only torch wheel ships the c10/cuda headers they use).
 3. The kernels compute the right thing: ``csrc/cuda/emulation`` runs the unchanged kernel code on the host (a
    block's threads as fibers, barriers and warp shuffles emulated, shared memory pre-filled with NaN), and the
    results are compared with the float64 eager reference. This checks tiling, halos, image borders, channel chunks,
@@ -15,65 +15,24 @@
    (asynchronous copies, the real tensor-core fragment layouts, timing); that is bench/gpu/run_gpu_session.sh's job.
 
 Each part is skipped, with the reason, only where its tool is missing (nvcc, a C++ compiler, the CUDA headers).
+GhostNetV2's gate kernels have their own emulated tests (tests/test_cuda_gate.py).
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import struct
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils import cpp_extension
 
+from cuda_testing import (BINDINGS, CSRC, CU_FILES, CUDA_DIR, DTYPE_CODE, build_emulator, cuda_include_dir, cxx,
+                          cxx_std, nvcc, run_emulator)
+
 from ghostkernels.ops import build as _build
 from ghostkernels.ops.reference import activation, ghost_module_reference
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(REPO, "csrc")
-CUDA_DIR = os.path.join(CSRC, "cuda")
-CU_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
-
-
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    home = cpp_extension.CUDA_HOME
-    cand = os.path.join(home, "bin", "nvcc") if home else None
-    return cand if cand and os.path.isfile(cand) else None
-
-
-def _cuda_include_dir() -> str | None:
-    """The CUDA toolkit's include directory (the one holding cuda_runtime_api.h and cuda_fp16.h)."""
-    roots = []
-    nvcc = _nvcc()
-    if nvcc:
-        roots.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    if cpp_extension.CUDA_HOME:
-        roots.append(cpp_extension.CUDA_HOME)
-    roots.append("/usr/local/cuda")
-    for root in roots:
-        for inc in (os.path.join(root, "include"), os.path.join(root, "targets", "x86_64-linux", "include")):
-            if os.path.isfile(os.path.join(inc, "cuda_runtime_api.h")) and os.path.isfile(os.path.join(inc, "cuda_fp16.h")):
-                return inc
-    return None
-
-
-def _cxx() -> str | None:
-    return shutil.which(os.environ.get("CXX", "c++"))
-
-
-def _cxx_std() -> str:
-    """The C++ standard torch's own extension builds use (C++20 for recent torch, C++17 before)."""
-    import inspect
-
-    return "c++20" if "-std=c++20" in inspect.getsource(cpp_extension) else "c++17"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,10 +46,10 @@ def test_cuda_sources_exist():
 
 @pytest.mark.parametrize("path", CU_FILES, ids=os.path.basename)
 def test_cu_file_compiles_for_sm80_and_sm90(path, tmp_path):
-    nvcc = _nvcc()
-    if nvcc is None:
+    compiler = nvcc()
+    if compiler is None:
         pytest.skip("nvcc not found (no CUDA toolkit on PATH or in CUDA_HOME)")
-    cmd = [nvcc, f"-std={_cxx_std()}", *_build.nvcc_flags(), *cpp_extension.COMMON_NVCC_FLAGS, "-I", CSRC,
+    cmd = [compiler, f"-std={cxx_std()}", *_build.nvcc_flags(), *cpp_extension.COMMON_NVCC_FLAGS, "-I", CSRC,
            "--threads", "2",
            "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
            "-c", path, "-o", str(tmp_path / "out.o")]
@@ -102,9 +61,10 @@ def test_cu_file_compiles_for_sm80_and_sm90(path, tmp_path):
 # 2. the binding
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_binding_passes_syntax_check():
-    cxx, inc = _cxx(), _cuda_include_dir()
-    if cxx is None:
+@pytest.mark.parametrize("path", BINDINGS, ids=os.path.basename)
+def test_binding_passes_syntax_check(path):
+    compiler, inc = cxx(), cuda_include_dir()
+    if compiler is None:
         pytest.skip("no C++ compiler found")
     if inc is None:
         pytest.skip("the CUDA runtime headers (cuda_runtime_api.h) were not found")
@@ -113,9 +73,8 @@ def test_binding_passes_syntax_check():
         pytest.skip("this torch build ships no c10/cuda headers")
     # A CPU-only torch lacks the generated c10/cuda/impl/cuda_cmake_macros.h; its only content is the DLL-export
     # switch, which a syntax check does not need.
-    cmd = [cxx, f"-std={_cxx_std()}", "-fsyntax-only", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
-           "-DGHOSTKERNELS_WITH_CUDA", *[f"-I{d}" for d in torch_includes], f"-I{inc}", f"-I{CSRC}",
-           os.path.join(CUDA_DIR, "ghost_module_cuda.cpp")]
+    cmd = [compiler, f"-std={cxx_std()}", "-fsyntax-only", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+           "-DGHOSTKERNELS_WITH_CUDA", *[f"-I{d}" for d in torch_includes], f"-I{inc}", f"-I{CSRC}", path]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"syntax check failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
 
@@ -125,22 +84,11 @@ def test_binding_passes_syntax_check():
 # ---------------------------------------------------------------------------------------------------------------
 
 _ACT_CODE = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4}
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> str:
-    cxx, inc = _cxx(), _cuda_include_dir()
-    if cxx is None:
-        pytest.skip("no C++ compiler found")
-    if inc is None:
-        pytest.skip("the CUDA headers (cuda_fp16.h, cuda_runtime_api.h) were not found")
-    exe = str(tmp_path_factory.mktemp("emulator") / "ghost_cuda_emulator")
-    src = os.path.join(CUDA_DIR, "emulation", "ghost_cuda_emulator.cpp")
-    cmd = [cxx, "-std=c++17", "-O1", "-Wno-attributes", f"-I{inc}", src, "-o", exe]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, f"building the emulator failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
-    return exe
+    return build_emulator(tmp_path_factory.mktemp("emulator"))
 
 
 def _run_emulator(exe, tmp_path, backward, dtype, tf32, channels_last, act, inputs, oc, groups, grad_out, reverse):
@@ -148,21 +96,14 @@ def _run_emulator(exe, tmp_path, backward, dtype, tf32, channels_last, act, inpu
     n, c, h, w = x.shape
     init, k = w1.shape[0], w2.shape[-1]
     m = w2.shape[0] // init
-    header = struct.pack("<4s15q", b"GKEM", int(backward), _DTYPE_CODE[dtype], int(tf32), int(channels_last),
-                         _ACT_CODE[act], n, c, h, w, init, m, k, oc, groups, 0)
+    header = (int(backward), DTYPE_CODE[dtype], int(tf32), int(channels_last), _ACT_CODE[act], n, c, h, w, init, m,
+              k, oc, groups, 0)
     arrays = [x, w1, b1, w2, b2] + ([grad_out] if backward else [])
-    fin, fout = tmp_path / f"in{int(backward)}", tmp_path / f"out{int(backward)}"
-    with open(fin, "wb") as f:
-        f.write(header)
-        for a in arrays:
-            f.write(a.to(torch.float32).contiguous().numpy().astype("<f4").tobytes())
-    cmd = [exe, str(fin), str(fout)] + (["--reverse"] if reverse else [])
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, f"emulator failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
-    layouts = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("layout ")]
+    data, stdout = run_emulator(exe, tmp_path / f"in{int(backward)}", tmp_path / f"out{int(backward)}", header,
+                                arrays, reverse)
+    layouts = [line.split()[1] for line in stdout.splitlines() if line.startswith("layout ")]
     want = _expected_layout(dtype, channels_last, m, oc, init)
     assert layouts == [want], f"the launcher chose layout {layouts}, expected {want} ({_LAYOUT_NAMES[want]})"
-    data = torch.from_numpy(np.fromfile(fout, dtype="<f4").copy())
     if not backward:
         return data.reshape(n, oc, h, w)
     split = n * init * h * w

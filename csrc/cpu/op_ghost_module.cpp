@@ -10,6 +10,7 @@
 
 #include "../ghost_module_check.h"
 #include "entry_points.h"
+#include "util_cpu_checks.h"
 
 namespace ghostkernels {
 namespace {
@@ -17,18 +18,13 @@ namespace {
 constexpr const char* kForwardOp = "ghostkernels::ghost_module (CPU)";
 constexpr const char* kBackwardOp = "ghostkernels::ghost_module_backward (CPU)";
 
-void check_cpu(const char* op, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
-  const auto t = x.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kDouble || t == at::kFloat || t == at::kBFloat16, op,
-                   ": supported dtypes are float64, float32 and bfloat16, got ", t);
-}
+using cpu::check_cpu_op_dtype;
 
 at::Tensor ghost_module_cpu(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                             const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
                             c10::string_view act) {
   const GhostDims d = check_ghost_inputs(kForwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
-  check_cpu(kForwardOp, x);
+  check_cpu_op_dtype(kForwardOp, x);
   return cpu::ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, at::Tensor(), at::Tensor());
 }
 
@@ -37,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_mod
     const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels, c10::string_view act) {
   const GhostDims d =
       check_ghost_inputs(kBackwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
-  check_cpu(kBackwardOp, x);
+  check_cpu_op_dtype(kBackwardOp, x);
   TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == d.N && grad_out.size(1) == d.oc &&
                         grad_out.size(2) == d.H && grad_out.size(3) == d.W,
                     kBackwardOp, ": grad_out must be [", d.N, ", ", d.oc, ", ", d.H, ", ", d.W, "], got ",
