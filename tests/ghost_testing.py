@@ -255,6 +255,20 @@ class GhostCase:
         return dataclasses.replace(self, **kw)
 
 
+def record_method_calls(monkeypatch, cls: type, method: str) -> list:
+    """Patch ``cls.method`` (for the rest of the test) to record the instance of every call; returns that list. For
+    counting what cannot be counted at the op: a compiled call traces the op, which must stay the real one."""
+    calls = []
+    original = getattr(cls, method)
+
+    def recording(self, *args, **kwargs):
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, recording)
+    return calls
+
+
 def record_op_calls(monkeypatch, op: str) -> list:
     """Patch torch.ops.ghostkernels.<op>.default (for the rest of the test) to record the shape of its first
     argument on every call; returns the list the shapes go to."""

@@ -79,7 +79,7 @@ def reports():
 
 def test_report_flags_match_the_jit_build():
     torch_ext = pytest.importorskip("torch.utils.cpp_extension")
-    from ghostkernels import _build
+    from ghostkernels.ops import build as _build
 
     assert sass.NVCC_FLAGS == [*_build.nvcc_flags(), *torch_ext.COMMON_NVCC_FLAGS]
 

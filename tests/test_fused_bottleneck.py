@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import ghost_testing as gt
 import variants
 from ghostkernels import FusedGhostBottleneck, FusedGhostModule, fuse, models
 from ghostkernels.nn.recognize import inspect_ghost_bottleneck
@@ -51,15 +52,7 @@ def _block(kind, config, seed=0):
 @pytest.fixture
 def op_calls(monkeypatch):
     """Counts the calls that take the whole-block op (forward reads the op's arguments only then)."""
-    calls = []
-    original = FusedGhostBottleneck.op_arguments
-
-    def counting(self, x=None):
-        calls.append(self)
-        return original(self, x)
-
-    monkeypatch.setattr(FusedGhostBottleneck, "op_arguments", counting)
-    return calls
+    return gt.record_method_calls(monkeypatch, FusedGhostBottleneck, "op_arguments")
 
 
 def test_constructor_has_the_blocks_state_dict():

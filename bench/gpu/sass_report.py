@@ -45,7 +45,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CSRC = os.path.join(REPO, "csrc")
 CUDA_DIR = os.path.join(CSRC, "cuda")
 
-# The JIT build's nvcc flags (ghostkernels/_build.nvcc_flags and torch's COMMON_NVCC_FLAGS), spelled out so that this
+# The JIT build's nvcc flags (ghostkernels/ops/build.py nvcc_flags and torch's COMMON_NVCC_FLAGS), spelled out so that this
 # script runs without importing torch; tests/test_cuda_sass.py checks that the two lists agree.
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
               "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
