@@ -57,9 +57,15 @@ def cxx_std() -> str:
     return "c++20" if "-std=c++20" in inspect.getsource(cpp_extension) else "c++17"
 
 
+_BUILT: list[str] = []  # the emulator built in this session: both test files share one build (~30-60 s)
+
+
 def build_emulator(directory) -> str:
-    """The host emulator (csrc/cuda/emulation/ghost_cuda_emulator.cpp) built into ``directory``; skips the calling
-    test where a compiler or the CUDA headers are missing."""
+    """The host emulator (csrc/cuda/emulation/ghost_cuda_emulator.cpp) built into ``directory``, or the one an
+    earlier call of this session built (its directory lives until the session ends); skips the calling test where a
+    compiler or the CUDA headers are missing."""
+    if _BUILT and os.path.isfile(_BUILT[0]):
+        return _BUILT[0]
     compiler, inc = cxx(), cuda_include_dir()
     if compiler is None:
         pytest.skip("no C++ compiler found")
@@ -70,6 +76,7 @@ def build_emulator(directory) -> str:
     cmd = [compiler, "-std=c++17", "-O1", "-Wno-attributes", f"-I{inc}", src, "-o", exe]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"building the emulator failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+    _BUILT[:] = [exe]
     return exe
 
 

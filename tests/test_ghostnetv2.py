@@ -83,7 +83,7 @@ def test_fuse_and_freeze_the_timm_replicas(version):
     net = variants.randomize_batchnorm(variants.TimmStyleGhostNet(width=0.5, version=version), seed=3).eval()
     if version == "v3":
         net.reparameterize()
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     want, fused, frozen, net = _fused_and_frozen(net, x)
     assert sum(isinstance(m, FusedGatedGhostModule) for m in net.modules()) == 14
     assert sum(isinstance(m, FusedGhostBottleneck) for m in net.modules()) == 16
@@ -94,7 +94,7 @@ def test_fuse_and_freeze_the_timm_replicas(version):
 
 def test_fused_ghostnetv2_in_bfloat16():
     net = variants.randomize_batchnorm(models.ghostnetv2_100(), seed=4).eval()
-    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = net.double()(x.double())
     ghostkernels.fuse(net.float(), strict=True)

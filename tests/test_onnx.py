@@ -20,6 +20,7 @@ import onnx  # noqa: E402
 import ghostkernels  # noqa: E402
 import ghostkernels.onnx as gk_onnx  # noqa: E402
 from ghost_testing import GhostCase, Tol, assert_close_to_reference, make_inputs, reference_forward  # noqa: E402
+import variants  # noqa: E402
 
 # ONNX Runtime's float32 convolutions (MLAS) sum in another order than ATen's; measured worst over these cases and
 # five seeds: 1.3e-7 of max(1, |out|max) (ghost_testing's measure). The op tests' eager float32 tolerance holds it.
@@ -176,18 +177,20 @@ def test_gated_ops_lower_to_standard_onnx(hw, tmp_path):
 
 
 def test_fused_ghostnetv2_lowers_to_standard_onnx(tmp_path):
-    """Exported under no_grad, the gated blocks are ghost_bottleneck_gated nodes; ONNX Runtime matches the fused
-    model."""
+    """Exported under no_grad, GhostNetV2's gated blocks are ghost_bottleneck_gated nodes; ONNX Runtime matches the
+    fused blocks. Stages 4 and 5 of ghostnetv2_100 (a stride-2 block with squeeze-excite, then one on a 7x7 map that
+    pools to 3x3), not the whole network: an export of that costs a minute on 2 cores."""
     with torch.random.fork_rng():
         torch.manual_seed(9)
-        model = ghostkernels.fuse(ghostkernels.models.ghostnetv2_100()).eval()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+        net = variants.randomize_batchnorm(ghostkernels.models.ghostnetv2_100(), seed=9)
+    model = ghostkernels.fuse(torch.nn.Sequential(net.blocks[3], net.blocks[4]).eval(), strict=True)
+    x = torch.randn(2, 24, 14, 14, generator=torch.Generator().manual_seed(9))
     path = tmp_path / "ghostnetv2.onnx"
     with torch.no_grad():
         program = gk_onnx.export(model, (x,), path)
         expected = model(x)
     assert "ghostkernels" not in str(program.model)
     types = op_types(path)
-    assert types["Resize"] == 14 and types["Sigmoid"] == 14 and types["AveragePool"] == 14, types
+    assert types["Resize"] == 2 and types["Sigmoid"] == 2 and types["AveragePool"] == 2, types
     out = run_onnx(path, x)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -84,8 +84,6 @@ class FusedGhostBottleneck(nn.Module):
         self._gate = CpuInferenceGate(self._stages[0].conv, [m for m in self.modules() if m is not self],
                                       traced_as_op=True)
         self._args, self._args_of = None, None
-        ops_ns = torch.ops.ghostkernels
-        self._op = (ops_ns.ghost_bottleneck_gated if layers.gate is not None else ops_ns.ghost_bottleneck).default
         ops.load_library()
 
     @property
@@ -131,7 +129,10 @@ class FusedGhostBottleneck(nn.Module):
         if self._gate.open(x, self.training, self._backend):
             # The op directly, the cached arguments after x: building the argument tuple per call is a tenth of a
             # 7x7 block's time at batch 1.
-            return self._op(x, *self.op_arguments()[1:])
+            # The op looked up per call, not kept on the module: an OpOverload does not pickle (torch.save(model)).
+            ns = torch.ops.ghostkernels
+            op = ns.ghost_bottleneck_gated.default if self._layers.gate is not None else ns.ghost_bottleneck.default
+            return op(x, *self.op_arguments()[1:])
         block = self._block
         block.training = self.training
         return block(x)
