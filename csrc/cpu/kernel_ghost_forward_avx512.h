@@ -20,8 +20,9 @@
 // to bfloat16.
 // GhostNetV2's gated module (gate set): both halves are multiplied by the upsampled DFC map as they are stored. The
 // map element of each output pixel comes from a table (gate_index: nearest upsampling's index formula, computed once
-// per call), and since that index only grows along a plane's pixels, the 16 lanes of a vector read a window of the
-// map: one or two loads and a permute (a gather where the window is wider than 32 elements).
+// per call). The index is not monotone along a plane (rows sharing a map row start over at its first element), but
+// 16 consecutive pixels of GhostNetV2's maps touch at most two map rows, so a vector's lanes read a window of the map:
+// two loads and a permute (a gather where the window is wider than 32 elements).
 #pragma once
 
 #include <cstdint>

@@ -63,7 +63,8 @@ class OpenVinoModel:
         self.compiled = core.compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         # What OpenVINO took (it may fall back where the CPU lacks a precision): recorded with the results.
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        taken = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type: "f32" or "bf16"
+        self.precision = taken.get_type_name() if hasattr(taken, "get_type_name") else str(taken)
         self._widened: dict = {}
 
     def _input(self, x: torch.Tensor):
