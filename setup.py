@@ -58,6 +58,8 @@ setup(
                  "triton>=3.6,<3.9; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "bench": ["matplotlib", "pytest-benchmark"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        # The benchmark's OpenVINO peer (ghostkernels/bench/openvino_peer.py); never required.
+        "openvino": ["openvino", "onnx", "onnxscript"],
     },
     entry_points={"console_scripts": ["ghostkernels-bench=ghostkernels.bench.__main__:main"]},
     **aot_ext_modules(),

@@ -25,8 +25,9 @@ import os
 import pytest
 import torch
 
-from ghostkernels.bench.cases import DEFAULT_CONFIGS, MODELS, MODES, SCOPES, THROUGHPUT_BATCH, select_cases
-from ghostkernels.bench.end_to_end import EndToEndCase, end_to_end_providers
+from ghostkernels.bench.cases import (DEFAULT_CONFIGS, E2E_MODELS, MODELS, MODES, SCOPES, THROUGHPUT_BATCH,
+                                     select_cases)
+from ghostkernels.bench.end_to_end import PEER_DTYPES, EndToEndCase, end_to_end_providers
 from ghostkernels.bench.microbench import ModuleCase
 from ghostkernels.bench.providers import fused_backends, module_providers
 
@@ -102,18 +103,23 @@ def _end_to_end_params(config) -> list:
         backends, _ = fused_backends(device)
         names, _ = end_to_end_providers(device, backends, with_onnx=False)
         if device.type == "cpu":
-            names.append("onnxruntime")  # always listed: the test skips with the reason when it is not installed
-        if scope == "smoke":
-            models, resolution, batches = ["ghostnet_050"], SMOKE_RESOLUTION, [1]
+            # always listed: the test skips with the reason when the peer is not installed
+            names += ["onnxruntime", "openvino"]
+        if scope == "smoke":  # GhostNetV2 too: its gated blocks are a path of their own
+            models, resolution, batches = ["ghostnet_050", "ghostnetv2_100"], SMOKE_RESOLUTION, [1]
         else:
-            models = ["ghostnet_100"] if scope == "quick" else list(MODELS)
+            models = ["ghostnet_100", "ghostnetv2_100"] if scope == "quick" else list(E2E_MODELS)
             resolution, batches = 224, [1, THROUGHPUT_BATCH[device.type]]
         for cfg in DEFAULT_CONFIGS[device.type]:
             for model in models:
                 for batch in batches:
                     case = EndToEndCase(model, batch, cfg, resolution)
                     for p in names:
-                        if p == "onnxruntime" and cfg.dtype != torch.float32:
+                        if p in PEER_DTYPES and cfg.dtype not in PEER_DTYPES[p]:
+                            continue
+                        # Smoke: the peers on one model only (an ONNX export of GhostNetV2 is ~1 min on 2 cores;
+                        # its lowering is tests/test_onnx.py's, and the peers' code is the same for every model).
+                        if scope == "smoke" and p in PEER_DTYPES and model != models[0]:
                             continue
                         # Smoke: no whole-model compile (one costs 40-90 s on 2 cores): the module tests run the
                         # same compile_module, the fused-<b> tests the same fused_model.

@@ -1,4 +1,5 @@
-"""End-to-end GhostNet inference: eager, torch.compile, fuse(model), fuse(model)+torch.compile, ONNX Runtime.
+"""End-to-end GhostNet inference: eager, torch.compile, fuse(model), fuse(model)+torch.compile, ONNX Runtime,
+OpenVINO.
 
 Each benchmark test checks the provider's logits against the float64 eager model, then benchmarks one forward
 call (the runner that the `python -m ghostkernels.bench` end-to-end section uses is unit-tested in
@@ -12,7 +13,7 @@ import functools
 import pytest
 import torch
 
-from ghostkernels.bench import onnx_peer
+from ghostkernels.bench import onnx_peer, openvino_peer
 from ghostkernels.bench.end_to_end import EndToEndCase, EndToEndRunner
 from ghostkernels.bench.timing import TimingBudget, rotating_call
 
@@ -42,8 +43,9 @@ def _inputs_and_reference(device: torch.device, case: EndToEndCase):
 
 
 def test_end_to_end(benchmark, device, e2e_case, provider):
-    if provider == "onnxruntime" and onnx_peer.unavailable_reason() is not None:
-        pytest.skip(f"ONNX Runtime peer: {onnx_peer.unavailable_reason()}")
+    for name, peer in (("onnxruntime", onnx_peer), ("openvino", openvino_peer)):
+        if provider == name and peer.unavailable_reason() is not None:
+            pytest.skip(f"{name} peer: {peer.unavailable_reason()}")
     inputs, reference = _inputs_and_reference(device, e2e_case)
     step, err = _runner(device).checked_step(provider, e2e_case, inputs[0], reference)  # raises when wrong
     benchmark.group = f"{device.type} end-to-end {e2e_case.label}"

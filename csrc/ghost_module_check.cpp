@@ -140,4 +140,55 @@ void check_bn_grad_out(const char* op, const at::Tensor& grad_out, const at::Ten
                     " but grad_out is on ", grad_out.device());
 }
 
+GateDims check_dfc_gate_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_reduce,
+                               const at::Tensor& b_reduce, const at::Tensor& w_h, const at::Tensor& b_h,
+                               const at::Tensor& w_v, const at::Tensor& b_v) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  GateDims d{};
+  d.N = x.size(0);
+  d.C = x.size(1);
+  d.H = x.size(2);
+  d.W = x.size(3);
+  TORCH_CHECK_VALUE(d.H >= 2 && d.W >= 2, op, ": x must be at least 2x2 (the gate pools 2x2 windows), got ", d.H,
+                    "x", d.W);
+  TORCH_CHECK_VALUE(w_reduce.dim() == 4 && w_reduce.size(1) == d.C && w_reduce.size(2) == 1 && w_reduce.size(3) == 1,
+                    op, ": w_reduce must be [O, ", d.C, ", 1, 1], got shape ", w_reduce.sizes());
+  d.O = w_reduce.size(0);
+  TORCH_CHECK_VALUE(d.O > 0, op, ": w_reduce has zero output channels");
+  TORCH_CHECK_VALUE(w_h.dim() == 4 && w_h.size(0) == d.O && w_h.size(1) == 1 && w_h.size(2) == 1 &&
+                        w_h.size(3) % 2 == 1,
+                    op, ": w_h must be a depthwise (1, k) weight [", d.O, ", 1, 1, k] with k odd, got shape ",
+                    w_h.sizes());
+  TORCH_CHECK_VALUE(w_v.dim() == 4 && w_v.size(0) == d.O && w_v.size(1) == 1 && w_v.size(3) == 1 &&
+                        w_v.size(2) % 2 == 1,
+                    op, ": w_v must be a depthwise (k, 1) weight [", d.O, ", 1, k, 1] with k odd, got shape ",
+                    w_v.sizes());
+  const at::Tensor* biases[] = {&b_reduce, &b_h, &b_v};
+  const char* bias_names[] = {"b_reduce", "b_h", "b_v"};
+  for (int i = 0; i < 3; ++i) {
+    TORCH_CHECK_VALUE(biases[i]->dim() == 1 && biases[i]->size(0) == d.O, op, ": ", bias_names[i], " must be [",
+                      d.O, "], got shape ", biases[i]->sizes());
+  }
+  const at::Tensor* ts[] = {&w_reduce, &b_reduce, &w_h, &b_h, &w_v, &b_v};
+  const char* names[] = {"w_reduce", "b_reduce", "w_h", "b_h", "w_v", "b_v"};
+  for (int i = 0; i < 6; ++i) check_like_x(op, x, *ts[i], names[i]);
+  d.Hg = d.H / 2;
+  d.Wg = d.W / 2;
+  d.KH = w_h.size(3);
+  d.KV = w_v.size(2);
+  return d;
+}
+
+GhostDims check_gated_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary,
+                             const at::Tensor& b_primary, const at::Tensor& w_cheap, const at::Tensor& b_cheap,
+                             int64_t out_channels, c10::string_view act, const at::Tensor& gate) {
+  const GhostDims d = check_ghost_inputs(op, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
+  TORCH_CHECK_VALUE(gate.dim() == 4 && gate.size(0) == d.N && gate.size(1) == out_channels && gate.size(2) >= 1 &&
+                        gate.size(3) >= 1,
+                    op, ": gate must be [", d.N, ", ", out_channels, ", Hg, Wg] with Hg, Wg >= 1, got shape ",
+                    gate.sizes());
+  check_like_x(op, x, gate, "gate");
+  return d;
+}
+
 }  // namespace ghostkernels

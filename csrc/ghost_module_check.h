@@ -58,6 +58,23 @@ GhostDims check_bn_z1_inputs(const char* op, const at::Tensor& z1, const at::Ten
 // grad_out of a backward pass: [N, oc, H, W] with z1's dtype and device.
 void check_bn_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& z1, const GhostDims& d);
 
+// Sizes of one dfc_gate call: x [N, C, H, W] -> the map [N, O, Hg, Wg] = [N, O, H / 2, W / 2] (floored), through
+// a 1x1 conv to O channels, a depthwise (1, KH) and a depthwise (KV, 1) conv.
+struct GateDims {
+  int64_t N, C, H, W, O, Hg, Wg, KH, KV;
+};
+
+// Checks a dfc_gate call (mirrored by check_dfc_gate_inputs in ghostkernels/ops/validation.py) and returns its sizes.
+GateDims check_dfc_gate_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_reduce,
+                               const at::Tensor& b_reduce, const at::Tensor& w_h, const at::Tensor& b_h,
+                               const at::Tensor& w_v, const at::Tensor& b_v);
+
+// Checks a ghost_module_gated call: ghost_module's checks, and the gate [N, out_channels, Hg, Wg] (Hg, Wg >= 1) of
+// x's dtype and device (check_gated_inputs in validation.py).
+GhostDims check_gated_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_primary,
+                             const at::Tensor& b_primary, const at::Tensor& w_cheap, const at::Tensor& b_cheap,
+                             int64_t out_channels, c10::string_view act, const at::Tensor& gate);
+
 // The output (and grad_x) memory format rule, mirrored by the fake kernels in ghostkernels/ops/registration.py:
 // channels_last when x is channels_last-contiguous and not contiguous, else contiguous.
 at::MemoryFormat output_memory_format(const at::Tensor& x);

@@ -59,6 +59,7 @@ inline constexpr int64_t kChainConv2dAct = 0;
 inline constexpr int64_t kChainGhostBottleneck = 1;
 inline constexpr int64_t kChainMeanHW = 2;
 inline constexpr int64_t kChainLinearAct = 3;
+inline constexpr int64_t kChainGhostBottleneckGated = 4;
 
 inline constexpr std::string_view kConv2dActInts[] = {"stride", "act"};
 inline constexpr TensorArg kConv2dActTensors[] = {{"w", false}, {"b", false}};
@@ -66,6 +67,16 @@ inline constexpr TensorArg kConv2dActTensors[] = {{"w", false}, {"b", false}};
 inline constexpr std::string_view kGhostBottleneckInts[] = {"mid_channels", "act", "stride", "out_channels"};
 inline constexpr TensorArg kGhostBottleneckTensors[] = {
     {"ghost1_w_primary", false}, {"ghost1_b_primary", false}, {"ghost1_w_cheap", false}, {"ghost1_b_cheap", false},
+    {"dw_w", true},              {"dw_b", true},
+    {"se_reduce_w", true},       {"se_reduce_b", true},       {"se_expand_w", true},    {"se_expand_b", true},
+    {"ghost2_w_primary", false}, {"ghost2_b_primary", false}, {"ghost2_w_cheap", false}, {"ghost2_b_cheap", false},
+    {"shortcut_dw_w", true},     {"shortcut_dw_b", true},     {"shortcut_pw_w", true},  {"shortcut_pw_b", true}};
+
+// ghost_bottleneck's, with ghost1's DFC gate (dfc_gate's weights) after ghost1's weights, as in its schema.
+inline constexpr TensorArg kGhostBottleneckGatedTensors[] = {
+    {"ghost1_w_primary", false}, {"ghost1_b_primary", false}, {"ghost1_w_cheap", false}, {"ghost1_b_cheap", false},
+    {"gate_w_reduce", false},    {"gate_b_reduce", false},    {"gate_w_h", false},      {"gate_b_h", false},
+    {"gate_w_v", false},         {"gate_b_v", false},
     {"dw_w", true},              {"dw_b", true},
     {"se_reduce_w", true},       {"se_reduce_b", true},       {"se_expand_w", true},    {"se_expand_b", true},
     {"ghost2_w_primary", false}, {"ghost2_b_primary", false}, {"ghost2_w_cheap", false}, {"ghost2_b_cheap", false},
@@ -83,6 +94,8 @@ inline constexpr ChainStep kChainSteps[] = {
     {kChainMeanHW, "mean_hw", nullptr, 0, nullptr, 0},
     {kChainLinearAct, "linear_act", kLinearActInts, std::size(kLinearActInts), kLinearActTensors,
      std::size(kLinearActTensors)},
+    {kChainGhostBottleneckGated, "ghost_bottleneck_gated", kGhostBottleneckInts, std::size(kGhostBottleneckInts),
+     kGhostBottleneckGatedTensors, std::size(kGhostBottleneckGatedTensors)},
 };
 inline constexpr int64_t kNumChainSteps = static_cast<int64_t>(std::size(kChainSteps));
 

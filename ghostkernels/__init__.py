@@ -14,15 +14,15 @@ or by ``ghostkernels.load_library()``.
 
 from . import models, ops
 from .models import GhostModule
-from .nn import FusedConvBnAct, FusedGhostBottleneck, FusedGhostConv, FusedGhostModule
+from .nn import FusedConvBnAct, FusedGatedGhostModule, FusedGhostBottleneck, FusedGhostConv, FusedGhostModule
 from .ops import ghost_module, load_library
 from .patch import GhostFuseWarning, NotFusableError, freeze, fuse, unfreeze
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedConvBnAct", "FusedGhostBottleneck", "FusedGhostConv", "FusedGhostModule", "GhostFuseWarning",
-           "GhostModule", "NotFusableError", "freeze", "fuse", "ghost_module", "load_library", "models", "ops",
-           "unfreeze", "__version__"]
+__all__ = ["FusedConvBnAct", "FusedGatedGhostModule", "FusedGhostBottleneck", "FusedGhostConv", "FusedGhostModule",
+           "GhostFuseWarning", "GhostModule", "NotFusableError", "freeze", "fuse", "ghost_module", "load_library",
+           "models", "ops", "unfreeze", "__version__"]
 
 if not ops.defer_load_requested():
     ops.load_at_import()

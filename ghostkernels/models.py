@@ -1,10 +1,15 @@
-"""Reference GhostNet (arXiv 1911.11907) in plain PyTorch: the eager baseline that the fused kernels replace.
+"""Reference GhostNet (arXiv 1911.11907) and GhostNetV2 (arXiv 2211.12905) in plain PyTorch: the eager baselines
+that the fused kernels replace.
 
 Module, parameter and buffer names are those of the official huawei-noah code (ghostnet_pytorch/ghostnet.py) and
 of timm's ``ghostnet_050/100/130``, so their state_dicts load here with ``strict=True`` and give the same logits:
 ``conv_stem``, ``bn1``, ``blocks.{stage}.{block}.ghost1.primary_conv.{0,1}``, ``...cheap_operation.{0,1}``,
 ``...conv_dw``, ``...bn_dw``, ``...se.conv_reduce``, ``...se.conv_expand``, ``...ghost2.*``, ``...shortcut.{0..3}``,
-``blocks.9.0.{conv,bn1}``, ``conv_head``, ``classifier``.
+``blocks.9.0.{conv,bn1}``, ``conv_head``, ``classifier``. GhostNetV2 (``ghostnetv2_100/130/160``, timm's names) is
+the same network whose bottlenecks after the first two gate ghost1 with the DFC attention branch
+``...ghost1.short_conv.{0..5}`` (GhostModuleV2). timm itself could not be installed where this was written (it needs
+torchvision, which has no build for the torch used), so the V2 logits were matched against the tests' independent
+replicas (tests/variants.py), not against timm.
 
 Nothing in this file needs the op library: it imports and runs anywhere torch does.
 """
@@ -92,6 +97,35 @@ class GhostModule(nn.Module):
         return torch.cat([x1, x2], dim=1)[:, :self.oup]
 
 
+class GhostModuleV2(GhostModule):
+    """GhostNetV2's gated Ghost module (timm's GhostModuleV2; the official code's GhostModuleV2 in mode 'attn'):
+    GhostModule's ``cat(x1, x2)[:, :oup]`` multiplied by the DFC attention map
+
+        sigmoid(short_conv(avg_pool2d(x, 2, 2)))       nearest-upsampled to the output's size (F.interpolate)
+
+    with ``short_conv`` = Conv2d 1x1 (inp -> oup, kernel_size and stride of the primary conv) -> BN -> depthwise
+    (1, 5) conv -> BN -> depthwise (5, 1) conv -> BN. avg_pool2d floors odd sizes (7x7 pools to 3x3), so the map's
+    rows are upsampled by PyTorch's index formula (rows 0, 0, 0, 1, 1, 2, 2)."""
+
+    def __init__(self, inp: int, oup: int, kernel_size: int = 1, ratio: int = 2, dw_size: int = 3, stride: int = 1,
+                 relu: bool = True):
+        super().__init__(inp, oup, kernel_size, ratio, dw_size, stride, relu)
+        self.gate_fn = nn.Sigmoid()
+        self.short_conv = nn.Sequential(
+            nn.Conv2d(inp, oup, kernel_size, stride, kernel_size // 2, bias=False),
+            nn.BatchNorm2d(oup),
+            nn.Conv2d(oup, oup, kernel_size=(1, 5), stride=1, padding=(0, 2), groups=oup, bias=False),
+            nn.BatchNorm2d(oup),
+            nn.Conv2d(oup, oup, kernel_size=(5, 1), stride=1, padding=(2, 0), groups=oup, bias=False),
+            nn.BatchNorm2d(oup),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = self.short_conv(F.avg_pool2d(x, kernel_size=2, stride=2))
+        out = super().forward(x)
+        return out * F.interpolate(self.gate_fn(res), size=(out.shape[-2], out.shape[-1]), mode="nearest")
+
+
 class SqueezeExcite(nn.Module):
     """x * hard_sigmoid(conv_expand(relu(conv_reduce(avg_pool(x))))), reduced to make_divisible(C * se_ratio)."""
 
@@ -127,13 +161,15 @@ class ConvBnAct(nn.Module):
 class GhostBottleneck(nn.Module):
     """ghost1 (ReLU) -> [conv_dw kxk stride s + bn_dw, when s > 1] -> [se] -> ghost2 (no activation), plus the
     shortcut (identity, or depthwise kxk stride s + BN + 1x1 conv + BN when the shape changes); no activation after
-    the sum."""
+    the sum. ``mode='attn'`` (GhostNetV2, as timm names it): ghost1 is a GhostModuleV2 (DFC-gated)."""
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int = 3, stride: int = 1,
-                 act_layer: type[nn.Module] = nn.ReLU, se_ratio: float = 0.0):
+                 act_layer: type[nn.Module] = nn.ReLU, se_ratio: float = 0.0, mode: str = "original"):
         super().__init__()
+        if mode not in ("original", "attn"):
+            raise ValueError(f"GhostBottleneck: mode must be 'original' or 'attn', got {mode!r}")
         self.stride = stride
-        self.ghost1 = GhostModule(in_chs, mid_chs, relu=True)
+        self.ghost1 = (GhostModuleV2 if mode == "attn" else GhostModule)(in_chs, mid_chs, relu=True)
         if stride > 1:
             self.conv_dw = nn.Conv2d(mid_chs, mid_chs, dw_kernel_size, stride=stride,
                                      padding=(dw_kernel_size - 1) // 2, groups=mid_chs, bias=False)
@@ -168,11 +204,16 @@ class GhostBottleneck(nn.Module):
 class GhostNet(nn.Module):
     """GhostNet: stem (3x3 stride 2 conv, bn1, ReLU), one Sequential of GhostBottlenecks per row group of ``cfgs``,
     a final ConvBnAct 1x1 stage, then global average pool -> conv_head (1x1 to 1280, bias, no BN) -> ReLU ->
-    flatten -> dropout (training only) -> classifier."""
+    flatten -> dropout (training only) -> classifier. ``version='v2'``: GhostNetV2, every bottleneck after the
+    first two (counted over all stages, from 0: layer index > 1, as timm and the official code build it) in mode
+    'attn'."""
 
-    def __init__(self, cfgs=GHOSTNET_CFGS, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2):
+    def __init__(self, cfgs=GHOSTNET_CFGS, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2,
+                 version: str = "v1"):
         super().__init__()
         _check_positive_int("GhostNet", num_classes=num_classes)
+        if version not in ("v1", "v2"):
+            raise ValueError(f"GhostNet: version must be 'v1' or 'v2', got {version!r}")
         if not width > 0:
             raise ValueError(f"GhostNet: width must be > 0, got {width!r}")
         if not 0.0 <= dropout < 1.0:
@@ -187,13 +228,16 @@ class GhostNet(nn.Module):
 
         stages = []
         exp_size = None
+        layer_idx = 0
         for cfg in cfgs:
             layers = []
             for k, exp_size, c, se_ratio, s in cfg:
                 out_chs = make_divisible(c * width, 4)
                 mid_chs = make_divisible(exp_size * width, 4)
-                layers.append(GhostBottleneck(channels, mid_chs, out_chs, k, s, se_ratio=se_ratio))
+                mode = "attn" if version == "v2" and layer_idx > 1 else "original"
+                layers.append(GhostBottleneck(channels, mid_chs, out_chs, k, s, se_ratio=se_ratio, mode=mode))
                 channels = out_chs
+                layer_idx += 1
             stages.append(nn.Sequential(*layers))
         if exp_size is None:
             raise ValueError("GhostNet: cfgs is empty")
@@ -231,5 +275,21 @@ def ghostnet_130(num_classes: int = 1000, **kwargs) -> GhostNet:
     return GhostNet(GHOSTNET_CFGS, num_classes=num_classes, width=1.3, **kwargs)
 
 
-__all__ = ["GHOSTNET_CFGS", "ConvBnAct", "GhostBottleneck", "GhostModule", "GhostNet", "SqueezeExcite",
-           "ghostnet_050", "ghostnet_100", "ghostnet_130", "hard_sigmoid", "make_divisible"]
+def ghostnetv2_100(num_classes: int = 1000, **kwargs) -> GhostNet:
+    """GhostNetV2 1.0x (timm's ghostnetv2_100): 14 of its 16 bottlenecks gate ghost1."""
+    return GhostNet(GHOSTNET_CFGS, num_classes=num_classes, width=1.0, version="v2", **kwargs)
+
+
+def ghostnetv2_130(num_classes: int = 1000, **kwargs) -> GhostNet:
+    """GhostNetV2 1.3x (timm's ghostnetv2_130)."""
+    return GhostNet(GHOSTNET_CFGS, num_classes=num_classes, width=1.3, version="v2", **kwargs)
+
+
+def ghostnetv2_160(num_classes: int = 1000, **kwargs) -> GhostNet:
+    """GhostNetV2 1.6x (timm's ghostnetv2_160)."""
+    return GhostNet(GHOSTNET_CFGS, num_classes=num_classes, width=1.6, version="v2", **kwargs)
+
+
+__all__ = ["GHOSTNET_CFGS", "ConvBnAct", "GhostBottleneck", "GhostModule", "GhostModuleV2", "GhostNet",
+           "SqueezeExcite", "ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnetv2_100", "ghostnetv2_130",
+           "ghostnetv2_160", "hard_sigmoid", "make_divisible"]

@@ -20,16 +20,20 @@ import glob
 import importlib.util
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
 
+import numpy as np
+import torch
 from torch.utils import cpp_extension
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
 CUDA_DIR = os.path.join(CSRC, "cuda")
 CU_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
+BINDINGS = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cpp")))  # the thin torch bindings (syntax-checked)
 ARCHS = (80, 90)
 
 
@@ -152,3 +156,32 @@ class CudaObjects:
 def emulator() -> str:
     """The host emulator's binary (bench/gpu/plan_report.py builds it once per hash of csrc/)."""
     return plan_report.build_emulator(cxx(), cuda_include_dir())
+
+
+def emulator_or_skip() -> str:
+    """emulator(), skipping the calling test where a C++ compiler or the CUDA headers are missing."""
+    import pytest
+
+    if cxx() is None:
+        pytest.skip("no C++ compiler found")
+    if cuda_include_dir() is None:
+        pytest.skip("the CUDA headers (cuda_fp16.h, cuda_runtime_api.h) were not found")
+    return emulator()
+
+
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # the emulator header's dtype field
+
+
+def run_emulator(exe: str, in_path, out_path, header: tuple, arrays, reverse: bool = False):
+    """Run the emulator on one call: ``header`` the 15 integers after the magic up to the forward plan request
+    (mode, dtype, tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, blocks; the request's rows, mode and
+    stages are left to the planner), ``arrays`` the float32 inputs in order; returns (its float32 output, flat; its
+    stdout)."""
+    with open(in_path, "wb") as f:
+        f.write(struct.pack("<4s18q", b"GKEM", *header, 0, 0, 0))
+        for a in arrays:
+            f.write(a.to(torch.float32).contiguous().numpy().astype("<f4").tobytes())
+    cmd = [exe, str(in_path), str(out_path)] + (["--reverse"] if reverse else [])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"emulator failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+    return torch.from_numpy(np.fromfile(out_path, dtype="<f4").copy()), r.stdout

@@ -11,7 +11,7 @@ from torch import nn
 
 import ghostkernels
 import variants
-from ghostkernels import FusedGhostConv, FusedGhostModule, fuse, models
+from ghostkernels import FusedGatedGhostModule, FusedGhostConv, FusedGhostModule, fuse, models
 from ghostkernels.patch import GhostFuseWarning, NotFusableError
 
 # Eval-mode outputs after fuse() against before, float32 on the CPU: the BN fold and the op's summation order
@@ -117,6 +117,12 @@ FUSABLE = {
     "official-norelu": (lambda: variants.OfficialGhost(6, 12, relu=False), FusedGhostModule, 12, "identity"),
     "official-v2-original": (lambda: variants.OfficialGhostV2(6, 12, mode="original"), FusedGhostModule, 12,
                              "relu"),
+    # GhostNetV2's DFC-gated modules (the probe is 7x6, so the 3x3 map upsamples by both index formulas)
+    "official-v2-attn": (lambda: variants.OfficialGhostV2(6, 12, mode="attn"), FusedGatedGhostModule, 12, "relu"),
+    "ours-v2": (lambda: models.GhostModuleV2(6, 12), FusedGatedGhostModule, 12, "relu"),
+    "timm-v2": (lambda: variants.TimmStyleGhostV2(6, 12), FusedGatedGhostModule, 12, "relu"),
+    "timm-v2-odd-slice-identity": (lambda: variants.TimmStyleGhostV2(6, 11, use_act=False), FusedGatedGhostModule,
+                                   11, "identity"),
     "timm-relu": (lambda: variants.TimmStyleGhost(6, 12), FusedGhostModule, 12, "relu"),
     "timm-identity": (lambda: variants.TimmStyleGhost(6, 9, act_layer=nn.Identity), FusedGhostModule, 9,
                       "identity"),
@@ -128,6 +134,9 @@ FUSABLE = {
     "timm-v3-reparameterized": (lambda: _reparameterized_v3(6, 11), FusedGhostModule, 12, "relu"),
     "timm-v3-reparameterized-identity": (lambda: _reparameterized_v3(6, 12, act_layer=nn.Identity),
                                          FusedGhostModule, 12, "identity"),
+    # V3 'shortcut' slices to out_chs and multiplies by the V2-style gate
+    "timm-v3-shortcut-reparameterized": (lambda: _reparameterized_v3(6, 11, mode="shortcut"),
+                                         FusedGatedGhostModule, 11, "relu"),
     "ultralytics-ghostconv": (lambda: variants.ULGhostConv(6, 12), FusedGhostConv, 12, "silu"),
     "ultralytics-ghostconv-act-false": (lambda: variants.ULGhostConv(6, 10, act=False), FusedGhostConv, 10,
                                         "identity"),
@@ -219,10 +228,16 @@ class _ForwardTakesTwoInputs(variants.OfficialGhost):
         return super().forward(x) * scale
 
 
+def _gate_with_even_kernel():
+    module = variants.OfficialGhostV2(6, 12, mode="attn")
+    module.short_conv[2] = nn.Conv2d(12, 12, (1, 4), padding=(0, 2), groups=12, bias=False)
+    return module
+
+
 NOT_FUSABLE = {
-    "v2-attention-gate": (lambda: variants.OfficialGhostV2(6, 12, mode="attn"), "attention gate"),
+    "v2-gate-with-tanh": (lambda: variants.TanhGatedGhost(6, 12), "times its upsampled DFC map"),
+    "v2-gate-even-kernel": (_gate_with_even_kernel, "odd (1, k) and (k, 1) kernels"),
     "v3-not-reparameterized": (lambda: variants.TimmStyleGhostV3(6, 12), "reparameterize()"),
-    "v3-shortcut-gate": (lambda: _reparameterized_v3(6, 12, mode="shortcut"), "attention gate"),
     "primary-kernel-3": (lambda: variants.OfficialGhost(6, 12, kernel_size=3), "kernel_size 3x3"),
     "stride-2": (lambda: variants.TimmStyleGhost(6, 12, stride=2), "stride"),
     "leaky-relu": (lambda: variants.TimmStyleGhost(6, 12, act_layer=nn.LeakyReLU),
@@ -258,14 +273,14 @@ def test_unfusable_variant_is_left_alone_with_one_warning(variant):
 
 
 def test_one_warning_names_every_refused_module_and_the_rest_is_fused():
-    model = nn.Sequential(variants.OfficialGhostV2(6, 12, mode="attn"), variants.OfficialGhost(12, 12),
+    model = nn.Sequential(variants.TanhGatedGhost(6, 12), variants.OfficialGhost(12, 12),
                           nn.Sequential(variants.OfficialGhost(12, 12, kernel_size=3)))
     with pytest.warns(GhostFuseWarning) as record:
         fuse(model)
     assert len(record) == 1
     message = str(record[0].message)
     assert "2 Ghost module(s)" in message and "\n  0: " in message and "\n  2.0: " in message
-    assert isinstance(model[1], FusedGhostModule) and isinstance(model[0], variants.OfficialGhostV2)
+    assert isinstance(model[1], FusedGhostModule) and isinstance(model[0], variants.TanhGatedGhost)
 
 
 def test_strict_raises_before_changing_anything():
@@ -351,8 +366,8 @@ def _timm_ghostnet():
 
 @pytest.mark.parametrize("name,reparameterize,fused_count,refused_count", [
     ("ghostnet_100", False, 32, 0),
-    ("ghostnetv2_100", False, 18, 14),  # 14 GhostModuleV2 with the attention gate
-    ("ghostnetv3_100", True, 18, 14),  # after reparameterize(): 14 modules in mode 'shortcut' keep their gate
+    ("ghostnetv2_100", False, 32, 0),  # 14 of them GhostModuleV2 with the DFC gate
+    ("ghostnetv3_100", True, 32, 0),  # after reparameterize(): 14 of them in mode 'shortcut', gated
 ])
 def test_real_timm_models(name, reparameterize, fused_count, refused_count):
     timm_ghostnet = _timm_ghostnet()

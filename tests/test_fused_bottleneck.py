@@ -277,12 +277,12 @@ def test_fuse_warns_about_a_refused_block_and_strict_raises():
 
 def test_a_block_with_an_unfusable_ghost_module_is_reported_once():
     block = models.GhostBottleneck(16, 32, 16, 3, 1)
-    block.ghost1 = variants.OfficialGhostV2(16, 32, mode="attn")
+    block.ghost1 = variants.TanhGatedGhost(16, 32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fuse(_Net(block).eval())
     messages = [str(w.message) for w in caught if issubclass(w.category, GhostFuseWarning)]
-    assert len(messages) == 1 and "1 Ghost module(s)" in messages[0] and "short_conv" in messages[0]
+    assert len(messages) == 1 and "1 Ghost module(s)" in messages[0] and "DFC map" in messages[0]
 
 
 def test_fuse_of_a_lone_block_returns_the_replacement():

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 # The ops a chain step runs, by step name; mean_hw has no op of its own (it takes no integers and no tensors).
-STEP_OPS = {"conv2d_act": "conv2d_act", "ghost_bottleneck": "ghost_bottleneck", "linear_act": "linear_act"}
+STEP_OPS = {"conv2d_act": "conv2d_act", "ghost_bottleneck": "ghost_bottleneck", "linear_act": "linear_act",
+            "ghost_bottleneck_gated": "ghost_bottleneck_gated"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def test_layouts_json_has_the_documented_shape(layouts):
     assert list(layouts) == ["acts", "chain_steps"]
     assert layouts["acts"] == ["identity", "relu", "relu6", "silu", "hardswish"]
     assert [s["opcode"] for s in layouts["chain_steps"]] == list(range(len(layouts["chain_steps"])))
-    assert [s["name"] for s in layouts["chain_steps"]] == ["conv2d_act", "ghost_bottleneck", "mean_hw", "linear_act"]
+    assert [s["name"] for s in layouts["chain_steps"]] == ["conv2d_act", "ghost_bottleneck", "mean_hw", "linear_act",
+                                                           "ghost_bottleneck_gated"]
     for step in layouts["chain_steps"]:
         assert list(step) == ["opcode", "name", "ints", "tensors", "optional"], step
         assert all(isinstance(n, str) and n for n in step["ints"] + step["tensors"]), step

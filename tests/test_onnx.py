@@ -20,6 +20,7 @@ import onnx  # noqa: E402
 import ghostkernels  # noqa: E402
 import ghostkernels.onnx as gk_onnx  # noqa: E402
 from ghost_testing import GhostCase, Tol, assert_close_to_reference, make_inputs, reference_forward  # noqa: E402
+import variants  # noqa: E402
 
 # ONNX Runtime's float32 convolutions (MLAS) sum in another order than ATen's; measured worst over these cases and
 # five seeds: 1.3e-7 of max(1, |out|max) (ghost_testing's measure). The op tests' eager float32 tolerance holds it.
@@ -136,3 +137,60 @@ def test_fused_bottlenecks_exported_under_no_grad_lower_to_standard_onnx(tmp_pat
 def test_only_the_dynamo_exporter_is_accepted():
     with pytest.raises(ValueError, match="dynamo=True"):
         gk_onnx.export(torch.nn.Identity(), (torch.randn(1),), None, dynamo=False)
+
+
+class GatedCall(torch.nn.Module):
+    """dfc_gate + ghost_module_gated, weights as constant parameters."""
+
+    def __init__(self, ghost, gate, out_channels: int, act: str):
+        super().__init__()
+        self.ghost = torch.nn.ParameterList([torch.nn.Parameter(w, requires_grad=False) for w in ghost])
+        self.gate = torch.nn.ParameterList([torch.nn.Parameter(w, requires_grad=False) for w in gate])
+        self.out_channels, self.act = out_channels, act
+
+    def forward(self, x):
+        gate_map = ghostkernels.ops.dfc_gate(x, *self.gate)
+        return ghostkernels.ops.ghost_module_gated(x, *self.ghost, self.out_channels, self.act, gate_map)
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (8, 6), (9, 11)], ids=str)
+def test_gated_ops_lower_to_standard_onnx(hw, tmp_path):
+    """AveragePool, Conv, Sigmoid and Resize (nearest, asymmetric, floor: F.interpolate's indices) for the gate,
+    at odd sizes too (7x7 pools to 3x3 and upsamples rows 0, 0, 0, 1, 1, 2, 2)."""
+    from ghostkernels.ops.reference import dfc_gate_reference, ghost_module_gated_reference
+
+    gen = torch.Generator().manual_seed(hw[0] * 31 + hw[1])
+    c, init, o = 6, 5, 9
+    ghost = (torch.randn(init, c, 1, 1, generator=gen), torch.randn(init, generator=gen),
+             torch.randn(init, 1, 3, 3, generator=gen) * 0.4, torch.randn(init, generator=gen))
+    gate = (torch.randn(o, c, 1, 1, generator=gen) * 0.5, torch.randn(o, generator=gen),
+            torch.randn(o, 1, 1, 5, generator=gen) * 0.5, torch.randn(o, generator=gen),
+            torch.randn(o, 1, 5, 1, generator=gen) * 0.5, torch.randn(o, generator=gen))
+    x = torch.randn(2, c, *hw, generator=gen)
+    path = tmp_path / "gated.onnx"
+    gk_onnx.export(GatedCall(ghost, gate, o, "relu").eval(), (x,), path)
+    types = op_types(path)
+    assert {"AveragePool", "Sigmoid", "Resize", "Mul"} <= set(types) and types["Conv"] == 5, types
+    expected = ghost_module_gated_reference(x.double(), *[t.double() for t in ghost], o, "relu",
+                                            dfc_gate_reference(x.double(), *[t.double() for t in gate]))
+    assert_close_to_reference(run_onnx(path, x), expected, ORT_FLOAT32, f"ORT gated {hw}")
+
+
+def test_fused_ghostnetv2_lowers_to_standard_onnx(tmp_path):
+    """Exported under no_grad, GhostNetV2's gated blocks are ghost_bottleneck_gated nodes; ONNX Runtime matches the
+    fused blocks. Stages 4 and 5 of ghostnetv2_100 (a stride-2 block with squeeze-excite, then one on a 7x7 map that
+    pools to 3x3), not the whole network: an export of that costs a minute on 2 cores."""
+    with torch.random.fork_rng():
+        torch.manual_seed(9)
+        net = variants.randomize_batchnorm(ghostkernels.models.ghostnetv2_100(), seed=9)
+    model = ghostkernels.fuse(torch.nn.Sequential(net.blocks[3], net.blocks[4]).eval(), strict=True)
+    x = torch.randn(2, 24, 14, 14, generator=torch.Generator().manual_seed(9))
+    path = tmp_path / "ghostnetv2.onnx"
+    with torch.no_grad():
+        program = gk_onnx.export(model, (x,), path)
+        expected = model(x)
+    assert "ghostkernels" not in str(program.model)
+    types = op_types(path)
+    assert types["Resize"] == 2 and types["Sigmoid"] == 2 and types["AveragePool"] == 2, types
+    out = run_onnx(path, x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -300,8 +300,9 @@ _COMPILE_CASES = ("fp16-cl-72to24-56", "bf16-cl-k5-ratio3-28")
 
 @pytest.fixture(scope="module")
 def sm90_compile():
-    """compile_check's output for both kernels of _COMPILE_CASES (first autotune configuration), compiled for an
-    H100 in a child process without TRITON_INTERPRET, with triton's own ptxas (cached by triton by source hash)."""
+    """compile_check's output for the kernels of _COMPILE_CASES (first autotune configuration): forward, gated
+    forward (GhostNetV2) and backward, and the DFC map's two kernels, compiled for an H100 in a child process without
+    TRITON_INTERPRET, with triton's own ptxas (cached by triton by source hash)."""
     if gt.has_cuda_device():
         pytest.skip("on a GPU the kernels are compiled by the tests themselves")
     why = _nvidia_backend_missing()
@@ -318,18 +319,19 @@ def sm90_compile():
 
 
 def test_kernels_compile_for_sm90_without_a_gpu(sm90_compile):
-    """The interpreter accepts code the compiler rejects: both kernels must compile for sm_90."""
+    """The interpreter accepts code the compiler rejects: the five kernels of each case must compile for sm_90."""
     assert sm90_compile.returncode == 0, sm90_compile.stdout + sm90_compile.stderr
-    assert sm90_compile.stdout.count("ok   sm_90") == 2 * len(_COMPILE_CASES), sm90_compile.stdout
+    assert sm90_compile.stdout.count("ok   sm_90") == 5 * len(_COMPILE_CASES), sm90_compile.stdout
 
 
 def test_channels_last_x_tile_loads_are_16_byte_vectors_in_ptx(sm90_compile):
     """16-bit channels_last x with C % 8 == 0: every global load of the 1x1 conv's x tile is 16 bytes wide (ld.global
-    .v4 or the pipeliner's 16-byte cp.async), none a 2-byte scalar, in the forward and the backward (NOTES entry
-    37: before it, ld.global.b16 despite the hints)."""
+    .v4 or the pipeliner's 16-byte cp.async), none a 2-byte scalar, in the forward, the gated forward and the
+    backward (NOTES entry 37: before it, ld.global.b16 despite the hints)."""
     assert sm90_compile.returncode == 0, sm90_compile.stdout + sm90_compile.stderr
-    lines = [ln for ln in sm90_compile.stdout.splitlines() if ln.startswith("ok   sm_90")]
-    assert len(lines) == 2 * len(_COMPILE_CASES), sm90_compile.stdout
+    lines = [ln for ln in sm90_compile.stdout.splitlines()
+             if ln.startswith("ok   sm_90") and re.search(r" (forward|forward-gated|backward) BLOCK_C=", ln)]
+    assert len(lines) == 3 * len(_COMPILE_CASES), sm90_compile.stdout
     for line in lines:
         m = re.search(r"x-tile loads \[([^]]*)\]", line)
         assert m, f"no x-tile load widths in: {line}"

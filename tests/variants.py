@@ -6,8 +6,10 @@ computations as the originals (huawei-noah ghostnet_pytorch/ghostnet.py, the off
 timm/models/ghostnet.py and ultralytics/nn/modules/conv.py). Written for these tests, not copied. Class names
 deliberately differ from the originals' (fuse() must not look at names).
 
-Also here: an independent transcription of the official GhostNet (to check that ghostkernels.models uses the same
-state_dict keys and computes the same logits), and negative cases that look like Ghost modules but are not
+Also here: independent transcriptions of the official GhostNet and of timm's GhostNetV2 (to check that
+ghostkernels.models uses the same state_dict keys and computes the same logits), timm GhostNetV3's reparameterized
+bottleneck as recalled (conv_dw with a bias, bn_dw an Identity; written from memory of timm 1.0's ghostnet.py, which
+could not be installed here to check), and negative cases that look like Ghost modules but are not
 (GSConv's channel shuffle, a residual Bottleneck with a depthwise cv2); small_ghostnet builds the whole networks the
 tests of fuse()'s stem and head steps run.
 """
@@ -98,6 +100,15 @@ class OfficialGhostV2(nn.Module):
                                                       mode="nearest")
 
 
+class TanhGatedGhost(OfficialGhostV2):
+    """GhostModuleV2 with a tanh where the sigmoid belongs: the gate's layers look right, the forward does not.
+    Must NOT be fused (the probe has to catch it: gate_fn has no state)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, mode="attn", **kwargs)
+        self.gate_fn = nn.Tanh()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # timm
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,6 +138,23 @@ class TimmStyleGhost(nn.Module):
         x2 = self.cheap_operation(x1)
         out = torch.cat([x1, x2], dim=1)
         return out[:, :self.out_chs, :, :]
+
+
+class TimmStyleGhostV2(TimmStyleGhost):
+    """timm's GhostModuleV2 (GhostNetV2's gated module): TimmStyleGhost's layers plus short_conv and gate_fn; the
+    output, sliced to out_chs, times the nearest-upsampled sigmoid of short_conv(avg_pool2d(x, 2, 2))."""
+
+    def __init__(self, in_chs, out_chs, kernel_size=1, ratio=2, dw_size=3, stride=1, use_act=True,
+                 act_layer=nn.ReLU):
+        super().__init__(in_chs, out_chs, kernel_size, ratio, dw_size, stride,
+                         act_layer=act_layer if use_act else nn.Identity)
+        self.gate_fn = nn.Sigmoid()
+        self.short_conv = _gate_branch(in_chs, out_chs, kernel_size, stride)
+
+    def forward(self, x):
+        res = self.short_conv(F.avg_pool2d(x, kernel_size=2, stride=2))
+        out = super().forward(x)
+        return out * F.interpolate(self.gate_fn(res), size=(out.shape[-2], out.shape[-1]), mode="nearest")
 
 
 class TimmStyleGhostUseAct(TimmStyleGhost):
@@ -415,13 +443,14 @@ class OfficialGhostNetReplica(nn.Module):
         self.conv_stem = nn.Conv2d(3, c, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c)
         self.act1 = nn.ReLU(inplace=True)
-        stages = []
+        stages, layer_idx = [], 0
         for cfg in OFFICIAL_CFGS:
             layers = []
             for k, exp_size, out, se_ratio, s in cfg:
                 o, h = _make_divisible(out * width), _make_divisible(exp_size * width)
-                layers.append(_OfficialBottleneck(c, h, o, k, s, se_ratio))
+                layers.append(self.make_block(layer_idx, c, h, o, k, s, se_ratio))
                 c = o
+                layer_idx += 1
             stages.append(nn.Sequential(*layers))
         last = _make_divisible(exp_size * width)
         stages.append(nn.Sequential(_OfficialConvBnAct(c, last, 1)))
@@ -430,6 +459,9 @@ class OfficialGhostNetReplica(nn.Module):
         self.conv_head = nn.Conv2d(last, 1280, 1, 1, 0, bias=True)
         self.act2 = nn.ReLU(inplace=True)
         self.classifier = nn.Linear(1280, num_classes)
+
+    def make_block(self, layer_idx, in_chs, mid_chs, out_chs, k, stride, se_ratio):
+        return _OfficialBottleneck(in_chs, mid_chs, out_chs, k, stride, se_ratio)
 
     def forward(self, x):
         x = self.act1(self.bn1(self.conv_stem(x)))
@@ -482,12 +514,14 @@ class _DropPathLike(nn.Module):
 
 
 class TimmStyleBottleneck(nn.Module):
-    """timm 1.0's GhostBottleneck: conv_dw/bn_dw None at stride 1, se optional, drop_path before the residual add."""
+    """timm 1.0's GhostBottleneck: conv_dw/bn_dw None at stride 1, se optional, drop_path before the residual add;
+    mode 'attn' (GhostNetV2) makes ghost1 a GhostModuleV2."""
 
     def __init__(self, in_chs, mid_chs, out_chs, dw_kernel_size=3, stride=1, se_ratio=0.0, drop_path=0.0,
-                 se_gate=_HardSigmoidGate):
+                 se_gate=_HardSigmoidGate, mode="original"):
         super().__init__()
-        self.ghost1 = TimmStyleGhost(in_chs, mid_chs, act_layer=nn.ReLU)
+        self.ghost1 = (TimmStyleGhostV2(in_chs, mid_chs, act_layer=nn.ReLU) if mode == "attn"
+                       else TimmStyleGhost(in_chs, mid_chs, act_layer=nn.ReLU))
         if stride > 1:
             self.conv_dw = nn.Conv2d(mid_chs, mid_chs, dw_kernel_size, stride, (dw_kernel_size - 1) // 2,
                                      groups=mid_chs, bias=False)
@@ -520,9 +554,69 @@ class TimmStyleBottleneck(nn.Module):
         return self.drop_path(x) + self.shortcut(shortcut)
 
 
+class TimmStyleBottleneckV3(TimmStyleBottleneck):
+    """GhostNetV3's bottleneck as recalled from timm 1.0 (GhostBottleneckV3), built directly in its reparameterized
+    form plus the pieces before it: TimmStyleBottleneck's layers with GhostModuleV3s as ghost1 (in ``mode``) and
+    ghost2 ('original': no slice, no activation); ``reparameterize()`` folds bn_dw into conv_dw (a conv with a bias,
+    bn_dw an Identity). Not checked against timm (it cannot be installed here): the tests use it for the structure
+    fuse() has to accept."""
+
+    def __init__(self, in_chs, mid_chs, out_chs, dw_kernel_size=3, stride=1, se_ratio=0.0, mode="original"):
+        super().__init__(in_chs, mid_chs, out_chs, dw_kernel_size, stride, se_ratio)
+        self.ghost1 = TimmStyleGhostV3(in_chs, mid_chs, act_layer=nn.ReLU, mode=mode)
+        self.ghost2 = TimmStyleGhostV3(mid_chs, out_chs, act_layer=nn.Identity, mode="original")
+
+    @torch.no_grad()
+    def reparameterize(self):
+        self.ghost1.reparameterize()
+        self.ghost2.reparameterize()
+        if isinstance(self.bn_dw, nn.BatchNorm2d):
+            w, b = _fold(self.conv_dw.weight, self.bn_dw)
+            conv = nn.Conv2d(self.conv_dw.in_channels, self.conv_dw.out_channels, self.conv_dw.kernel_size,
+                             self.conv_dw.stride, self.conv_dw.padding, groups=self.conv_dw.groups, bias=True)
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+            self.conv_dw, self.bn_dw = conv, nn.Identity()
+
+
 class SigmoidGate(nn.Module):
     def forward(self, x):
         return torch.sigmoid(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# timm's GhostNet class (versions v1, v2 and v3), transcribed independently of ghostkernels.models
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class TimmStyleGhostNet(OfficialGhostNetReplica):
+    """timm's GhostNet with ``version`` 'v1', 'v2' (bottlenecks with layer index > 1 in mode 'attn') or 'v3'
+    (GhostBottleneckV3s, those with layer index > 1 in mode 'shortcut'; call reparameterize() before fusing): the
+    official network's skeleton with timm's blocks and its head's flatten child."""
+
+    def __init__(self, num_classes=1000, width=1.0, version="v2"):
+        self.version = version
+        super().__init__(num_classes=num_classes, width=width, dropout=0.0)
+        self.flatten = nn.Flatten(1)
+
+    def make_block(self, layer_idx, in_chs, mid_chs, out_chs, k, stride, se_ratio):
+        if self.version == "v3":
+            return TimmStyleBottleneckV3(in_chs, mid_chs, out_chs, k, stride, se_ratio,
+                                         mode="shortcut" if layer_idx > 1 else "original")
+        mode = "attn" if self.version == "v2" and layer_idx > 1 else "original"
+        return TimmStyleBottleneck(in_chs, mid_chs, out_chs, k, stride, se_ratio, mode=mode)
+
+    def forward(self, x):
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        x = self.blocks(x)
+        x = self.flatten(self.act2(self.conv_head(self.global_pool(x))))
+        return self.classifier(x)
+
+    def reparameterize(self):
+        for m in self.modules():
+            if isinstance(m, TimmStyleBottleneckV3):
+                m.reparameterize()
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -35,6 +36,24 @@ at::Tensor ghost_bottleneck_cpu(const at::Tensor& x, const at::Tensor& g1w1, con
                                 const std::optional<at::Tensor>& sc_dw_b, const std::optional<at::Tensor>& sc_pw_w,
                                 const std::optional<at::Tensor>& sc_pw_b);
 
+// ghostkernels::ghost_bottleneck_gated (op_ghost_bottleneck.cpp): ghost_bottleneck with ghost1 gated by dfc_gate(x,
+// gate_*). Called by op_chain.cpp (a chain's ghost_bottleneck_gated step).
+at::Tensor ghost_bottleneck_gated_cpu(const at::Tensor& x, const at::Tensor& g1w1, const at::Tensor& g1b1,
+                                      const at::Tensor& g1w2, const at::Tensor& g1b2, int64_t mid,
+                                      c10::string_view act, const at::Tensor& gate_w_reduce,
+                                      const at::Tensor& gate_b_reduce, const at::Tensor& gate_w_h,
+                                      const at::Tensor& gate_b_h, const at::Tensor& gate_w_v,
+                                      const at::Tensor& gate_b_v, const std::optional<at::Tensor>& dw_w,
+                                      const std::optional<at::Tensor>& dw_b, int64_t stride,
+                                      const std::optional<at::Tensor>& se_rw, const std::optional<at::Tensor>& se_rb,
+                                      const std::optional<at::Tensor>& se_ew, const std::optional<at::Tensor>& se_eb,
+                                      const at::Tensor& g2w1, const at::Tensor& g2b1, const at::Tensor& g2w2,
+                                      const at::Tensor& g2b2, int64_t out_channels,
+                                      const std::optional<at::Tensor>& sc_dw_w,
+                                      const std::optional<at::Tensor>& sc_dw_b,
+                                      const std::optional<at::Tensor>& sc_pw_w,
+                                      const std::optional<at::Tensor>& sc_pw_b);
+
 // ghostkernels::conv2d_act (op_conv2d_act.cpp). Called by op_chain.cpp (a chain's conv2d_act step).
 at::Tensor conv2d_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
                           c10::string_view act);
@@ -52,10 +71,23 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Te
 // CPU, plus `residual` when it is defined (a tensor of the output's shape and dtype, added after the activation).
 // The output is written into `into` when that is defined (a tensor of the output's shape and dtype, e.g. a slice of
 // a larger batch), else into a new tensor in the contract's memory format from the CPU block pool
-// (util_tensor_pool.h).
+// (util_tensor_pool.h). With `gate` defined (a map [N, oc, Hg, Wg], any floating dtype) the output is
+// ghost_module_gated's: both halves multiplied by the nearest-upsampled map (before `residual` is added); called so by
+// the gated op's binding (op_ghost_module.cpp) and the gated bottleneck. A float32 contiguous map is read in place,
+// and the AVX-512 kernel may read up to 31 floats past a plane, within the map's storage (dfc_gate_map leaves slack
+// there).
 at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                          const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d,
-                         const at::Tensor& residual, const at::Tensor& into);
+                         const at::Tensor& residual, const at::Tensor& into, const at::Tensor& gate = at::Tensor());
+
+// The CPU map of ghostkernels::dfc_gate (launch_dfc_gate.cpp). Called by its binding (op_dfc_gate.cpp) and by the
+// gated bottleneck (launch_ghost_bottleneck.cpp: ghost1's map, handed to ghost_forward). For inputs checked by
+// check_dfc_gate_inputs (d is what it returned), on the CPU. float_map: the map as float32 [N, O, Hg, Wg], contiguous,
+// with slack after its last plane for ghost_forward's window loads; else the op's output (x's dtype, the contract's
+// memory format). float32 and bfloat16 NCHW run on the AVX-512 kernel (kernel_dfc_gate_avx512.h), the rest on ATen.
+at::Tensor dfc_gate_map(const at::Tensor& x, const at::Tensor& w_reduce, const at::Tensor& b_reduce,
+                        const at::Tensor& w_h, const at::Tensor& b_h, const at::Tensor& w_v, const at::Tensor& b_v,
+                        const GateDims& d, bool float_map);
 
 // One train-mode BatchNorm stage as the train-BN ops take it (csrc/ghost_module.cpp): xhat = (z - mean) * invstd,
 // y = weight * xhat + bias, each [channels], contiguous, in the stats dtype (float64 for float64 inputs, else
@@ -140,7 +172,8 @@ at::Tensor conv2d_act_forward(const at::Tensor& x, const at::Tensor& w, const at
 // the arguments are checked: act(x @ w^T + b) for x [N, K] on the CPU.
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, Act act);
 
-// ghostkernels::ghost_bottleneck's arguments, by role (the schema's order), as its binding received them.
+// ghostkernels::ghost_bottleneck's arguments, by role (the schema's order), as its binding received them; for
+// ghost_bottleneck_gated also ghost1's gate (dfc_gate's six weights in its schema's order; all nullptr otherwise).
 struct BottleneckArgs {
   const at::Tensor &x, &g1w1, &g1b1, &g1w2, &g1b2;
   int64_t mid;
@@ -151,13 +184,16 @@ struct BottleneckArgs {
   const at::Tensor &g2w1, &g2b1, &g2w2, &g2b2;
   int64_t out_channels;
   const std::optional<at::Tensor> &sc_dw_w, &sc_dw_b, &sc_pw_w, &sc_pw_b;
+  std::array<const at::Tensor*, 6> gate{};
 };
 
-// The shapes and options of one ghost_bottleneck call, validated (op_ghost_bottleneck.cpp's checks).
+// The shapes and options of one ghost_bottleneck(_gated) call, validated (op_ghost_bottleneck.cpp's checks).
 struct BottleneckDims {
   GhostDims ghost1, ghost2;
   int64_t stride, Ho, Wo;
   bool has_dw, has_se, has_shortcut;
+  bool gated;
+  GateDims gate;  // when gated
 };
 
 // The launcher of ghostkernels::ghost_bottleneck (launch_ghost_bottleneck.cpp). Called by its binding

@@ -33,7 +33,7 @@ struct DepthwiseAvx512Params {
   const uint16_t* colmask;   // avx512_depthwise_column_masks(K, stride, Ho, Wo)
 };
 
-// Whether this CPU and the kernel handle it: AVX-512 F/BW/VL/DQ (and BF16 for bfloat16), K in {1, 3, 5, 7},
+// Whether this CPU and the kernel handle it: AVX-512 F/BW/VL/DQ (bfloat16 needs nothing more), K in {1, 3, 5, 7},
 // stride 1 or 2.
 bool avx512_depthwise_available(bool bf16, int64_t K, int64_t stride);
 

@@ -30,7 +30,7 @@ struct GemvAvx512Params {
   int act;          // ghostkernels::Act
 };
 
-// Whether this CPU runs the kernel: AVX-512 F/BW/VL/DQ, and BF16 for bfloat16.
+// Whether this CPU runs the kernel: AVX-512 F/BW/VL/DQ (bfloat16 needs nothing more).
 bool avx512_gemv_available(bool bf16);
 
 // Output rows are computed four at a time; row block i is rows [4i, 4i + 4).

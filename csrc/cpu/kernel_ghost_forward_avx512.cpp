@@ -40,11 +40,19 @@ int64_t band_pixels_max(const ForwardAvx512Params& p) {
 }  // namespace
 
 bool avx512_forward_available(bool bf16, int64_t K) {
+  (void)bf16;  // bfloat16 runs without AVX-512 BF16 too (widened to the float32 GEMM)
 #if GK_AVX512_KERNELS
-  return cpu_has_avx512(bf16) && (K == 1 || K == 3 || K == 5 || K == 7);
+  return cpu_has_avx512(false) && (K == 1 || K == 3 || K == 5 || K == 7);
 #else
-  (void)bf16;
   (void)K;
+  return false;
+#endif
+}
+
+bool avx512_forward_bf16_dot() {
+#if GK_AVX512_KERNELS
+  return cpu_has_avx512(true);
+#else
   return false;
 #endif
 }
@@ -66,9 +74,10 @@ std::vector<uint16_t> avx512_column_masks(int64_t K, int64_t W, int64_t B) {
 }
 
 // The packed x of an item, in 4-byte words: float32 packs only groups of images; bfloat16 always packs (pairs of
-// channels per word).
+// channels per word for the dot product, else one widened channel per word).
 int64_t panel_words(const ForwardAvx512Params& p) {
-  if (p.bf16) return (p.C + 1) / 2 * p.G * band_pixels_max(p);
+  if (p.bf16 && p.bf16_dot) return (p.C + 1) / 2 * p.G * band_pixels_max(p);
+  if (p.bf16) return p.C * p.G * band_pixels_max(p);
   return p.G > 1 ? p.C * p.G * band_pixels_max(p) : 0;
 }
 
@@ -77,8 +86,8 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p) {
 }
 
 #if GK_AVX512_KERNELS
-// avx512bf16 only adds the bf16 intrinsics the BF16 instantiations use; the F32 ones contain none of its
-// instructions, so they still run on AVX-512 CPUs without BF16.
+// avx512bf16 only adds the bf16 dot product the BF16 instantiations use; the F32 and BF16W ones contain none of its
+// instructions, so they run on AVX-512 CPUs without BF16.
 GK_AVX512_REGION_BEGIN
 
 }  // namespace cpu
@@ -92,22 +101,29 @@ namespace {
 
 // The element types and their GEMM step. A `word` is the GEMM operand unit: one float, or two bfloat16 of
 // neighbouring input channels; madd(acc, a, b) adds, per float lane, the products of a broadcast weight word and
-// a word of x.
+// a word of x. `pairs`: x is packed as channel pairs (the bf16 dot product); `widen`: bfloat16 x is widened to
+// float as it is packed, for the float GEMM (CPUs without AVX-512 BF16).
 struct F32 {
   using elem = float;
   using word = float;
   using wvec = __m512;
-  static constexpr bool bf16 = false;
+  static constexpr bool pairs = false;
+  static constexpr bool widen = false;
   static wvec load(const word* p) { return _mm512_loadu_ps(p); }
   static wvec load(__mmask16 m, const word* p) { return _mm512_maskz_loadu_ps(m, p); }
   static wvec broadcast(word w) { return _mm512_set1_ps(w); }
   static __m512 madd(__m512 acc, wvec a, wvec b) { return _mm512_fmadd_ps(a, b, acc); }
 };
+struct BF16W : F32 {
+  using elem = uint16_t;  // raw bfloat16
+  static constexpr bool widen = true;
+};
 struct BF16 {
   using elem = uint16_t;  // raw bfloat16
   using word = uint32_t;
   using wvec = __m512i;
-  static constexpr bool bf16 = true;
+  static constexpr bool pairs = true;
+  static constexpr bool widen = false;
   static wvec load(const word* p) { return _mm512_loadu_si512(p); }
   static wvec load(__mmask16 m, const word* p) { return _mm512_maskz_loadu_epi32(m, p); }
   static wvec broadcast(word w) { return _mm512_set1_epi32(static_cast<int>(w)); }
@@ -116,7 +132,7 @@ struct BF16 {
 
 // x's input channels per GEMM step.
 template <typename T>
-constexpr int64_t channels_per_word() { return T::bf16 ? 2 : 1; }
+constexpr int64_t channels_per_word() { return T::pairs ? 2 : 1; }
 
 // Stores the lanes `mask` of v at dst, rounding to the element type (bfloat16: to nearest even), after adding,
 // where the call has a residual (laid out like the output), the residual's element at the same place, in float.
@@ -125,6 +141,34 @@ inline void store_output(typename T::elem* dst, const typename T::elem* res, __m
   if (res != nullptr) v = _mm512_add_ps(v, load_f32(mask, res));
   store_f32(dst, mask, v);
 }
+
+// The map elements a vector's lanes `mask` multiply by (ForwardAvx512Params::gate): the lanes' entries of
+// gate_index, and whether they fit a 32-element window from the smallest one. (The index is not monotone along a
+// plane: rows that share a map row start over at its first element. But 16 consecutive pixels touch at most two map
+// rows' elements for the maps of GhostNetV2, a window of at most 2 * Wg.) Computed once per vector of pixels and
+// used for every channel: the gated GEMM epilogue builds one per vector for its tile's channels, the cheap half a
+// table of them per band (gate_lanes_of_band).
+struct GateLanes {
+  __m512i idx, rel;
+  int32_t first;
+  bool window;
+  __mmask16 mask;
+  GateLanes() = default;
+  GateLanes(const int32_t* index, __mmask16 m) : mask(m) {  // m != 0
+    idx = _mm512_maskz_loadu_epi32(m, index);
+    first = _mm512_mask_reduce_min_epi32(m, idx);
+    window = _mm512_mask_reduce_max_epi32(m, idx) - first < 32;
+    rel = _mm512_sub_epi32(idx, _mm512_set1_epi32(first));
+  }
+  // The lanes' map values from one map plane; `end` bounds the window's two loads.
+  __m512 load(const float* plane, const float* end) const {
+    const float* base = plane + first;
+    if (window && base + 32 <= end) {
+      return _mm512_permutex2var_ps(_mm512_loadu_ps(base), rel, _mm512_loadu_ps(base + kLanes));
+    }
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, idx, plane, 4);
+  }
+};
 
 // One work item's pieces, shared by its tiles.
 template <typename T>
@@ -138,6 +182,7 @@ struct Item {
   int64_t out_primary;               // where channel 0 of image 0's row a0 starts in them
   int64_t out_image;     // output elements per image (OC * H * W)
   int64_t own_lo, own_hi;  // pixels (of PA) on the band's own rows
+  int64_t n0, pix0;        // the item's first image, and the in-image pixel of row a0's first column (a0 * W)
 };
 
 // z1 for channels [m0, m0 + MR) x pixels [s0, s0 + 16*NV) of the item, then its epilogue. `tail` masks the last
@@ -188,11 +233,15 @@ void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int6
       const int64_t out_off = it.out_primary + i * it.out_image + m0 * HW + shift;
       typename T::elem* out = it.out + out_off;
       const typename T::elem* res = it.res == nullptr ? nullptr : it.res + out_off;
+      const bool gated = p.gate != nullptr && own;
+      const GateLanes gl = gated ? GateLanes(p.gate_index + it.pix0 + shift, own) : GateLanes();
+      const float* gplane = gated ? p.gate + ((it.n0 + i) * p.OC + m0) * p.gate_plane : nullptr;
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
-        _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, acc[r][v]);
+        _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, acc[r][v]);  // x1 itself: the cheap half reads it
         if (own && m0 + r < p.n_primary) {
-          store_output<T>(out + r * HW, res == nullptr ? nullptr : res + r * HW, own, acc[r][v]);
+          const __m512 y = gated ? _mm512_mul_ps(acc[r][v], gl.load(gplane + r * p.gate_plane, p.gate_end)) : acc[r][v];
+          store_output<T>(out + r * HW, res == nullptr ? nullptr : res + r * HW, own, y);
         }
       }
       lo = hi;
@@ -227,11 +276,13 @@ TileFn<T, A> tile_for(int64_t mr, int64_t nv) {
 }
 
 // dst[q] = act(b2 + sum_{dy,dx} w[dy*K+dx] * x1(q + (dy-p)*W + dx-p)) for q in [0, n), where `centre` is x1 at
-// the band's first own row (plus res[q] where res is not nullptr). colmask[(q/16)*K + dx] keeps the lanes whose
-// column q%W + dx - p is inside the row.
+// the band's first own row (times the map plane gplane's elements gl[q / 16] where gplane is not nullptr, then plus
+// res[q] where res is not nullptr). colmask[(q/16)*K + dx] keeps the lanes whose column q%W + dx - p is inside the
+// row.
 template <typename T, int K, Act A>
 void depthwise_rows(const float* centre, typename T::elem* dst, const typename T::elem* res, int64_t n, int64_t W,
-                    const float* w, float bias, const uint16_t* colmask) {
+                    const float* w, float bias, const uint16_t* colmask, const float* gplane, const GateLanes* gl,
+                    const float* gend) {
   constexpr int P = K / 2;
   for (int64_t q0 = 0; q0 < n; q0 += kLanes) {
     const uint16_t* cm = colmask + (q0 / kLanes) * K;
@@ -245,13 +296,16 @@ void depthwise_rows(const float* centre, typename T::elem* dst, const typename T
         acc = _mm512_fmadd_ps(v, _mm512_set1_ps(w[dy * K + dx]), acc);
       }
     }
-    store_output<T>(dst + q0, res == nullptr ? nullptr : res + q0, lane_range(0, n - q0), act_v<A>(acc));
+    const __mmask16 lanes = lane_range(0, n - q0);
+    __m512 y = act_v<A>(acc);
+    if (gplane != nullptr) y = _mm512_mul_ps(y, gl[q0 / kLanes].load(gplane, gend));
+    store_output<T>(dst + q0, res == nullptr ? nullptr : res + q0, lanes, y);
   }
 }
 
 template <typename T, Act A>
 using DepthwiseFn = void (*)(const float*, typename T::elem*, const typename T::elem*, int64_t, int64_t, const float*,
-                             float, const uint16_t*);
+                             float, const uint16_t*, const float*, const GateLanes*, const float*);
 
 template <typename T, Act A>
 DepthwiseFn<T, A> depthwise_for(int64_t K) {
@@ -283,6 +337,23 @@ void pack_bf16_pairs(const uint16_t* x, int64_t C, int64_t HW, int64_t n0, int64
   }
 }
 
+// Widens channels [0, C) of g images' rows [a0, a1) to float, row k of a [C][g*PA] panel (bfloat16 on the float
+// GEMM).
+void pack_bf16_widened(const uint16_t* x, int64_t C, int64_t HW, int64_t n0, int64_t g, int64_t a0W, int64_t PA,
+                       float* panel) {
+  const int64_t P = g * PA;
+  for (int64_t k = 0; k < C; ++k) {
+    for (int64_t i = 0; i < g; ++i) {
+      const uint16_t* src = x + ((n0 + i) * C + k) * HW + a0W;
+      float* dst = panel + k * P + i * PA;
+      for (int64_t q = 0; q < PA; q += kLanes) {
+        const __mmask16 m = lane_range(0, PA - q);
+        _mm512_mask_storeu_ps(dst + q, m, load_f32(m, src + q));
+      }
+    }
+  }
+}
+
 template <typename T, Act A>
 void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
   using elem = typename T::elem;
@@ -294,6 +365,7 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
   elem* out_all = static_cast<elem*>(p.out);
   const elem* res_all = static_cast<const elem*>(p.residual);
   const DepthwiseFn<T, A> depthwise = depthwise_for<T, A>(K);
+  thread_local std::vector<GateLanes> band_lanes;  // per thread, reused across items and calls
 
   for (int64_t item = begin; item < end; ++item) {
     // item -> (group, block, band), band fastest: the order of util_work_plan.h's WorkPlan.
@@ -306,8 +378,12 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
     Item<T> it;
     it.PA = PA;
     it.P = g * PA;
-    if constexpr (T::bf16) {
+    if constexpr (T::pairs) {
       pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
+      it.b = panel;
+      it.ldb = it.P;
+    } else if constexpr (T::widen) {
+      pack_bf16_widened(x, C, HW, n0, g, a0 * W, PA, reinterpret_cast<float*>(panel));
       it.b = panel;
       it.ldb = it.P;
     } else if (g == 1) {
@@ -332,6 +408,16 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
     it.out_image = p.OC * HW;
     it.own_lo = (r0 - a0) * W;
     it.own_hi = (r1 - a0) * W;
+    it.n0 = n0;
+    it.pix0 = a0 * W;
+
+    // The gated module's map lanes for the band's own rows, shared by every cheap channel and image of the item.
+    if (p.gate != nullptr) {
+      band_lanes.clear();
+      for (int64_t q0 = 0; q0 < own * W; q0 += kLanes) {
+        band_lanes.emplace_back(p.gate_index + r0 * W + q0, lane_range(0, own * W - q0));
+      }
+    }
 
     // Plane rows outside the image are the depthwise conv's zero padding; the epilogue never writes them.
     const int64_t zero_top = (a0 - top) * W, zero_bottom_from = (a1 - top) * W, plane_end = (own + 2 * pad) * W;
@@ -356,8 +442,9 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
           for (int64_t i = 0; i < g; ++i) {
             const float* centre = planes + (r * p.G + i) * pstride + pad * W;
             const int64_t off = ((n0 + i) * p.OC + I + j) * HW + r0 * W;
+            const float* gplane = p.gate == nullptr ? nullptr : p.gate + ((n0 + i) * p.OC + I + j) * p.gate_plane;
             depthwise(centre, out_all + off, res_all == nullptr ? nullptr : res_all + off, own * W, W,
-                      p.w2 + j * K * K, p.b2[j], p.colmask);
+                      p.w2 + j * K * K, p.b2[j], p.colmask, gplane, band_lanes.data(), p.gate_end);
           }
         }
       }
@@ -380,8 +467,10 @@ void run_items_for_act(const ForwardAvx512Params& p, int64_t begin, int64_t end,
 }  // namespace
 
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
-  if (p.bf16) {
+  if (p.bf16 && p.bf16_dot) {
     run_items_for_act<BF16>(p, begin, end, scratch);
+  } else if (p.bf16) {
+    run_items_for_act<BF16W>(p, begin, end, scratch);
   } else {
     run_items_for_act<F32>(p, begin, end, scratch);
   }

@@ -12,10 +12,17 @@
 //      would wrap into the neighbouring row), so the k*k-tap sum never touches memory.
 // x of a group of small images is first packed into one [C, g*pixels] panel so a strip of 64 pixels can span
 // images (7x7 images are 49 pixels: unpacked, a quarter of every vector would be wasted).
-// bfloat16: the GEMM is the CPU's bf16 dot product (vdpbf16ps: two bf16 products per float lane, accumulated in
-// float), twice the multiply-adds of float32 per instruction; x is packed as pairs of neighbouring input channels
-// per pixel, the layout that instruction reads. x1 and the depthwise conv stay in float (eager rounds x1 to bf16
-// first, so ours is the more accurate), and only the two halves of the output are rounded to bfloat16.
+// bfloat16: on CPUs with AVX-512 BF16 the GEMM is the CPU's bf16 dot product (vdpbf16ps: two bf16 products per
+// float lane, accumulated in float), twice the multiply-adds of float32 per instruction; x is packed as pairs of
+// neighbouring input channels per pixel, the layout that instruction reads. On AVX-512 CPUs without BF16 x is widened
+// to float as it is packed and the float32 GEMM runs (bf16_dot false). x1 and the depthwise conv stay in float
+// (eager rounds x1 to bf16 first, so ours is the more accurate), and only the two halves of the output are rounded
+// to bfloat16.
+// GhostNetV2's gated module (gate set): both halves are multiplied by the upsampled DFC map as they are stored. The
+// map element of each output pixel comes from a table (gate_index: nearest upsampling's index formula, computed once
+// per call). The index is not monotone along a plane (rows sharing a map row start over at its first element), but
+// 16 consecutive pixels of GhostNetV2's maps touch at most two map rows, so a vector's lanes read a window of the map:
+// two loads and a permute (a gather where the window is wider than 32 elements).
 #pragma once
 
 #include <cstdint>
@@ -30,14 +37,21 @@ constexpr int64_t kForwardTileChannels = 6;
 struct ForwardAvx512Params {
   bool bf16;        // the dtype of x and out: bfloat16 (raw 16-bit words) or float32
   const void* x;    // [N, C, H, W] contiguous
-  const void* w1;   // float32: [I, C]; bfloat16: [I, ceil(C/2)] 32-bit words, each two weights of neighbouring
-                    // input channels (a zero weight pads an odd C), the operand layout of the bf16 dot product
+  const void* w1;   // float32 (and bfloat16 without bf16_dot): float [I, C]; bfloat16 with bf16_dot:
+                    // [I, ceil(C/2)] 32-bit words, each two weights of neighbouring input channels (a zero weight
+                    // pads an odd C), the operand layout of the bf16 dot product
   const float* b1;  // [I]
   const float* w2;  // [I*M, K*K]
   const float* b2;  // [I*M]
   void* out;        // [N, OC, H, W] contiguous, x's dtype
   const void* residual;  // nullptr, or [N, OC, H, W] contiguous in x's dtype: added to the output (after the
-                         // activation; a bottleneck's shortcut)
+                         // activation and the gate; a bottleneck's shortcut)
+  bool bf16_dot;         // bfloat16 on the bf16 dot product (w1 as channel pairs); false: w1 float [I, C]
+  const float* gate;     // nullptr, or the gated module's map [N, OC, gate_plane] float32, multiplied into the output
+  const float* gate_end;      // the end of the memory holding the map (window loads may run up to 31 floats past a
+                              // plane's last element, but never past this)
+  int64_t gate_plane;         // elements per map plane (Hg * Wg)
+  const int32_t* gate_index;  // [H * W]: the map element (within its plane) that each output pixel reads
   int64_t N, C, H, W, I, M, K, OC;
   int64_t n_primary, n_cheap;  // channels of each half kept by the slice
   int act;                     // ghostkernels::Act
@@ -48,9 +62,12 @@ struct ForwardAvx512Params {
   const uint16_t* colmask;
 };
 
-// Whether this CPU runs the kernel (AVX-512 F/BW/VL/DQ, and BF16 for bfloat16) and the kernel handles this
+// Whether this CPU runs the kernel (AVX-512 F/BW/VL/DQ; bfloat16 needs nothing more) and the kernel handles this
 // depthwise kernel size.
 bool avx512_forward_available(bool bf16, int64_t K);
+
+// Whether bfloat16 calls can take the bf16 dot product (the CPU has AVX-512 BF16): ForwardAvx512Params::bf16_dot.
+bool avx512_forward_bf16_dot();
 
 // For each 16-output vector of a band of B rows and each column offset dx, the lanes whose tap stays inside the row
 // (the forward's colmask; the depthwise backward, kernel_ghost_backward_avx512.h, reads the same masks).

@@ -66,7 +66,7 @@ at::Tensor conv2d_act_forward(const at::Tensor& x, const at::Tensor& w, const at
   if ((bf16 || x.scalar_type() == at::kFloat) &&
       cpu::use_avx512_kernel(cpu::cpu_kernel_knob(), cpu::avx512_small_conv_available(bf16, x.size(1), K, stride),
                              [&] {
-                               return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") + (bf16 ? " or BF16" : "") +
+                               return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") +
                                       ", or the convolution (" + std::to_string(x.size(1)) + " input channels, k=" +
                                       std::to_string(K) + ", stride " + std::to_string(stride) +
                                       ") is not one it has (at most " +

@@ -84,7 +84,7 @@ at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Te
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const bool eligible = (bf16 || x.scalar_type() == at::kFloat) && x.is_contiguous();
   if (eligible && use_avx512_kernel(cpu_kernel_knob(), avx512_depthwise_available(bf16, K, stride), [&] {
-        return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") + (bf16 ? " or BF16" : "") +
+        return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") +
                ", or the depthwise kernel (k=" + std::to_string(K) + ", stride " + std::to_string(stride) +
                ") is not one it has (k in 1, 3, 5, 7; stride 1 or 2)";
       })) {

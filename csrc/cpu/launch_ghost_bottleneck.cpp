@@ -7,8 +7,10 @@
 // the fused Ghost modules (bench/NOTES.md, entry 12). Here the block is one call: both Ghost modules on the fused
 // kernel, the depthwise convs on launch_depthwise_conv.cpp's kernel, the squeeze-excite's mean taken from that kernel's
 // output pass where a depthwise conv precedes it and applied in place, and the shortcut added in ghost2's output
-// store (no separate add pass). The batch is processed in chunks whose ghost1 output fits in cache, and the
-// kernels' intermediates come from, and go back to, the CPU block pool (util_tensor_pool.h).
+// store (no separate add pass). GhostNetV2's gated block (ghost_bottleneck_gated) first computes ghost1's DFC map
+// (launch_dfc_gate.cpp), which ghost1's kernel multiplies into both halves as it stores them. The batch is processed
+// in chunks whose ghost1 output fits in cache, and the kernels' intermediates come from, and go back to, the CPU
+// block pool (util_tensor_pool.h).
 //
 // Numerics: each piece computes in float32 (bfloat16 inputs: float accumulation, bfloat16 intermediates, as
 // eager does in bfloat16); float64 runs ATen's float64 ops around the generic Ghost-module kernel.
@@ -37,7 +39,15 @@ void block_forward(const BottleneckArgs& a, const BottleneckDims& d, int64_t gn,
     const at::Tensor s = cpu::depthwise_conv(x.contiguous(fmt), *a.sc_dw_w, *a.sc_dw_b, a.stride, Act::Identity);
     residual = cpu::pointwise_conv(s, *a.sc_pw_w, *a.sc_pw_b, Act::Identity);
   }
-  at::Tensor y = cpu::ghost_forward(x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, d1, at::Tensor(), at::Tensor());
+  // GhostNetV2's block: ghost1's DFC map first (float32, for the Ghost-module kernel to multiply into its stores).
+  at::Tensor gate;
+  if (d.gated) {
+    GateDims dg = d.gate;
+    dg.N = gn;
+    gate = cpu::dfc_gate_map(x, *a.gate[0], *a.gate[1], *a.gate[2], *a.gate[3], *a.gate[4], *a.gate[5], dg,
+                             /*float_map=*/true);
+  }
+  at::Tensor y = cpu::ghost_forward(x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, d1, at::Tensor(), at::Tensor(), gate);
   at::Tensor sums;
   if (d.has_dw) y = cpu::depthwise_conv(y, *a.dw_w, *a.dw_b, a.stride, Act::Identity, d.has_se ? &sums : nullptr);
   if (d.has_se) {

@@ -23,10 +23,12 @@
 #include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "../activations.h"
 #include "../ghost_module_check.h"
+#include "../nearest_index.h"
 #include "entry_points.h"
 #include "kernel_ghost_forward_avx512.h"
 #include "util_float_weights.h"
@@ -136,20 +138,51 @@ bool use_avx512_forward(const at::Tensor& x, at::MemoryFormat fmt, const GhostDi
   return use_avx512(knob, bf16, d.K);
 }
 
+// For each output pixel of an H x W image, the element of an Hg x Wg map that nearest upsampling puts there.
+std::vector<int32_t> gate_index_table(int64_t H, int64_t W, int64_t Hg, int64_t Wg) {
+  std::vector<int32_t> idx(H * W);
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t row = nearest_source_index(h, Hg, H) * Wg;
+    for (int64_t w = 0; w < W; ++w) idx[h * W + w] = static_cast<int32_t>(row + nearest_source_index(w, Wg, W));
+  }
+  return idx;
+}
+
 // Float32 or bfloat16 NCHW forward on the AVX-512 kernel (kernel_ghost_forward_avx512.h); x and out are contiguous.
 void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                    const at::Tensor& b2, const at::Tensor& out, const at::Tensor& residual, const GhostDims& d) {
+                    const at::Tensor& b2, const at::Tensor& out, const at::Tensor& residual, const GhostDims& d,
+                    const at::Tensor& gate) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  // bfloat16 weights as pairs of neighbouring input channels (one 32-bit word each), an odd C padded with a zero.
+  const bool bf16_dot = bf16 && cpu::avx512_forward_bf16_dot();
+  // bfloat16 weights for the dot product as pairs of neighbouring input channels (one 32-bit word each), an odd C
+  // padded with a zero; without it, float weights for the float GEMM.
   at::Tensor w1k = w1.reshape({d.I, d.C});
-  if (bf16 && d.C % 2 == 1) w1k = at::constant_pad_nd(w1k, {0, 1});
+  if (bf16_dot && d.C % 2 == 1) w1k = at::constant_pad_nd(w1k, {0, 1});
   w1k = w1k.contiguous();
+  std::optional<cpu::FloatWeights> w1f;
+  if (bf16 && !bf16_dot) w1f.emplace(w1k);
   const cpu::FloatWeights b1f(b1), w2f(w2), b2f(b2);
 
   cpu::ForwardAvx512Params prm{};
   prm.bf16 = bf16;
+  prm.bf16_dot = bf16_dot;
+  // The gated module's map as float32 planes; the kernel's window loads may read past a plane up to the end of the
+  // memory holding it (the bottleneck's maps come with slack after the last plane, util_tensor_pool.h).
+  const at::Tensor gatef = !gate.defined()                     ? gate
+                            : gate.scalar_type() == at::kFloat ? gate.contiguous()
+                                                               : gate.to(at::kFloat).contiguous();
+  std::vector<int32_t> gate_index;
+  if (gatef.defined()) {
+    const int64_t Hg = gatef.size(2), Wg = gatef.size(3);
+    gate_index = gate_index_table(d.H, d.W, Hg, Wg);
+    prm.gate = gatef.const_data_ptr<float>();
+    prm.gate_end = reinterpret_cast<const float*>(static_cast<const char*>(gatef.storage().data()) +
+                                                  gatef.storage().nbytes());
+    prm.gate_plane = Hg * Wg;
+    prm.gate_index = gate_index.data();
+  }
   prm.x = x.const_data_ptr();
-  prm.w1 = w1k.const_data_ptr();
+  prm.w1 = w1f ? static_cast<const void*>(w1f->data()) : w1k.const_data_ptr();
   prm.b1 = b1f.data();
   prm.w2 = w2f.data();
   prm.b2 = b2f.data();
@@ -184,10 +217,10 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
 
 at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
                          const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d,
-                         const at::Tensor& residual, const at::Tensor& into) {
+                         const at::Tensor& residual, const at::Tensor& into, const at::Tensor& gate) {
   const at::MemoryFormat fmt = output_memory_format(x);
   if (into.defined() && !into.is_contiguous(fmt)) {  // a destination of another layout: through a temporary
-    into.copy_(ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, residual, at::Tensor()));
+    into.copy_(ghost_forward(x, w_primary, b_primary, w_cheap, b_cheap, d, residual, at::Tensor(), gate));
     return into;
   }
   at::Tensor out = into.defined() ? into : pooled_empty({d.N, d.oc, d.H, d.W}, x.options(), fmt);
@@ -196,7 +229,7 @@ at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
   const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
   if (use_avx512_forward(xc, fmt, d)) {
-    forward_avx512(xc, w1, b1, w2, b2, out, residual.defined() ? residual.contiguous(fmt) : residual, d);
+    forward_avx512(xc, w1, b1, w2, b2, out, residual.defined() ? residual.contiguous(fmt) : residual, d, gate);
     return out;
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
@@ -209,6 +242,8 @@ at::Tensor ghost_forward(const at::Tensor& x, const at::Tensor& w_primary, const
       }
     });
   });
+  // The generic kernel's gate: one more pass over the output (float64, channels_last, CPUs without AVX-512).
+  if (gate.defined()) out.mul_(at::upsample_nearest2d(gate.to(out.scalar_type()), {d.H, d.W}));
   if (residual.defined()) out.add_(residual);
   return out;
 }

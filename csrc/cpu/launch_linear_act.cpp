@@ -47,7 +47,7 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& w, const at
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   if ((bf16 || x.scalar_type() == at::kFloat) &&
       cpu::use_avx512_kernel(cpu::cpu_kernel_knob(), cpu::avx512_gemv_available(bf16), [&] {
-        return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") + (bf16 ? " or BF16" : "");
+        return std::string("this CPU lacks AVX-512 F/BW/VL/DQ");
       })) {
     return linear_act_avx512(x, w, b, act);
   }

@@ -36,7 +36,7 @@ at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Te
   const int64_t N = s.size(0), C = s.size(1), HW = s.size(2) * s.size(3), O = w.size(0);
   if (s.scalar_type() == at::kBFloat16 && s.is_contiguous() && w.size(2) == 1 && w.size(3) == 1 &&
       use_avx512_kernel(cpu_kernel_knob(), avx512_forward_available(true, 1),
-                        [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ or BF16"); })) {
+                        [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); })) {
     return pointwise_bf16(s, w, b, act);
   }
   const bool eligible = s.scalar_type() == at::kFloat && s.is_contiguous();

@@ -33,6 +33,7 @@ using OptTensor = std::optional<at::Tensor>;
 using layouts::kActNames;
 using layouts::kChainConv2dAct;
 using layouts::kChainGhostBottleneck;
+using layouts::kChainGhostBottleneckGated;
 using layouts::kChainLinearAct;
 using layouts::kChainMeanHW;
 using layouts::kChainSteps;
@@ -50,6 +51,16 @@ static_assert(layouts::step_args_are(kChainGhostBottleneck, true, {"mid_channels
                                           "ghost2_b_cheap", "shortcut_dw_w", "shortcut_dw_b", "shortcut_pw_w",
                                           "shortcut_pw_b"}),
               "run_step's ghost_bottleneck arguments");
+static_assert(layouts::step_args_are(kChainGhostBottleneckGated, true,
+                                     {"mid_channels", "act", "stride", "out_channels"}) &&
+                  layouts::step_args_are(kChainGhostBottleneckGated, false,
+                                         {"ghost1_w_primary", "ghost1_b_primary", "ghost1_w_cheap", "ghost1_b_cheap",
+                                          "gate_w_reduce", "gate_b_reduce", "gate_w_h", "gate_b_h", "gate_w_v",
+                                          "gate_b_v", "dw_w", "dw_b", "se_reduce_w", "se_reduce_b", "se_expand_w",
+                                          "se_expand_b", "ghost2_w_primary", "ghost2_b_primary", "ghost2_w_cheap",
+                                          "ghost2_b_cheap", "shortcut_dw_w", "shortcut_dw_b", "shortcut_pw_w",
+                                          "shortcut_pw_b"}),
+              "run_step's ghost_bottleneck_gated arguments");
 static_assert(layouts::step_args_are(kChainMeanHW, true, {}) && layouts::step_args_are(kChainMeanHW, false, {}),
               "run_step's mean_hw arguments");
 static_assert(layouts::step_args_are(kChainLinearAct, true, {"act"}) &&
@@ -120,6 +131,11 @@ at::Tensor run_step(const Step& s, c10::IntArrayRef program, const std::vector<O
       return cpu::ghost_bottleneck_cpu(x, T(0), T(1), T(2), T(3), /*mid=*/a[0], kActNames[a[1]], O(4), O(5),
                                        /*stride=*/a[2], O(6), O(7), O(8), O(9), T(10), T(11), T(12), T(13),
                                        /*out_channels=*/a[3], O(14), O(15), O(16), O(17));
+    case kChainGhostBottleneckGated:
+      return cpu::ghost_bottleneck_gated_cpu(x, T(0), T(1), T(2), T(3), /*mid=*/a[0], kActNames[a[1]], T(4), T(5),
+                                             T(6), T(7), T(8), T(9), O(10), O(11), /*stride=*/a[2], O(12), O(13),
+                                             O(14), O(15), T(16), T(17), T(18), T(19), /*out_channels=*/a[3], O(20),
+                                             O(21), O(22), O(23));
     case kChainMeanHW:
       return cpu::mean_hw(x);
     case kChainLinearAct:

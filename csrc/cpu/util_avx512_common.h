@@ -65,10 +65,47 @@ inline __m512 load_f32(__mmask16 mask, const uint16_t* src) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src)), 16));
 }
 
+// v rounded to bfloat16 (to nearest even; NaN stays a quiet NaN), the 16 words in a 256-bit vector. Integer
+// arithmetic rather than AVX-512 BF16's vcvtneps2bf16, so that the bfloat16 kernels also run on AVX-512 CPUs
+// without BF16 (Ice Lake, Zen 3); the two differ only for denormal inputs, which that instruction flushes to zero.
+inline __m256i round_to_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40)));
+  return _mm512_cvtepi32_epi16(r);
+}
+
 // Stores the lanes `mask` of v to float32 memory, or to bfloat16 memory rounding to nearest even.
 inline void store_f32(float* dst, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(dst, mask, v); }
 inline void store_f32(uint16_t* dst, __mmask16 mask, __m512 v) {
-  _mm256_mask_storeu_epi16(dst, mask, (__m256i)_mm512_cvtneps_pbh(v));
+  _mm256_mask_storeu_epi16(dst, mask, round_to_bf16(v));
+}
+
+// exp(z) for every lane: Cephes' expf (z = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r, then a scale
+// by 2^n), within 2 ulp of expf over float's range; z is clamped to [-87.3, 88.3] first (e^z stays finite and
+// normal). For the DFC gate's sigmoid, where a lane loop over expf (act_v's SiLU) would cost more than the gate.
+inline __m512 exp_v(__m512 z) {
+  z = _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), z);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(_mm512_mul_ps(y, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+// 1 / (1 + exp(-z)) for every lane.
+inline __m512 sigmoid_v(__m512 z) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_v(_mm512_sub_ps(_mm512_setzero_ps(), z))));
 }
 
 }  // namespace

@@ -20,7 +20,7 @@ namespace cpu {
 // float32) and depthwise kernel size; with GHOSTKERNELS_CPU_KERNEL=avx512 a call they cannot run raises, saying why.
 inline bool use_avx512(CpuKernel knob, bool bf16, int64_t K) {
   return use_avx512_kernel(knob, avx512_forward_available(bf16, K), [&] {
-    return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") + (bf16 ? " or BF16" : "") +
+    return std::string("this CPU lacks AVX-512 F/BW/VL/DQ") +
            ", or the depthwise kernel size " + std::to_string(K) + " is not one of 1, 3, 5, 7";
   });
 }

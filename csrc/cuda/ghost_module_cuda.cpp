@@ -19,6 +19,7 @@
 
 #include "../ghost_module_check.h"
 #include "ghost_cuda.h"
+#include "ghost_cuda_dtype.h"
 
 // An opaque redeclaration, so that the detection below can name at::Float32Op even with a torch that predates it
 // (redeclaring an already defined scoped enum with its default underlying type is allowed).
@@ -51,16 +52,7 @@ bool conv_allows_tf32() {
 constexpr const char* kForwardOp = "ghostkernels::ghost_module (CUDA)";
 constexpr const char* kBackwardOp = "ghostkernels::ghost_module_backward (CUDA)";
 
-cuda::DType cuda_dtype(const char* op, const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return cuda::DType::Float32;
-    case at::kHalf: return cuda::DType::Float16;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, op, ": supported dtypes on CUDA are float32, float16 and bfloat16, got ",
-                       x.scalar_type());
-  }
-}
+using cuda::cuda_dtype;
 
 // The kernels' view of a validated call; raises for what the CUDA kernels cannot run.
 cuda::GhostShape make_shape(const char* op, const GhostDims& d, const at::Tensor& x, bool backward) {

@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import environment, plot, results, runner, table
-from .cases import MODELS, MODES, THROUGHPUT_BATCH, parse_dtype_config
+from .cases import E2E_MODELS, MODES, THROUGHPUT_BATCH, parse_dtype_config
 from .timing import TimingBudget
 
 CHECKPOINT_S = 20.0
@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=None,
                    help=f"comma list of batch sizes (default: 1 and the throughput batch, {THROUGHPUT_BATCH['cpu']} "
                         f"on CPU, {THROUGHPUT_BATCH['cuda']} on GPU)")
-    p.add_argument("--models", default=None, help=f"comma list of {', '.join(MODELS)}")
+    p.add_argument("--models", default=None, help=f"comma list of {', '.join(E2E_MODELS)} (the Ghost-module "
+                                                  "shapes come from the GhostNets; ghostnetv2_100 is end-to-end only)")
     p.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)} (train = forward+backward, "
                                                  "frozen BN; train-bn = forward+backward, batch-statistics BN)")
     p.add_argument("--providers", default=None,
                    help="comma list of providers to keep (eager always runs as the baseline): compile, fused-cpu, "
-                        "fused-cuda, fused-triton, fused-<b>+compile, fused-cpu-frozen, fused-cpu-modules, onnxruntime")
+                        "fused-cuda, fused-triton, fused-<b>+compile, fused-cpu-frozen, fused-cpu-modules, onnxruntime, "
+                        "openvino")
     p.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads for PyTorch and ONNX Runtime (default: all usable cores, "
                         f"{environment.usable_cores()} here)")
@@ -95,11 +97,11 @@ def options_from_args(args: argparse.Namespace) -> runner.RunOptions:
             opts.modes = _csv(args.modes)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    bad = [m for m in opts.models if m not in MODELS] + [m for m in opts.modes if m not in MODES]
+    bad = [m for m in opts.models if m not in E2E_MODELS] + [m for m in opts.modes if m not in MODES]
     bad += [str(b) for b in opts.batches if b < 1]
     if bad:
         raise SystemExit(f"ghostkernels-bench: unknown or invalid values: {', '.join(bad)} (models: "
-                         f"{', '.join(MODELS)}; modes: {', '.join(MODES)}; batches >= 1)")
+                         f"{', '.join(E2E_MODELS)}; modes: {', '.join(MODES)}; batches >= 1)")
     if not args.full and args.models and args.models != "ghostnet_100":
         opts.scope = "full"  # the quick shape subset is GhostNet 1.0x's; other models mean all their shapes
     if args.providers:
@@ -118,7 +120,7 @@ def options_from_args(args: argparse.Namespace) -> runner.RunOptions:
 
 
 def _all_provider_names() -> list[str]:
-    names = ["eager", "compile", "onnxruntime"]
+    names = ["eager", "compile", "onnxruntime", "openvino"]
     for b in ("cpu", "cuda", "triton"):
         names += [f"fused-{b}", f"fused-{b}+compile"]
     return names + ["fused-cpu-frozen", "fused-cpu-modules"]

@@ -4,9 +4,9 @@ Providers: eager, compile (freezing), fused-<backend> (ghostkernels.fuse(model, 
 and bottleneck must be fused, or the case fails instead of timing a half-fused model), on CPU fused-<backend>-frozen
 (the same model after ghostkernels.freeze: weights promised constant, as torch.compile's freezing and ONNX Runtime
 assume; the whole network in one ghostkernels::chain call) and fused-<backend>-modules
-(fuse(model, blocks=False): Ghost modules only), fused-<backend>+compile and, on CPU in float32, onnxruntime
-(the unfused model exported to ONNX; see onnx_peer). Each provider's logits are checked against the float64 eager
-model before it is timed.
+(fuse(model, blocks=False): Ghost modules only), fused-<backend>+compile and, on CPU, onnxruntime (float32) and
+openvino (float32 and bfloat16 inference precision), both running the unfused model exported to ONNX (see onnx_peer,
+openvino_peer). Each provider's logits are checked against the float64 eager model before it is timed.
 
 All providers of a case are built and checked first and then timed in turns (timing.time_in_rounds), so that a
 change in the machine's speed while the case runs (a shared VM's slow stretches) reaches all of them alike; the
@@ -24,7 +24,7 @@ import torch
 
 import ghostkernels
 
-from . import checks, onnx_peer
+from . import checks, onnx_peer, openvino_peer
 from .cases import DTypeConfig, build_model
 from .providers import compile_module, fused_backend_of, fused_model, make_step, place, set_mode
 from .timing import Rounds, TimingBudget, rotation_copies, summarize, time_in_rounds
@@ -55,12 +55,17 @@ def end_to_end_providers(device: torch.device, backends: Sequence[str], with_com
         if with_compile:
             names.append(f"fused-{b}+compile")
     if with_onnx and device.type == "cpu":
-        reason = onnx_peer.unavailable_reason()
-        if reason is None:
-            names.append("onnxruntime")
-        else:
-            skipped.append(f"onnxruntime skipped: {reason}")
+        for name, peer in (("onnxruntime", onnx_peer), ("openvino", openvino_peer)):
+            reason = peer.unavailable_reason()
+            if reason is None:
+                names.append(name)
+            else:
+                skipped.append(f"{name} skipped: {reason}")
     return names, skipped
+
+
+# The dtypes each CPU peer runs (other cases have nothing to report for it).
+PEER_DTYPES = {"onnxruntime": (torch.float32,), "openvino": (torch.float32, torch.bfloat16)}
 
 
 class EndToEndRunner:
@@ -71,11 +76,14 @@ class EndToEndRunner:
         self.device, self.threads, self.budget, self.strict, self.turns = device, threads, budget, strict, turns
         self._models: dict[str, torch.nn.Module] = {}
         self._onnx: dict[tuple[str, int], onnx_peer.OnnxRuntimeModel] = {}
+        self._openvino: dict[tuple, openvino_peer.OpenVinoModel] = {}
+        self.peer_precision: dict[tuple, str] = {}  # (model, batch, dtype) -> what OpenVINO computed in
 
     def close(self) -> None:
-        for sess in self._onnx.values():
+        for sess in list(self._onnx.values()) + list(self._openvino.values()):
             sess.close()
         self._onnx.clear()
+        self._openvino.clear()
 
     def base_model(self, name: str) -> torch.nn.Module:
         if name not in self._models:
@@ -104,6 +112,14 @@ class EndToEndRunner:
             if key not in self._onnx:
                 self._onnx[key] = onnx_peer.OnnxRuntimeModel(base, example, self.threads)
             return make_step(self._onnx[key], "forward")
+        elif provider == "openvino":
+            if self.device.type != "cpu":
+                raise ValueError("the openvino peer runs on CPU only")
+            key = (case.model, case.resolution, case.batch, case.config.dtype)
+            if key not in self._openvino:
+                self._openvino[key] = openvino_peer.OpenVinoModel(base, example, self.threads, case.config.dtype)
+            self.peer_precision[(case.model, case.batch, case.config.name)] = self._openvino[key].precision
+            return make_step(self._openvino[key], "forward")
         elif provider.startswith("fused-"):
             blocks = not provider.endswith("-modules")
             model = set_mode(fused_model(base, fused_backend_of(provider), self.device, case.config, blocks),
@@ -151,8 +167,8 @@ class EndToEndRunner:
         steps: dict[str, Callable] = {}
         torch._dynamo.reset()  # once per case: its compiled providers must all stay compiled while they take turns
         for provider in providers:
-            if provider == "onnxruntime" and case.config.dtype != torch.float32:
-                continue  # the ONNX peer is float32 only; nothing to report for other dtypes
+            if provider in PEER_DTYPES and case.config.dtype not in PEER_DTYPES[provider]:
+                continue  # a peer without this dtype: nothing to report
             rec = {"model": case.model, "resolution": case.resolution, "batch": case.batch,
                    "dtype": case.config.name,
                    "memory_format": "channels_last" if case.config.channels_last else "nchw",
@@ -164,6 +180,8 @@ class EndToEndRunner:
                 if self.strict:
                     raise
                 _record_error(rec, e)
+            if provider == "openvino" and (case.model, case.batch, case.config.name) in self.peer_precision:
+                rec["inference_precision"] = self.peer_precision[(case.model, case.batch, case.config.name)]
             records[provider] = rec
         timed = self.time_steps(steps, [(x,) for x in inputs])
         for provider, rec in records.items():

@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from .cases import DTypeConfig, MODELS
+from .cases import E2E_MODELS, DTypeConfig
 from .end_to_end import EndToEndCase, EndToEndRunner, end_to_end_providers
 from .timing import Rounds, TimingBudget
 
@@ -47,9 +47,9 @@ def compare(providers, model: str = "ghostnet_100", batch: int = 1, resolution: 
         if p not in known:
             raise ValueError(f"ghostkernels.bench.interleaved: unknown end-to-end provider {p!r}; expected one of "
                              f"{', '.join(known)}" + "".join(f" ({s})" for s in skipped))
-    if model not in MODELS:
+    if model not in E2E_MODELS:
         raise ValueError(f"ghostkernels.bench.interleaved: unknown model {model!r}; expected one of "
-                         f"{', '.join(MODELS)}")
+                         f"{', '.join(E2E_MODELS)}")
     for name, value, least in (("batch", batch, 1), ("resolution", resolution, 32), ("bursts", bursts, 1),
                                ("calls", calls, dropped + 1), ("dropped", dropped, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
                         help="two end-to-end providers, comma-separated (default %(default)s)")
-    parser.add_argument("--model", default="ghostnet_100", choices=list(MODELS))
+    parser.add_argument("--model", default="ghostnet_100", choices=list(E2E_MODELS))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--bursts", type=int, default=30)

@@ -40,7 +40,7 @@ def export(model: nn.Module, example: torch.Tensor, path: str) -> str:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), path, input_names=["x"], output_names=["logits"],
-                              dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False)
+                              dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
     finally:
         onnx_log.setLevel(level)
     return path

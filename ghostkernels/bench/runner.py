@@ -14,8 +14,8 @@ import torch
 
 from . import cases as cases_mod
 from . import environment, memory, results as results_mod
-from .cases import DEFAULT_CONFIGS, MODELS, QUICK_MODEL, THROUGHPUT_BATCH, DTypeConfig, build_model
-from .end_to_end import EndToEndCase, EndToEndRunner, end_to_end_providers
+from .cases import DEFAULT_CONFIGS, E2E_MODELS, QUICK_MODEL, THROUGHPUT_BATCH, DTypeConfig, build_model
+from .end_to_end import PEER_DTYPES, EndToEndCase, EndToEndRunner, end_to_end_providers
 from .microbench import ModuleCase, run_module_case
 from .providers import fused_backends, module_providers
 from .timing import Rounds, TimingBudget
@@ -53,7 +53,7 @@ class RunOptions:
 
     @classmethod
     def full(cls, device: torch.device, threads: int | None = None) -> RunOptions:
-        return cls(device=device, scope="full", models=list(MODELS), modes=list(cases_mod.MODES),
+        return cls(device=device, scope="full", models=list(E2E_MODELS), modes=list(cases_mod.MODES),
                    batches=[1, THROUGHPUT_BATCH[device.type]], configs=list(DEFAULT_CONFIGS[device.type]),
                    threads=threads or environment.usable_cores(), budget=TimingBudget(warmup_s=0.1, min_time_s=0.5))
 
@@ -183,7 +183,7 @@ def _run_modules(opts: RunOptions, providers: list[str], add: Callable, log: Cal
 def _run_end_to_end(opts: RunOptions, providers: list[str], add: Callable, log: Callable[[str], None]) -> None:
     models = opts.models if opts.scope == "full" else [QUICK_MODEL]
     e2e_cases = [EndToEndCase(m, b, cfg) for m in models for b in opts.batches for cfg in opts.configs]
-    per_case = {c: [p for p in providers if p != "onnxruntime" or c.config.dtype == torch.float32]
+    per_case = {c: [p for p in providers if p not in PEER_DTYPES or c.config.dtype in PEER_DTYPES[p]]
                 for c in e2e_cases}
     log(f"\nend-to-end: {', '.join(models)} x {len(opts.batches)} batches x {len(opts.configs)} dtypes")
     progress = _Progress(sum(len(v) for v in per_case.values()), log)

@@ -49,7 +49,7 @@ def _x(v: float | None) -> str:
 
 
 def _providers(records: list[dict]) -> list[str]:
-    order = {"eager": 0, "compile": 1, "onnxruntime": 9}
+    order = {"eager": 0, "compile": 1, "onnxruntime": 9, "openvino": 10}
     return sorted({r["provider"] for r in records}, key=lambda p: (order.get(p, 5), p))
 
 

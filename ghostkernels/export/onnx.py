@@ -9,6 +9,12 @@ ONNX has no Ghost-module operator, so ``torch.ops.ghostkernels.ghost_module`` is
 
     act: identity -> nothing, relu -> Relu, relu6 -> Clip(0, 6), silu -> x * Sigmoid(x), hardswish -> HardSwish
 
+GhostNetV2's gate: ``dfc_gate`` is AveragePool(2x2, stride 2) -> Conv 1x1 -> Conv (1, kh) and Conv (kv, 1) with
+group = channels and 'same' zero pads -> Sigmoid; ``ghost_module_gated`` multiplies the Ghost module above by
+Resize(gate, sizes = (N, C, H, W), mode nearest, coordinate_transformation_mode asymmetric, nearest_mode floor),
+which is F.interpolate(mode='nearest')'s index formula; ``ghost_bottleneck_gated`` is ghost_bottleneck with that
+ghost1.
+
 Every ONNX runtime runs the result; it is the unfused computation again (x1 is materialized), which is what a
 runtime without the custom kernel can do. The depthwise convolution's zero padding reads x1 after the activation,
 exactly as the op (and GhostNet) defines it; ``group = init`` reads the cheap weight's channel j from x1's channel
@@ -40,6 +46,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"or `pip install ghostkernels[onnx]` ({e})") from e
 
 _OP = "ghostkernels::ghost_module (ONNX lowering)"
+_GATE_OP = "ghostkernels::dfc_gate (ONNX lowering)"
 
 
 def _static_dim(value, dim: int, what: str) -> int:
@@ -88,6 +95,33 @@ def ghost_module_onnx(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: i
     return y if out_channels == init + cheap else _channel_prefix(y, out_channels)
 
 
+def dfc_gate_onnx(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v):
+    """ONNX translation of ``ghostkernels::dfc_gate``."""
+    o = _static_dim(w_reduce, 0, "w_reduce")
+    kh = _static_dim(w_h, 3, "w_h")
+    kv = _static_dim(w_v, 2, "w_v")
+    if kh % 2 != 1 or kv % 2 != 1:
+        raise ValueError(f"{_GATE_OP}: the gate's kernels must be odd, got (1, {kh}) and ({kv}, 1)")
+    z = op.Conv(op.AveragePool(x, kernel_shape=[2, 2], strides=[2, 2]), w_reduce, b_reduce, kernel_shape=[1, 1])
+    z = op.Conv(z, w_h, b_h, group=o, kernel_shape=[1, kh], pads=[0, kh // 2, 0, kh // 2])
+    z = op.Conv(z, w_v, b_v, group=o, kernel_shape=[kv, 1], pads=[kv // 2, 0, kv // 2, 0])
+    return op.Sigmoid(z)
+
+
+def _upsampled(gate, like):
+    """gate nearest-upsampled to like's H x W, as F.interpolate(mode='nearest') indexes (floor(i * in / out))."""
+    sizes = op.Concat(op.Slice(op.Shape(gate), op.Constant(value_ints=[0]), op.Constant(value_ints=[2])),
+                      op.Slice(op.Shape(like), op.Constant(value_ints=[2]), op.Constant(value_ints=[4])), axis=0)
+    return op.Resize(gate, None, None, sizes, mode="nearest", coordinate_transformation_mode="asymmetric",
+                     nearest_mode="floor")
+
+
+def ghost_module_gated_onnx(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act: str, gate):
+    """ONNX translation of ``ghostkernels::ghost_module_gated``."""
+    y = ghost_module_onnx(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    return op.Mul(y, _upsampled(gate, x))
+
+
 def _depthwise(v, w, b, stride: int, what: str):
     """Conv(v, w, b) as the op's depthwise convolutions: group = channels, zero padding k//2."""
     c, k = _static_dim(w, 0, what), _static_dim(w, 2, what)
@@ -102,6 +136,23 @@ def ghost_bottleneck_onnx(x, g1w1, g1b1, g1w2, g1b2, mid_channels: int, act: str
     depthwise Conv, the squeeze-excite as ReduceMean -> Conv -> Relu -> Conv -> HardSigmoid(alpha=1/6, beta=1/2)
     (which is relu6(v + 3) / 6) -> Mul, the shortcut as a depthwise Conv and a 1x1 Conv, then Add."""
     y = ghost_module_onnx(x, g1w1, g1b1, g1w2, g1b2, mid_channels, act)
+    return _bottleneck_rest(x, y, dw_w, dw_b, stride, se_rw, se_rb, se_ew, se_eb, g2w1, g2b1, g2w2, g2b2, out_channels,
+                            sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b)
+
+
+def ghost_bottleneck_gated_onnx(x, g1w1, g1b1, g1w2, g1b2, mid_channels: int, act: str, gw1, gb1, gwh, gbh, gwv,
+                                gbv, dw_w, dw_b, stride: int, se_rw, se_rb, se_ew, se_eb, g2w1, g2b1, g2w2, g2b2,
+                                out_channels: int, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b):
+    """ONNX translation of ``ghostkernels::ghost_bottleneck_gated``: ghost_bottleneck with ghost1 gated."""
+    gate = dfc_gate_onnx(x, gw1, gb1, gwh, gbh, gwv, gbv)
+    y = ghost_module_gated_onnx(x, g1w1, g1b1, g1w2, g1b2, mid_channels, act, gate)
+    return _bottleneck_rest(x, y, dw_w, dw_b, stride, se_rw, se_rb, se_ew, se_eb, g2w1, g2b1, g2w2, g2b2, out_channels,
+                            sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b)
+
+
+def _bottleneck_rest(x, y, dw_w, dw_b, stride, se_rw, se_rb, se_ew, se_eb, g2w1, g2b1, g2w2, g2b2, out_channels,
+                     sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b):
+    """A bottleneck after ghost1's output y: conv_dw, the squeeze-excite, ghost2 and the shortcut."""
     if dw_w is not None:
         y = _depthwise(y, dw_w, dw_b, stride, "dw_w")
     if se_rw is not None:
@@ -125,7 +176,10 @@ def custom_translation_table() -> dict[Callable, Callable]:
     """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)`` that lowers the fused ops."""
     ops.load_library()  # torch.ops.ghostkernels.* exist only once the op library is loaded
     return {torch.ops.ghostkernels.ghost_module.default: ghost_module_onnx,
-            torch.ops.ghostkernels.ghost_bottleneck.default: ghost_bottleneck_onnx}
+            torch.ops.ghostkernels.ghost_bottleneck.default: ghost_bottleneck_onnx,
+            torch.ops.ghostkernels.dfc_gate.default: dfc_gate_onnx,
+            torch.ops.ghostkernels.ghost_module_gated.default: ghost_module_gated_onnx,
+            torch.ops.ghostkernels.ghost_bottleneck_gated.default: ghost_bottleneck_gated_onnx}
 
 
 def export(model: torch.nn.Module | torch.export.ExportedProgram, args: tuple[Any, ...],
@@ -144,4 +198,5 @@ def export(model: torch.nn.Module | torch.export.ExportedProgram, args: tuple[An
     return torch.onnx.export(model, args, path, dynamo=True, custom_translation_table=table, **kwargs)
 
 
-__all__ = ["custom_translation_table", "export", "ghost_bottleneck_onnx", "ghost_module_onnx"]
+__all__ = ["custom_translation_table", "dfc_gate_onnx", "export", "ghost_bottleneck_gated_onnx", "ghost_bottleneck_onnx",
+           "ghost_module_gated_onnx", "ghost_module_onnx"]

@@ -10,7 +10,8 @@ tracing, hooks on its layers) it runs the block's own forward, whose Ghost modul
 stays exact in training (running statistics, drop-path and all) and fast on a GPU.
 
 Which modules are bottlenecks is decided by ghostkernels.nn.recognize (structure and a probe input): this
-package's, the official huawei-noah and timm's GhostBottleneck all pass.
+package's, the official huawei-noah and timm's GhostBottleneck all pass. GhostNetV2's blocks, whose ghost1 carries
+the DFC attention gate (a FusedGatedGhostModule once fused), run as ``ghostkernels::ghost_bottleneck_gated``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from .. import ops
 from ..models import GhostBottleneck
-from ..ops.layouts import ChainStep, GhostBottleneckArgs, chain_step
+from ..ops.layouts import ChainStep, GhostBottleneckArgs, GhostBottleneckGatedArgs, chain_step
 from .folding import FoldCache
 from .gate import CpuInferenceGate, checked_backend
 from .ghost_module import FusedGhostModule
@@ -38,9 +39,10 @@ class FusedGhostBottleneck(nn.Module):
     """
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int = 3, stride: int = 1,
-                 act_layer: type[nn.Module] = nn.ReLU, se_ratio: float = 0.0, *, backend: str = "auto"):
+                 act_layer: type[nn.Module] = nn.ReLU, se_ratio: float = 0.0, mode: str = "original", *,
+                 backend: str = "auto"):
         super().__init__()
-        block = GhostBottleneck(in_chs, mid_chs, out_chs, dw_kernel_size, stride, act_layer, se_ratio)
+        block = GhostBottleneck(in_chs, mid_chs, out_chs, dw_kernel_size, stride, act_layer, se_ratio, mode)
         fused = {name: FusedGhostModule.from_module(block._modules[name], backend=backend)
                  for name in ("ghost1", "ghost2")}
         block._modules.update(fused)  # the block is private here: its own forward gets the fused Ghost modules
@@ -100,10 +102,15 @@ class FusedGhostBottleneck(nn.Module):
         self.ghost2.backend = value
         self._backend = value
 
-    def op_arguments(self, x=None) -> GhostBottleneckArgs:
-        """The arguments of ghostkernels::ghost_bottleneck for input ``x`` (None: only the weights), BatchNorms
-        folded. Cached with the folded weights, except while compiling or exporting: the fold is traced then, and
-        attributes must not be assigned."""
+    @property
+    def gated(self) -> bool:
+        """ghost1 carries GhostNetV2's DFC gate: the block runs as ghostkernels::ghost_bottleneck_gated."""
+        return self._layers.gate is not None
+
+    def op_arguments(self, x=None) -> GhostBottleneckArgs | GhostBottleneckGatedArgs:
+        """The arguments of ghostkernels::ghost_bottleneck (ghost_bottleneck_gated for a gated ghost1) for input
+        ``x`` (None: only the weights), BatchNorms folded. Cached with the folded weights, except while compiling
+        or exporting: the fold is traced then, and attributes must not be assigned."""
         folded = self._fold_cache.get(self._stages)
         compiling = torch.compiler.is_compiling()
         if compiling or self._args_of is not folded:
@@ -122,7 +129,10 @@ class FusedGhostBottleneck(nn.Module):
         if self._gate.open(x, self.training, self._backend):
             # The op directly, the cached arguments after x: building the argument tuple per call is a tenth of a
             # 7x7 block's time at batch 1.
-            return torch.ops.ghostkernels.ghost_bottleneck.default(x, *self.op_arguments()[1:])
+            # The op looked up per call, not kept on the module: an OpOverload does not pickle (torch.save(model)).
+            ns = torch.ops.ghostkernels
+            op = ns.ghost_bottleneck_gated.default if self._layers.gate is not None else ns.ghost_bottleneck.default
+            return op(x, *self.op_arguments()[1:])
         block = self._block
         block.training = self.training
         return block(x)

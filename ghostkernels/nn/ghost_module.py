@@ -1,5 +1,5 @@
-"""Drop-in Ghost modules that run the fused op: ``FusedGhostModule`` and its Ultralytics-layout sibling
-``FusedGhostConv``.
+"""Drop-in Ghost modules that run the fused op: ``FusedGhostModule``, its GhostNetV2 (DFC-gated) subclass
+``FusedGatedGhostModule``, and its Ultralytics-layout sibling ``FusedGhostConv``.
 
 Both keep the layers (and so the parameters, buffers and state_dict keys) of the module they stand for, and choose
 per call between two paths:
@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -164,15 +165,24 @@ class FusedGhostModule(FusedGhostBase):
         package's GhostModule, the official or timm GhostModule, an official GhostModuleV2 in mode 'original', or a
         timm GhostModuleV3 after ``reparameterize()`` (convs with bias, no BN, no slice). Its forward semantics
         (slice or not, activation) are checked on a small probe input (ghostkernels.nn.recognize); what the op
-        cannot compute raises NotFusableError (a ValueError) with the reason. The training flag is copied."""
+        cannot compute raises NotFusableError (a ValueError) with the reason. The training flag is copied. A module
+        with GhostNetV2's DFC gate (short_conv) comes back as a FusedGatedGhostModule."""
         spec = inspect_ghost_module(module)
         if spec.layout != "sequential":
             raise ValueError(f"FusedGhostModule.from_module: {type(module).__name__} has the cv1/cv2 layout of "
                              f"Ultralytics' GhostConv; use FusedGhostConv.from_module (or ghostkernels.fuse)")
+        if spec.gated and not issubclass(cls, FusedGatedGhostModule):
+            cls = FusedGatedGhostModule
+        elif not spec.gated and issubclass(cls, FusedGatedGhostModule):
+            raise ValueError(f"FusedGatedGhostModule.from_module: {type(module).__name__} has no DFC gate "
+                             f"(short_conv); use FusedGhostModule.from_module")
         fused = cls.__new__(cls)
         FusedGhostBase.__init__(fused)
         fused.primary_conv = module.primary_conv
         fused.cheap_operation = module.cheap_operation
+        if spec.gated:
+            fused.gate_fn = getattr(module, "gate_fn", None) or nn.Sigmoid()
+            fused.short_conv = module.short_conv
         fused._configure(spec.out_channels, spec.act, backend)
         fused.training = module.training  # not .train(): that would overwrite the shared layers' own flags
         return fused
@@ -197,6 +207,65 @@ class FusedGhostModule(FusedGhostBase):
         x1 = self.primary_conv(x)
         x2 = self.cheap_operation(x1)
         return torch.cat([x1, x2], dim=1)[:, :self.out_channels]
+
+
+class FusedGatedGhostModule(FusedGhostModule):
+    """GhostNetV2's gated Ghost module (ghostkernels.models.GhostModuleV2, timm's GhostModuleV2, the official
+    GhostModuleV2 in mode 'attn', timm's GhostModuleV3 in mode 'shortcut' after reparameterize()) on the fused ops:
+    ``ops.dfc_gate`` computes the DFC attention map sigmoid(short_conv(avg_pool2d(x, 2, 2))) from x, and
+    ``ops.ghost_module_gated`` multiplies its nearest upsampling into both halves of the Ghost module as they are
+    stored.
+
+    Same layers, parameters and state_dict keys as the module it stands for (primary_conv, cheap_operation,
+    short_conv; gate_fn, a Sigmoid, has none). The fused path runs where no BatchNorm of the five (two of the Ghost
+    module, three of the gate) uses batch statistics, with all five folded (one fold cache); otherwise the original
+    layers run. Both fused ops have a backward, so the fused path is taken in training with frozen BNs too.
+    """
+
+    def __init__(self, inp: int, oup: int, kernel_size: int = 1, ratio: int = 2, dw_size: int = 3,
+                 stride: int = 1, relu: bool = True, *, act: str | None = None, backend: str = "auto"):
+        super().__init__(inp, oup, kernel_size, ratio, dw_size, stride, relu, act=act, backend=backend)
+        self.gate_fn = nn.Sigmoid()
+        self.short_conv = nn.Sequential(
+            nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup),
+            nn.Conv2d(oup, oup, (1, 5), 1, (0, 2), groups=oup, bias=False), nn.BatchNorm2d(oup),
+            nn.Conv2d(oup, oup, (5, 1), 1, (2, 0), groups=oup, bias=False), nn.BatchNorm2d(oup))
+
+    def ghost_spec(self) -> GhostSpec:
+        return GhostSpec(self.layout, self.act, self.out_channels, gated=True)
+
+    def gate_stages(self) -> tuple[Stage, Stage, Stage]:
+        """The gate's three (conv, BatchNorm) stages: the 1x1 conv, the (1, k) and the (k, 1) depthwise convs
+        (short_conv's layers as checked when the module was made; read through _modules, as per call)."""
+        c0, b0, c1, b1, c2, b2 = self.short_conv._modules.values()
+        return Stage(c0, b0), Stage(c1, b1), Stage(c2, b2)
+
+    def _stages(self) -> tuple[Stage, ...]:
+        return self.ghost_stages() + self.gate_stages()
+
+    def op_arguments(self, x=None) -> GhostModuleArgs:
+        """The arguments of ghostkernels::ghost_module (without the map: see gate_arguments) for input ``x``,
+        BatchNorms folded."""
+        w1, b1, w2, b2 = self._fold_cache.get(self._stages())[:4]
+        return GhostModuleArgs(x, w1, b1, w2, b2, self.out_channels, self.act)
+
+    def gate_arguments(self) -> tuple[torch.Tensor, ...]:
+        """dfc_gate's six folded weights (w_reduce, b_reduce, w_h, b_h, w_v, b_v)."""
+        return self._fold_cache.get(self._stages())[4:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stages = self._stages()
+        if any(uses_batch_statistics(st.bn) for st in stages):
+            return self._unfused_forward(x)
+        w1, b1, w2, b2, *gate = self._fold_cache.get(stages)
+        gate_map = ops.dfc_gate(x, *gate, backend=self.backend)
+        return ops.ghost_module_gated(x, w1, b1, w2, b2, self.out_channels, self.act, gate_map,
+                                      backend=self.backend)
+
+    def _unfused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = self.short_conv(F.avg_pool2d(x, kernel_size=2, stride=2))
+        out = super()._unfused_forward(x)
+        return out * F.interpolate(self.gate_fn(res), size=(out.shape[-2], out.shape[-1]), mode="nearest")
 
 
 class FusedGhostConv(FusedGhostBase):
@@ -235,4 +304,4 @@ class FusedGhostConv(FusedGhostBase):
         return torch.cat([y, self.cv2(y)], dim=1)[:, :self.out_channels]
 
 
-__all__ = ["FusedGhostBase", "FusedGhostConv", "FusedGhostModule"]
+__all__ = ["FusedGatedGhostModule", "FusedGhostBase", "FusedGhostConv", "FusedGhostModule"]

@@ -13,10 +13,13 @@ The kinds:
 * Ghost modules (``inspect_ghost_module``), in two layouts: ``primary_conv`` + ``cheap_operation`` (two Sequentials:
   Conv2d -> [BatchNorm2d] -> [activation]; this package's GhostModule, the official huawei-noah GhostModule and
   GhostModuleV2 in mode 'original', timm's GhostModule, timm's GhostModuleV3 after ``reparameterize()``), and
-  ``cv1`` + ``cv2`` (Ultralytics' GhostConv, before or after Ultralytics' own fuse()).
-* GhostNet bottlenecks (``inspect_ghost_bottleneck``): children ghost1, ghost2 (Ghost modules, ghost2 without
-  activation), optional conv_dw (depthwise, stride 2) with bn_dw, optional se (conv_reduce, conv_expand), shortcut
-  (an empty Sequential or [depthwise conv, BN, 1x1 conv, BN]).
+  ``cv1`` + ``cv2`` (Ultralytics' GhostConv, before or after Ultralytics' own fuse()). The first layout may also
+  carry GhostNetV2's DFC attention gate, ``short_conv`` (1x1 conv, BN, depthwise (1, k) conv, BN, depthwise (k, 1)
+  conv, BN; ``gate_stages``), whose nearest-upsampled sigmoid multiplies the output: this package's and timm's
+  GhostModuleV2, the official one in mode 'attn', timm's GhostModuleV3 in mode 'shortcut' after reparameterize().
+* GhostNet bottlenecks (``inspect_ghost_bottleneck``): children ghost1 (gated or not), ghost2 (Ghost modules, ghost2
+  without activation or gate), optional conv_dw (depthwise, stride 2) with bn_dw, optional se (conv_reduce,
+  conv_expand), shortcut (an empty Sequential or [depthwise conv, BN, 1x1 conv, BN]).
 * ConvBnAct modules (``inspect_conv_bn_act``): exactly the children conv, bn1, act1 (GhostNet's last stage).
 * Stems (``check_stem``; ``stem_parents``): a network's conv_stem / bn1 / act1 children. They are not one module,
   so the probe compares the whole network before and after (ghostkernels.patch.stem).
@@ -38,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.layouts import GhostBottleneckArgs
-from ..ops.reference import ACTS, activation, ghost_bottleneck_reference, ghost_module_reference
+from ..ops.layouts import GhostBottleneckArgs, GhostBottleneckGatedArgs
+from ..ops.reference import (ACTS, activation, dfc_gate_reference, ghost_bottleneck_reference,
+                             ghost_module_gated_reference, ghost_module_reference)
 from .activations import activation_name
 from .batchnorm import BATCHNORM_TYPES, is_batchnorm
 from .folding import FoldCache, Stage, fold_conv_bn
@@ -182,6 +186,7 @@ class GhostSpec:
     layout: str  # "sequential" (primary_conv / cheap_operation) or "conv_pair" (cv1 / cv2)
     act: str
     out_channels: int
+    gated: bool = False  # GhostNetV2's DFC attention gate (short_conv) multiplies the output
 
 
 _LAYOUT_CHILDREN = {"sequential": ("primary_conv", "cheap_operation"), "conv_pair": ("cv1", "cv2")}
@@ -278,8 +283,10 @@ def _check_cheap(what: str, conv: nn.Conv2d, init: int) -> None:
                               f"{kh // 2}")
 
 
-def _probe_out_channels(module: nn.Module, primary: _ActStage, cheap: _ActStage, act: str) -> int:
-    """Run the module on a probe input and check it computes cat(x1, x2)[:, :c]; return c."""
+def _probe_out_channels(module: nn.Module, primary: _ActStage, cheap: _ActStage, act: str, gate=None) -> int:
+    """Run the module on a probe input and check it computes cat(x1, x2)[:, :c] (times the upsampled DFC map of
+    ``gate``, its three stages, when given); return c. The probe is 5x7, so the map is 2x3 and its upsampling takes
+    the index formula's general case."""
     full = primary.conv.out_channels + cheap.conv.out_channels
 
     def expected(x, got):
@@ -290,13 +297,61 @@ def _probe_out_channels(module: nn.Module, primary: _ActStage, cheap: _ActStage,
                                   f"returned {shape})")
         w1, b1 = fold_conv_bn(primary.conv.weight, primary.conv.bias, primary.bn)
         w2, b2 = fold_conv_bn(cheap.conv.weight, cheap.conv.bias, cheap.bn)
-        return ghost_module_reference(x, w1, b1, w2, b2, full, act)[:, :got.shape[1]]
+        c = got.shape[1]
+        if gate is None:
+            return ghost_module_reference(x, w1, b1, w2, b2, full, act)[:, :c]
+        if gate[0].conv.out_channels != c:
+            raise NotFusableError(f"its gate (short_conv) makes {gate[0].conv.out_channels} channels but its output "
+                                  f"has {c}")
+        gate_map = dfc_gate_reference(x, *FoldCache.fold(gate))
+        return ghost_module_gated_reference(x, w1, b1, w2, b2, c, act, gate_map)
 
+    what = "cat(x1, x2)[:, :c]" if gate is None else "cat(x1, x2)[:, :c] times its upsampled DFC map"
     got, _ = probe(module, (2, primary.conv.in_channels, 5, 7), primary.conv.weight, expected,
-                   mismatch="its forward does not compute cat(x1, x2)[:, :c] from its layers (max deviation {err:.3g} "
-                            "on a probe input): an attention gate, a channel shuffle, a residual or an activation "
-                            "applied differently")
+                   mismatch=f"its forward does not compute {what} from its layers (max deviation {{err:.3g}} on a "
+                            f"probe input): an attention gate, a channel shuffle, a residual or an activation applied "
+                            f"differently")
     return got.shape[1]
+
+
+def _check_gate_conv(what: str, conv: nn.Module, in_channels: int, out_channels: int, kernel: tuple[int, int],
+                     groups: int) -> None:
+    if type(conv) is not nn.Conv2d:
+        raise NotFusableError(f"{what} is a {type(conv).__name__}, not a Conv2d")
+    kh, kw = kernel
+    ok = (conv.in_channels == in_channels and conv.out_channels == out_channels and conv.groups == groups
+          and conv.kernel_size == kernel and conv.padding == (kh // 2, kw // 2) and conv.stride == (1, 1)
+          and conv.dilation == (1, 1) and conv.padding_mode == "zeros")
+    if not ok:
+        raise NotFusableError(f"{what} (in={conv.in_channels}, out={conv.out_channels}, groups={conv.groups}, "
+                              f"kernel_size={conv.kernel_size}, padding={conv.padding}, stride={conv.stride}) is not "
+                              f"the DFC gate's {kh}x{kw} convolution over {in_channels} channels with zero padding "
+                              f"({kh // 2}, {kw // 2})")
+
+
+def gate_stages(short_conv: nn.Module, in_channels: int) -> tuple[Stage, Stage, Stage]:
+    """The three (conv, BatchNorm) stages of a GhostNetV2 DFC gate branch over ``in_channels`` input channels:
+    Sequential(Conv2d 1x1, BN, depthwise Conv2d (1, k), BN, depthwise Conv2d (k, 1), BN) with k odd and zero
+    'same' padding (timm's and the official short_conv); NotFusableError otherwise. Whether the module applies it as
+    the gate (pool, sigmoid, upsample, multiply) is the probe's business."""
+    layers = list(short_conv._modules.values()) if type(short_conv) is nn.Sequential else None
+    if layers is None or len(layers) != 6:
+        raise NotFusableError("its gate (short_conv) is not a Sequential of six layers (1x1 conv, BN, (1, k) conv, "
+                              "BN, (k, 1) conv, BN)")
+    reduce, dw_h, dw_v = layers[0], layers[2], layers[4]
+    if type(reduce) is not nn.Conv2d:
+        raise NotFusableError(f"short_conv[0] is a {type(reduce).__name__}, not a Conv2d")
+    o = reduce.out_channels
+    _check_gate_conv("short_conv[0]", reduce, in_channels, o, (1, 1), 1)
+    kh = dw_h.kernel_size[1] if type(dw_h) is nn.Conv2d else 0
+    kv = dw_v.kernel_size[0] if type(dw_v) is nn.Conv2d else 0
+    if kh % 2 != 1 or kv % 2 != 1:
+        raise NotFusableError("the gate's depthwise convolutions (short_conv[2], short_conv[4]) must be Conv2d with "
+                              "odd (1, k) and (k, 1) kernels")
+    _check_gate_conv("short_conv[2]", dw_h, o, o, (1, kh), o)
+    _check_gate_conv("short_conv[4]", dw_v, o, o, (kv, 1), o)
+    bns = [_check_bn_like(f"short_conv[{i}]", layers[i]) for i in (1, 3, 5)]
+    return Stage(reduce, bns[0]), Stage(dw_h, bns[1]), Stage(dw_v, bns[2])
 
 
 def inspect_ghost_module(module: nn.Module) -> GhostSpec:
@@ -324,13 +379,14 @@ def inspect_ghost_module(module: nn.Module) -> GhostSpec:
     if act != cheap_act:
         raise NotFusableError(f"its activations differ ({first}: {act}, {second}: {cheap_act}); the op applies "
                               f"one activation after both convolutions")
-    # Anything else with state (a gate's convolutions, say) would be dropped by the replacement.
+    # Anything else with state would be dropped by the replacement; GhostNetV2's gate is the one extra it knows.
     other = sorted({k.split(".")[0] for k in module.state_dict() if not k.startswith((first + ".", second + "."))})
-    if other:
-        if other == ["short_conv"]:
-            raise NotFusableError("it has an attention gate (short_conv) that multiplies its output")
+    gate = None
+    if layout == "sequential" and other == ["short_conv"]:
+        gate = gate_stages(module.short_conv, primary.conv.in_channels)
+    elif other:
         raise NotFusableError(f"it has layers with state besides {first} and {second}: {', '.join(other)}")
-    return GhostSpec(layout, act, _probe_out_channels(module, primary, cheap, act))
+    return GhostSpec(layout, act, _probe_out_channels(module, primary, cheap, act, gate), gated=gate is not None)
 
 
 def sequential_stage(seq: nn.Sequential) -> Stage:
@@ -367,10 +423,10 @@ class BottleneckSpec:
     act: str  # ghost1's activation
 
 
-def _ghost_stages(what: str, module: nn.Module) -> tuple[Stage, Stage, str, int]:
-    """(primary, cheap, act, out_channels) of a Ghost module in the primary_conv/cheap_operation layout, fused (read
-    by its ``ghost_spec()`` and ``ghost_stages()``) or not; raises NotFusableError when the fused op cannot compute
-    it."""
+def _ghost_stages(what: str, module: nn.Module) -> tuple[Stage, Stage, str, int, tuple | None]:
+    """(primary, cheap, act, out_channels, gate stages or None) of a Ghost module in the primary_conv/cheap_operation
+    layout, fused (read by its ``ghost_spec()``, ``ghost_stages()`` and, gated, ``gate_stages()``) or not; raises
+    NotFusableError when the fused op cannot compute it."""
     fused_spec = getattr(module, "ghost_spec", None)
     if callable(fused_spec):
         spec = fused_spec()
@@ -383,7 +439,11 @@ def _ghost_stages(what: str, module: nn.Module) -> tuple[Stage, Stage, str, int]
         raise NotFusableError(f"{what} has the cv1/cv2 layout, not a GhostBottleneck's Ghost module")
     primary, cheap = module.ghost_stages() if callable(fused_spec) else (sequential_stage(module.primary_conv),
                                                                          sequential_stage(module.cheap_operation))
-    return primary, cheap, spec.act, spec.out_channels
+    gate = None
+    if spec.gated:
+        gate = module.gate_stages() if callable(fused_spec) else gate_stages(module.short_conv,
+                                                                              primary.conv.in_channels)
+    return primary, cheap, spec.act, spec.out_channels, gate
 
 
 @dataclasses.dataclass
@@ -395,11 +455,14 @@ class BottleneckLayers:
     dw: Stage | None
     se: tuple[nn.Conv2d, nn.Conv2d] | None
     shortcut: tuple[Stage, Stage] | None
+    gate: tuple[Stage, Stage, Stage] | None = None  # ghost1's DFC gate (GhostNetV2's block)
 
     def stages(self) -> list[Stage]:
         """Every conv the op reads, in the op's order (the SE convs have no BN: folding them passes them through;
         they are here so that the fold cache watches their tensors too)."""
         out = list(self.ghost1)
+        if self.gate is not None:
+            out += self.gate
         if self.dw is not None:
             out.append(self.dw)
         out += self.ghost2
@@ -409,15 +472,21 @@ class BottleneckLayers:
             out += [Stage(conv, None) for conv in self.se]
         return out
 
-    def op_arguments(self, spec: BottleneckSpec, folded, x=None) -> GhostBottleneckArgs:
-        """The op's arguments from the folded stages (``FoldCache.fold(self.stages())`` order)."""
+    def op_arguments(self, spec: BottleneckSpec, folded, x=None) -> GhostBottleneckArgs | GhostBottleneckGatedArgs:
+        """The op's arguments from the folded stages (``FoldCache.fold(self.stages())`` order): ghost_bottleneck's,
+        or ghost_bottleneck_gated's for a gated ghost1."""
         it = iter(folded)
         take = lambda n: tuple(next(it) for _ in range(n))  # noqa: E731
         ghost1 = take(4)
+        gate = take(6) if self.gate is not None else None
         dw = take(2) if self.dw is not None else None
         ghost2 = take(4)
         shortcut = take(4) if self.shortcut is not None else None
         se = take(4) if self.se is not None else None
+        if gate is not None:
+            return GhostBottleneckGatedArgs.from_groups(x, ghost1, spec.mid_channels, ghost2, spec.out_channels,
+                                                        act=spec.act, stride=spec.stride, gate=gate, dw=dw, se=se,
+                                                        shortcut=shortcut)
         return GhostBottleneckArgs.from_groups(x, ghost1, spec.mid_channels, ghost2, spec.out_channels, act=spec.act,
                                                stride=spec.stride, dw=dw, se=se, shortcut=shortcut)
 
@@ -425,8 +494,11 @@ class BottleneckLayers:
 def read_bottleneck(module: nn.Module) -> tuple[BottleneckLayers, BottleneckSpec]:
     """The layers of a GhostBottleneck-shaped module and its spec; NotFusableError when the op cannot run it (its
     forward is checked separately, by inspect_ghost_bottleneck)."""
-    g1p, g1c, act, mid = _ghost_stages("ghost1", module.ghost1)
-    g2p, g2c, act2, out = _ghost_stages("ghost2", module.ghost2)
+    g1p, g1c, act, mid, gate = _ghost_stages("ghost1", module.ghost1)
+    g2p, g2c, act2, out, gate2 = _ghost_stages("ghost2", module.ghost2)
+    if gate2 is not None:
+        raise NotFusableError("ghost2 has an attention gate (short_conv); the op gates ghost1 only (GhostNetV2's "
+                              "blocks gate no ghost2)")
     if act2 != "identity":
         raise NotFusableError(f"ghost2 has activation {act2}; the op's ghost2 has none (GhostNet's has none)")
     if g2p.conv.in_channels != mid:
@@ -445,7 +517,10 @@ def read_bottleneck(module: nn.Module) -> tuple[BottleneckLayers, BottleneckSpec
         stride = conv_dw.stride[0]
         if stride != 2:
             raise NotFusableError(f"conv_dw has stride {stride}; the op runs conv_dw at stride 2 only")
-        dw = Stage(conv_dw, _check_bn_like("bn_dw", children.get("bn_dw")))
+        bn_dw = children.get("bn_dw")
+        if type(bn_dw) is nn.Identity:  # GhostNetV3 after reparameterize(): the BN is folded into conv_dw's bias
+            bn_dw = None
+        dw = Stage(conv_dw, _check_bn_like("bn_dw", bn_dw))
     elif children.get("bn_dw") is not None:
         raise NotFusableError("it has bn_dw without conv_dw")
 
@@ -487,7 +562,7 @@ def read_bottleneck(module: nn.Module) -> tuple[BottleneckLayers, BottleneckSpec
         raise NotFusableError(f"its shortcut is the identity but the block maps {in_channels} -> {out} channels at "
                               f"stride {stride}")
     spec = BottleneckSpec(in_channels, mid, out, stride, act)
-    return BottleneckLayers((g1p, g1c), (g2p, g2c), dw, se, shortcut), spec
+    return BottleneckLayers((g1p, g1c), (g2p, g2c), dw, se, shortcut, gate), spec
 
 
 def _check_bn_like(what: str, bn: nn.Module | None) -> nn.BatchNorm2d | None:
@@ -508,7 +583,8 @@ def inspect_ghost_bottleneck(module: nn.Module) -> tuple[BottleneckLayers, Bottl
         a = layers.op_arguments(spec, FoldCache.fold(layers.stages()))
         none = lambda g: None if g[0] is None else g  # noqa: E731
         return ghost_bottleneck_reference(x, a.ghost1, spec.mid_channels, a.ghost2, spec.out_channels, spec.act,
-                                          spec.stride, none(a.dw), none(a.se), none(a.shortcut))
+                                          spec.stride, none(a.dw), none(a.se), none(a.shortcut),
+                                          gate=a.gate if layers.gate is not None else None)
 
     probe(module, (2, spec.in_channels, 9, 11), layers.ghost1[0].conv.weight, expected,
           mismatch="its forward does not compute a GhostBottleneck from its layers (max deviation {err:.3g} on a "
@@ -636,6 +712,6 @@ def ghostnet_parents(model: nn.Module):
 
 __all__ = ["BottleneckLayers", "BottleneckSpec", "GHOSTNET_CHILDREN", "GhostSpec", "NotFusableError",
            "STEM_MAX_IN_CHANNELS", "StemNotFusable", "bottleneck_layout", "check_stem", "classifier_fusable",
-           "conv_bn_act_layout", "conv_head_fusable", "ghost_layout", "ghostnet_parents", "has_hooks",
+           "conv_bn_act_layout", "conv_head_fusable", "gate_stages", "ghost_layout", "ghostnet_parents", "has_hooks",
            "head_parents", "inspect_conv_bn_act", "inspect_ghost_bottleneck", "inspect_ghost_module", "probe",
            "probe_tolerance", "probing", "read_bottleneck", "sequential_stage", "stem_parents"]

@@ -5,11 +5,12 @@ modules: ``build`` (finding or JIT-building the C++/CUDA op library), ``registra
 registered right after the library loads), ``validation`` (the contract's checks in Python), ``reference`` (the
 eager math), ``layouts`` (the ops' argument layouts as NamedTuples and the chain program's encoding).
 
-Backends of ghost_module: ``cpu`` and ``cuda`` run the C++/CUDA kernels registered as
-``torch.ops.ghostkernels.ghost_module``; ``triton`` runs ``torch.ops.ghostkernels.ghost_module_triton``
-(ghostkernels.triton); ``eager`` runs the same math as plain PyTorch ops (ops.reference); ``auto`` picks ``cuda``
-for CUDA tensors and ``cpu`` for CPU tensors. A backend that cannot run the given tensors raises; nothing silently
-falls back to another backend. The inference ops (ghost_bottleneck, conv2d_act, linear_act, chain) are CPU-only.
+Backends of ghost_module (and of GhostNetV2's dfc_gate and ghost_module_gated): ``cpu`` and ``cuda`` run the C++/CUDA
+kernels registered as ``torch.ops.ghostkernels.ghost_module``; ``triton`` runs ``torch.ops.ghostkernels.
+ghost_module_triton`` (ghostkernels.triton); ``eager`` runs the same math as plain PyTorch ops (ops.reference);
+``auto`` picks ``cuda`` for CUDA tensors and ``cpu`` for CPU tensors. A backend that cannot run the given tensors
+raises; nothing silently falls back to another backend. The inference ops (ghost_bottleneck, ghost_bottleneck_gated,
+conv2d_act, linear_act, chain) are CPU-only.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import warnings
 import torch
 
 from . import build
-from .layouts import (ChainArgs, Conv2dActArgs, GhostBottleneckArgs, GhostModuleArgs, GhostModuleBnTrainArgs,
-                      LinearActArgs)
-from .reference import ACTS, ghost_bottleneck_reference, ghost_module_bn_train_reference, ghost_module_reference
-from .validation import check_bn_train_inputs, check_bottleneck_inputs, check_ghost_inputs
+from .layouts import (ChainArgs, Conv2dActArgs, DfcGateArgs, GhostBottleneckArgs, GhostBottleneckGatedArgs,
+                      GhostModuleArgs, GhostModuleBnTrainArgs, GhostModuleGatedArgs, LinearActArgs)
+from .reference import (ACTS, dfc_gate_reference, ghost_bottleneck_reference, ghost_module_bn_train_reference,
+                        ghost_module_gated_reference, ghost_module_reference)
+from .validation import (check_bn_train_inputs, check_bottleneck_inputs, check_dfc_gate_inputs, check_gated_inputs,
+                         check_ghost_inputs)
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "eager")
 
@@ -98,6 +101,26 @@ def _ensure_library() -> None:
     build.load_library()
 
 
+def _autocast_dtype(x):
+    """The autocast dtype that x's device is under (the ops cast their floating inputs to it, as a convolution
+    does), or None."""
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
+def _cast(tensors, dtype):
+    return [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors]
+
+
+def _check_cuda_kernels(backend: str) -> None:
+    if backend == "cuda" and not torch.compiler.is_compiling() and not cuda_kernels_available():
+        raise RuntimeError(
+            "ghostkernels: backend='cuda' was asked for, but the op library has no CUDA kernels (it was built "
+            "without CUDA: torch has no CUDA, no nvcc was found, or GHOSTKERNELS_NO_CUDA=1)")
+
+
 def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act: str = "relu",
                  backend: str = "auto"):
     """Fused Ghost module: ``cat(x1, x2)[:, :out_channels]``.
@@ -108,12 +131,10 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
     contiguous). Under autocast, x and the weights are cast to the autocast dtype first, as for a convolution.
     """
     backend = resolve_backend(backend, x.device)
-    dev = x.device.type
-    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
-        args = [t.to(dt) if t.is_floating_point() else t for t in (x, w_primary, b_primary, w_cheap, b_cheap)]
-        with torch.autocast(dev, enabled=False):
-            return ghost_module(*args, out_channels, act, backend)
+    dt = _autocast_dtype(x)
+    if dt is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return ghost_module(*_cast((x, w_primary, b_primary, w_cheap, b_cheap), dt), out_channels, act, backend)
     if backend == "eager":
         check_ghost_inputs("ghostkernels (eager)", x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
         if not x.is_floating_point():
@@ -124,10 +145,7 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
 
         return ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
     _ensure_library()
-    if backend == "cuda" and not torch.compiler.is_compiling() and not cuda_kernels_available():
-        raise RuntimeError(
-            "ghostkernels: backend='cuda' was asked for, but the op library has no CUDA kernels (it was built "
-            "without CUDA: torch has no CUDA, no nvcc was found, or GHOSTKERNELS_NO_CUDA=1)")
+    _check_cuda_kernels(backend)
     return torch.ops.ghostkernels.ghost_module(*GhostModuleArgs(x, w_primary, b_primary, w_cheap, b_cheap,
                                                                 out_channels, act))
 
@@ -192,6 +210,57 @@ def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_pr
     return torch.ops.ghostkernels.ghost_module_bn_train(*args)
 
 
+def dfc_gate(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v, backend: str = "auto"):
+    """GhostNetV2's DFC attention map of x, BatchNorms folded into the convolutions:
+    ``sigmoid(dw_v(dw_h(conv1x1(avg_pool2d(x, 2, 2)))))``, [N, O, H // 2, W // 2] (odd sizes floor).
+
+    w_reduce [O, C, 1, 1] + b_reduce is the 1x1 conv, w_h [O, 1, 1, kh] + b_h the depthwise (1, kh) conv (zero padding
+    kh // 2 columns), w_v [O, 1, kv, 1] + b_v the depthwise (kv, 1) conv (kv // 2 rows); kh, kv odd (GhostNetV2: 5).
+    Backends as for ghost_module; differentiable (the backward is the op ghostkernels::dfc_gate_backward, or the
+    Triton op's). The result has x's memory format.
+    """
+    backend = resolve_backend(backend, x.device)
+    dt = _autocast_dtype(x)
+    if dt is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return dfc_gate(*_cast((x, w_reduce, b_reduce, w_h, b_h, w_v, b_v), dt), backend)
+    return _run_gate_op("dfc_gate", backend, DfcGateArgs(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v),
+                        dfc_gate_reference, check_dfc_gate_inputs)
+
+
+def ghost_module_gated(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act: str, gate,
+                       backend: str = "auto"):
+    """GhostNetV2's gated Ghost module: ``ghost_module(x, ...) * F.interpolate(gate, size=(H, W), mode='nearest')``,
+    the map ``gate`` [N, out_channels, Hg, Wg] (dfc_gate's output, or any map) multiplied into both halves as the
+    output is stored. Backends, autocast and memory format as for ghost_module; differentiable in x, the weights
+    and the map (the backward op recomputes the ungated module from x)."""
+    backend = resolve_backend(backend, x.device)
+    dt = _autocast_dtype(x)
+    if dt is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            a = _cast((x, w_primary, b_primary, w_cheap, b_cheap, gate), dt)
+            return ghost_module_gated(*a[:5], out_channels, act, a[5], backend)
+    return _run_gate_op("ghost_module_gated", backend,
+                        GhostModuleGatedArgs(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate),
+                        ghost_module_gated_reference, check_gated_inputs)
+
+
+def _run_gate_op(name: str, backend: str, args, reference, check):
+    """GhostNetV2's op ``name`` (dfc_gate or ghost_module_gated; its Triton twin is ghostkernels.triton's
+    <name>_triton) on ``args`` (its layout) on the resolved ``backend``; eager checks with ``check`` and runs
+    ``reference``."""
+    if backend == "eager":
+        check(f"ghostkernels.ops.{name} (eager)", *args)
+        return reference(*args)
+    if backend == "triton":
+        from .. import triton as gk_triton
+
+        return getattr(gk_triton, f"{name}_triton")(*args)
+    _ensure_library()
+    _check_cuda_kernels(backend)
+    return getattr(torch.ops.ghostkernels, name)(*args)
+
+
 BOTTLENECK_BACKENDS = ("auto", "cpu", "eager")
 
 
@@ -208,26 +277,31 @@ def _tensors(group, n: int, name: str):
 
 
 def ghost_bottleneck(x, ghost1, mid_channels: int, ghost2, out_channels: int, *, act: str = "relu",
-                     stride: int = 1, dw=None, se=None, shortcut=None, backend: str = "auto"):
+                     stride: int = 1, dw=None, se=None, shortcut=None, gate=None, backend: str = "auto"):
     """GhostNet's bottleneck in one call, for inference (no autograd), BatchNorms folded:
 
-        y = ghost_module(x, *ghost1, mid_channels, act)
+        y = ghost_module(x, *ghost1, mid_channels, act)     with gate: ghost_module_gated(..., dfc_gate(x, *gate))
         y = depthwise_conv(y, *dw, stride)                  dw = (w [mid,1,k,k], b [mid]), given iff stride == 2
         y = y * hard_sigmoid(W_e . relu(W_r . mean_hw(y) + b_r) + b_e)      se = (W_r, b_r, W_e, b_e) or None
         out = ghost_module(y, *ghost2, out_channels, "identity") + shortcut(x)
         shortcut(x) = x (shortcut None), or conv1x1(depthwise_conv(x, dw_w, dw_b, stride), pw_w, pw_b) for
                       shortcut = (dw_w, dw_b, pw_w, pw_b)
 
-    ghost1/ghost2 are (w_primary, b_primary, w_cheap, b_cheap) as for ghost_module. Backends: ``cpu`` (one op,
-    torch.ops.ghostkernels.ghost_bottleneck), ``eager`` (plain PyTorch ops, differentiable), ``auto`` (``cpu`` for
-    CPU tensors; other devices raise: there is no GPU kernel of the whole block, use FusedGhostBottleneck, which
-    runs the block's layers with fused Ghost modules there). The ``cpu`` op has no backward.
+    ghost1/ghost2 are (w_primary, b_primary, w_cheap, b_cheap) as for ghost_module; ``gate`` (GhostNetV2's block)
+    ghost1's DFC gate weights (w_reduce, b_reduce, w_h, b_h, w_v, b_v) as for dfc_gate. Backends: ``cpu`` (one op,
+    torch.ops.ghostkernels.ghost_bottleneck, or ghost_bottleneck_gated with a gate), ``eager`` (plain PyTorch ops,
+    differentiable), ``auto`` (``cpu`` for CPU tensors; other devices raise: there is no GPU kernel of the whole
+    block, use FusedGhostBottleneck, which runs the block's layers with fused Ghost modules there). The ``cpu`` op
+    has no backward.
     """
     if backend not in BOTTLENECK_BACKENDS:
         raise ValueError(f"ghostkernels.ops.ghost_bottleneck: unknown backend {backend!r}; expected one of "
                          f"{', '.join(BOTTLENECK_BACKENDS)}")
     ghost1, ghost2 = _tensors(ghost1, 4, "ghost1"), _tensors(ghost2, 4, "ghost2")
     dw, se, shortcut = _tensors(dw, 2, "dw"), _tensors(se, 4, "se"), _tensors(shortcut, 4, "shortcut")
+    gate = None if gate is None else _tensors(gate, 6, "gate")
+    if gate is not None and gate[0] is None:
+        raise TypeError("ghostkernels.ops.ghost_bottleneck: gate must be None or 6 tensors")
     if backend == "auto":
         if x.device.type != "cpu":
             raise ValueError(f"ghostkernels.ops.ghost_bottleneck: no kernel for tensors on {x.device} (the op is "
@@ -242,14 +316,18 @@ def ghost_bottleneck(x, ghost1, mid_channels: int, ghost2, out_channels: int, *,
         with torch.autocast("cpu", enabled=False):
             return ghost_bottleneck(x.to(dt), cast(ghost1), mid_channels, cast(ghost2), out_channels, act=act,
                                     stride=stride, dw=cast(dw), se=cast(se), shortcut=cast(shortcut),
-                                    backend=backend)
+                                    gate=None if gate is None else cast(gate), backend=backend)
     if backend == "eager":
         check_bottleneck_inputs("ghostkernels (eager)", x, ghost1, mid_channels, act, dw, stride, se, ghost2,
-                                out_channels, shortcut)
+                                out_channels, shortcut, gate=gate)
         none = lambda g: None if g[0] is None else g  # noqa: E731
         return ghost_bottleneck_reference(x, ghost1, mid_channels, ghost2, out_channels, act, stride, none(dw),
-                                          none(se), none(shortcut))
+                                          none(se), none(shortcut), gate=gate)
     _ensure_library()
+    if gate is not None:
+        args = GhostBottleneckGatedArgs.from_groups(x, ghost1, mid_channels, ghost2, out_channels, act=act,
+                                                    stride=stride, gate=gate, dw=dw, se=se, shortcut=shortcut)
+        return torch.ops.ghostkernels.ghost_bottleneck_gated(*args)
     args = GhostBottleneckArgs.from_groups(x, ghost1, mid_channels, ghost2, out_channels, act=act, stride=stride,
                                            dw=dw, se=se, shortcut=shortcut)
     return torch.ops.ghostkernels.ghost_bottleneck(*args)
@@ -302,5 +380,6 @@ def release_cpu_pool() -> None:
 
 
 __all__ = ["ACTS", "BACKENDS", "BOTTLENECK_BACKENDS", "LoadWarning", "bn_train_kernels_available", "chain",
-           "conv2d_act", "cpu_pool_stats", "cuda_kernels_available", "ghost_bottleneck", "ghost_module",
-           "ghost_module_bn_train", "linear_act", "load_library", "release_cpu_pool", "resolve_backend"]
+           "conv2d_act", "cpu_pool_stats", "cuda_kernels_available", "dfc_gate", "ghost_bottleneck", "ghost_module",
+           "ghost_module_bn_train", "ghost_module_gated", "linear_act", "load_library", "release_cpu_pool",
+           "resolve_backend"]

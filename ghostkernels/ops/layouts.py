@@ -118,6 +118,51 @@ BnBackwardArgs = _layout(
     + [("out_channels", int), ("act", str)])
 
 
+class DfcGateArgs(NamedTuple):
+    """ghostkernels::dfc_gate (and dfc_gate_triton): GhostNetV2's attention map from x, BatchNorms folded."""
+
+    x: Tensor
+    w_reduce: Tensor
+    b_reduce: Tensor
+    w_h: Tensor
+    b_h: Tensor
+    w_v: Tensor
+    b_v: Tensor
+
+
+def _extended(layout: type, after: str, extra: tuple[str, ...]) -> list[tuple[str, type]]:
+    """The (name, type) fields of ``layout`` with the tensor fields ``extra`` inserted after field ``after`` (at the
+    end for "", at the front for None): the layout of an op whose schema is another's plus tensors, without
+    restating the other."""
+    hints = typing.get_type_hints(layout)
+    fields = [(e, Tensor) for e in extra] if after is None else []
+    for name in layout._fields:
+        fields.append((name, hints[name]))
+        if name == after:
+            fields += [(e, Tensor) for e in extra]
+    return fields + ([(e, Tensor) for e in extra] if after == "" else [])
+
+
+class DfcGateBackwardArgs(NamedTuple("_DfcGateBackwardFields", _extended(DfcGateArgs, None, ("grad_gate", "gate")))):
+    """ghostkernels::dfc_gate_backward: the map's gradient, the map itself (its sigmoid's derivative), dfc_gate's
+    arguments."""
+
+    __slots__ = ()
+
+
+class GhostModuleGatedArgs(NamedTuple("_GhostModuleGatedFields", _extended(GhostModuleArgs, "", ("gate",)))):
+    """ghostkernels::ghost_module_gated (and ghost_module_gated_triton): ghost_module's arguments, then the map."""
+
+    __slots__ = ()
+
+
+class GhostModuleGatedBackwardArgs(NamedTuple("_GhostModuleGatedBackwardFields",
+                                              _extended(GhostModuleBackwardArgs, "", ("gate",)))):
+    """ghostkernels::ghost_module_gated_backward: ghost_module_backward's arguments, then the map."""
+
+    __slots__ = ()
+
+
 class _Group:
     """A read-only attribute of a layout: the tuple of its fields named ``<prefix>_...``, in order."""
 
@@ -174,6 +219,31 @@ class GhostBottleneckArgs(NamedTuple):
     shortcut = _Group("shortcut")
 
 
+GATE_FIELDS = ("gate_w_reduce", "gate_b_reduce", "gate_w_h", "gate_b_h", "gate_w_v", "gate_b_v")
+
+
+class GhostBottleneckGatedArgs(NamedTuple("_GhostBottleneckGatedFields",
+                                          _extended(GhostBottleneckArgs, "act", GATE_FIELDS))):
+    """ghostkernels::ghost_bottleneck_gated: GhostNetV2's block, ghost_bottleneck's arguments with ghost1's DFC gate
+    (dfc_gate's weights, GATE_FIELDS) after ``act``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_groups(cls, x, ghost1, mid_channels: int, ghost2, out_channels: int, *, act: str, stride: int, gate,
+                    dw=None, se=None, shortcut=None) -> "GhostBottleneckGatedArgs":
+        """As GhostBottleneckArgs.from_groups, with ``gate`` (w_reduce, b_reduce, w_h, b_h, w_v, b_v)."""
+        dw, se, shortcut = dw or (None,) * 2, se or (None,) * 4, shortcut or (None,) * 4
+        return cls(x, *ghost1, mid_channels, act, *gate, *dw, stride, *se, *ghost2, out_channels, *shortcut)
+
+    ghost1 = _Group("ghost1")
+    gate = _Group("gate")
+    dw = _Group("dw")
+    se = _Group("se")
+    ghost2 = _Group("ghost2")
+    shortcut = _Group("shortcut")
+
+
 class Conv2dActArgs(NamedTuple):
     """ghostkernels::conv2d_act: act(conv2d(x, w, b, stride, padding k//2))."""
 
@@ -212,7 +282,12 @@ class ChainArgs(NamedTuple):
 OP_LAYOUTS = {
     "ghost_module": GhostModuleArgs,
     "ghost_module_backward": GhostModuleBackwardArgs,
+    "ghost_module_gated": GhostModuleGatedArgs,
+    "ghost_module_gated_backward": GhostModuleGatedBackwardArgs,
+    "dfc_gate": DfcGateArgs,
+    "dfc_gate_backward": DfcGateBackwardArgs,
     "ghost_bottleneck": GhostBottleneckArgs,
+    "ghost_bottleneck_gated": GhostBottleneckGatedArgs,
     "conv2d_act": Conv2dActArgs,
     "_depthwise_conv2d": DepthwiseConv2dArgs,
     "linear_act": LinearActArgs,
@@ -262,6 +337,7 @@ CHAIN_STEPS = (
     _op_step(1, "ghost_bottleneck", GhostBottleneckArgs),
     ChainStepLayout(2, "mean_hw", (), (), ()),  # [N, C, H, W] -> [N, C]: global average pool and flatten
     _op_step(3, "linear_act", LinearActArgs),
+    _op_step(4, "ghost_bottleneck_gated", GhostBottleneckGatedArgs),
 )
 CHAIN_STEP_BY_NAME = {step.name: step for step in CHAIN_STEPS}
 
@@ -276,10 +352,10 @@ class ChainStep(NamedTuple):
 
 
 def chain_step(args: NamedTuple) -> ChainStep:
-    """The chain step that runs the op of ``args`` (a Conv2dActArgs, GhostBottleneckArgs or LinearActArgs; its
-    ``x`` is ignored: a step's input is the step before's output)."""
-    name = {Conv2dActArgs: "conv2d_act", GhostBottleneckArgs: "ghost_bottleneck", LinearActArgs: "linear_act"}.get(
-        type(args))
+    """The chain step that runs the op of ``args`` (a Conv2dActArgs, GhostBottleneckArgs, GhostBottleneckGatedArgs
+    or LinearActArgs; its ``x`` is ignored: a step's input is the step before's output)."""
+    name = {Conv2dActArgs: "conv2d_act", GhostBottleneckArgs: "ghost_bottleneck",
+            GhostBottleneckGatedArgs: "ghost_bottleneck_gated", LinearActArgs: "linear_act"}.get(type(args))
     if name is None:
         raise TypeError(f"ghostkernels: no chain step runs {type(args).__name__}")
     layout = CHAIN_STEP_BY_NAME[name]
@@ -318,7 +394,7 @@ def encode_chain(steps) -> tuple[list, list[int]]:
 
 __all__ = ["BnBackwardArgs", "BnBackwardReduceArgs", "BnCheapStatsArgs", "BnConv1x1StatsArgs", "BnForwardOutArgs",
            "CHAIN_STEPS", "CHAIN_STEP_BY_NAME", "ChainArgs", "ChainStep", "ChainStepLayout", "Conv2dActArgs",
-           "DepthwiseConv2dArgs", "GhostBottleneckArgs", "GhostModuleArgs", "GhostModuleBackwardArgs",
-           "GhostModuleBnTrainArgs", "GhostModuleBnTrainBackwardArgs",
-           "LinearActArgs", "OP_LAYOUTS", "chain_step", "encode_chain", "mean_hw_step", "optional_fields",
-           "tensor_fields"]
+           "DepthwiseConv2dArgs", "DfcGateArgs", "DfcGateBackwardArgs", "GhostBottleneckArgs",
+           "GhostBottleneckGatedArgs", "GhostModuleArgs", "GhostModuleBackwardArgs", "GhostModuleBnTrainArgs",
+           "GhostModuleBnTrainBackwardArgs", "GhostModuleGatedArgs", "GhostModuleGatedBackwardArgs", "LinearActArgs",
+           "OP_LAYOUTS", "chain_step", "encode_chain", "mean_hw_step", "optional_fields", "tensor_fields"]

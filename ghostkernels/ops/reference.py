@@ -1,8 +1,9 @@
-"""The Ghost module's math written with plain PyTorch ops: the ``eager`` backend and the tests' reference.
+"""The ops' math written with plain PyTorch ops: the ``eager`` backend and the tests' reference.
 
 out = cat(x1, x2)[:, :out_channels] with x1 = act(conv1x1(x, w_primary) + b_primary) and
 x2 = act(depthwise_conv_kxk(x1, w_cheap, padding=k//2) + b_cheap). It runs as about five kernels and keeps every
-intermediate for autograd: exactly what the fused op avoids.
+intermediate for autograd: exactly what the fused op avoids. GhostNetV2's gated Ghost module multiplies that by
+the nearest-upsampled DFC attention map of its input (``dfc_gate_reference``, ``ghost_module_gated_reference``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,32 @@ def ghost_module_bn_train_reference(x, w_primary, b_primary, bn_weight_primary, 
     return (out, *moments)
 
 
+def dfc_gate_reference(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v):
+    """GhostNetV2's DFC attention map, BatchNorms folded: sigmoid(dw_v(dw_h(conv1x1(avg_pool2x2(x))))).
+
+    avg_pool2d(x, 2, 2) floors odd sizes (a 7x7 input pools to 3x3); conv1x1 is w_reduce [O, C, 1, 1] + b_reduce;
+    dw_h the depthwise (1, kh) conv w_h [O, 1, 1, kh] + b_h, zero-padded by kh//2 columns; dw_v the depthwise (kv, 1)
+    conv w_v [O, 1, kv, 1] + b_v, padded by kv//2 rows. The map is [N, O, H//2, W//2] in x's memory format."""
+    o = w_reduce.shape[0]
+    z = F.conv2d(F.avg_pool2d(x, 2, 2), w_reduce, b_reduce)
+    z = F.conv2d(z, w_h, b_h, padding=(0, w_h.shape[-1] // 2), groups=o)
+    z = F.conv2d(z, w_v, b_v, padding=(w_v.shape[-2] // 2, 0), groups=o)
+    return torch.sigmoid(z).contiguous(memory_format=output_memory_format(x))
+
+
+def upsample_nearest(gate: torch.Tensor, size) -> torch.Tensor:
+    """F.interpolate(gate, size, mode='nearest'): output row i reads gate row min(floor(i * (in / out)), in - 1)
+    (in / out in float32), columns alike; a 3x3 map upsampled to 7x7 reads rows 0, 0, 0, 1, 1, 2, 2."""
+    return F.interpolate(gate, size=tuple(size), mode="nearest")
+
+
+def ghost_module_gated_reference(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act: str, gate):
+    """ghost_module(...) * upsample_nearest(gate, (H, W)): both halves multiplied by the map (gate [N, out_channels,
+    Hg, Wg])."""
+    out = ghost_module_reference(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    return (out * upsample_nearest(gate, out.shape[-2:])).contiguous(memory_format=output_memory_format(x))
+
+
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The contract's output format (mirrors csrc/ghost_module_check.cpp): channels_last iff x is
     channels_last-contiguous and not contiguous."""
@@ -67,16 +94,20 @@ def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
 
 
 def ghost_bottleneck_reference(x, ghost1, mid_channels: int, ghost2, out_channels: int, act: str = "relu",
-                               stride: int = 1, dw=None, se=None, shortcut=None):
-    """GhostNet's bottleneck with folded BatchNorms (the contract of ghostkernels::ghost_bottleneck):
+                               stride: int = 1, dw=None, se=None, shortcut=None, gate=None):
+    """GhostNet's bottleneck with folded BatchNorms (the contract of ghostkernels::ghost_bottleneck, and with
+    ``gate`` that of ghost_bottleneck_gated, GhostNetV2's block):
 
-        y = ghost_module(x, *ghost1, mid_channels, act)
+        y = ghost_module(x, *ghost1, mid_channels, act)        (gate: ghost_module_gated with dfc_gate(x, *gate))
         y = conv2d(y, *dw, stride, padding k//2, groups=mid)            if dw (given exactly when stride == 2)
         y = y * hard_sigmoid(conv1x1(relu(conv1x1(mean_hw(y), se[0:2])), se[2:4]))   if se
         out = ghost_module(y, *ghost2, out_channels, "identity") + (x if shortcut is None else
               conv1x1(conv2d(x, *shortcut[0:2], stride, padding k//2, groups=C), *shortcut[2:4]))
     """
-    y = ghost_module_reference(x, *ghost1, mid_channels, act)
+    if gate is None:
+        y = ghost_module_reference(x, *ghost1, mid_channels, act)
+    else:
+        y = ghost_module_gated_reference(x, *ghost1, mid_channels, act, dfc_gate_reference(x, *gate))
     if dw is not None:
         w, b = dw
         y = F.conv2d(y, w, b, stride, w.shape[-1] // 2, 1, y.shape[1])

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 
 from . import train_bn
-from .layouts import CHAIN_STEPS, GhostBottleneckArgs, GhostModuleBnTrainBackwardArgs
+from .layouts import CHAIN_STEPS, GhostBottleneckArgs, GhostBottleneckGatedArgs, GhostModuleBnTrainBackwardArgs
 from .reference import ACTS
 from .validation import (bn_stats_dtype, check_bn_conv1x1_inputs, check_bn_grad_out, check_bn_train_inputs,
-                         check_bn_z1_inputs, check_bottleneck_inputs, check_depthwise_inputs, check_ghost_inputs,
-                         output_memory_format)
+                         check_bn_z1_inputs, check_bottleneck_inputs, check_depthwise_inputs, check_dfc_gate_inputs,
+                         check_gated_inputs, check_ghost_inputs, output_memory_format)
 
 _registered = False
 
@@ -37,10 +37,50 @@ def _ghost_module_backward_fake(grad_out, x, w_primary, b_primary, w_cheap, b_ch
                              for t in (w_primary, b_primary, w_cheap, b_cheap))
 
 
+def _dfc_gate_fake(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v):
+    o, hg, wg = check_dfc_gate_inputs("ghostkernels::dfc_gate", x, w_reduce, b_reduce, w_h, b_h, w_v, b_v)
+    return torch.empty((x.shape[0], o, hg, wg), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+
+
+def _dfc_gate_backward_fake(grad_gate, gate, x, w_reduce, b_reduce, w_h, b_h, w_v, b_v):
+    op = "ghostkernels::dfc_gate_backward"
+    o, hg, wg = check_dfc_gate_inputs(op, x, w_reduce, b_reduce, w_h, b_h, w_v, b_v)
+    for name, t in (("grad_gate", grad_gate), ("gate", gate)):
+        if tuple(t.shape) != (x.shape[0], o, hg, wg):
+            raise ValueError(f"{op}: grad_gate and gate must be [{x.shape[0]}, {o}, {hg}, {wg}], got "
+                             f"{tuple(t.shape)}")
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    return (grad_x,) + tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                             for t in (w_reduce, b_reduce, w_h, b_h, w_v, b_v))
+
+
+def _ghost_module_gated_fake(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate):
+    check_gated_inputs("ghostkernels::ghost_module_gated", x, w_primary, b_primary, w_cheap, b_cheap, out_channels,
+                       act, gate)
+    n, _, h, w = x.shape
+    return torch.empty((n, out_channels, h, w), dtype=x.dtype, device=x.device,
+                       memory_format=output_memory_format(x))
+
+
+def _ghost_module_gated_backward_fake(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate):
+    grads = _ghost_module_backward_fake(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    check_gated_inputs("ghostkernels::ghost_module_gated_backward", x, w_primary, b_primary, w_cheap, b_cheap,
+                       out_channels, act, gate)
+    return grads + (torch.empty(gate.shape, dtype=gate.dtype, device=gate.device),)
+
+
 def _ghost_bottleneck_fake(*args):
     a = GhostBottleneckArgs(*args)
     ho, wo = check_bottleneck_inputs("ghostkernels::ghost_bottleneck", a.x, a.ghost1, a.mid_channels, a.act, a.dw,
                                      a.stride, a.se, a.ghost2, a.out_channels, a.shortcut)
+    return torch.empty((a.x.shape[0], a.out_channels, ho, wo), dtype=a.x.dtype, device=a.x.device,
+                       memory_format=output_memory_format(a.x))
+
+
+def _ghost_bottleneck_gated_fake(*args):
+    a = GhostBottleneckGatedArgs(*args)
+    ho, wo = check_bottleneck_inputs("ghostkernels::ghost_bottleneck_gated", a.x, a.ghost1, a.mid_channels, a.act,
+                                     a.dw, a.stride, a.se, a.ghost2, a.out_channels, a.shortcut, gate=a.gate)
     return torch.empty((a.x.shape[0], a.out_channels, ho, wo), dtype=a.x.dtype, device=a.x.device,
                        memory_format=output_memory_format(a.x))
 
@@ -112,6 +152,8 @@ def _chain_fake(x, tensors, program):
             y = _conv2d_act_fake(y, named["w"], named["b"], named["stride"], named["act"])
         elif name == "ghost_bottleneck":
             y = _ghost_bottleneck_fake(*GhostBottleneckArgs(x=y, **named))
+        elif name == "ghost_bottleneck_gated":
+            y = _ghost_bottleneck_gated_fake(*GhostBottleneckGatedArgs(x=y, **named))
         elif name == "mean_hw":
             if y.dim() != 4:
                 raise ValueError(f"mean_hw: x must be 4-D [N, C, H, W], got shape {tuple(y.shape)}")
@@ -283,6 +325,8 @@ def _register_bn_train() -> None:
 _NO_BACKWARD_HINT = {
     "ghost_bottleneck": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's own "
                         "layers (with fused Ghost modules) otherwise",
+    "ghost_bottleneck_gated": "FusedGhostBottleneck runs it only where nothing needs a gradient and runs the block's "
+                              "own layers (with fused Ghost modules) otherwise",
     "_depthwise_conv2d": "it exists for the tests of the CPU depthwise kernel; use torch.nn.functional.conv2d",
     "conv2d_act": "FusedStemConv and FusedConvBnAct run it only where nothing needs a gradient and run their "
                   "layers otherwise",
@@ -329,6 +373,40 @@ def make_backward(backward_op):
     return backward
 
 
+def setup_gated_context(ctx, inputs, output):
+    """ghost_module_gated (every backend's op): the inputs only, as for ghost_module; the backward op recomputes the
+    ungated output from x."""
+    x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate = inputs
+    ctx.save_for_backward(x, w_primary, b_primary, w_cheap, b_cheap, gate)
+    ctx.out_channels = out_channels
+    ctx.act = act
+
+
+def make_gated_backward(backward_op):
+    """The autograd formula of a ghost_module_gated op whose gradients come from ``backward_op`` (the schema of
+    ghostkernels::ghost_module_gated_backward)."""
+
+    def backward(ctx, grad_out):
+        x, w_primary, b_primary, w_cheap, b_cheap, gate = ctx.saved_tensors
+        grads = backward_op(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, ctx.out_channels, ctx.act, gate)
+        need = ctx.needs_input_grad
+        grads = [g if n else None for g, n in zip(grads[:5], need[:5])] + [grads[5] if need[7] else None]
+        return tuple(grads[:5]) + (None, None, grads[5])
+
+    return backward
+
+
+def setup_dfc_gate_context(ctx, inputs, output):
+    """dfc_gate: the inputs and the (quarter-resolution) map, whose sigmoid derivative is map * (1 - map)."""
+    ctx.save_for_backward(output, *inputs)
+
+
+def dfc_gate_backward(ctx, grad_gate):
+    gate, *inputs = ctx.saved_tensors
+    grads = torch.ops.ghostkernels.dfc_gate_backward(grad_gate, gate, *inputs)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
 def register_all() -> None:
     global _registered
     if _registered:
@@ -338,12 +416,22 @@ def register_all() -> None:
     torch.library.register_autograd(
         "ghostkernels::ghost_module", make_backward(torch.ops.ghostkernels.ghost_module_backward),
         setup_context=setup_context)
+    torch.library.register_fake("ghostkernels::dfc_gate")(_dfc_gate_fake)
+    torch.library.register_fake("ghostkernels::dfc_gate_backward")(_dfc_gate_backward_fake)
+    torch.library.register_autograd("ghostkernels::dfc_gate", dfc_gate_backward, setup_context=setup_dfc_gate_context)
+    torch.library.register_fake("ghostkernels::ghost_module_gated")(_ghost_module_gated_fake)
+    torch.library.register_fake("ghostkernels::ghost_module_gated_backward")(_ghost_module_gated_backward_fake)
+    torch.library.register_autograd(
+        "ghostkernels::ghost_module_gated", make_gated_backward(torch.ops.ghostkernels.ghost_module_gated_backward),
+        setup_context=setup_gated_context)
     torch.library.register_fake("ghostkernels::ghost_bottleneck")(_ghost_bottleneck_fake)
+    torch.library.register_fake("ghostkernels::ghost_bottleneck_gated")(_ghost_bottleneck_gated_fake)
     torch.library.register_fake("ghostkernels::_depthwise_conv2d")(_depthwise_conv2d_fake)
     torch.library.register_fake("ghostkernels::conv2d_act")(_conv2d_act_fake)
     torch.library.register_fake("ghostkernels::linear_act")(_linear_act_fake)
     torch.library.register_fake("ghostkernels::chain")(_chain_fake)
-    for op in ("ghost_bottleneck", "_depthwise_conv2d", "conv2d_act", "linear_act", "chain"):
+    for op in ("ghost_bottleneck", "ghost_bottleneck_gated", "_depthwise_conv2d", "conv2d_act", "linear_act",
+               "chain"):
         torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
     _register_bn_train()
     _registered = True

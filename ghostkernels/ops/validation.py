@@ -52,6 +52,46 @@ def check_ghost_inputs(op: str, x, w_primary, b_primary, w_cheap, b_cheap, out_c
     return init, mult, k
 
 
+def check_dfc_gate_inputs(op: str, x, w_reduce, b_reduce, w_h, b_h, w_v, b_v) -> tuple[int, int, int]:
+    """Validate a dfc_gate call (the checks of csrc/ghost_module_check.cpp's check_dfc_gate_inputs); return the
+    map's (channels, H // 2, W // 2)."""
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"{op}: x must be at least 2x2 (the gate pools 2x2 windows), got {h}x{w}")
+    if w_reduce.dim() != 4 or w_reduce.shape[1] != c or w_reduce.shape[2] != 1 or w_reduce.shape[3] != 1:
+        raise ValueError(f"{op}: w_reduce must be [O, {c}, 1, 1], got shape {tuple(w_reduce.shape)}")
+    o = w_reduce.shape[0]
+    if o == 0:
+        raise ValueError(f"{op}: w_reduce has zero output channels")
+    if w_h.dim() != 4 or w_h.shape[0] != o or w_h.shape[1] != 1 or w_h.shape[2] != 1 or w_h.shape[3] % 2 != 1:
+        raise ValueError(f"{op}: w_h must be a depthwise (1, k) weight [{o}, 1, 1, k] with k odd, got shape "
+                         f"{tuple(w_h.shape)}")
+    if w_v.dim() != 4 or w_v.shape[0] != o or w_v.shape[1] != 1 or w_v.shape[3] != 1 or w_v.shape[2] % 2 != 1:
+        raise ValueError(f"{op}: w_v must be a depthwise (k, 1) weight [{o}, 1, k, 1] with k odd, got shape "
+                         f"{tuple(w_v.shape)}")
+    for name, b in (("b_reduce", b_reduce), ("b_h", b_h), ("b_v", b_v)):
+        if b.dim() != 1 or b.shape[0] != o:
+            raise ValueError(f"{op}: {name} must be [{o}], got shape {tuple(b.shape)}")
+    for name, t in (("w_reduce", w_reduce), ("b_reduce", b_reduce), ("w_h", w_h), ("b_h", b_h), ("w_v", w_v),
+                    ("b_v", b_v)):
+        _check_like(op, x, name, t)
+    return o, h // 2, w // 2
+
+
+def check_gated_inputs(op: str, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act: str, gate):
+    """Validate a ghost_module_gated call: ghost_module's checks, and a gate [N, out_channels, Hg, Wg] of x's dtype
+    and device (Hg, Wg >= 1: nearest upsampling maps any size onto H x W); return check_ghost_inputs' result."""
+    dims = check_ghost_inputs(op, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    if gate.dim() != 4 or gate.shape[0] != x.shape[0] or gate.shape[1] != out_channels or gate.shape[2] < 1 \
+            or gate.shape[3] < 1:
+        raise ValueError(f"{op}: gate must be [{x.shape[0]}, {out_channels}, Hg, Wg] with Hg, Wg >= 1, got shape "
+                         f"{tuple(gate.shape)}")
+    _check_like(op, x, "gate", gate)
+    return dims
+
+
 def _check_like(op: str, x, name: str, t) -> None:
     if t.dtype != x.dtype:
         raise TypeError(f"{op}: dtype mismatch: x is {x.dtype} but {name} is {t.dtype}")
@@ -101,10 +141,15 @@ def _group(op: str, names: str, ts) -> bool:
 
 
 def check_bottleneck_inputs(op: str, x, ghost1, mid_channels, act, dw, stride, se, ghost2, out_channels,
-                            shortcut) -> tuple[int, int]:
-    """Validate a ghost_bottleneck call (the checks of csrc/cpu/op_ghost_bottleneck.cpp); return the output
-    (H, W). ``dw``, ``se``, ``shortcut`` are tuples of tensors or Nones (None for an absent group)."""
+                            shortcut, gate=None) -> tuple[int, int]:
+    """Validate a ghost_bottleneck call (the checks of csrc/cpu/op_ghost_bottleneck.cpp), or with ``gate`` (six
+    tensors) a ghost_bottleneck_gated call; return the output (H, W). ``dw``, ``se``, ``shortcut`` are tuples of
+    tensors or Nones (None for an absent group)."""
     check_ghost_inputs(f"{op} (ghost1)", x, *ghost1, mid_channels, act)
+    if gate is not None:
+        o, _, _ = check_dfc_gate_inputs(f"{op} (ghost1's gate)", x, *gate)
+        if o != mid_channels:
+            raise ValueError(f"{op}: ghost1's gate makes {o} channels, not ghost1's {mid_channels}")
     if stride not in (1, 2):
         raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
     n, c, h, w = x.shape

@@ -53,6 +53,12 @@ def ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels:
     x1 = act(conv1x1(x, w_primary) + b_primary), x2 = act(depthwise_kxk(x1, w_cheap, padding k//2) + b_cheap);
     the contract (shapes, memory format, numerics) is that of ghostkernels.ops.ghost_module.
     """
+    _check_device(x)
+    return torch.ops.ghostkernels.ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+
+
+def _check_device(x) -> None:
+    """The CPU-without-interpreter and other-device refusals every entry point shares."""
     op = load_op()
     dev = x.device.type
     if dev == "cpu" and not op.INTERPRETED:
@@ -64,7 +70,20 @@ def ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels:
                            "use backend='cpu' for CPU tensors." + hint)
     if dev not in ("cpu", "cuda"):
         raise ValueError(f"ghostkernels: backend='triton' needs CUDA tensors, got tensors on {x.device}")
-    return torch.ops.ghostkernels.ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
 
 
-__all__ = ["ghost_module_triton", "interpreted", "load_op"]
+def dfc_gate_triton(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v):
+    """GhostNetV2's DFC map with Triton kernels (the contract of ghostkernels.ops.dfc_gate), differentiable."""
+    _check_device(x)
+    return torch.ops.ghostkernels.dfc_gate_triton(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v)
+
+
+def ghost_module_gated_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, act: str, gate):
+    """The gated Ghost module with Triton kernels (the contract of ghostkernels.ops.ghost_module_gated),
+    differentiable."""
+    _check_device(x)
+    return torch.ops.ghostkernels.ghost_module_gated_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels,
+                                                            act, gate)
+
+
+__all__ = ["dfc_gate_triton", "ghost_module_gated_triton", "ghost_module_triton", "interpreted", "load_op"]

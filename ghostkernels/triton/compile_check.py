@@ -117,6 +117,19 @@ def _case_tensors(dtype_name, C, init, H, W, M, k, oc, channels_last):
     return x, weights, out, fmt
 
 
+def _gate_tensors(x, oc):
+    """GhostNetV2's gate for a case: its weights (5-tap (1, k) and (k, 1) convs) and its map."""
+    import torch
+
+    C, H, W = x.shape[1:]
+    weights = (torch.empty(oc, C, 1, 1, dtype=x.dtype), torch.empty(oc, dtype=x.dtype),
+               torch.empty(oc, 1, 1, 5, dtype=x.dtype), torch.empty(oc, dtype=x.dtype),
+               torch.empty(oc, 1, 5, 1, dtype=x.dtype), torch.empty(oc, dtype=x.dtype))
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    gate = torch.empty(x.shape[0], oc, H // 2, W // 2, dtype=x.dtype, memory_format=fmt)
+    return weights, gate
+
+
 def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3):
     """Compile every (case, kernel, config); return a list of (description, ok, detail)."""
     import triton
@@ -125,6 +138,7 @@ def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3):
     from . import configs
     from .backward_kernels import backward_launch_plan, ghost_backward_kernel
     from .forward_kernels import forward_launch_plan, ghost_forward_kernel
+    from .gate_kernels import dfc_gate_launch_plans
 
     previous = driver._active  # reset_active() would look for a real driver, which fails without a GPU
     driver.set_active(_TargetOnlyDriver(arch))
@@ -137,28 +151,40 @@ def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3):
             case = CASES[name]
             x, (wp, bp, wc, bc), out, fmt = _case_tensors(*case)
             oc = case[7]
+            gate_weights, gate = _gate_tensors(x, oc)
             plans = (("forward", ghost_forward_kernel, forward_launch_plan(x, wp, bp, wc, bc, out, oc, act_id)[1:3]),
+                     ("forward-gated", ghost_forward_kernel,
+                      forward_launch_plan(x, wp, bp, wc, bc, out, oc, act_id, gate)[1:3]),
                      ("backward", ghost_backward_kernel,
                       backward_launch_plan(out, x, wp, bp, wc, bc, oc, act_id, fmt)[1:3]))
             for kname, kernel, (args, consts) in plans:
                 for cfg in cfgs:
                     desc = (f"{name} {kname} BLOCK_C={cfg.kwargs['BLOCK_C']} warps={cfg.num_warps} "
                             f"stages={cfg.num_stages}")
-                    t0 = time.time()
-                    try:
-                        compiled = kernel.fn.run(*args, grid=(1,), warmup=True, num_warps=cfg.num_warps,
-                                                 num_stages=cfg.num_stages, **consts, **cfg.kwargs)
-                    except Exception as e:  # report every failure, keep compiling the rest
-                        results.append((desc, False, f"{type(e).__name__}: {e}"))
-                        continue
-                    widths = global_load_widths(compiled.asm["ptx"], "tile_math.py", x_tile_line())
-                    loads = " ".join(f"{b}Bx{n}" for b, n in sorted(widths.items())) or "none"
-                    detail = (f"{_resource_usage(compiled.asm['cubin'])} smem={compiled.metadata.shared} "
-                              f"x-tile loads [{loads}] ({time.time() - t0:.1f}s)")
-                    results.append((desc, True, detail))
+                    results.append(_compile(desc, kernel.fn, args, dict(consts, **cfg.kwargs), cfg.num_warps,
+                                            cfg.num_stages, x_tile=True))
+            # The DFC map's two kernels are not autotuned: one compile each.
+            for kernel, _, args, consts in dfc_gate_launch_plans(x, *gate_weights, gate,
+                                                                 configs.dot_precision(x.dtype)):
+                results.append(_compile(f"{name} {kernel.fn.__name__}", kernel, args, consts, 4, 2))
         return results
     finally:
         driver._active = previous
+
+
+def _compile(desc, kernel, args, consts, num_warps, num_stages, x_tile: bool = False):
+    """(desc, ok, detail) of compiling one kernel without launching it; with ``x_tile`` (the Ghost-module kernels,
+    whose 1x1 conv loads x through tile_math's x tile) the detail also lists that tile's global load widths."""
+    t0 = time.time()
+    try:
+        compiled = kernel.run(*args, grid=(1,), warmup=True, num_warps=num_warps, num_stages=num_stages, **consts)
+    except Exception as e:  # report every failure, keep compiling the rest
+        return desc, False, f"{type(e).__name__}: {e}"
+    detail = f"{_resource_usage(compiled.asm['cubin'])} smem={compiled.metadata.shared}"
+    if x_tile:
+        widths = global_load_widths(compiled.asm["ptx"], "tile_math.py", x_tile_line())
+        detail += " x-tile loads [" + (" ".join(f"{b}Bx{n}" for b, n in sorted(widths.items())) or "none") + "]"
+    return desc, True, f"{detail} ({time.time() - t0:.1f}s)"
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,11 @@ Per work item:
      x2 = act(z2) goes straight into out[:, init + j]. Channels >= OC are never computed, so for OC <= init the
      depthwise pass is compiled out (CHEAP = False).
 
+GATED (ghostkernels::ghost_module_gated_triton, GhostNetV2): both halves are multiplied, in float32 before they are
+rounded and stored, by the gate map element nearest upsampling puts at each output pixel: gate[n, c, gy[oy], gx[ox]]
+with the row and column index tables gy, gx computed on the host by PyTorch's own F.interpolate (so the index
+formula is PyTorch's by construction). x1 in the scratch stays ungated: the cheap half is computed from it.
+
 Numerics: x2 is computed from x1 rounded to the output dtype, exactly as eager computes the depthwise conv on the
 x1 tensor it returns, so the two halves of the output are consistent with each other.
 """
@@ -32,8 +37,9 @@ from .tile_math import apply_act, image_offset, primary_conv_region, work_item
 def ghost_forward_kernel(
         x_ptr, wp_ptr, bp_ptr, wc_ptr, bc_ptr, out_ptr, scratch_ptr,
         sxn, sxc, sxh, sxw, son, soc, soh, sow,
+        g_ptr, sgn, sgc, sgh, sgw, gy_ptr, gx_ptr,
         C, I, H, W, HW, OC, tiles_x, tiles_per_image, num_work, nprog,
-        K: tl.constexpr, M: tl.constexpr, ACT: tl.constexpr, CHEAP: tl.constexpr,
+        K: tl.constexpr, M: tl.constexpr, ACT: tl.constexpr, CHEAP: tl.constexpr, GATED: tl.constexpr,
         TH: tl.constexpr, TW: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, SUB_P: tl.constexpr,
         SUB_Q: tl.constexpr, DOT_PRECISION: tl.constexpr, VEC: tl.constexpr, XVEC: tl.constexpr,
         BLOCK_C: tl.constexpr):
@@ -85,9 +91,16 @@ def ghost_forward_kernel(
             out_pix = oy * soh + ox * sow
             if VEC > 1:
                 out_pix = tl.multiple_of(out_pix, VEC)
+            if GATED:  # the map element of each pixel: gate row gy[oy], column gx[ox]
+                g_img = g_ptr + n.to(tl.int64) * sgn
+                g_pix = (tl.load(gy_ptr + oy, mask=pix_ok, other=0) * sgh
+                         + tl.load(gx_ptr + ox, mask=pix_ok, other=0) * sgw)
             centre = tl.load(rows + ((qy + R) * RW + qx + R)[None, :], mask=q_ok[None, :], other=0.0)
-            tl.store(out_img + ii[:, None] * soc + out_pix[None, :], centre,
-                     mask=(i_ok & (ii < OC))[:, None] & pix_ok[None, :])
+            primary_ok = (i_ok & (ii < OC))[:, None] & pix_ok[None, :]
+            if GATED:
+                centre = (centre.to(tl.float32) * tl.load(g_img + ii[:, None] * sgc + g_pix[None, :], mask=primary_ok,
+                                                          other=0.0).to(tl.float32)).to(out_ptr.dtype.element_ty)
+            tl.store(out_img + ii[:, None] * soc + out_pix[None, :], centre, mask=primary_ok)
             if CHEAP:
                 for m in tl.static_range(M):
                     j = ii * M + m
@@ -101,14 +114,26 @@ def ghost_forward_kernel(
                     bias = tl.load(bc_ptr + j, mask=i_ok, other=0.0).to(tl.float32)
                     x2 = apply_act(acc + bias[:, None], ACT)
                     ch = I + j
+                    cheap_ok = (i_ok & (ch < OC))[:, None] & pix_ok[None, :]
+                    if GATED:
+                        x2 = x2 * tl.load(g_img + ch[:, None] * sgc + g_pix[None, :], mask=cheap_ok,
+                                          other=0.0).to(tl.float32)
                     tl.store(out_img + ch[:, None] * soc + out_pix[None, :], x2.to(out_ptr.dtype.element_ty),
-                             mask=(i_ok & (ch < OC))[:, None] & pix_ok[None, :])
+                             mask=cheap_ok)
 
 
-def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int):
+def nearest_index_table(in_size: int, out_size: int, device) -> torch.Tensor:
+    """For each of out_size output positions, the input position F.interpolate(mode='nearest') reads: computed by
+    PyTorch's own upsampling of an index ramp, so the gated kernel indexes exactly as eager does."""
+    ramp = torch.arange(in_size, dtype=torch.float32).reshape(1, 1, in_size)
+    return torch.nn.functional.interpolate(ramp, size=out_size, mode="nearest").reshape(-1).to(device, torch.int32)
+
+
+def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int, gate=None):
     """(grid, positional args, constexpr kwargs) of ghost_forward_kernel writing into `out` (already allocated in
-    the output memory format); allocates the per-program scratch. Weights are made contiguous here: the kernel
-    indexes w_primary as [init, C] and w_cheap as [init*M, k*k]."""
+    the output memory format), with `gate` [N, out_channels, Hg, Wg] multiplied in where given; allocates the
+    per-program scratch. Weights are made contiguous here: the kernel indexes w_primary as [init, C] and w_cheap as
+    [init*M, k*k]."""
     N, C, H, W = (int(s) for s in x.shape)
     init = int(w_primary.shape[0])
     M = int(w_cheap.shape[0]) // init
@@ -118,21 +143,29 @@ def forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_chan
     num_work = N * geo.tiles_per_image * triton.cdiv(init, block_i)
     nprog = configs.num_programs(num_work, x.device)
     scratch = torch.empty((nprog, block_i, geo.BLOCK_P), dtype=out.dtype, device=x.device)
+    if gate is None:  # never read (GATED is False): any tensor stands in for the map and its tables
+        gate_args = (out, 0, 0, 0, 0, out, out)
+    else:
+        gate_args = (gate, *gate.stride(), nearest_index_table(int(gate.shape[2]), H, x.device),
+                     nearest_index_table(int(gate.shape[3]), W, x.device))
     args = (x, w_primary.contiguous(), b_primary.contiguous(), w_cheap.contiguous(), b_cheap.contiguous(), out,
-            scratch, *x.stride(), *out.stride(),
+            scratch, *x.stride(), *out.stride(), *gate_args,
             C, init, H, W, H * W, out_channels, geo.tiles_x, geo.tiles_per_image, num_work, nprog)
-    consts = dict(K=K, M=M, ACT=act_id, CHEAP=out_channels > init, TH=geo.TH, TW=geo.TW, BLOCK_I=block_i,
+    consts = dict(K=K, M=M, ACT=act_id, CHEAP=out_channels > init, GATED=gate is not None, TH=geo.TH, TW=geo.TW,
+                  BLOCK_I=block_i,
                   BLOCK_P=geo.BLOCK_P, SUB_P=configs.sub_block(geo.BLOCK_P, block_i, 16),
                   SUB_Q=configs.sub_block(geo.BLOCK_Q, block_i), DOT_PRECISION=configs.dot_precision(x.dtype),
                   VEC=configs.tensor_vector(out, out_channels), XVEC=configs.tensor_vector(x, C))
     return (nprog,), args, consts
 
 
-def launch_forward(launcher, x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int):
-    """Run ghost_forward_kernel into `out`. `launcher` is torch.library.wrap_triton on the GPU (so torch.compile
-    traces the launch) and the identity under the interpreter."""
+def launch_forward(launcher, x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels: int, act_id: int,
+                   gate=None):
+    """Run ghost_forward_kernel into `out` (gated by `gate` where given). `launcher` is torch.library.wrap_triton on
+    the GPU (so torch.compile traces the launch) and the identity under the interpreter."""
     if out.numel() == 0:  # N, H, W or out_channels is 0: nothing to compute (and no grid to launch)
         return out
-    grid, args, consts = forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels, act_id)
+    grid, args, consts = forward_launch_plan(x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels, act_id,
+                                             gate)
     launcher(ghost_forward_kernel)[grid](*args, **consts)
     return out

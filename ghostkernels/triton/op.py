@@ -17,19 +17,29 @@ Both are torch.library.triton_op, with the schema of ghostkernels::ghost_module 
   only by calling torch.ops.ghostkernels.ghost_module_triton directly.
 
 Autograd: the backward op recomputes everything from x (only x and the weights are saved), as for the C++ op.
+
+GhostNetV2's gate: ghostkernels::dfc_gate_triton (the DFC map, gate_kernels) and ghostkernels::ghost_module_gated_triton
+(the forward kernel with the map multiplied into its stores), same schemas and dispatch as the C++ dfc_gate and
+ghost_module_gated. Their backward formulas are compositions of ops: the gated module's recomputes the ungated output
+with ghost_module_triton and runs ghost_module_triton_backward on grad_out times the upsampled map (the map's own
+gradient is the upsampling's adjoint of grad_out times that output); the map's is the library's
+ghostkernels::dfc_gate_backward (ATen's convolution and pooling backwards, on whatever device).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.library import triton_op, wrap_triton
 
-from ..ops.reference import ACTS
-from ..ops.registration import make_backward, setup_context
-from ..ops.validation import check_ghost_inputs, output_memory_format
-from . import torch_math
+from ..ops.reference import ACTS, dfc_gate_reference, ghost_module_gated_reference
+from ..ops.registration import (dfc_gate_backward, make_backward, make_gated_backward, setup_context,
+                                setup_dfc_gate_context, setup_gated_context)
+from ..ops.validation import check_dfc_gate_inputs, check_gated_inputs, check_ghost_inputs, output_memory_format
+from . import configs, torch_math
 from .backward_kernels import ghost_backward_kernel, launch_backward
 from .forward_kernels import ghost_forward_kernel, launch_forward
+from .gate_kernels import launch_dfc_gate
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -129,3 +139,57 @@ def ghost_module_triton_backward_op(grad_out: torch.Tensor, x: torch.Tensor, w_p
 ghost_module_triton_op.register_autograd(
     make_backward(lambda *args: torch.ops.ghostkernels.ghost_module_triton_backward(*args)),
     setup_context=setup_context)
+
+
+@triton_op("ghostkernels::ghost_module_gated_triton", mutates_args=())
+def ghost_module_gated_triton_op(x: torch.Tensor, w_primary: torch.Tensor, b_primary: torch.Tensor,
+                                 w_cheap: torch.Tensor, b_cheap: torch.Tensor, out_channels: int, act: str,
+                                 gate: torch.Tensor) -> torch.Tensor:
+    op = "ghostkernels::ghost_module_gated_triton"
+    _check(op, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    check_gated_inputs(op, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate)
+    n, _, h, w = x.shape
+    out = torch.empty((n, out_channels, h, w), dtype=x.dtype, device=x.device,
+                      memory_format=output_memory_format(x))
+    if not _runs_kernels(x):
+        out.copy_(ghost_module_gated_reference(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate))
+        return out
+    return launch_forward(_launcher, x, w_primary, b_primary, w_cheap, b_cheap, out, out_channels, ACTS.index(act),
+                          gate=gate)
+
+
+def _gated_backward(grad_out, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate):
+    """The gradients of ghost_module_gated_triton (the schema of ghostkernels::ghost_module_gated_backward)."""
+    h, w = int(x.shape[2]), int(x.shape[3])
+    y = torch.ops.ghostkernels.ghost_module_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act)
+    grad_gate = torch.ops.aten.upsample_nearest2d_backward(grad_out * y, [h, w], list(gate.shape))
+    grad_y = (grad_out * F.interpolate(gate, size=(h, w), mode="nearest")).contiguous(
+        memory_format=output_memory_format(x))
+    grads = torch.ops.ghostkernels.ghost_module_triton_backward(grad_y, x, w_primary, b_primary, w_cheap, b_cheap,
+                                                                out_channels, act)
+    return (*grads, grad_gate.contiguous())
+
+
+ghost_module_gated_triton_op.register_autograd(make_gated_backward(_gated_backward),
+                                               setup_context=setup_gated_context)
+
+
+@triton_op("ghostkernels::dfc_gate_triton", mutates_args=())
+def dfc_gate_triton_op(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor, w_h: torch.Tensor,
+                       b_h: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor) -> torch.Tensor:
+    op = "ghostkernels::dfc_gate_triton"
+    o, hg, wg = check_dfc_gate_inputs(op, x, w_reduce, b_reduce, w_h, b_h, w_v, b_v)
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: the Triton kernels support float16, bfloat16 and float32, got {x.dtype}")
+    if INTERPRETED and x.dtype == torch.bfloat16 and _holds_data(x):
+        raise TypeError(f"{op}: bfloat16 cannot run under TRITON_INTERPRET=1 (numpy has no bfloat16); "
+                        "use float16/float32 there, or a GPU")
+    out = torch.empty((x.shape[0], o, hg, wg), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    if not _runs_kernels(x):
+        out.copy_(dfc_gate_reference(x, w_reduce, b_reduce, w_h, b_h, w_v, b_v))
+        return out
+    return launch_dfc_gate(_launcher, x, w_reduce, b_reduce, w_h, b_h, w_v, b_v, out,
+                           configs.dot_precision(x.dtype))
+
+
+dfc_gate_triton_op.register_autograd(dfc_gate_backward, setup_context=setup_dfc_gate_context)

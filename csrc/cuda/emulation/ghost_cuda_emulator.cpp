@@ -1,6 +1,8 @@
 // Runs the CUDA Ghost-module kernels (forward and fused backward) on the host, block by block, with every thread
-// of a block a cooperative fiber (see cuda_host_emulation.h for what is emulated). Used by
-// tests/test_cuda_compile.py to check the kernels' results against a float64 reference without a GPU.
+// of a block a cooperative fiber (see cuda_host_emulation.h for what is emulated), and GhostNetV2's gate kernels
+// (dfc_gate_kernel.cuh: no barriers, so each thread simply runs to completion in turn). Used by
+// tests/test_cuda_compile.py and tests/test_cuda_gate.py to check the kernels' results against a float64 reference
+// without a GPU.
 //
 // Build: g++ -std=c++17 -O1 -I<cuda include> ghost_cuda_emulator.cpp -o ghost_cuda_emulator  (no CUDA library).
 //
@@ -14,6 +16,9 @@
 //        choice), so that tests can run every forward layout on the same inputs.
 //   OUT: float32 arrays: forward out [N,OC,H,W]; backward grad_z1 [N,I,H,W] then the group-summed partials
 //        [I*M, K*K+1]. NCHW whatever the kernel's layout. A line "plan th tw ..." goes to stdout.
+//   Gate modes (same header; fp32_math, act and groups unused): mode 2 dfc_gate with I = O, M = KH, K = KV: inputs x
+//        [N,C,H,W], w1 [O,C], b1, wh [O,KH], bh, wv [O,KV], bv; output the map [N,O,H/2,W/2]. Mode 3 the gate multiply
+//        with OC, I = Hg, M = Wg: inputs out [N,OC,H,W], map [N,OC,Hg,Wg]; output out * upsampled map.
 //   --reverse runs each block's threads in descending order (a missing barrier shows up as a different result).
 //   --plan prints the plan of the header's shape (the arrays may be absent) and exits: what the planner would
 //        choose on an H100 (shared memory per block, unit height, x resident, overlap, stages, units).
@@ -28,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "../dfc_gate_kernel.cuh"
 #include "../ghost_cuda_plan.cu"  // the host planner, compiled into this program
 #include "../ghost_cuda_select.cuh"
 
@@ -321,6 +327,52 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
   std::fwrite(sums.data(), sizeof(float), sums.size(), out);
 }
 
+// A barrier-free kernel over `elements` threads: block by block, each thread run to completion in turn (descending
+// order within a block with `reverse`).
+template <typename P>
+void run_threads(void (*kernel)(const P), const P& params, long long elements, bool reverse) {
+  const long long blocks = (elements + kThreads - 1) / kThreads;
+  for (long long b = 0; b < blocks; ++b) {
+    emulation::block_index = make_uint3(unsigned(b), 0, 0);
+    for (int k = 0; k < kThreads; ++k) {
+      emulation::thread_index = make_uint3(unsigned(reverse ? kThreads - 1 - k : k), 0, 0);
+      kernel(params);
+    }
+  }
+}
+
+template <typename T>
+void run_gate(const Header& h, FILE* in, FILE* out, bool reverse) {
+  const bool cl = h.channels_last != 0;
+  GateKernelParams P;
+  std::vector<float> result;
+  if (h.mode == 2) {
+    const int64_t O = h.I, KH = h.M, KV = h.K, Hg = h.H / 2, Wg = h.W / 2, G = Hg * Wg;
+    const std::vector<T> x = to_layout<T>(read_floats(in, h.N * h.C * h.H * h.W), h.N, h.C, h.H * h.W, cl);
+    const std::vector<T> w1 = convert<T>(read_floats(in, O * h.C)), b1 = convert<T>(read_floats(in, O));
+    const std::vector<T> wh = convert<T>(read_floats(in, O * KH)), bh = convert<T>(read_floats(in, O));
+    const std::vector<T> wv = convert<T>(read_floats(in, O * KV)), bv = convert<T>(read_floats(in, O));
+    std::vector<float> z(size_t(h.N * O * G), std::nanf(""));
+    std::vector<T> map(size_t(h.N * O * G), from_float<T>(std::nanf("")));
+    P.N = int(h.N), P.C = int(h.C), P.H = int(h.H), P.W = int(h.W), P.O = int(O), P.Hg = int(Hg), P.Wg = int(Wg);
+    P.KH = int(KH), P.KV = int(KV);
+    P.x = x.data(), P.w1 = w1.data(), P.b1 = b1.data(), P.wh = wh.data(), P.bh = bh.data(), P.wv = wv.data();
+    P.bv = bv.data(), P.z = z.data(), P.map = map.data();
+    run_threads(cl ? &dfc_reduce_kernel<T, true> : &dfc_reduce_kernel<T, false>, P, h.N * O * G, reverse);
+    run_threads(cl ? &dfc_finish_kernel<T, true> : &dfc_finish_kernel<T, false>, P, h.N * O * G, reverse);
+    result = from_layout(map, h.N, O, G, cl);
+  } else {
+    const int64_t Hg = h.I, Wg = h.M, HW = h.H * h.W;
+    std::vector<T> o = to_layout<T>(read_floats(in, h.N * h.OC * HW), h.N, h.OC, HW, cl);
+    const std::vector<T> map = to_layout<T>(read_floats(in, h.N * h.OC * Hg * Wg), h.N, h.OC, Hg * Wg, cl);
+    P.N = int(h.N), P.O = int(h.OC), P.H = int(h.H), P.W = int(h.W), P.Hg = int(Hg), P.Wg = int(Wg);
+    P.out = o.data(), P.gate = map.data();
+    run_threads(cl ? &gate_multiply_kernel<T, true> : &gate_multiply_kernel<T, false>, P, h.N * h.OC * HW, reverse);
+    result = from_layout(o, h.N, h.OC, HW, cl);
+  }
+  std::fwrite(result.data(), sizeof(float), result.size(), out);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -351,7 +403,14 @@ int main(int argc, char** argv) {
       print_plan(h, pl);
       return 0;
     }
-    if (h.dtype == 1)
+    if (h.mode >= 2) {
+      if (h.dtype == 1)
+        run_gate<__half>(h, in, out, reverse);
+      else if (h.dtype == 2)
+        run_gate<__nv_bfloat16>(h, in, out, reverse);
+      else
+        run_gate<float>(h, in, out, reverse);
+    } else if (h.dtype == 1)
       run<__half, false>(h, in, out, reverse);
     else if (h.dtype == 2)
       run<__nv_bfloat16, false>(h, in, out, reverse);

@@ -1,0 +1,159 @@
+// The AVX-512 kernel of ghostkernels::dfc_gate (see kernel_dfc_gate_avx512.h for what it computes and why).
+//
+// No torch header here; only the code between GK_AVX512_REGION_BEGIN and GK_AVX512_REGION_END is compiled for
+// AVX-512 (util_avx512_target.h), with internal linkage apart from the exported entry points, so the library still
+// loads on CPUs without it (avx512_dfc_gate_available() keeps them away from this code).
+#include "kernel_dfc_gate_avx512.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "../activations.h"
+#include "kernel_backward_gemm_avx512.h"
+#include "util_cpu_features.h"
+
+#include "util_avx512_target.h"
+
+namespace ghostkernels {
+namespace cpu {
+
+namespace {
+constexpr int64_t kLanes = 16;
+// Longest (1, k) / (k, 1) kernel the map pass takes: GhostNetV2's are 5; longer ones run on ATen.
+constexpr int64_t kMaxTaps = 9;
+int64_t plane_floats(const DfcGateAvx512Params& p) { return p.Hg * p.Wg; }
+// The vertical pass's padded plane: KV/2 zero rows above and below the map rows, and a vector of slack.
+int64_t padded_plane_floats(const DfcGateAvx512Params& p) { return (p.Hg + 2 * (p.KV / 2)) * p.Wg + kLanes; }
+}  // namespace
+
+bool avx512_dfc_gate_available(int64_t KH, int64_t KV) {
+#if GK_AVX512_KERNELS
+  return cpu_has_avx512(false) && KH <= kMaxTaps && KV <= kMaxTaps;
+#else
+  (void)KH;
+  (void)KV;
+  return false;
+#endif
+}
+
+int64_t avx512_gate_scratch_floats(const DfcGateAvx512Params& p) {
+  return p.Ob * plane_floats(p) + padded_plane_floats(p) + kLanes;
+}
+
+#if GK_AVX512_KERNELS
+GK_AVX512_REGION_BEGIN
+
+}  // namespace cpu
+}  // namespace ghostkernels
+
+#include "util_avx512_common.h"
+
+namespace ghostkernels {
+namespace cpu {
+namespace {
+
+// 2x2 means of rows r0 and r1 (pairs of input columns) into `out` (Wg floats).
+template <typename elem>
+void pool_row_pair(const elem* r0, const elem* r1, float* out, int64_t Wg) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 quarter = _mm512_set1_ps(0.25f);
+  for (int64_t c0 = 0; c0 < Wg; c0 += kLanes) {
+    const int64_t n_in = 2 * imin(kLanes, Wg - c0);  // input columns 2*c0 .. 2*c0 + n_in of each row
+    const __mmask16 lo = lane_range(0, n_in), hi = lane_range(0, n_in - kLanes);
+    const elem* a = r0 + 2 * c0;
+    const elem* b = r1 + 2 * c0;
+    const __m512 s_lo = _mm512_add_ps(load_f32(lo, a), load_f32(lo, b));
+    const __m512 s_hi = _mm512_add_ps(load_f32(hi, a + kLanes), load_f32(hi, b + kLanes));
+    const __m512 sum = _mm512_add_ps(_mm512_permutex2var_ps(s_lo, even, s_hi), _mm512_permutex2var_ps(s_lo, odd, s_hi));
+    _mm512_mask_storeu_ps(out + c0, lane_range(0, Wg - c0), _mm512_mul_ps(sum, quarter));
+  }
+}
+
+template <typename elem>
+void pool_planes(const DfcGateAvx512Params& p, int64_t begin, int64_t end) {
+  const elem* x = static_cast<const elem*>(p.x);
+  const int64_t HW = p.H * p.W, G = plane_floats(p);
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const elem* src = x + plane * HW;
+    float* dst = p.pooled + plane * G;
+    for (int64_t y = 0; y < p.Hg; ++y) pool_row_pair(src + 2 * y * p.W, src + (2 * y + 1) * p.W, dst + y * p.Wg, p.Wg);
+  }
+}
+
+// One channel's map from its 1x1-conv plane z (bias included): the (1, KH) pass into the padded plane t, the
+// (KV, 1) pass and the sigmoid into dst.
+template <typename elem>
+void finish_channel(const DfcGateAvx512Params& p, const float* z, float* t, int64_t o, elem* dst) {
+  const int64_t G = plane_floats(p), Wg = p.Wg, ph = p.KH / 2, pv = p.KV / 2;
+  float* t_rows = t + pv * Wg;
+  const float* wh = p.wh + o * p.KH;
+  const float* wv = p.wv + o * p.KV;
+  for (int64_t q0 = 0; q0 < G; q0 += kLanes) {
+    const uint16_t* cm = p.colmask + (q0 / kLanes) * p.KH;
+    __m512 acc = _mm512_set1_ps(p.bh[o]);
+    for (int64_t dx = 0; dx < p.KH; ++dx) {
+      // The mask zeroes taps that would wrap into the neighbouring row (and never faults on lanes it drops).
+      const __m512 v = _mm512_maskz_loadu_ps(cm[dx], z + q0 + dx - ph);
+      acc = _mm512_fmadd_ps(v, _mm512_set1_ps(wh[dx]), acc);
+    }
+    _mm512_mask_storeu_ps(t_rows + q0, lane_range(0, G - q0), acc);  // past the plane: t's zero rows stay zero
+  }
+  for (int64_t q0 = 0; q0 < G; q0 += kLanes) {
+    __m512 acc = _mm512_set1_ps(p.bv[o]);
+    for (int64_t dy = 0; dy < p.KV; ++dy) {
+      acc = _mm512_fmadd_ps(_mm512_loadu_ps(t_rows + q0 + (dy - pv) * Wg), _mm512_set1_ps(wv[dy]), acc);
+    }
+    store_f32(dst + q0, lane_range(0, G - q0), sigmoid_v(acc));
+  }
+}
+
+template <typename elem>
+void map_items(const DfcGateAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  const int64_t G = plane_floats(p), pv = p.KV / 2;
+  float* z = scratch;
+  float* t = z + p.Ob * G + kLanes;
+  // The vertical pass's zero rows (and the slack after them), never written below.
+  std::memset(t, 0, pv * p.Wg * sizeof(float));
+  std::memset(t + (pv + p.Hg) * p.Wg, 0, (pv * p.Wg + kLanes) * sizeof(float));
+  elem* map = static_cast<elem*>(p.map);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / p.blocks, o0 = (item % p.blocks) * p.Ob, ob = imin(p.Ob, p.O - o0);
+    if (ob <= 0) continue;
+    for (int64_t r = 0; r < ob; ++r) {
+      const __m512 b = _mm512_set1_ps(p.b1[o0 + r]);
+      for (int64_t q = 0; q < G; q += kLanes) _mm512_mask_storeu_ps(z + r * G + q, lane_range(0, G - q), b);
+    }
+    avx512_sgemm_nn(ob, G, p.C, p.w1 + o0 * p.C, p.C, p.pooled + n * p.C * G, G, z, G, /*accumulate=*/true);
+    for (int64_t r = 0; r < ob; ++r) finish_channel(p, z + r * G, t, o0 + r, map + (n * p.O + o0 + r) * G);
+  }
+}
+
+}  // namespace
+
+void avx512_gate_pool_planes(const DfcGateAvx512Params& p, int64_t begin, int64_t end) {
+  if (p.bf16) {
+    pool_planes<uint16_t>(p, begin, end);
+  } else {
+    pool_planes<float>(p, begin, end);
+  }
+}
+
+void avx512_gate_map_items(const DfcGateAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
+  if (p.bf16 && !p.map_f32) {
+    map_items<uint16_t>(p, begin, end, scratch);
+  } else {
+    map_items<float>(p, begin, end, scratch);
+  }
+}
+
+GK_AVX512_REGION_END
+#else
+// Never called: avx512_dfc_gate_available() is false.
+void avx512_gate_pool_planes(const DfcGateAvx512Params&, int64_t, int64_t) {}
+void avx512_gate_map_items(const DfcGateAvx512Params&, int64_t, int64_t, float*) {}
+#endif
+
+}  // namespace cpu
+}  // namespace ghostkernels

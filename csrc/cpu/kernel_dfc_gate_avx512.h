@@ -1,0 +1,59 @@
+// The AVX-512 kernel of ghostkernels::dfc_gate for float32 and bfloat16 NCHW inputs: a params struct and launch
+// functions, no torch.
+//
+// GhostNetV2's DFC attention map, BatchNorms folded: sigmoid(dw_v(dw_h(conv1x1(avg_pool2x2(x))))). Eager PyTorch
+// runs it as seven kernels (pool, three convs, three BNs before folding, sigmoid, then the upsample that the gated
+// Ghost module does in its store), each over a quarter-resolution map; here it is two passes:
+//   1. pool: every plane of x to a float plane of (H/2) x (W/2) (floored), four loads and a pairwise add per 16
+//      outputs (avx512_gate_pool_planes);
+//   2. per work item (image, block of output channels): the 1x1 conv as one float GEMM of the item's weights and the
+//      image's pooled planes (avx512_sgemm_nn, kernel_backward_gemm_avx512.h, onto rows preset to the bias), then
+//      per channel, while its plane is in L1, the (1, KH) conv along rows (column masks stop taps at a row's ends,
+//      as in the Ghost-module kernel), the (KV, 1) conv down the columns (zero rows above and below) and the
+//      sigmoid (a polynomial exp), straight into the map (avx512_gate_map_items).
+// The map goes out as float32 (for the gated Ghost-module kernel, which multiplies it into its stores) or in x's
+// dtype (the op's output).
+//
+// Numerics: float32 throughout (bfloat16 x is widened exactly; a bfloat16 map is rounded once, to nearest even, by
+// integer arithmetic, so no AVX-512 BF16 instruction is needed); the pool sums the four values in the order
+// (r0c0 + r0c1) + (r1c0 + r1c1) and scales by 1/4, where eager divides; the exp's error is a few ulp. Results differ
+// from eager's by rounding only.
+#pragma once
+
+#include <cstdint>
+
+namespace ghostkernels {
+namespace cpu {
+
+struct DfcGateAvx512Params {
+  bool bf16;          // x (and the map unless map_f32) are bfloat16 (raw 16-bit words), else float32
+  const void* x;      // [N][C][H][W] contiguous
+  const float* w1;    // [O][C]: the 1x1 conv, BN folded
+  const float* b1;    // [O]
+  const float* wh;    // [O][KH]: the (1, KH) depthwise conv
+  const float* bh;    // [O]
+  const float* wv;    // [O][KV]: the (KV, 1) depthwise conv
+  const float* bv;    // [O]
+  float* pooled;      // [N][C][Hg*Wg]: written by avx512_gate_pool_planes, read by avx512_gate_map_items
+  void* map;          // [N][O][Hg*Wg]
+  bool map_f32;       // the map is float32 whatever x's dtype
+  int64_t N, C, H, W, O, Hg, Wg, KH, KV;
+  int64_t Ob, blocks;        // output channels per work item, and items per image
+  const uint16_t* colmask;   // avx512_column_masks(KH, Wg, Hg) (kernel_ghost_forward_avx512.h)
+};
+
+// Whether this CPU runs the kernel (AVX-512 F/BW/VL/DQ; bfloat16 needs nothing more) for these kernel lengths.
+bool avx512_dfc_gate_available(int64_t KH, int64_t KV);
+
+// Pools planes [begin, end) of x (plane = n * C + c) into p.pooled; planes are independent.
+void avx512_gate_pool_planes(const DfcGateAvx512Params& p, int64_t begin, int64_t end);
+
+// Per-thread scratch, in floats, for avx512_gate_map_items.
+int64_t avx512_gate_scratch_floats(const DfcGateAvx512Params& p);
+
+// Computes the map for work items [begin, end) (item = n * blocks + block of Ob channels); items write disjoint
+// channels, so threads may run disjoint ranges. Needs every pooled plane of the items' images.
+void avx512_gate_map_items(const DfcGateAvx512Params& p, int64_t begin, int64_t end, float* scratch);
+
+}  // namespace cpu
+}  // namespace ghostkernels
