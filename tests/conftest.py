@@ -36,6 +36,20 @@ except ImportError:  # not installed: test the source checkout
     import ghostkernels  # noqa: E402
 
 
+# The test files that take minutes (a CMake build of the project, an AOTInductor compile, nvcc on every .cu file)
+# run first. CI runs the suite on two pytest-xdist workers with --dist loadfile, which hands files out in collection
+# order: one of these last would leave the other worker idle for its duration.
+_LONG_FILES = ("test_aoti.py", "test_cmake.py", "test_cuda_compile.py", "test_cuda_sass.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = os.path.basename(str(item.path))
+        return _LONG_FILES.index(name) if name in _LONG_FILES else len(_LONG_FILES)
+
+    items.sort(key=rank)  # stable: every file keeps its own order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _op_library():
     return ghostkernels.load_library()
