@@ -478,7 +478,8 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
 
 void avx512_depthwise_taps(const float* centre, float* dst, int64_t n, int64_t W, int64_t K, const float* w,
                            const uint16_t* colmask) {
-  depthwise_for<F32, Act::Identity>(K)(centre, dst, nullptr, n, W, w, 0.f, colmask);
+  depthwise_for<F32, Act::Identity>(K)(centre, dst, nullptr, n, W, w, 0.f, colmask, nullptr, nullptr,
+                                       nullptr);  // no gate
 }
 
 GK_AVX512_REGION_END
