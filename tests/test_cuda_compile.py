@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,6 +121,7 @@ def _run_emulator(exe, tmp_path, backward, dtype, tf32, channels_last, act, inpu
         assert all(got.get(key) == v for key, v in want_plan.items()), f"plan {got}, wanted {want_plan}"
     want = _expected_layout(dtype, channels_last, m, oc, init)
     assert layouts == [want], f"the launcher chose layout {layouts}, expected {want} ({_LAYOUT_NAMES[want]})"
+    data = torch.from_numpy(np.fromfile(fout, dtype="<f4").copy())
     if not backward:
         return data.reshape(n, oc, h, w)
     split = n * init * h * w
