@@ -53,7 +53,7 @@ setup(
     install_requires=["ninja", "numpy"],
     extras_require={
         # triton: 3.6 is what torch 2.11's CUDA builds ship; on CPU the interpreter needs >= 3.7.1 with numpy 2.4.
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "expecttest", "matplotlib", "onnx", "onnxscript",
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist>=3.8", "expecttest", "matplotlib", "onnx", "onnxscript",
                  "onnxruntime",
                  "triton>=3.6,<3.9; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "bench": ["matplotlib", "pytest-benchmark"],

@@ -6,7 +6,16 @@
 // pooling's and the sigmoid's) is small next to the Ghost module's, which these call through the dispatcher:
 // ghost_module (the fused forward, to recompute the ungated output) and ghost_module_backward (the fused backward) of
 // whatever device the tensors are on. Nothing of the forward is saved but its inputs (and the small map itself).
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/avg_pool2d.h>
+#include <ATen/ops/avg_pool2d_backward.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/upsample_nearest2d.h>
+#include <ATen/ops/upsample_nearest2d_backward.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
@@ -55,8 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor y = ghost_module_op(x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
   const at::Tensor up = at::upsample_nearest2d(gate, {d.H, d.W});
   const at::Tensor grad_gate =
-      at::upsample_nearest2d_backward(grad_out * y, {d.H, d.W}, gate.sizes()).contiguous();
-  const at::Tensor grad_y = (grad_out * up).contiguous(output_memory_format(x));
+      at::upsample_nearest2d_backward(grad_out.mul(y), {d.H, d.W}, gate.sizes()).contiguous();
+  const at::Tensor grad_y = grad_out.mul(up).contiguous(output_memory_format(x));
   auto [gx, gw1, gb1, gw2, gb2] =
       ghost_module_backward_op(grad_y, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
   return {gx, gw1, gb1, gw2, gb2, grad_gate};
@@ -82,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor z1 = at::conv2d(p, w_reduce, b_reduce);
   const at::Tensor z2 =
       at::conv2d(z1, w_h, b_h, at::IntArrayRef{1, 1}, at::IntArrayRef{0, d.KH / 2}, at::IntArrayRef{1, 1}, d.O);
-  const at::Tensor g3 = grad_gate * gate * (1 - gate);
+  const at::Tensor g3 = grad_gate.mul(gate).mul(gate.neg().add(1));  // grad * gate * (1 - gate)
   const auto conv_backward = [&](const at::Tensor& grad, const at::Tensor& input, const at::Tensor& w,
                                  c10::IntArrayRef padding, int64_t groups) {
     return at::convolution_backward(grad, input, w, c10::OptionalIntArrayRef(c10::IntArrayRef{w.size(0)}), {1, 1},

@@ -37,8 +37,9 @@ except ImportError:  # not installed: test the source checkout
 
 
 # The test files that take minutes (a CMake build of the project, an AOTInductor compile, nvcc on every .cu file)
-# run first. CI runs the suite on two pytest-xdist workers with --dist loadfile, which hands files out in collection
-# order: one of these last would leave the other worker idle for its duration.
+# run first. CI runs the suite on two pytest-xdist workers with --dist loadfile --no-loadscope-reorder, which hands
+# files out in collection order (without --no-loadscope-reorder xdist sorts the files by their number of tests, which
+# put these few-test files last): one of these last would leave the other worker idle for its duration.
 _LONG_FILES = ("test_aoti.py", "test_cmake.py", "test_cuda_compile.py", "test_cuda_sass.py")
 
 

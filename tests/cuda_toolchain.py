@@ -4,7 +4,7 @@
 - Finding the tools: nvcc, the CUDA headers, a C++ compiler, cuobjdump/nvdisasm (bench/gpu/sass_report.py looks
   for those, also inside the triton wheel).
 - ``CudaObjects``: every .cu compiled on first request, with the JIT build's flags (ghostkernels.ops.build and
-  torch's COMMON_NVCC_FLAGS) for sm_80 and sm_90 in one nvcc call; the SASS tests take the sm_90 cubin out of that
+  torch's COMMON_NVCC_FLAGS) for compute_80 (PTX) and sm_90 (SASS) in one nvcc call; the SASS tests take the sm_90 cubin out of that
   object (cuobjdump -xelf) instead of compiling again. Objects are kept under GHOSTKERNELS_SASS_CACHE (default a
   folder in the system temp dir), named by a hash of every csrc/cuda source, the flags and nvcc's version, so a
   rerun with unchanged sources reuses them; a failed compile is never kept.
@@ -113,9 +113,13 @@ class CudaObjects:
     def __init__(self, nvcc_path: str, cache_dir: str):
         self.nvcc = nvcc_path
         self.dir = cache_dir
-        self.flags = [*nvcc_flags(), "--threads", str(len(ARCHS))]  # the two architectures' ptxas runs in parallel
-        for arch in ARCHS:
-            self.flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        self.flags = [*nvcc_flags(), "--threads", str(len(ARCHS))]  # the two architectures' passes run in parallel
+        # sm_90 to SASS (the SASS tests read it); sm_80 to PTX only: cicc, which parses, instantiates and optimizes
+        # every kernel for compute_80 (so an arch-guarded path or an sm_90-only intrinsic fails here), runs for
+        # both; ptxas, a third of nvcc's time on these files (bench/NOTES.md entry 38), only for sm_90. The
+        # resource limits ptxas checks are the same on both (64K registers, 255 per thread); the shared-memory
+        # plan, the one that differs (164 against 227 KiB), is chosen at run time per device.
+        self.flags += ["-gencode", "arch=compute_80,code=compute_80", "-gencode", "arch=compute_90,code=sm_90"]
         version = subprocess.run([nvcc_path, "--version"], capture_output=True, text=True).stdout
         self._key = (nvcc_path, version, self.flags)
         self._units: dict[str, CompiledUnit] = {}

@@ -1,6 +1,7 @@
 """The CUDA backend on a machine without a GPU.
 
-1. Every ``csrc/cuda/*.cu`` compiles with nvcc for sm_80 and sm_90 (one nvcc call per file, both architectures),
+1. Every ``csrc/cuda/*.cu`` compiles with nvcc for sm_80 and sm_90 (one nvcc call per file, both architectures:
+   PTX for compute_80, SASS for sm_90; tests/cuda_toolchain.py says why sm_80 stops at PTX),
    with the flags torch's JIT build uses, so a kernel that does not build fails CI rather than a user's first call.
 2. The torch bindings ``csrc/cuda/*.cpp`` pass ``c++ -fsyntax-only`` against torch's headers and the CUDA runtime
    headers (a CPU-only torch wheel ships the c10/cuda headers they use).

@@ -6,7 +6,12 @@
 // converted to float first), then, while z is in cache, its rounding to x's dtype, its copy into z1 and the two-pass
 // moments of each channel's values (util_channel_stats.h) as stored, so that the statistics are exactly those of
 // the z1 the later passes normalize.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>

@@ -11,7 +11,10 @@
 //
 // Numerics: everything after z1 in the accumulation type; statistics as util_channel_stats.h describes; sums per
 // item and channel in 16 partial sums of the accumulation type, then in float64 per thread.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 

@@ -5,7 +5,11 @@
 // stride 1 or 2 run on the small-channel AVX-512 kernel (kernel_depthwise_avx512.h); wider 1x1 stride-1 convolutions
 // (GhostNet's last ConvBnAct, 160 -> 960 at 7x7) on launch_pointwise_conv.cpp's AVX-512 GEMMs (float32 and bfloat16);
 // everything else (float64, CPUs without AVX-512) on ATen's convolution followed by the activation.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/conv2d.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -1,8 +1,13 @@
 // The CPU depthwise convolution (depthwise_conv in entry_points.h): the AVX-512 kernel where it applies, ATen's
 // convolution elsewhere; and the checks of its weight, bias and stride, which the ops that run it share.
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "entry_points.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <string>

@@ -5,7 +5,13 @@
 // the images alone would leave a thread idle, so an image's channels are split into at least as many blocks as
 // there are threads (twice that, for balance), each block's 1x1-conv rows (a multiple of the GEMM's 6-row tile)
 // sized to stay in L2 with its plane.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/avg_pool2d.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/sigmoid.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -14,7 +14,10 @@
 //
 // Numerics: each piece computes in float32 (bfloat16 inputs: float accumulation, bfloat16 intermediates, as
 // eager does in bfloat16); float64 runs ATen's float64 ops around the generic Ghost-module kernel.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 

@@ -17,7 +17,15 @@
 // Numerics: bfloat16 takes bfloat16 GEMMs (oneDNN uses the CPU's bf16 dot-product instructions, accumulating in
 // float, rounding z1 to bfloat16 as eager's convolution does); everything after the GEMM is computed in float.
 // float64 is computed in float64 throughout.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/upsample_nearest2d.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>

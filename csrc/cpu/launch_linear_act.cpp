@@ -1,7 +1,12 @@
 // The CPU launcher of ghostkernels::linear_act (linear_act_forward in entry_points.h; the op, and why it exists, in
 // op_linear_act.cpp): float32 and bfloat16 run on the AVX-512 kernel of kernel_gemv_avx512.h, the output rows split
 // over the threads; float64 and CPUs without AVX-512 on ATen's addmm followed by the activation.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

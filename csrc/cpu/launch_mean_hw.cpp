@@ -1,6 +1,11 @@
 // The global average pooling (and flatten) of ghostkernels::chain's mean_hw step on the CPU (mean_hw in
 // entry_points.h): [N, C, H, W] -> [N, C], each plane's mean, a plain loop over contiguous planes.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 

@@ -1,7 +1,11 @@
 // The CPU 1x1 convolution of the inference ops (pointwise_conv in entry_points.h says what it computes).
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "entry_points.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/conv2d.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -11,7 +11,11 @@
 // the loops vectorize: converting the weights to float tensors on every call (1.8 MB of float for a 960 x 240 pair)
 // and c10::BFloat16's own conversions made GhostNet's squeeze-excite blocks 1.5-2x slower in bfloat16 than in
 // float32 at batch 1 (bench/NOTES.md, entry 25).
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 

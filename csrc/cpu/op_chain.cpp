@@ -9,7 +9,10 @@
 // only the global average pool (a plain loop here, ATen's pooling in the network's own forward) may round
 // differently. ghostkernels.freeze() builds the program from a fused network (ghostkernels/patch/frozen.py); the schema
 // is in csrc/ghost_module.cpp, the program's encoding in csrc/op_layouts.h.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <optional>

@@ -2,7 +2,11 @@
 // bindings. They check the arguments (all of them, with the messages the Python checks of
 // ghostkernels/ops/validation.py mirror) and call the launcher, ghost_bottleneck_forward
 // (launch_ghost_bottleneck.cpp), which says how the block runs and why it is one op.
-#include <ATen/ATen.h>
+// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
+// ~30 of them): including ATen/Functions.h here is a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <array>

@@ -2,7 +2,9 @@
 // kernel of ours applies: float64, CPUs without AVX-512) apply the activation after the op ATen ran.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/silu.h>
 
 #include "../activations.h"
 

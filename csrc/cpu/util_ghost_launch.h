@@ -3,7 +3,9 @@
 // tensors, and the bands' compact planes (util_plane_ops.h describes them).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <string>

@@ -10,7 +10,8 @@
 // apart; what lies between is junk and never used): for 7x7 images that is one long loop instead of many short ones.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -38,6 +38,25 @@ TRAIN_STEP_BATCH = {"cpu": 32, "cuda": 256}
 TRAIN_STEP_BUDGET = TimingBudget(warmup_s=0.0, min_time_s=2.0, min_reps=5, max_reps=50)
 
 
+# How far a provider's parameter gradients may be from float64, relative to eager's own in the same dtype. A whole
+# model's gradients go through every layer's rounding: in bfloat16, GhostNetV2's ~70 batch-statistics BatchNorms
+# and 14 sigmoid gates put eager itself at 0.32 (relative L2, 2026-12-03), beyond the per-module tolerance.
+EAGER_GRAD_SLACK = 1.25
+
+
+def grad_limit(dtype: torch.dtype, eager_err: float | None, provider: str) -> float:
+    """The largest parameter-gradient error accepted for ``provider``: the dtype's tolerance, or EAGER_GRAD_SLACK x
+    eager's error where that is larger (a fused step may be as inexact as eager, not more). Eager itself, the
+    baseline, is held to the dtype's tolerance only where it is the float32 reference of a bug-free harness:
+    in 16-bit types its error is recorded, not judged (it is what PyTorch computes)."""
+    tol = checks.GRAD_TOLERANCE[dtype]
+    if provider == "eager":
+        return tol if dtype == torch.float32 else float("inf")
+    if eager_err is None:  # eager failed to run: no baseline, the dtype's tolerance alone
+        return tol
+    return max(tol, EAGER_GRAD_SLACK * eager_err)
+
+
 def train_step_providers(backends: Sequence[str], with_compile: bool = True) -> list[str]:
     return ["eager"] + (["compile"] if with_compile else []) + [f"fused-{b}" for b in backends]
 
@@ -102,6 +121,7 @@ def run_train_step_case(case: TrainStepCase, base: nn.Module, providers: Sequenc
     del ref
     records: dict[str, dict] = {}
     steps: dict[str, Callable] = {}
+    eager_grad_err = None
     torch._dynamo.reset()
     for provider in providers:
         rec = {"model": case.model, "resolution": case.resolution, "batch": case.batch, "dtype": case.config.name,
@@ -114,9 +134,13 @@ def run_train_step_case(case: TrainStepCase, base: nn.Module, providers: Sequenc
             rec["grad_rel_err"] = checks.relative_error(_flat(torch.autograd.grad(out, step.params, grad_out)),
                                                         ref_grads)
             del out
-            if not ok or rec["grad_rel_err"] > checks.GRAD_TOLERANCE[case.config.dtype]:
+            if provider == "eager":
+                eager_grad_err = rec["grad_rel_err"]
+            limit = grad_limit(case.config.dtype, eager_grad_err, provider)
+            if not ok or rec["grad_rel_err"] > limit:
                 raise AssertionError(f"{provider} on the training step of {case.label}: logits off by {rec['rel_err']:.3g}, gradients "
-                                     f"by {rec['grad_rel_err']:.3g} (relative L2 against float64 eager)")
+                                     f"by {rec['grad_rel_err']:.3g} (relative L2 against float64 eager; limit "
+                                     f"{limit:.3g})")
             rec["peak_bytes"] = memory.peak_bytes(lambda step=step: step(x, grad_out), device)
             if provider != "compile":
                 saved = memory.saved_tensor_bytes(step.model, x, grad_out)

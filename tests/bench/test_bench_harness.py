@@ -180,3 +180,17 @@ def test_compiled_steps_coexist_only_without_a_reset_between_them():
     compile_module(tiny(), "forward", (x, None))  # resets
     with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(torch._dynamo.exc.RecompileError):
         first(x)
+
+
+def test_training_step_gradient_limit_follows_eager_in_16_bit_types():
+    from ghostkernels.bench.checks import GRAD_TOLERANCE
+    from ghostkernels.bench.training_step import EAGER_GRAD_SLACK, grad_limit
+
+    tol = GRAD_TOLERANCE[torch.bfloat16]
+    # A fused step may be as inexact as eager (GhostNetV2 bfloat16: eager 0.32), not more.
+    assert grad_limit(torch.bfloat16, 0.32, "fused-cpu") == pytest.approx(EAGER_GRAD_SLACK * 0.32)
+    assert grad_limit(torch.bfloat16, 0.01, "fused-cpu") == tol  # the dtype's tolerance is the floor
+    assert grad_limit(torch.bfloat16, None, "fused-cpu") == tol  # no baseline: the tolerance alone
+    assert grad_limit(torch.float32, 1e-7, "fused-cpu") == GRAD_TOLERANCE[torch.float32]
+    assert grad_limit(torch.float32, None, "eager") == GRAD_TOLERANCE[torch.float32]  # float32 eager is judged
+    assert grad_limit(torch.bfloat16, None, "eager") == float("inf")  # 16-bit eager is the baseline
