@@ -100,4 +100,5 @@ def ghost_module_bn_train_triton(x, w_primary, b_primary, bn_weight_primary, bn_
         bn_bias_cheap, eps_cheap, out_channels, act, group)
 
 
-__all__ = ["dfc_gate_triton", "ghost_module_bn_train_triton", "ghost_module_gated_triton", "ghost_module_triton", "interpreted", "load_op"]
+__all__ = ["dfc_gate_triton", "ghost_module_bn_train_triton", "ghost_module_gated_triton", "ghost_module_triton",
+           "interpreted", "load_op"]

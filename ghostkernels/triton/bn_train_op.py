@@ -214,7 +214,8 @@ ghost_module_bn_train_triton_op.register_autograd(
     setup_context=bn_train_setup_context)
 ghost_module_bn_train_triton_backward_op.register_autograd(
     no_backward("ghost_module_bn_train_backward", "ghost_module_bn_train_triton_backward"))
-for _pass, _name in ((bn_conv1x1_stats_triton, "ghost_bn_conv1x1_stats"), (bn_cheap_stats_triton, "ghost_bn_cheap_stats"),
-                     (bn_forward_out_triton, "ghost_bn_forward_out"),
-                     (bn_backward_reduce_triton, "ghost_bn_backward_reduce"), (bn_backward_triton, "ghost_bn_backward")):
+for _pass, _name in ((bn_conv1x1_stats_triton, "ghost_bn_conv1x1_stats"),
+                     (bn_cheap_stats_triton, "ghost_bn_cheap_stats"), (bn_forward_out_triton, "ghost_bn_forward_out"),
+                     (bn_backward_reduce_triton, "ghost_bn_backward_reduce"),
+                     (bn_backward_triton, "ghost_bn_backward")):
     _pass.register_autograd(no_backward(_name, _name + "_triton"))

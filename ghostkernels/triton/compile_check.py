@@ -1,7 +1,7 @@
 """Compile the Triton kernels for an NVIDIA GPU on a machine without one, and report their resource usage.
 
     python -m ghostkernels.triton.compile_check [--arch 90] [--configs first|all] [--case NAME ...]
-                                                [--kernels ghost|bn|all]
+        [--kernels ghost|bn|all]
 
 Triton compiles for a target given by its driver; this tool installs a stand-in driver that names the target
 (sm_<arch>) and compiles each kernel through JITFunction.run(warmup=True), which compiles without launching.
@@ -13,7 +13,8 @@ or the pipeliner's 16-byte cp.async) are what a channels_last 16-bit x must get,
 did not hold.
 
 It must run without TRITON_INTERPRET=1 (the interpreter replaces the compiler). It uses triton's driver hook and
-JITFunction.run, internal APIs that exist in triton 3.6 and 3.7.
+JITFunction.run, internal APIs that exist in triton 3.6 and 3.7. ``--kernels bn`` compiles the train-mode
+BatchNorm passes' kernels (bn_train_kernels) instead, with the launch arguments their host code computes.
 """
 
 from __future__ import annotations
