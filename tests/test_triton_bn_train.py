@@ -12,6 +12,7 @@ bfloat16 and torch.compile with Inductor; without one, the kernels are also comp
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -145,6 +146,33 @@ def test_entry_point_is_the_triton_op_and_deterministic(seed):
     direct = OPS.ghost_module_bn_train_triton(*ghostkernels.ops.layouts.GhostModuleBnTrainArgs(**args, group=""))
     for a, b in zip(via_ops, direct):
         assert torch.equal(a, b)  # the same kernels, fixed reduction orders: bit for bit
+
+
+def test_fused_ghost_module_trains_through_the_triton_op(monkeypatch, seed):
+    """FusedGhostModule(backend="triton") in train mode: one ghost_module_bn_train call on the Triton backend, the
+    output, grad x and the running statistics of the float64 GhostModule layers."""
+    import variants
+    from ghostkernels import FusedGhostModule, GhostModule
+
+    counter = gt.CallCounter(gtriton.ghost_module_bn_train_triton)
+    monkeypatch.setattr(gtriton, "ghost_module_bn_train_triton", counter)
+    torch.manual_seed(seed)
+    ref = variants.randomize_batchnorm(GhostModule(6, 8, ratio=2, dw_size=3, relu=True), seed).train()
+    fused = FusedGhostModule.from_module(ref.to(DEVICE), backend="triton").train()
+    ref = copy.deepcopy(ref).cpu().double()
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(2, 6, 4, 5, generator=gen) + 0.5).to(DEVICE).requires_grad_()
+    x_ref = x.detach().cpu().double().requires_grad_()
+    out, expected = fused(x), ref(x_ref)
+    assert counter.calls == 1
+    gt.assert_close_to_reference(out, expected.detach(), FORWARD_TOL[torch.float32], "output")
+    grad_out = torch.randn(expected.shape, generator=gen)
+    out.backward(grad_out.to(DEVICE))
+    expected.backward(grad_out.double())
+    gt.assert_close_to_reference(x.grad, x_ref.grad, BACKWARD_TOL[torch.float32], "grad x")
+    for (name, b), b_ref in zip(fused.named_buffers(), ref.buffers()):
+        if b.is_floating_point():
+            gt.assert_close_to_reference(b, b_ref, FORWARD_TOL[torch.float32], name)
 
 
 # ---------------------------------------------------------------------------------------------------------------

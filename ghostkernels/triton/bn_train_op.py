@@ -101,6 +101,9 @@ def bn_forward_out_triton(z1: Tensor, mean_primary: Tensor, invstd_primary: Tens
     if not _runs_kernels(z1):
         return bn_train_math.forward_out(z1, stage1, w_cheap, stage2, out_channels, act)
     n, _, h, w = z1.shape
+    if out_channels * h * w >= 2 ** 31:
+        raise ValueError(f"{op}: one image of the output has {out_channels * h * w} elements; the Triton kernels "
+                         "need < 2**31")
     out = torch.empty((n, out_channels, h, w), dtype=z1.dtype, device=z1.device,
                       memory_format=output_memory_format(z1))
     if out.numel() == 0:
