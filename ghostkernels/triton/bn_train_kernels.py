@@ -12,7 +12,7 @@ Numerics, common to all kernels:
   exactly the values the later passes normalize) and converted; x1 = act(BN1(z1)) is never rounded to the 16-bit
   dtype (as the CPU kernels: the depthwise conv reads float x1).
 * Statistics are per-item (count, mean, M2) with the item's own mean subtracted before squaring (two passes over
-  registers), Chan-combined over items on the host in float64 (combine_moments): never E[z^2] - E[z]^2, which in
+  registers), Chan-combined over items on the host in float64 (chan_combine): never E[z^2] - E[z]^2, which in
   float32 loses the whole variance once |mean| / std is above ~3000 and much of it well before.
 * Sums are per-item float32 tree sums (tl.sum), summed over items on the host in float64 in a fixed order
   (torch.sum of the partials tensor): deterministic, no atomics.
@@ -354,7 +354,7 @@ class Geometry:
         return per_block.repeat(self.items // self.n_pblocks).to(device)
 
 
-def combine_moments(counts: torch.Tensor, means: torch.Tensor, m2: torch.Tensor):
+def chan_combine(counts: torch.Tensor, means: torch.Tensor, m2: torch.Tensor):
     """(mean, biased var) in float32 from per-item counts [items] and (mean, M2) [items, channels]: Chan's parallel
     combination, in float64 and one fixed reduction order (torch.sum), so the result is deterministic:
     mean = sum(n_b m_b) / n, M2 = sum(M2_b) + sum(n_b (m_b - mean)^2). Every term is a centred quantity, so a large
@@ -385,7 +385,7 @@ def conv1x1_stats(launcher, x, w_primary, block_i: int, interpreting: bool, dot_
     launcher(bn_conv1x1_stats_kernel)[geo.grid](
         x, _f32(w_primary.reshape(init, c)), z1, part_mean, part_m2, *x.stride(), *z1.stride(), c, init, h, w,
         geo.n_pblocks, BLOCK_I=block_i, BLOCK_P=geo.BLOCK_P, BLOCK_C=16, DOT_PRECISION=dot_precision)
-    return combine_moments(geo.counts(x.device), part_mean, part_m2)
+    return chan_combine(geo.counts(x.device), part_mean, part_m2)
 
 
 def cheap_stats(launcher, z1, stage1, w_cheap, act_id: int, block_i: int, interpreting: bool):
@@ -398,7 +398,7 @@ def cheap_stats(launcher, z1, stage1, w_cheap, act_id: int, block_i: int, interp
     launcher(bn_cheap_stats_kernel)[geo.grid](
         z1, *_stage_args(*stage1), _f32(w_cheap), part_mean, part_m2, *z1.stride(), init, h, w, geo.n_pblocks,
         K=int(w_cheap.shape[-1]), M=mult, ACT=act_id, BLOCK_I=block_i, BLOCK_P=geo.BLOCK_P)
-    return combine_moments(geo.counts(z1.device), part_mean, part_m2)
+    return chan_combine(geo.counts(z1.device), part_mean, part_m2)
 
 
 def forward_out(launcher, z1, stage1, w_cheap, stage2, out, act_id: int, block_i: int, interpreting: bool):
