@@ -219,6 +219,35 @@ def test_each_pass_against_its_definition(dtype, layout, seed):
     assert torch.equal(again[0], sums_p) and torch.equal(again[1], sums_c)
 
 
+def test_plain_pytorch_path_matches_the_definitions(seed):
+    """bn_train_math, the passes' body where the kernels cannot run (fake tensors while tracing; CPU tensors without
+    the interpreter), against the same float64 formulas: float32 CPU tensors, channels_last."""
+    from ghostkernels.triton import bn_train_math as bm
+
+    case = PASS_CASE.replace(layout="channels_last", act="hardswish")
+    a = bt.make_inputs(case, torch.float32, seed)
+    x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
+    z1, m1, v1 = bm.conv1x1_stats(x, w1)
+    s1 = bt.stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
+    m2, v2 = bm.cheap_stats(z1, s1, w2, case.act)
+    s2 = bt.stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
+    out = bm.forward_out(z1, s1, w2, s2, case.oc, case.act)
+    gen = torch.Generator().manual_seed(seed)
+    go = torch.randn(out.shape, generator=gen)
+    mdy = [torch.randn(n, generator=gen) for n in (3, 3, 6, 6)]
+    sums_p, sums_c = bm.backward_reduce(go, z1, s1, w2, s2, case.act)
+    gx, gw1, gw2 = bm.backward(go, x, z1, w1, s1, mdy[0], mdy[1], w2, s2, mdy[2], mdy[3], case.act)
+    d = lambda t: t.detach().double()  # noqa: E731
+    want = bt.pass_definitions(d(x), d(w1), d(z1), [d(t) for t in s1], d(w2), [d(t) for t in s2], d(go),
+                               [d(t) for t in mdy], case.act, case.oc)
+    got = dict(z1=z1, mean1=m1, var1=v1, mean2=m2, var2=v2, out=out, sums_primary=sums_p, sums_cheap=sums_c,
+               grad_x=gx, grad_w_primary=gw1, grad_w_cheap=gw2)
+    for name, value in got.items():
+        gt.assert_close_to_reference(value, want[name], PASS_TOL[torch.float32], name)
+    for name in ("z1", "out", "grad_x"):
+        gt.assert_memory_format(got[name], torch.channels_last, name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # As PyTorch sees the ops
 # ---------------------------------------------------------------------------------------------------------------
