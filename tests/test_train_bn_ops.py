@@ -190,83 +190,28 @@ def test_saved_tensors_are_x_and_only_z1_where_kept(seed):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _stage(mean, var, weight, bias, eps):
-    return mean, torch.rsqrt(var + eps), weight, bias
-
-
 def test_each_pass_against_its_definition(cpu_kernel, seed):
     """Every pass against the formula of its schema in float64 (csrc/ghost_module.cpp)."""
     case = bt.TrainCase(n=2, c=5, h=6, w=5, init=3, ratio=3, out_channels=7, act="hardswish")
     a = bt.float64_copy(bt.make_inputs(case, torch.float64, seed))
     ops = torch.ops.ghostkernels
-    F = torch.nn.functional
     x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
-    f = gt.activation(case.act)
     z1, m1, v1 = ops.ghost_bn_conv1x1_stats(x, w1)
-    ref_z1 = F.conv2d(x, w1)
-    torch.testing.assert_close(z1, ref_z1)
-    torch.testing.assert_close(m1, ref_z1.mean((0, 2, 3)))
-    torch.testing.assert_close(v1, ref_z1.var((0, 2, 3), unbiased=False))
-    s1 = _stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
-
-    def bn(z, s):
-        mean, invstd, weight, bias = (t.view(1, -1, 1, 1) for t in s)
-        return (z - mean) * invstd * weight + bias
-
-    xh1 = (z1 - s1[0].view(1, -1, 1, 1)) * s1[1].view(1, -1, 1, 1)
-    y1 = bn(z1, s1)
-    x1 = f(y1)
-    z2 = F.conv2d(x1, w2, padding=case.k // 2, groups=case.init)
+    s1 = bt.stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
     m2, v2 = ops.ghost_bn_cheap_stats(z1, *s1, w2, case.act)
-    torch.testing.assert_close(m2, z2.mean((0, 2, 3)))
-    torch.testing.assert_close(v2, z2.var((0, 2, 3), unbiased=False))
-    s2 = _stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
-    y2 = bn(z2, s2)
+    s2 = bt.stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
     out = ops.ghost_bn_forward_out(z1, *s1, w2, *s2, case.oc, case.act)
-    torch.testing.assert_close(out, torch.cat([x1, f(y2)], 1)[:, :case.oc])
-
     go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     sums_p, sums_c = ops.ghost_bn_backward_reduce(go, z1, *s1, w2, *s2, case.oc, case.act)
-    yy1 = y1.detach().requires_grad_()
-    a1 = torch.autograd.grad(f(yy1).sum(), yy1)[0]
-    yy2 = y2.detach().requires_grad_()
-    a2 = torch.autograd.grad(f(yy2).sum(), yy2)[0]
-    keep_p = min(case.oc, case.init)
-    gp = torch.zeros_like(z1)
-    gp[:, :keep_p] = go[:, :keep_p]
-    g2 = torch.zeros_like(z2)
-    g2[:, :case.oc - case.init] = go[:, case.init:] * a2[:, :case.oc - case.init]
-    xh2 = (z2 - s2[0].view(1, -1, 1, 1)) * s2[1].view(1, -1, 1, 1)
-    da = F.conv2d(a1, w2, padding=case.k // 2, groups=case.init)
-    dq = F.conv2d(a1 * xh1, w2, padding=case.k // 2, groups=case.init)
-    dims = (0, 2, 3)
-    torch.testing.assert_close(sums_p, torch.stack([(a1 * gp).sum(dims), (a1 * xh1 * gp).sum(dims)]))
-    expected_c = torch.stack([g2.sum(dims), (g2 * xh2).sum(dims), (da * g2).sum(dims), da.sum(dims),
-                              (da * xh2).sum(dims), (dq * g2).sum(dims), dq.sum(dims), (dq * xh2).sum(dims)])
-    # The sums of channels past the slice are zero, whatever da/dq are there.
-    expected_c[:, case.oc - case.init:] = 0
-    torch.testing.assert_close(sums_c, expected_c)
-
-    mdy1, mdyx1, mdy2, mdyx2 = (torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
-                                for n, s in ((3, 1), (3, 2), (6, 3), (6, 4)))
-    gx, gw1, gw2 = ops.ghost_bn_backward(go, x, z1, w1, *s1, mdy1, mdyx1, w2, *s2, mdy2, mdyx2, case.oc, case.act)
-
-    def dz(g, xh, s, mdy, mdyx):
-        v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
-        return v(s[1] * s[2]) * (g - v(mdy) - xh * v(mdyx))
-
-    dz2 = dz(g2, xh2, s2, mdy2, mdyx2)
-    dz2[:, case.oc - case.init:] = 0
-    x1v = x1.detach().requires_grad_()
-    dx1 = gp + torch.autograd.grad(F.conv2d(x1v, w2, padding=case.k // 2, groups=case.init), x1v, dz2)[0]
-    dz1 = dz(dx1 * a1, xh1, s1, mdy1, mdyx1)
-    w2v = w2.detach().requires_grad_()
-    torch.testing.assert_close(gw2, torch.autograd.grad(F.conv2d(x1, w2v, padding=case.k // 2, groups=case.init),
-                                                        w2v, dz2)[0])
-    xv, w1v = x.detach().requires_grad_(), w1.detach().requires_grad_()
-    ref_gx, ref_gw1 = torch.autograd.grad(F.conv2d(xv, w1v), (xv, w1v), dz1)
-    torch.testing.assert_close(gx, ref_gx)
-    torch.testing.assert_close(gw1, ref_gw1)
+    mdy = [torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+           for n, s in ((3, 1), (3, 2), (6, 3), (6, 4))]
+    gx, gw1, gw2 = ops.ghost_bn_backward(go, x, z1, w1, *s1, mdy[0], mdy[1], w2, *s2, mdy[2], mdy[3], case.oc,
+                                         case.act)
+    want = bt.pass_definitions(x, w1, z1, s1, w2, s2, go, mdy, case.act, case.oc)
+    got = dict(z1=z1, mean1=m1, var1=v1, mean2=m2, var2=v2, out=out, sums_primary=sums_p, sums_cheap=sums_c,
+               grad_x=gx, grad_w_primary=gw1, grad_w_cheap=gw2)
+    for name, value in got.items():
+        torch.testing.assert_close(value, want[name], msg=lambda m: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,23 +220,7 @@ def test_each_pass_against_its_definition(cpu_kernel, seed):
 
 
 def _pass_arguments(seed: int):
-    case = bt.TrainCase(n=2, c=4, h=4, w=5, init=3, out_channels=5, act="relu")
-    a = bt.make_inputs(case, torch.float32, seed)
-    x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
-    ops = torch.ops.ghostkernels
-    z1, m1, v1 = ops.ghost_bn_conv1x1_stats(x, w1)
-    s1 = _stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
-    m2, v2 = ops.ghost_bn_cheap_stats(z1, *s1, w2, "relu")
-    s2 = _stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-5)
-    go = torch.randn(2, 5, 4, 5)
-    v = torch.randn(3), torch.randn(3), torch.randn(3), torch.randn(3)
-    return {
-        "ghost_bn_conv1x1_stats": (x, w1),
-        "ghost_bn_cheap_stats": (z1, *s1, w2, "relu"),
-        "ghost_bn_forward_out": (z1, *s1, w2, *s2, 5, "relu"),
-        "ghost_bn_backward_reduce": (go, z1, *s1, w2, *s2, 5, "relu"),
-        "ghost_bn_backward": (go, x, z1, w1, *s1, v[0], v[1], w2, *s2, v[2], v[3], 5, "relu"),
-    }
+    return bt.pass_arguments(train_bn.native_passes(), seed)
 
 
 @pytest.mark.parametrize("op", ["ghost_bn_conv1x1_stats", "ghost_bn_cheap_stats", "ghost_bn_forward_out",
@@ -342,9 +271,3 @@ def test_the_passes_have_no_autograd(seed):
     z1 = torch.ops.ghostkernels.ghost_bn_conv1x1_stats(x, w1.requires_grad_())[0]
     with pytest.raises(RuntimeError, match="pass of ghostkernels::ghost_module_bn_train"):
         z1.sum().backward()
-
-
-def test_backends_without_train_bn_kernels_raise_clearly(seed):
-    args = bt.make_inputs(bt.TrainCase(n=2, c=4, h=3, w=3, init=3), torch.float32, seed)
-    with pytest.raises(NotImplementedError, match="Triton backend has no train-mode BatchNorm kernels"):
-        bt.call(args, backend="triton")

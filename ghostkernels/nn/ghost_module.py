@@ -15,8 +15,8 @@ per call between two paths:
   are updated from the statistics it returns exactly as nn.BatchNorm2d updates them (ghostkernels.nn.batchnorm).
   Nothing is cached between calls.
 * unfused: the original layers run exactly as the original module runs them, where neither of the above applies:
-  only one of the two BatchNorms in train mode, backend ``eager`` or ``triton`` in train mode, a device without
-  train-mode kernels, or two SyncBatchNorms of different process groups.
+  only one of the two BatchNorms in train mode, backend ``eager`` in train mode, a device without
+  train-mode kernels (backend ``triton`` has them wherever it runs), or two SyncBatchNorms of different process groups.
 
 Unlike the CPU inference ops (ghostkernels.nn.gate), the fused Ghost-module op has a backward and kernels on every
 backend, so the fused path is taken in training too; forward hooks on the inner layers (primary_conv[0], ...) do
@@ -95,11 +95,11 @@ class FusedGhostBase(BackendAttribute, nn.Module):
     def _train_bn_group(self, x: torch.Tensor, stages) -> str | None:
         """The process group name for ghost_module_bn_train ("" for none), or None where the op does not apply (see
         the module docstring)."""
-        if self.backend in ("eager", "triton"):
+        if self.backend == "eager":
             return None
         ops.resolve_backend(self.backend, x.device)  # raises for a backend that cannot run x, as the op would
-        if not ops.bn_train_kernels_available(x.device.type):
-            return None
+        if self.backend != "triton" and not ops.bn_train_kernels_available(x.device.type):
+            return None  # (the Triton passes are not in the op library; the triton backend raises if it cannot run)
         groups = {batchnorm.sync_group(st.bn) for st in stages}
         return groups.pop() if len(groups) == 1 else None
 

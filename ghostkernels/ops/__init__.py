@@ -174,8 +174,9 @@ def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_pr
     variance (the running statistics' update is the caller's: ghostkernels.nn.batchnorm.update_running_stats), the
     number of values each was computed over (all processes'), and what the backward keeps (an implementation
     detail). Differentiable in x and every parameter (the statistics outputs are not). Backends: ``cpu``,
-    ``eager`` (plain PyTorch ops, for reference; its saved_z1 is empty), ``auto``; ``cuda`` and ``triton`` raise
-    NotImplementedError until their kernels exist. Under autocast x and the conv weights are cast to the autocast
+    ``eager`` (plain PyTorch ops, for reference; its saved_z1 is empty), ``triton`` (ghostkernels.triton's passes:
+    CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; float16, bfloat16, float32), ``auto``; ``cuda`` raises
+    NotImplementedError until its kernels exist. Under autocast x and the conv weights are cast to the autocast
     dtype, as for a convolution.
     """
     backend = resolve_backend(backend, x.device)
@@ -200,8 +201,9 @@ def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_pr
         count = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), dtype=out[1].dtype, device=x.device)
         return (*out, count, x.new_empty(0))
     if backend == "triton":
-        raise NotImplementedError("ghostkernels: the Triton backend has no train-mode BatchNorm kernels yet; use "
-                                  "backend='cpu' or 'eager' (bench/NOTES.md entry 36 specifies them)")
+        from .. import triton as gk_triton
+
+        return gk_triton.ghost_module_bn_train_triton(*args)
     _ensure_library()
     if not bn_train_kernels_available(x.device.type):
         raise NotImplementedError(f"ghostkernels: the op library has no train-mode BatchNorm kernels for "

@@ -232,38 +232,46 @@ def _bn_backward_fake(grad_out, x, z1, w_primary, mean1, invstd1, weight1, bias1
     return grad_x, torch.empty_like(w_primary), torch.empty_like(w_cheap)
 
 
-def _bn_train_fake(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary, w_cheap, b_cheap,
-                   bn_weight_cheap, bn_bias_cheap, eps_cheap, out_channels, act, group):
-    check_bn_train_inputs("ghostkernels::ghost_module_bn_train", x, w_primary, b_primary, bn_weight_primary,
-                          bn_bias_primary, w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap, out_channels, act, group)
-    shapes = train_bn.output_shapes(x, w_primary, w_cheap, out_channels)
-    sd = bn_stats_dtype(x.dtype)
-    out = torch.empty(shapes[0], dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
-    stats = tuple(x.new_empty(s, dtype=sd) for s in shapes[1:6])
-    z1 = (torch.empty(shapes[6], dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
-          if len(shapes[6]) == 4 else x.new_empty(shapes[6]))
-    return (out,) + stats + (z1,)
+def make_bn_train_fakes(op: str):
+    """(fake, backward fake) of a ghost_module_bn_train op named ``op`` (the C++ one, or a backend's twin with the
+    same schema, ghostkernels.triton's), whose backward op is ``op`` + "_backward"."""
+
+    def fake(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary, w_cheap, b_cheap,
+             bn_weight_cheap, bn_bias_cheap, eps_cheap, out_channels, act, group):
+        check_bn_train_inputs(op, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
+                              bn_weight_cheap, bn_bias_cheap, out_channels, act, group)
+        shapes = train_bn.output_shapes(x, w_primary, w_cheap, out_channels)
+        sd = bn_stats_dtype(x.dtype)
+        out = torch.empty(shapes[0], dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        stats = tuple(x.new_empty(s, dtype=sd) for s in shapes[1:6])
+        z1 = (torch.empty(shapes[6], dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+              if len(shapes[6]) == 4 else x.new_empty(shapes[6]))
+        return (out,) + stats + (z1,)
+
+    def backward_fake(grad_out, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary, w_cheap,
+                      b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap, mean_primary, var_primary, mean_cheap,
+                      var_cheap, count, saved_z1, out_channels, act, group):
+        bop = op + "_backward"
+        check_bn_train_inputs(bop, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
+                              bn_weight_cheap, bn_bias_cheap, out_channels, act, group)
+        n, _, h, w = x.shape
+        if tuple(grad_out.shape) != (n, out_channels, h, w):
+            raise ValueError(f"{bop}: grad_out must be [{n}, {out_channels}, {h}, {w}], got {list(grad_out.shape)}")
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+
+        def like(t, channels, weight):
+            return torch.empty_like(t) if t is not None else weight.new_empty((channels,))
+
+        init, cheap = w_primary.shape[0], w_cheap.shape[0]
+        return (grad_x, torch.empty_like(w_primary), like(b_primary, init, w_primary),
+                like(bn_weight_primary, init, w_primary), like(bn_bias_primary, init, w_primary),
+                torch.empty_like(w_cheap), like(b_cheap, cheap, w_cheap), like(bn_weight_cheap, cheap, w_cheap),
+                like(bn_bias_cheap, cheap, w_cheap))
+
+    return fake, backward_fake
 
 
-def _bn_train_backward_fake(grad_out, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary,
-                            w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap, mean_primary, var_primary,
-                            mean_cheap, var_cheap, count, saved_z1, out_channels, act, group):
-    op = "ghostkernels::ghost_module_bn_train_backward"
-    check_bn_train_inputs(op, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
-                          bn_weight_cheap, bn_bias_cheap, out_channels, act, group)
-    n, _, h, w = x.shape
-    if tuple(grad_out.shape) != (n, out_channels, h, w):
-        raise ValueError(f"{op}: grad_out must be [{n}, {out_channels}, {h}, {w}], got {list(grad_out.shape)}")
-    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
-
-    def like(t, channels, weight):
-        return torch.empty_like(t) if t is not None else weight.new_empty((channels,))
-
-    init, cheap = w_primary.shape[0], w_cheap.shape[0]
-    return (grad_x, torch.empty_like(w_primary), like(b_primary, init, w_primary),
-            like(bn_weight_primary, init, w_primary), like(bn_bias_primary, init, w_primary),
-            torch.empty_like(w_cheap), like(b_cheap, cheap, w_cheap), like(bn_weight_cheap, cheap, w_cheap),
-            like(bn_bias_cheap, cheap, w_cheap))
+_bn_train_fake, _bn_train_backward_fake = make_bn_train_fakes("ghostkernels::ghost_module_bn_train")
 
 
 def _bn_train_kernel(*args):
@@ -278,7 +286,7 @@ def _bn_train_backward_kernel(*args):
 _BN_TRAIN_TENSORS = (0, 1, 2, 3, 4, 6, 7, 8, 9)
 
 
-def _bn_train_setup_context(ctx, inputs, output):
+def bn_train_setup_context(ctx, inputs, output):
     """Keeps x, the layers' tensors and the small statistics; z1 only where the forward kept it
     (train_bn.keep_z1): everything else is recomputed. The statistics outputs are not differentiable (the running
     statistics are buffers)."""
@@ -288,21 +296,30 @@ def _bn_train_setup_context(ctx, inputs, output):
     ctx.scalars = (inputs[5], inputs[10], inputs[11], inputs[12], inputs[13])  # eps x2, out_channels, act, group
 
 
-def _bn_train_backward(ctx, grad_out, *unused):
-    if grad_out is None:  # only the statistics were used
-        return (None,) * 14
-    saved = ctx.saved_tensors
-    x, w1, b1, g1, be1, w2, b2, g2, be2 = saved[:9]
-    mean1, var1, mean2, var2, count, saved_z1 = saved[9:]
-    eps1, eps2, out_channels, act, group = ctx.scalars
-    grads = torch.ops.ghostkernels.ghost_module_bn_train_backward(*GhostModuleBnTrainBackwardArgs(
-        grad_out, x, w1, b1, g1, be1, eps1, w2, b2, g2, be2, eps2, mean1, var1, mean2, var2, count, saved_z1,
-        out_channels, act, group))
-    result = [None] * 14
-    for pos, grad, tensor in zip(_BN_TRAIN_TENSORS, grads, saved[:9]):
-        if tensor is not None and ctx.needs_input_grad[pos]:
-            result[pos] = grad
-    return tuple(result)
+def make_bn_train_backward(backward_op):
+    """The autograd formula of a ghost_module_bn_train op (saved by bn_train_setup_context) whose gradients come
+    from ``backward_op`` (the schema of ghostkernels::ghost_module_bn_train_backward)."""
+
+    def backward(ctx, grad_out, *unused):
+        if grad_out is None:  # only the statistics were used
+            return (None,) * 14
+        saved = ctx.saved_tensors
+        x, w1, b1, g1, be1, w2, b2, g2, be2 = saved[:9]
+        mean1, var1, mean2, var2, count, saved_z1 = saved[9:]
+        eps1, eps2, out_channels, act, group = ctx.scalars
+        grads = backward_op(*GhostModuleBnTrainBackwardArgs(
+            grad_out, x, w1, b1, g1, be1, eps1, w2, b2, g2, be2, eps2, mean1, var1, mean2, var2, count, saved_z1,
+            out_channels, act, group))
+        result = [None] * 14
+        for pos, grad, tensor in zip(_BN_TRAIN_TENSORS, grads, saved[:9]):
+            if tensor is not None and ctx.needs_input_grad[pos]:
+                result[pos] = grad
+        return tuple(result)
+
+    return backward
+
+
+_bn_train_backward = make_bn_train_backward(lambda *args: torch.ops.ghostkernels.ghost_module_bn_train_backward(*args))
 
 
 def _register_bn_train() -> None:
@@ -316,9 +333,9 @@ def _register_bn_train() -> None:
                          ("ghost_module_bn_train_backward", _bn_train_backward_kernel)):
         torch.library.register_kernel(f"ghostkernels::{name}", ("cpu", "cuda"), kernel)
     torch.library.register_autograd("ghostkernels::ghost_module_bn_train", _bn_train_backward,
-                                    setup_context=_bn_train_setup_context)
+                                    setup_context=bn_train_setup_context)
     for op in _BN_TRAIN_INTERNAL:
-        torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
+        torch.library.register_autograd(f"ghostkernels::{op}", no_backward(op))
 
 
 # Why an inference op has no backward, and what to use for training instead.
@@ -343,10 +360,13 @@ _NO_BACKWARD_HINT.update({op: _BN_PASS_HINT for op in _BN_TRAIN_INTERNAL[:-1]})
 _NO_BACKWARD_HINT["ghost_module_bn_train_backward"] = "it is a backward formula; double backward is not supported"
 
 
-def _no_backward(op: str):
+def no_backward(op: str, name: str = ""):
+    """The autograd formula of op ``op`` (or of ``name``, a backend's twin of it), which has none: it raises, saying
+    why."""
+
     def backward(ctx, *grads):
         what = "" if op in _BN_TRAIN_INTERNAL else "it is an inference op; "
-        raise RuntimeError(f"ghostkernels::{op} has no backward: {what}{_NO_BACKWARD_HINT[op]}")
+        raise RuntimeError(f"ghostkernels::{name or op} has no backward: {what}{_NO_BACKWARD_HINT[op]}")
 
     return backward
 
@@ -432,6 +452,6 @@ def register_all() -> None:
     torch.library.register_fake("ghostkernels::chain")(_chain_fake)
     for op in ("ghost_bottleneck", "ghost_bottleneck_gated", "_depthwise_conv2d", "conv2d_act", "linear_act",
                "chain"):
-        torch.library.register_autograd(f"ghostkernels::{op}", _no_backward(op))
+        torch.library.register_autograd(f"ghostkernels::{op}", no_backward(op))
     _register_bn_train()
     _registered = True

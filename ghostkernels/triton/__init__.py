@@ -5,7 +5,9 @@
 triton is installed, or on first use with GHOSTKERNELS_DEFER_LOAD=1): fused Triton kernels for the forward
 (forward_kernels) and the backward (backward_kernels), launch geometry in configs. ghostkernels.ops.ghost_module
 (backend="triton") calls it; this package imports only ghostkernels.ops' lower modules (validation, reference,
-registration), never ghostkernels.nn or ghostkernels.patch.
+registration, train_bn), never ghostkernels.nn or ghostkernels.patch. ``ghost_module_bn_train_triton`` is the
+train-mode Ghost module with batch-statistics BatchNorm: the five passes of bn_train_kernels, registered in
+bn_train_op and composed by ghostkernels.ops.train_bn.
 
 Where it runs:
 * CUDA tensors: compiled Triton kernels, autotuned per (init, C, H*W, k, dtype).
@@ -36,7 +38,7 @@ def load_op():
                 "ghostkernels: backend='triton' needs the 'triton' package, which is not installed. Install a "
                 "triton release that matches your torch (`pip install triton`; CUDA builds of torch usually bring "
                 "it), or use backend='cuda' / 'cpu' / 'eager'.") from e
-        from . import op
+        from . import bn_train_op, op  # noqa: F401  (bn_train_op registers the train-mode BatchNorm ops)
 
         _op_module = op
     return _op_module
@@ -86,4 +88,17 @@ def ghost_module_gated_triton(x, w_primary, b_primary, w_cheap, b_cheap, out_cha
                                                             act, gate)
 
 
-__all__ = ["dfc_gate_triton", "ghost_module_gated_triton", "ghost_module_triton", "interpreted", "load_op"]
+def ghost_module_bn_train_triton(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary: float,
+                                 w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap: float, out_channels: int,
+                                 act: str = "relu", group: str = ""):
+    """The train-mode Ghost module (batch-statistics BatchNorm) with the Triton passes (the contract of
+    ghostkernels.ops.ghost_module_bn_train), differentiable: ``torch.ops.ghostkernels.ghost_module_bn_train_triton``
+    (bn_train_op), whose kernel is ghostkernels.ops.train_bn's composition of the five Triton passes."""
+    _check_device(x)
+    return torch.ops.ghostkernels.ghost_module_bn_train_triton(
+        x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary, w_cheap, b_cheap, bn_weight_cheap,
+        bn_bias_cheap, eps_cheap, out_channels, act, group)
+
+
+__all__ = ["dfc_gate_triton", "ghost_module_bn_train_triton", "ghost_module_gated_triton", "ghost_module_triton",
+           "interpreted", "load_op"]

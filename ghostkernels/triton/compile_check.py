@@ -1,6 +1,7 @@
 """Compile the Triton kernels for an NVIDIA GPU on a machine without one, and report their resource usage.
 
     python -m ghostkernels.triton.compile_check [--arch 90] [--configs first|all] [--case NAME ...]
+        [--kernels ghost|bn|all]
 
 Triton compiles for a target given by its driver; this tool installs a stand-in driver that names the target
 (sm_<arch>) and compiles each kernel through JITFunction.run(warmup=True), which compiles without launching.
@@ -12,7 +13,8 @@ or the pipeliner's 16-byte cp.async) are what a channels_last 16-bit x must get,
 did not hold.
 
 It must run without TRITON_INTERPRET=1 (the interpreter replaces the compiler). It uses triton's driver hook and
-JITFunction.run, internal APIs that exist in triton 3.6 and 3.7.
+JITFunction.run, internal APIs that exist in triton 3.6 and 3.7. ``--kernels bn`` compiles the train-mode
+BatchNorm passes' kernels (bn_train_kernels) instead, with the launch arguments their host code computes.
 """
 
 from __future__ import annotations
@@ -130,8 +132,52 @@ def _gate_tensors(x, oc):
     return weights, gate
 
 
-def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3):
-    """Compile every (case, kernel, config); return a list of (description, ok, detail)."""
+class _RecordingLauncher:
+    """Stands in for wrap_triton: ``launcher(kernel)[grid](*args, **consts)`` records (kernel, args, consts) instead
+    of launching, so the train-mode BatchNorm host code (bn_train_kernels), which launches as it goes, yields the
+    exact arguments of its kernels. Its reductions then run on the never-written partials, harmlessly."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, kernel):
+        record = self.launches
+
+        class _Grid:
+            def __getitem__(self, grid):
+                return lambda *args, **consts: record.append((kernel, args, consts))
+
+        return _Grid()
+
+
+def bn_train_launches(x, wp, wc, out, act_id: int, fmt):
+    """(kernel, args, consts) of every train-mode BatchNorm kernel (bn_train_kernels' six) for a case's tensors."""
+    import torch
+
+    from . import bn_train_kernels as bk
+    from . import configs
+
+    n, c, h, w = x.shape
+    init, cheap = wp.shape[0], wc.shape[0]
+    f32 = dict(dtype=torch.float32)
+    w1, w2 = torch.empty(init, c, 1, 1, **f32), torch.empty(cheap, 1, wc.shape[2], wc.shape[3], **f32)
+    z1 = torch.empty(n, init, h, w, dtype=x.dtype).contiguous(memory_format=fmt)
+    stage1 = tuple(torch.empty(init, **f32) for _ in range(4))
+    stage2 = tuple(torch.empty(cheap, **f32) for _ in range(4))
+    rec = _RecordingLauncher()
+    block_i = configs.choose_block_i(init)
+    bk.conv1x1_stats(rec, x, w1, block_i, False, "ieee", z1)
+    bk.cheap_stats(rec, z1, stage1, w2, act_id, block_i, False)
+    bk.forward_out(rec, z1, stage1, w2, stage2, out, act_id, block_i, False)
+    bk.backward_reduce(rec, out, z1, stage1, w2, stage2, act_id, block_i, False)
+    bk.backward(rec, out, x, z1, w1, stage1, stage1[0], stage1[1], w2, stage2, stage2[0], stage2[1], act_id, block_i,
+                False, fmt)
+    return rec.launches
+
+
+def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3, kernels: str = "all"):
+    """Compile every (case, kernel, config) of the kernel set ``kernels`` ("ghost": the Ghost module's and the DFC
+    gate's; "bn": the train-mode BatchNorm passes'; "all"); return a list of (description, ok, detail)."""
     import triton
     from triton.runtime.driver import driver
 
@@ -151,6 +197,11 @@ def compile_kernels(arch: int, configs_mode: str, case_names, act_id: int = 3):
             case = CASES[name]
             x, (wp, bp, wc, bc), out, fmt = _case_tensors(*case)
             oc = case[7]
+            if kernels in ("bn", "all"):  # not autotuned: one compile each, at 4 warps
+                for kernel, args, consts in bn_train_launches(x, wp, wc, out, act_id, fmt):
+                    results.append(_compile(f"{name} {kernel.fn.__name__}", kernel, args, consts, 4, 2))
+            if kernels == "bn":
+                continue
             gate_weights, gate = _gate_tensors(x, oc)
             plans = (("forward", ghost_forward_kernel, forward_launch_plan(x, wp, bp, wc, bc, out, oc, act_id)[1:3]),
                      ("forward-gated", ghost_forward_kernel,
@@ -192,11 +243,13 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability as an integer (90 = H100)")
     parser.add_argument("--configs", choices=("first", "all"), default="all")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
+    parser.add_argument("--kernels", choices=("ghost", "bn", "all"), default="all",
+                        help="the Ghost module's and DFC gate's kernels, the train-mode BatchNorm passes', or both")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_check: unset TRITON_INTERPRET; the interpreter does not compile", file=sys.stderr)
         return 2
-    results = compile_kernels(args.arch, args.configs, args.case or list(CASES))
+    results = compile_kernels(args.arch, args.configs, args.case or list(CASES), kernels=args.kernels)
     for desc, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'} sm_{args.arch} {desc}: {detail}", flush=True)
     return 0 if all(ok for _, ok, _ in results) else 1
