@@ -123,6 +123,7 @@ def test_figure_lines(synthetic):
 def test_provider_names():
     assert readme_table.provider_name("fused-cpu-modules") == "fuse(model, blocks=False)"
     assert readme_table.provider_name("fused-cpu+compile") == "fuse(model) + compile"
+    assert readme_table.provider_name("openvino") == "OpenVINO"
     assert readme_table.provider_name("fused-triton", ["cuda", "triton"]) == "fuse(model, backend='triton')"
     assert readme_table.model_name("ghostnet_050") == "GhostNet 0.5x"
 
@@ -166,3 +167,17 @@ def test_several_fused_providers_are_named(synthetic):
     e2e = readme_table.end_to_end_table(res).splitlines()[0]
     assert "fuse(model, backend='cuda')" in e2e and "fuse(model, backend='triton') + freeze" in e2e
     assert readme_table.render_results(res, "bench/results/x.json")
+
+
+def test_openvino_line_compares_each_precision_with_its_own():
+    def rec(dtype, batch, provider, ms):
+        return {"model": "ghostnet_100", "dtype": dtype, "batch": batch, "provider": provider, "median_ms": ms,
+                "memory_format": "nchw", "images_per_s": batch * 1000 / ms}
+
+    results = {"end_to_end": [rec("float32", 1, "fused-cpu-frozen", 4.0), rec("float32", 1, "openvino", 5.0),
+                              rec("bfloat16", 1, "fused-cpu-frozen", 4.0), rec("bfloat16", 1, "openvino", 8.0)]}
+    line = readme_table._against_openvino(readme_table._EndToEnd(results, "cpu"))
+    assert line == ("- fuse(model) + freeze against OpenVINO at the same precision: GhostNet 1.0x float32 batch 1 "
+                    "1.25x, bfloat16 batch 1 2.00x.")
+    assert readme_table._against_openvino(readme_table._EndToEnd({"end_to_end": results["end_to_end"][:1]},
+                                                                  "cpu")) is None

@@ -59,6 +59,8 @@ def provider_name(provider: str, backends: Sequence[str] = ("cpu",)) -> str:
         return "torch.compile"
     if provider == "onnxruntime":
         return "ONNX Runtime"
+    if provider == "openvino":
+        return "OpenVINO"
     if not provider.startswith("fused-"):
         return provider
     rest = provider.removeprefix("fused-")
@@ -302,6 +304,23 @@ def _other_width(e2e: _EndToEnd, model: str) -> str | None:
     return f"- {model_name(model)}, float32: " + "; ".join(parts) + "." if parts else None
 
 
+def _against_openvino(e2e: _EndToEnd) -> str | None:
+    """fuse + freeze against OpenVINO at the same precision (float32, bfloat16), per model and batch."""
+    parts = []
+    for model in e2e.models:
+        cells = []
+        for dtype in ("float32", "bfloat16"):
+            for batch in e2e.batches(model, dtype):
+                frozen, ov = e2e.get(model, dtype, batch, e2e.frozen), e2e.get(model, dtype, batch, "openvino")
+                if frozen and ov:
+                    cells.append(f"{dtype} batch {batch} {_x(ov['median_ms'] / frozen['median_ms'])}")
+        if cells:
+            parts.append(f"{model_name(model)} " + ", ".join(cells))
+    if not parts:
+        return None
+    return "- fuse(model) + freeze against OpenVINO at the same precision: " + "; ".join(parts) + "."
+
+
 def _bfloat16_frozen(e2e: _EndToEnd) -> str | None:
     """fuse + freeze in bfloat16 against float32, every width side by side."""
     per_batch = []
@@ -373,7 +392,7 @@ def figure_lines(results: dict, model: str = MODEL) -> list[str]:
         e2e = _EndToEnd(results, backends[0])
         lines += [line for line in (_against_eager_and_ort(e2e, model),
                                     *(_other_width(e2e, m) for m in e2e.models if m != model),
-                                    _bfloat16_frozen(e2e)) if line]
+                                    _bfloat16_frozen(e2e), _against_openvino(e2e)) if line]
     return lines + _training_memory(results, model) + _training_step(results, model)
 
 
