@@ -6,8 +6,9 @@ each pass (bn_train_testing.ref_*):
   both layouts, small odd shapes (halos wider than the image, W past one 32-wide tile, a GEMM past one 64-row
   tile, slices in either half) and a large-mean input; each block's threads in reverse order for some cases (a
   missing barrier changes the result);
-- with a GPU (skipped here): the same passes as torch ops on CUDA tensors, and ghost_module_bn_train forward and
-  backward with backend="cuda" against the float64 layers (bench/gpu/run_gpu_session.sh's bn_train step).
+- with a GPU (skipped here): the same passes as torch ops on CUDA tensors, their opcheck, and ghost_module_bn_train
+  forward and backward with backend="cuda" against the float64 layers (bench/gpu/run_gpu_session.sh's bn_train
+  step).
 Compilation for sm_80/sm_90 is tests/test_cuda_compile.py's (every .cu)."""
 
 from __future__ import annotations
@@ -202,6 +203,28 @@ def test_bn_train_passes_on_gpu(case, seed):
 
     assert ghostkernels.ops.bn_train_kernels_available("cuda")
     _run_passes(case, seed, _on_gpu(case), lambda t: t)
+
+
+@needs_gpu
+def test_opcheck_passes_on_gpu(seed):
+    """torch.library.opcheck of the five passes on CUDA tensors (schema, fake kernels, no autograd)."""
+    case, ops = CASES[0], torch.ops.ghostkernels
+    a = {k: (v.cuda() if isinstance(v, torch.Tensor) else [t.cuda() for t in v])
+         for k, v in _inputs(case, seed).items()}
+    z1, m1, v1 = ops.ghost_bn_conv1x1_stats(a["x"], a["w1"])
+    s1 = bt.stage_vectors(m1, v1, *a["bn1"], 1e-5)
+    m2, v2 = ops.ghost_bn_cheap_stats(z1, *s1, a["w2"], case.act)
+    s2 = bt.stage_vectors(m2, v2, *a["bn2"], 1e-3)
+    b1, b2 = (*s1, *a["mean_dy"][:2]), (*s2, *a["mean_dy"][2:])
+    calls = {
+        "ghost_bn_conv1x1_stats": (a["x"], a["w1"]),
+        "ghost_bn_cheap_stats": (z1, *s1, a["w2"], case.act),
+        "ghost_bn_forward_out": (z1, *s1, a["w2"], *s2, case.oc, case.act),
+        "ghost_bn_backward_reduce": (a["go"], z1, *s1, a["w2"], *s2, case.oc, case.act),
+        "ghost_bn_backward": (a["go"], a["x"], z1, a["w1"], *b1, a["w2"], *b2, case.oc, case.act),
+    }
+    for name, args in calls.items():
+        torch.library.opcheck(getattr(ops, name), args)
 
 
 GPU_OP_CASES = [bt.TrainCase(n=3, c=6, h=5, w=7, init=5, label="base"),
