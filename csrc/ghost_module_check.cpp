@@ -140,6 +140,40 @@ void check_bn_grad_out(const char* op, const at::Tensor& grad_out, const at::Ten
                     " but grad_out is on ", grad_out.device());
 }
 
+GhostDims check_bn_two_stage_inputs(const char* op, const at::Tensor& z1, const at::Tensor& mean1,
+                                    const at::Tensor& invstd1, const at::Tensor& weight1, const at::Tensor& bias1,
+                                    const at::Tensor& w_cheap, const at::Tensor& mean2, const at::Tensor& invstd2,
+                                    const at::Tensor& weight2, const at::Tensor& bias2, int64_t out_channels,
+                                    c10::string_view act) {
+  return check_bn_z1_inputs(
+      op, z1, w_cheap, out_channels, act,
+      {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"}},
+      {{&mean2, "mean_cheap"}, {&invstd2, "invstd_cheap"}, {&weight2, "weight_cheap"}, {&bias2, "bias_cheap"}});
+}
+
+GhostDims check_bn_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                                   const at::Tensor& z1, const at::Tensor& w_primary, const at::Tensor& mean1,
+                                   const at::Tensor& invstd1, const at::Tensor& weight1, const at::Tensor& bias1,
+                                   const at::Tensor& mean_dy1, const at::Tensor& mean_dy_xhat1,
+                                   const at::Tensor& w_cheap, const at::Tensor& mean2, const at::Tensor& invstd2,
+                                   const at::Tensor& weight2, const at::Tensor& bias2, const at::Tensor& mean_dy2,
+                                   const at::Tensor& mean_dy_xhat2, int64_t out_channels, c10::string_view act) {
+  TORCH_CHECK_TYPE(z1.scalar_type() == x.scalar_type(), op, ": dtype mismatch: x is ", x.scalar_type(),
+                   " but z1 is ", z1.scalar_type());
+  GhostDims d = check_bn_z1_inputs(
+      op, z1, w_cheap, out_channels, act,
+      {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"},
+       {&mean_dy1, "mean_dy_primary"}, {&mean_dy_xhat1, "mean_dy_xhat_primary"}},
+      {{&mean2, "mean_cheap"}, {&invstd2, "invstd_cheap"}, {&weight2, "weight_cheap"}, {&bias2, "bias_cheap"},
+       {&mean_dy2, "mean_dy_cheap"}, {&mean_dy_xhat2, "mean_dy_xhat_cheap"}});
+  const GhostDims dx = check_bn_conv1x1_inputs(op, x, w_primary);
+  TORCH_CHECK_VALUE(dx.N == d.N && dx.H == d.H && dx.W == d.W && dx.I == d.I, op, ": z1 has shape ", z1.sizes(),
+                    ", but conv1x1(x, w_primary) has shape [", dx.N, ", ", dx.I, ", ", dx.H, ", ", dx.W, "]");
+  check_bn_grad_out(op, grad_out, z1, d);
+  d.C = dx.C;
+  return d;
+}
+
 GateDims check_dfc_gate_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_reduce,
                                const at::Tensor& b_reduce, const at::Tensor& w_h, const at::Tensor& b_h,
                                const at::Tensor& w_v, const at::Tensor& b_v) {

@@ -58,6 +58,25 @@ GhostDims check_bn_z1_inputs(const char* op, const at::Tensor& z1, const at::Ten
 // grad_out of a backward pass: [N, oc, H, W] with z1's dtype and device.
 void check_bn_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& z1, const GhostDims& d);
 
+// ghost_bn_forward_out's and ghost_bn_backward_reduce's vectors: check_bn_z1_inputs with both stages' mean, invstd,
+// weight and bias (the arguments in schema order).
+GhostDims check_bn_two_stage_inputs(const char* op, const at::Tensor& z1, const at::Tensor& mean1,
+                                    const at::Tensor& invstd1, const at::Tensor& weight1, const at::Tensor& bias1,
+                                    const at::Tensor& w_cheap, const at::Tensor& mean2, const at::Tensor& invstd2,
+                                    const at::Tensor& weight2, const at::Tensor& bias2, int64_t out_channels,
+                                    c10::string_view act);
+
+// Every check of ghost_bn_backward (arguments in schema order): x and z1 of one dtype, check_bn_z1_inputs with both
+// stages' six vectors, check_bn_conv1x1_inputs, z1 the shape of conv1x1(x, w_primary), grad_out. Returns the sizes
+// with C = x's channels.
+GhostDims check_bn_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                                   const at::Tensor& z1, const at::Tensor& w_primary, const at::Tensor& mean1,
+                                   const at::Tensor& invstd1, const at::Tensor& weight1, const at::Tensor& bias1,
+                                   const at::Tensor& mean_dy1, const at::Tensor& mean_dy_xhat1,
+                                   const at::Tensor& w_cheap, const at::Tensor& mean2, const at::Tensor& invstd2,
+                                   const at::Tensor& weight2, const at::Tensor& bias2, const at::Tensor& mean_dy2,
+                                   const at::Tensor& mean_dy_xhat2, int64_t out_channels, c10::string_view act);
+
 // Sizes of one dfc_gate call: x [N, C, H, W] -> the map [N, O, Hg, Wg] = [N, O, H / 2, W / 2] (floored), through
 // a 1x1 conv to O channels, a depthwise (1, KH) and a depthwise (KV, 1) conv.
 struct GateDims {

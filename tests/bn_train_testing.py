@@ -221,3 +221,97 @@ def pass_arguments(passes, seed: int, device="cpu") -> dict:
         "ghost_bn_backward_reduce": (go, z1, *s1, w2, *s2, 5, "relu"),
         "ghost_bn_backward": (go, x, z1, w1, *s1, v[0], v[1], w2, *s2, v[2], v[3], 5, "relu"),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The five passes (ghost_bn_* in csrc/ghost_module.cpp), each by the formula of its schema in float64
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def stage_vectors(mean, var, weight, bias, eps):
+    """A BN stage as the passes take it: (mean, invstd, weight, bias)."""
+    return mean, torch.rsqrt(var + eps), weight, bias
+
+
+def _bn(z, s):
+    mean, invstd, weight, bias = (t.double().view(1, -1, 1, 1) for t in s[:4])
+    xhat = (z - mean) * invstd
+    return xhat, xhat * weight + bias
+
+
+def _dwconv(t, w2):
+    return torch.nn.functional.conv2d(t, w2.double(), padding=w2.shape[-1] // 2, groups=t.shape[1])
+
+
+def _act_and_derivative(act: str, y):
+    f = gt.activation(act)
+    yy = y.detach().requires_grad_()
+    return f(y), torch.autograd.grad(f(yy).sum(), yy)[0]
+
+
+def _moments(z):
+    return z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+
+
+def ref_conv1x1_stats(x, w1):
+    """(z1, mean, var): z1 = conv1x1(x, w1) and its moments; the moments of the z1 a kernel stored are
+    ``_moments(z1_stored)``."""
+    z1 = torch.nn.functional.conv2d(x.double(), w1.double())
+    return (z1, *_moments(z1))
+
+
+def ref_cheap_stats(z1, s1, w2, act):
+    x1 = _act_and_derivative(act, _bn(z1.double(), s1)[1])[0]
+    return _moments(_dwconv(x1, w2))
+
+
+def ref_forward_out(z1, s1, w2, s2, oc, act):
+    x1 = _act_and_derivative(act, _bn(z1.double(), s1)[1])[0]
+    x2 = _act_and_derivative(act, _bn(_dwconv(x1, w2), s2)[1])[0]
+    return torch.cat([x1, x2], 1)[:, :oc]
+
+
+def _backward_terms(go, z1, s1, w2, s2, oc, act):
+    """x1, a1 = act'(y1), xhat1, the kept grad_out of x1's channels, g2 = dL/dy2 (zero past the slice), xhat2."""
+    init = z1.shape[1]
+    xh1, y1 = _bn(z1.double(), s1)
+    x1, a1 = _act_and_derivative(act, y1)
+    xh2, y2 = _bn(_dwconv(x1, w2), s2)
+    a2 = _act_and_derivative(act, y2)[1]
+    go = go.double()
+    gp = torch.zeros_like(x1)
+    gp[:, :min(oc, init)] = go[:, :min(oc, init)]
+    g2 = torch.zeros_like(xh2)
+    g2[:, :max(0, oc - init)] = go[:, init:] * a2[:, :max(0, oc - init)]
+    return x1, a1, xh1, gp, g2, xh2
+
+
+def ref_backward_reduce(go, z1, s1, w2, s2, oc, act):
+    """(sums_primary [2, I], sums_cheap [8, I*M])."""
+    x1, a1, xh1, gp, g2, xh2 = _backward_terms(go, z1, s1, w2, s2, oc, act)
+    da, dq = _dwconv(a1, w2), _dwconv(a1 * xh1, w2)
+    d = (0, 2, 3)
+    sums_c = torch.stack([g2.sum(d), (g2 * xh2).sum(d), (da * g2).sum(d), da.sum(d), (da * xh2).sum(d),
+                          (dq * g2).sum(d), dq.sum(d), (dq * xh2).sum(d)])
+    sums_c[:, max(0, oc - z1.shape[1]):] = 0  # the sums of channels past the slice are zero
+    return torch.stack([(a1 * gp).sum(d), (a1 * xh1 * gp).sum(d)]), sums_c
+
+
+def ref_backward(go, x, z1, w1, s1, w2, s2, oc, act):
+    """(grad_x, grad_w1, grad_w2) of ghost_bn_backward; s1 and s2 with their mean_dy and mean_dy_xhat (6 vectors)."""
+    F = torch.nn.functional
+    x1, a1, xh1, gp, g2, xh2 = _backward_terms(go, z1, s1, w2, s2, oc, act)
+    v = lambda t: t.double().view(1, -1, 1, 1)  # noqa: E731
+
+    def dz(g, xh, s):
+        return v(s[1] * s[2]) * (g - v(s[4]) - xh * v(s[5]))
+
+    dz2 = dz(g2, xh2, s2)
+    dz2[:, max(0, oc - z1.shape[1]):] = 0
+    w2v = w2.double().requires_grad_()
+    x1v = x1.detach().requires_grad_()
+    dx1, gw2 = torch.autograd.grad(_dwconv(x1v, w2v), (x1v, w2v), dz2)
+    dz1 = dz((gp + dx1) * a1, xh1, s1)
+    xv, w1v = x.double().requires_grad_(), w1.double().requires_grad_()
+    gx, gw1 = torch.autograd.grad(F.conv2d(xv, w1v), (xv, w1v), dz1)
+    return gx, gw1, gw2

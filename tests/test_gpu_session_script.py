@@ -14,7 +14,7 @@ import ghost_testing as gt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "gpu", "run_gpu_session.sh")
-STEPS = ("build", "smoke", "cuda_check", "triton_check", "timings", "e2e", "memcheck", "racecheck")
+STEPS = ("build", "smoke", "cuda_check", "bn_train", "triton_check", "timings", "e2e", "memcheck", "racecheck")
 
 
 @pytest.mark.skipif(gt.has_cuda_device(), reason="a GPU is present: the script would run for real")

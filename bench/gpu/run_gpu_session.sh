@@ -11,6 +11,8 @@
 #   2. smoke: a 20-second correctness run of the CUDA kernels (a few random cases)              -> smoke.log
 #   3. CUDA correctness vs float64: every dtype x layout x activation x k, GhostNet shapes, the 7x7/14x14
 #      shapes at batch 256 (entry 37's forward layouts, bit-identical to batch 2), TF32               -> cuda_check.log
+#      then the train-mode BatchNorm passes and ghost_module_bn_train on CUDA (tests/test_cuda_bn_train.py's GPU
+#      tests, step bn_train)                                                                     -> cuda_check.log
 #   4. Triton correctness: 8 cases, one autotune configuration                                   -> triton_check.log
 #   5. timings: entry 37's small-map shapes first (fused-cuda and eager, forward), then 6 GhostNet shapes, forward
 #      and forward+backward, fused-cuda / fused-triton / eager / torch.compile, inputs made on the GPU
@@ -119,6 +121,10 @@ grep -E "^\[(PASS|FAIL)\]" "$OUT/smoke.log" | cut -c1-200 | tee -a "$SUMMARY"
 step cuda_check 90 "$OUT/cuda_check.log" $PY bench/gpu/check_cuda_kernels.py \
   --checks grid,ghostnet,blocking,tf32,empty,strided,graph,errors
 grep -E "^\[(PASS|FAIL)\]|    FAIL|check_cuda_kernels:" "$OUT/cuda_check.log" | cut -c1-200 | head -n 20 | tee -a "$SUMMARY"
+echo "== bn_train" >> "$OUT/cuda_check.log"
+step bn_train 60 "$OUT/cuda_check.log" $PY -m pytest tests/test_cuda_bn_train.py -q -x -p no:cacheprovider -k gpu
+sed -n '/^== bn_train/,$p' "$OUT/cuda_check.log" | grep -E "passed|failed|Error" | cut -c1-200 | head -n 5 | \
+  tee -a "$SUMMARY"
 
 # 4. Triton correctness (the warm-up compiled its kernels)
 echo "== check" >> "$OUT/triton_check.log"

@@ -49,10 +49,8 @@ at::Tensor forward_out_cpu(const at::Tensor& z1, const at::Tensor& mean1, const 
                            const at::Tensor& mean2, const at::Tensor& invstd2, const at::Tensor& weight2,
                            const at::Tensor& bias2, int64_t out_channels, c10::string_view act) {
   constexpr const char* op = "ghostkernels::ghost_bn_forward_out (CPU)";
-  const GhostDims d = check_bn_z1_inputs(
-      op, z1, w_cheap, out_channels, act,
-      {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"}},
-      {{&mean2, "mean_cheap"}, {&invstd2, "invstd_cheap"}, {&weight2, "weight_cheap"}, {&bias2, "bias_cheap"}});
+  const GhostDims d = check_bn_two_stage_inputs(op, z1, mean1, invstd1, weight1, bias1, w_cheap, mean2, invstd2,
+                                                weight2, bias2, out_channels, act);
   cpu::check_cpu_op_dtype(op, z1);
   return cpu::bn_forward_out(z1, stage(mean1, invstd1, weight1, bias1), w_cheap,
                              stage(mean2, invstd2, weight2, bias2), d);
@@ -64,10 +62,8 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_cpu(
     const at::Tensor& invstd2, const at::Tensor& weight2, const at::Tensor& bias2, int64_t out_channels,
     c10::string_view act) {
   constexpr const char* op = "ghostkernels::ghost_bn_backward_reduce (CPU)";
-  const GhostDims d = check_bn_z1_inputs(
-      op, z1, w_cheap, out_channels, act,
-      {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"}},
-      {{&mean2, "mean_cheap"}, {&invstd2, "invstd_cheap"}, {&weight2, "weight_cheap"}, {&bias2, "bias_cheap"}});
+  const GhostDims d = check_bn_two_stage_inputs(op, z1, mean1, invstd1, weight1, bias1, w_cheap, mean2, invstd2,
+                                                weight2, bias2, out_channels, act);
   check_bn_grad_out(op, grad_out, z1, d);
   cpu::check_cpu_op_dtype(op, z1);
   return cpu::bn_backward_reduce(grad_out, z1, stage(mean1, invstd1, weight1, bias1), w_cheap,
@@ -81,20 +77,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& invstd2, const at::Tensor& weight2, const at::Tensor& bias2, const at::Tensor& mean_dy2,
     const at::Tensor& mean_dy_xhat2, int64_t out_channels, c10::string_view act) {
   constexpr const char* op = "ghostkernels::ghost_bn_backward (CPU)";
-  TORCH_CHECK_TYPE(z1.scalar_type() == x.scalar_type(), op, ": dtype mismatch: x is ", x.scalar_type(),
-                   " but z1 is ", z1.scalar_type());
-  GhostDims d = check_bn_z1_inputs(
-      op, z1, w_cheap, out_channels, act,
-      {{&mean1, "mean_primary"}, {&invstd1, "invstd_primary"}, {&weight1, "weight_primary"}, {&bias1, "bias_primary"},
-       {&mean_dy1, "mean_dy_primary"}, {&mean_dy_xhat1, "mean_dy_xhat_primary"}},
-      {{&mean2, "mean_cheap"}, {&invstd2, "invstd_cheap"}, {&weight2, "weight_cheap"}, {&bias2, "bias_cheap"},
-       {&mean_dy2, "mean_dy_cheap"}, {&mean_dy_xhat2, "mean_dy_xhat_cheap"}});
-  const GhostDims dx = check_bn_conv1x1_inputs(op, x, w_primary);
-  TORCH_CHECK_VALUE(dx.N == d.N && dx.H == d.H && dx.W == d.W && dx.I == d.I, op, ": z1 has shape ", z1.sizes(),
-                    ", but conv1x1(x, w_primary) has shape [", dx.N, ", ", dx.I, ", ", dx.H, ", ", dx.W, "]");
-  check_bn_grad_out(op, grad_out, z1, d);
+  const GhostDims d =
+      check_bn_backward_inputs(op, grad_out, x, z1, w_primary, mean1, invstd1, weight1, bias1, mean_dy1, mean_dy_xhat1,
+                               w_cheap, mean2, invstd2, weight2, bias2, mean_dy2, mean_dy_xhat2, out_channels, act);
   cpu::check_cpu_op_dtype(op, x);
-  d.C = dx.C;
   cpu::BnBackwardArgs bn{z1,      stage(mean1, invstd1, weight1, bias1), stage(mean2, invstd2, weight2, bias2),
                          mean_dy1, mean_dy_xhat1,                        mean_dy2,
                          mean_dy_xhat2};

@@ -153,7 +153,7 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
 @torch.compiler.assume_constant_result  # a dispatcher query, which dynamo cannot trace; fixed once loaded
 def bn_train_kernels_available(device_type: str) -> bool:
     """Whether the op library has kernels of the train-mode BatchNorm passes for tensors on devices of this type
-    (CPU always; CUDA once csrc/cuda has them)."""
+    (CPU always; CUDA where the library was built with CUDA: csrc/cuda/ghost_bn_cuda.cpp registers them)."""
     _ensure_library()
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -173,11 +173,11 @@ def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_pr
     Returns (out, mean_primary, var_primary, mean_cheap, var_cheap, count, saved_z1): each BN's batch mean and biased
     variance (the running statistics' update is the caller's: ghostkernels.nn.batchnorm.update_running_stats), the
     number of values each was computed over (all processes'), and what the backward keeps (an implementation
-    detail). Differentiable in x and every parameter (the statistics outputs are not). Backends: ``cpu``,
-    ``eager`` (plain PyTorch ops, for reference; its saved_z1 is empty), ``triton`` (ghostkernels.triton's passes:
-    CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; float16, bfloat16, float32), ``auto``; ``cuda`` raises
-    NotImplementedError until its kernels exist. Under autocast x and the conv weights are cast to the autocast
-    dtype, as for a convolution.
+    detail). Differentiable in x and every parameter (the statistics outputs are not). Backends: ``cpu``, ``cuda``
+    (float32, float16 and bfloat16 CUDA tensors; csrc/cuda/ghost_bn_kernels.cuh), ``triton`` (ghostkernels.triton's
+    passes: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; float16, bfloat16, float32), ``eager`` (plain
+    PyTorch ops, for reference; its saved_z1 is empty), ``auto`` (the tensors' device). Under autocast x and the
+    conv weights are cast to the autocast dtype, as for a convolution.
     """
     backend = resolve_backend(backend, x.device)
     dev = x.device.type
@@ -205,10 +205,11 @@ def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_pr
 
         return gk_triton.ghost_module_bn_train_triton(*args)
     _ensure_library()
+    _check_cuda_kernels(backend)  # a library built without CUDA: the same error as the other ops
     if not bn_train_kernels_available(x.device.type):
         raise NotImplementedError(f"ghostkernels: the op library has no train-mode BatchNorm kernels for "
-                                  f"{x.device.type} tensors (only the CPU has them so far); use backend='eager' "
-                                  f"(FusedGhostModule runs its own layers there)")
+                                  f"{x.device.type} tensors (the CPU and, in a CUDA build, CUDA have them); use "
+                                  f"backend='eager' (FusedGhostModule runs its own layers there)")
     return torch.ops.ghostkernels.ghost_module_bn_train(*args)
 
 

@@ -19,6 +19,10 @@
 //   Gate modes (same header; fp32_math, act and groups unused): mode 2 dfc_gate with I = O, M = KH, K = KV: inputs x
 //        [N,C,H,W], w1 [O,C], b1, wh [O,KH], bh, wv [O,KV], bv; output the map [N,O,H/2,W/2]. Mode 3 the gate multiply
 //        with OC, I = Hg, M = Wg: inputs out [N,OC,H,W], map [N,OC,Hg,Wg]; output out * upsampled map.
+//   Train-mode BatchNorm modes 4 + BnPass (ghost_bn_cuda.h; groups, blocks and the plan request unused), inputs in
+//        this order where the pass reads them: grad_out [N,OC,H,W], x [N,C,H,W], z1 [N,I,H,W], w1 [I,C], the
+//        primary stage's mean, invstd, weight, bias (and, backward, mean_dy, mean_dy_xhat) [I], w2 [I*M,K*K], the
+//        cheap stage's vectors [I*M]; outputs: the 4-D one (z1, out or grad_x) if any, then res0 and res1.
 //   --reverse runs each block's threads in descending order (a missing barrier shows up as a different result).
 //   --plan prints the plan of the header's shape (the arrays may be absent) and exits: what the planner would
 //        choose on an H100 (shared memory per block, unit height, x resident, overlap, stages, units).
@@ -29,11 +33,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../dfc_gate_kernel.cuh"
+#include "../ghost_bn_kernels.cuh"
 #include "../ghost_cuda_plan.cu"  // the host planner, compiled into this program
 #include "../ghost_cuda_select.cuh"
 
@@ -84,8 +90,7 @@ struct Scheduler {
   std::vector<unsigned char> smem;
   float slots[kT];
   int current = 0;
-  KernelFn kernel = nullptr;
-  const cuda::KernelParams* params = nullptr;
+  std::function<void()> body;  // one thread's run of the kernel
 };
 Scheduler* g = nullptr;
 
@@ -95,7 +100,7 @@ Scheduler* g = nullptr;
 }
 
 void fiber_entry() {
-  g->kernel(*g->params);
+  g->body();
   g->state[g->current] = State::Done;  // then uc_link returns to the scheduler
 }
 
@@ -105,12 +110,12 @@ void yield(State s) {
   swapcontext(&g->ctx[t], &g->main_ctx);
 }
 
-// Runs one block to completion: every runnable fiber until it blocks, then release whole barriers.
-void run_block(KernelFn kernel, const cuda::KernelParams& P, unsigned block, bool reverse) {
+// Runs one block of `body` (each thread's run of a kernel) with `smem_bytes` of dynamic shared memory to completion:
+// every runnable fiber until it blocks, then release whole barriers.
+void run_block_of(std::function<void()> body, size_t smem_bytes, unsigned block, bool reverse) {
   block_index = make_uint3(block, 0, 0);
-  g->kernel = kernel;
-  g->params = &P;
-  g->smem.assign(P.L.total, 0xFF);  // all-ones bytes: NaN as float, float16 and bfloat16
+  g->body = std::move(body);
+  g->smem.assign(smem_bytes, 0xFF);  // all-ones bytes: NaN as float, float16 and bfloat16
   for (int t = 0; t < kT; ++t) {
     getcontext(&g->ctx[t]);
     g->ctx[t].uc_stack.ss_sp = g->stacks.data() + size_t(t) * kStackBytes;
@@ -153,6 +158,10 @@ void run_block(KernelFn kernel, const cuda::KernelParams& P, unsigned block, boo
     }
     if (!released) fail("deadlock: threads wait at different barriers");
   }
+}
+
+void run_block(KernelFn kernel, const cuda::KernelParams& P, unsigned block, bool reverse) {
+  run_block_of([kernel, &P] { kernel(P); }, P.L.total, block, reverse);
 }
 
 }  // namespace
@@ -373,6 +382,73 @@ void run_gate(const Header& h, FILE* in, FILE* out, bool reverse) {
   std::fwrite(result.data(), sizeof(float), result.size(), out);
 }
 
+// The train-mode BatchNorm passes (ghost_bn_kernels.cuh), mode 4 + BnPass, through the launchers' own launch
+// sequence (bn_run) with every block run under the fiber scheduler; outputs and scratch start as NaN.
+template <typename T>
+void run_bn(const Header& h, FILE* in, FILE* out, bool reverse) {
+  const BnPass pass = BnPass(h.mode - 4);
+  const bool cl = h.channels_last != 0;
+  const int64_t HW = h.H * h.W, I = h.I, IM = h.I * h.M, KK = h.K * h.K;
+  BnTrainArgs a;
+  a.dtype = DType(h.dtype), a.channels_last = cl, a.act = Act(h.act);
+  a.N = h.N, a.C = h.C, a.H = h.H, a.W = h.W, a.I = h.I, a.M = h.M, a.K = h.K, a.OC = h.OC;
+  if (const char* why = bn_unsupported(a)) throw std::runtime_error(why);
+  const bool backward = pass == BnPass::Backward, reads_z1 = pass != BnPass::Conv1x1Stats;
+  const bool reads_go = pass == BnPass::BackwardReduce || backward;
+  const T nan_t = from_float<T>(std::nanf(""));
+  std::vector<T> go, x, z1;
+  std::vector<float> w1, w2, stage1[6], stage2[6];
+  if (reads_go) go = to_layout<T>(read_floats(in, h.N * h.OC * HW), h.N, h.OC, HW, cl);
+  if (!reads_z1 || backward) x = to_layout<T>(read_floats(in, h.N * h.C * HW), h.N, h.C, HW, cl);
+  if (reads_z1) z1 = to_layout<T>(read_floats(in, h.N * I * HW), h.N, I, HW, cl);
+  if (!reads_z1 || backward) w1 = read_floats(in, I * h.C);
+  if (reads_z1) {
+    for (int k = 0; k < (backward ? 6 : 4); ++k) stage1[k] = read_floats(in, I);
+    w2 = read_floats(in, IM * KK);
+    if (pass != BnPass::CheapStats)
+      for (int k = 0; k < (backward ? 6 : 4); ++k) stage2[k] = read_floats(in, IM);
+  }
+  auto stage = [](std::vector<float>* v) {
+    BnStageArgs s;
+    s.mean = v[0].data(), s.invstd = v[1].data(), s.weight = v[2].data(), s.bias = v[3].data();
+    s.mean_dy = v[4].data(), s.mean_dy_xhat = v[5].data();
+    return s;
+  };
+  a.x = x.data(), a.w1 = w1.data(), a.z1 = z1.data(), a.w2 = w2.data(), a.grad_out = go.data();
+  a.primary = stage(stage1), a.cheap = stage(stage2);
+  // Outputs (NaN-filled) and their sizes, as ghost_bn_cuda.h lists them.
+  int64_t out_ch = 0, n0 = 0, n1 = 0;
+  switch (pass) {
+    case BnPass::Conv1x1Stats: out_ch = I, n0 = I, n1 = I; break;
+    case BnPass::CheapStats: n0 = IM, n1 = IM; break;
+    case BnPass::ForwardOut: out_ch = h.OC; break;
+    case BnPass::BackwardReduce: n0 = 2 * I, n1 = 8 * IM; break;
+    case BnPass::Backward: out_ch = h.C, n0 = I * h.C, n1 = IM * KK; break;
+  }
+  std::vector<T> o(size_t(h.N * out_ch * HW), nan_t);
+  std::vector<float> r0(size_t(n0), std::nanf("")), r1(size_t(n1), std::nanf(""));
+  std::vector<double> scratch(size_t(bn_scratch(pass, a).total / 8 + 1), std::nan(""));
+  (pass == BnPass::Conv1x1Stats ? a.z1_out : a.out) = o.data();
+  a.res0 = r0.data(), a.res1 = r1.data(), a.scratch = scratch.data();
+  emulation::Scheduler sched;
+  emulation::g = &sched;
+  long long launches = 0, blocks_run = 0;
+  auto launch = [&](BnKernelFn fn, long long blocks, unsigned smem, const BnParams& P) -> int {
+    ++launches;
+    for (long long b = 0; b < blocks; ++b, ++blocks_run)
+      emulation::run_block_of([fn, &P] { fn(P); }, smem, unsigned(b), reverse);
+    return 0;
+  };
+  if (bn_run<T>(pass, a, launch) != 0) throw std::runtime_error("a launch failed");
+  std::printf("bn pass %d: %lld launches, %lld blocks\n", int(pass), launches, blocks_run);
+  if (out_ch > 0) {
+    const std::vector<float> r = from_layout(o, h.N, out_ch, HW, cl);
+    std::fwrite(r.data(), sizeof(float), r.size(), out);
+  }
+  std::fwrite(r0.data(), sizeof(float), r0.size(), out);
+  std::fwrite(r1.data(), sizeof(float), r1.size(), out);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -403,7 +479,14 @@ int main(int argc, char** argv) {
       print_plan(h, pl);
       return 0;
     }
-    if (h.mode >= 2) {
+    if (h.mode >= 4) {
+      if (h.dtype == 1)
+        run_bn<__half>(h, in, out, reverse);
+      else if (h.dtype == 2)
+        run_bn<__nv_bfloat16>(h, in, out, reverse);
+      else
+        run_bn<float>(h, in, out, reverse);
+    } else if (h.mode >= 2) {
       if (h.dtype == 1)
         run_gate<__half>(h, in, out, reverse);
       else if (h.dtype == 2)
