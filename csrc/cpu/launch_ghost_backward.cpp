@@ -125,7 +125,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   });
   const int64_t max_rows = std::min(H, plan.B + 4 * p);
   const int64_t x1_stride = (plan.B + 4 * p) * W + 2 * p, g2_stride = (plan.B + 2 * p) * W + 2 * p;
-  const cpu::ColumnMasks<acc_t> masks(K, W, (plan.B + 4 * p) * W + cpu::kVec);
+  // The generic depthwise part's masks (empty where the AVX-512 one runs: a division per element to build).
+  const cpu::ColumnMasks<acc_t> masks(K, W, fast_dw ? 0 : (plan.B + 4 * p) * W + cpu::kVec);
   const std::vector<uint16_t> vec_masks = fast_dw ? cpu::avx512_column_masks(K, W, plan.B + 2 * p) : std::vector<uint16_t>();
 
   const at::ThreadLocalState tls;
