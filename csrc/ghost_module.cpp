@@ -144,6 +144,26 @@ TORCH_LIBRARY(ghostkernels, m) {
       "str group) -> (Tensor grad_x, Tensor grad_w_primary, Tensor grad_b_primary, Tensor grad_bn_weight_primary, "
       "Tensor grad_bn_bias_primary, Tensor grad_w_cheap, Tensor grad_b_cheap, Tensor grad_bn_weight_cheap, "
       "Tensor grad_bn_bias_cheap)");
+  // The two above without a process group (statistics of this process only), each one call with the passes and the
+  // per-channel arithmetic between them in C++ (CPU only): the kernels of ghost_module_bn_train and its backward for
+  // group "" on the CPU (ghostkernels/ops/train_bn.py), where the Python composition's twenty-odd small tensor ops
+  // cost small modules more than their passes (bench/NOTES.md entry 43). The same arithmetic as that composition,
+  // op for op. `keep_z1`: whether saved_z1 is z1 (train_bn.keep_z1 decides). The backward returns the gradients of
+  // x, w_primary, bn_weight_primary, bn_bias_primary, w_cheap, bn_weight_cheap and bn_bias_cheap, the weights' in the
+  // stats dtype (the caller gives them their parameters' dtypes and adds the conv biases' zero gradients).
+  m.def(
+      "ghost_bn_train_local(Tensor x, Tensor w_primary, Tensor? b_primary, Tensor? bn_weight_primary, "
+      "Tensor? bn_bias_primary, float eps_primary, Tensor w_cheap, Tensor? b_cheap, Tensor? bn_weight_cheap, "
+      "Tensor? bn_bias_cheap, float eps_cheap, SymInt out_channels, str act, bool keep_z1) -> (Tensor out, "
+      "Tensor mean_primary, Tensor var_primary, Tensor mean_cheap, Tensor var_cheap, Tensor count, "
+      "Tensor saved_z1)");
+  m.def(
+      "ghost_bn_train_local_backward(Tensor grad_out, Tensor x, Tensor w_primary, Tensor? b_primary, "
+      "Tensor? bn_weight_primary, Tensor? bn_bias_primary, float eps_primary, Tensor w_cheap, Tensor? b_cheap, "
+      "Tensor? bn_weight_cheap, Tensor? bn_bias_cheap, float eps_cheap, Tensor mean_primary, Tensor var_primary, "
+      "Tensor mean_cheap, Tensor var_cheap, Tensor count, Tensor saved_z1, SymInt out_channels, str act) -> "
+      "(Tensor grad_x, Tensor grad_w_primary, Tensor grad_bn_weight_primary, Tensor grad_bn_bias_primary, "
+      "Tensor grad_w_cheap, Tensor grad_bn_weight_cheap, Tensor grad_bn_bias_cheap)");
   // GhostNetV2's DFC attention map of x, BatchNorms folded: sigmoid(dw_v(dw_h(conv1x1(avg_pool2x2(x))))), with
   // conv1x1 = w_reduce [O, C, 1, 1] + b_reduce, dw_h the depthwise (1, kh) conv w_h [O, 1, 1, kh] + b_h (zero padding
   // kh//2 columns), dw_v the depthwise (kv, 1) conv w_v [O, 1, kv, 1] + b_v (kv//2 rows); kh, kv odd. avg_pool2x2

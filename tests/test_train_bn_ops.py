@@ -271,3 +271,46 @@ def test_the_passes_have_no_autograd(seed):
     z1 = torch.ops.ghostkernels.ghost_bn_conv1x1_stats(x, w1.requires_grad_())[0]
     with pytest.raises(RuntimeError, match="pass of ghostkernels::ghost_module_bn_train"):
         z1.sum().backward()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ghost_bn_train_local: the composition in one C++ call (no process group, CPU)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _local_and_composed(case: bt.TrainCase, dtype: torch.dtype, seed: int):
+    """ghost_module_bn_train's forward and backward by the local op pair and by train_bn's Python composition of the
+    same passes, on the same inputs."""
+    a = bt.make_inputs(case, dtype, seed)
+    args = tuple(ghostkernels.ops.layouts.GhostModuleBnTrainArgs(**a, group=""))
+    passes = train_bn.native_passes()
+    fwd_local, fwd_composed = train_bn.native_forward(*args), train_bn.forward(passes, *args)
+    grad_out = torch.randn_like(fwd_local[0])
+    bwd = [(grad_out, *args[:-3], *fwd[1:], *args[-3:]) for fwd in (fwd_local, fwd_composed)]
+    return (fwd_local, train_bn.native_backward(*bwd[0])), (fwd_composed, train_bn.backward(passes, *bwd[1]))
+
+
+@pytest.mark.parametrize("case,dtype", [
+    (bt.TrainCase(n=2, c=40, h=6, w=5, init=4, ratio=3, out_channels=9, conv_bias=True), torch.float32),
+    (bt.TrainCase(n=1, c=8, h=7, w=7, init=4, out_channels=7, act="silu", affine=False), torch.bfloat16),
+], ids=["keep_z1-bias-f32", "recompute-affine_free-bf16"])
+def test_local_op_is_the_composition_exactly(case, dtype, seed):
+    """The C++ composition does the Python one's arithmetic op for op: every output bitwise equal."""
+    local, composed = _local_and_composed(case, dtype, seed)
+    for outs_l, outs_c in zip(local, composed):
+        assert len(outs_l) == len(outs_c)
+        for i, (l, c) in enumerate(zip(outs_l, outs_c)):
+            assert l.dtype == c.dtype and l.shape == c.shape and l.stride() == c.stride(), i
+            assert torch.equal(l, c), i
+
+
+def test_opcheck_local_ops(seed):
+    case = bt.TrainCase(n=2, c=4, h=4, w=5, init=3, ratio=3, out_channels=7, conv_bias=True)
+    a = bt.make_inputs(case, torch.float32, seed)
+    args = tuple(ghostkernels.ops.layouts.GhostModuleBnTrainArgs(**a, group=""))[:-1]
+    ops = torch.ops.ghostkernels
+    for keep in (False, True):
+        torch.library.opcheck(ops.ghost_bn_train_local, args + (keep,))
+    fwd = ops.ghost_bn_train_local(*args, False)
+    torch.library.opcheck(ops.ghost_bn_train_local_backward,
+                          (torch.randn_like(fwd[0]), *args[:-2], *fwd[1:], *args[-2:]))

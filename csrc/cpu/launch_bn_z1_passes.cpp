@@ -59,8 +59,14 @@ void fill_x1_planes(const Z1Walk<acc_t>& walk, typename Z1Walk<acc_t>::Buffers& 
   }
 }
 
-// The depthwise stencils of a call: the AVX-512 forward kernel's (float, where GHOSTKERNELS_CPU_KERNEL and the CPU
-// allow it and the kernel size has one), else util_plane_ops.h's.
+// Whether a call's depthwise stencils are the AVX-512 forward kernel's (float, where GHOSTKERNELS_CPU_KERNEL and the
+// CPU allow it and the kernel size has one) rather than util_plane_ops.h's.
+template <typename acc_t>
+bool avx512_stencils(const GhostDims& d) {
+  return std::is_same<acc_t, float>::value && use_avx512(cpu_kernel_knob(), false, d.K);
+}
+
+// The depthwise stencils of a call (see avx512_stencils).
 template <typename acc_t>
 struct Stencils {
   const Z1Walk<acc_t>& walk;
@@ -70,8 +76,7 @@ struct Stencils {
   std::vector<uint16_t> masks;  // avx512_column_masks over the walk's stencil outputs
 
   Stencils(const Z1Walk<acc_t>& walk_, const GhostDims& d_, const acc_t* w2_)
-      : walk(walk_), d(d_), w2(w2_),
-        avx512(std::is_same<acc_t, float>::value && use_avx512(cpu_kernel_knob(), false, d_.K)) {
+      : walk(walk_), d(d_), w2(w2_), avx512(avx512_stencils<acc_t>(d_)) {
     if (avx512) masks = avx512_column_masks(d.K, d.W, walk.mask_rows());
   }
 
@@ -110,7 +115,7 @@ void for_each_item(const Z1Walk<acc_t>& walk, const at::Tensor& z1, int64_t n_ou
 template <typename acc_t, Act A>
 void cheap_stats_kernel(const at::Tensor& z1, const BnStage& primary, const at::Tensor& w_cheap,
                         ThreadMoments& moments, const GhostDims& d) {
-  const Z1Walk<acc_t> walk(d, /*planes_per_channel=*/1, /*bytes_per_pixel=*/0);
+  const Z1Walk<acc_t> walk(d, /*planes_per_channel=*/1, /*bytes_per_pixel=*/0, !avx512_stencils<acc_t>(d));
   const StageView<acc_t> s1(primary);
   const Stencils<acc_t> stencils(walk, d, w_cheap.const_data_ptr<acc_t>());
   const int64_t ps = walk.plane_stride();
@@ -127,7 +132,8 @@ void cheap_stats_kernel(const at::Tensor& z1, const BnStage& primary, const at::
 template <typename acc_t, Act A>
 void forward_out_kernel(const at::Tensor& z1, const BnStage& primary, const at::Tensor& w_cheap, const BnStage& cheap,
                         const at::Tensor& out, const GhostDims& d) {
-  const Z1Walk<acc_t> walk(d, /*planes_per_channel=*/1, /*bytes_per_pixel=*/(d.M + 1) * sizeof(acc_t));
+  const Z1Walk<acc_t> walk(d, /*planes_per_channel=*/1, /*bytes_per_pixel=*/(d.M + 1) * sizeof(acc_t),
+                           !avx512_stencils<acc_t>(d));
   const StageView<acc_t> s1(primary), s2(cheap);
   const Stencils<acc_t> stencils(walk, d, w_cheap.const_data_ptr<acc_t>());
   const RowCopy<acc_t> out_rows(out);
@@ -164,7 +170,8 @@ void backward_reduce_kernel(const at::Tensor& grad_out, const at::Tensor& z1, co
                             const at::Tensor& w_cheap, const BnStage& cheap, ThreadSums& sums_p, ThreadSums& sums_c,
                             const GhostDims& d) {
   // Plane sets: 0 = x1, 1 = a1 = act'(y1), 2 = a1 * xhat1; stencil outputs: 0 = z2, 1 = da, 2 = dq.
-  const Z1Walk<acc_t> walk(d, /*planes_per_channel=*/3, /*bytes_per_pixel=*/(d.M + 1) * sizeof(acc_t));
+  const Z1Walk<acc_t> walk(d, /*planes_per_channel=*/3, /*bytes_per_pixel=*/(d.M + 1) * sizeof(acc_t),
+                           !avx512_stencils<acc_t>(d));
   const StageView<acc_t> s1(primary), s2(cheap);
   const Stencils<acc_t> stencils(walk, d, w_cheap.const_data_ptr<acc_t>());
   const RowCopy<acc_t> grad_rows(grad_out);

@@ -43,6 +43,7 @@
 #include "kernel_backward_gemm_avx512.h"
 #include "kernel_ghost_backward_avx512.h"
 #include "kernel_ghost_forward_avx512.h"  // avx512_forward_available, avx512_column_masks
+#include "util_bf16_bits.h"
 #include "util_ghost_launch.h"
 #include "util_kernel_choice.h"
 #include "util_plane_ops.h"
@@ -102,7 +103,10 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
   // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_backward_gemm_avx512.h), which
   // run the small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
-  constexpr bool kFloatRows = std::is_same<scalar_t, float>::value && !CL;
+  // bfloat16 NCHW (train-mode BN only, see ghost_backward) runs the same float kernels on float copies of each
+  // item's rows: grad_out's rows per image (kBf16Rows below), x's own rows, and grad x through a float buffer.
+  constexpr bool kBf16Rows = std::is_same<scalar_t, c10::BFloat16>::value && !CL;
+  constexpr bool kFloatRows = (std::is_same<scalar_t, float>::value || kBf16Rows) && !CL;
   const bool fast = kFloatRows && avx512_gemms;
   const at::Tensor w1t = fast ? w1a.t().contiguous() : at::Tensor();
   // ... and, where the depthwise kernel size has an AVX-512 kernel, the depthwise half of the backward as well.
@@ -130,7 +134,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   });
   const int64_t max_rows = std::min(H, plan.B + 4 * p);
   const int64_t x1_stride = (plan.B + 4 * p) * W + 2 * p, g2_stride = (plan.B + 2 * p) * W + 2 * p;
-  const cpu::ColumnMasks<acc_t> masks(K, W, (plan.B + 4 * p) * W + cpu::kVec);
+  // The generic depthwise part's masks (empty where the AVX-512 one runs: a division per element to build).
+  const cpu::ColumnMasks<acc_t> masks(K, W, fast_dw ? 0 : (plan.B + 4 * p) * W + cpu::kVec);
   const std::vector<uint16_t> vec_masks = fast_dw ? cpu::avx512_column_masks(K, W, plan.B + 2 * p) : std::vector<uint16_t>();
 
   const at::ThreadLocalState tls;
@@ -149,6 +154,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
     std::vector<acc_t> g2(n_cheap * g2_stride + cpu::kVec);
     std::vector<acc_t> tmp((plan.B + 2 * p) * W + cpu::kVec);
     std::vector<acc_t> scratch(std::max(masks.length(), cpu::kChunk + (K - 1) * W));
+    // bfloat16: one image's grad_out in float (only the rows an item reads are filled) and an item's grad x.
+    std::vector<float> go_float(kBf16Rows && fast ? OC * H * W : 0);
+    std::vector<float> gx_float(kBf16Rows && fast ? C * plan.G * plan.B * W : 0);
 
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n0 = plan.group_of(item) * plan.G, g = std::min(plan.G, N - n0);
@@ -192,7 +200,19 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
             db.x1_stride = x1_stride;
             db.g2 = g2.data() + p;
             db.g2_stride = g2_stride;
-            db.go = go.row(n, 0, 0);
+            if constexpr (kBf16Rows) {
+              // The rows the kernel reads: the own rows and k//2 around them (the cheap half's g2 planes).
+              const int64_t lo = std::max<int64_t>(0, r0 - p), hi = std::min(H, r1 + p);
+              const auto* src = reinterpret_cast<const uint16_t*>(grad_out.const_data_ptr<scalar_t>()) + n * OC * H * W;
+              for (int64_t c = 0; c < OC; ++c) {
+                const uint16_t* s = src + c * H * W + lo * W;
+                float* t = go_float.data() + c * H * W + lo * W;
+                for (int64_t q = 0; q < (hi - lo) * W; ++q) t[q] = cpu::widen<float>(s[q]);
+              }
+              db.go = go_float.data();
+            } else {
+              db.go = go.row(n, 0, 0);
+            }
             db.z1 = zp + i * PA;
             db.z1_cstride = g * PA;
             db.z1_row0 = a0;
@@ -281,10 +301,19 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
           if (static_cast<int64_t>(xt.size()) < P * C) xt.resize(P * C);
           cpu::avx512_transpose(C, P, xo.const_data_ptr<float>(), xo.stride(0), xt.data(), C);
           cpu::avx512_sgemm_nn(I, C, P, g1, P, xt.data(), C, pw1.mutable_data_ptr<float>(), C, /*accumulate=*/true);
-          float* gx = grad_x.mutable_data_ptr<float>() + n0 * C * H * W + r0 * W;
           for (int64_t i = 0; i < g; ++i) {
-            cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx + i * C * H * W,
-                                 H * W, /*accumulate=*/false);
+            if constexpr (kBf16Rows) {
+              cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx_float.data(), PO,
+                                   /*accumulate=*/false);
+              auto* gx = reinterpret_cast<uint16_t*>(grad_x.mutable_data_ptr<scalar_t>()) + (n0 + i) * C * H * W + r0 * W;
+              for (int64_t c = 0; c < C; ++c) {
+                for (int64_t q = 0; q < PO; ++q) gx[c * H * W + q] = cpu::narrow<uint16_t>(gx_float[c * PO + q]);
+              }
+            } else {
+              float* gx = grad_x.mutable_data_ptr<float>() + (n0 + i) * C * H * W + r0 * W;
+              cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx, H * W,
+                                   /*accumulate=*/false);
+            }
           }
           continue;
         }
@@ -317,20 +346,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_bac
     return {grad_x, gw1, gb1, gw2, gb2};
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-  if (x.scalar_type() == at::kBFloat16 && !cl && use_avx512(cpu_kernel_knob(), false, 1)) {
+  const bool avx512 = !cl && use_avx512(cpu_kernel_knob(), false, 1);
+  if (x.scalar_type() == at::kBFloat16 && avx512 && bn == nullptr) {
     // bfloat16 NCHW: the backward computes in float in any case (see the top of this file), so it runs on the float32
-    // AVX-512 kernels and only the gradients are rounded back (with BN only grad x: the weight gradients are in the
-    // stats dtype, float32, already); the inputs' float copies are the price.
+    // AVX-512 kernels and only the gradients are rounded back; the inputs' float copies are the price. (With BN the
+    // kernel converts each item's rows itself, kBf16Rows: the whole-tensor copies cost the train-mode backward a
+    // third of its time at batch 8, bench/NOTES.md entry 43.)
     const auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
     const auto g = ghost_backward(f(grad_out), f(x), f(w_primary), f(b_primary), f(w_cheap), f(b_cheap), d, bn);
-    const auto b = [&](const at::Tensor& t) { return bn != nullptr ? t : t.to(at::kBFloat16); };
-    return {std::get<0>(g).to(at::kBFloat16), b(std::get<1>(g)), b(std::get<2>(g)), b(std::get<3>(g)),
-            b(std::get<4>(g))};
+    const auto b = [](const at::Tensor& t) { return t.to(at::kBFloat16); };
+    return {b(std::get<0>(g)), b(std::get<1>(g)), b(std::get<2>(g)), b(std::get<3>(g)), b(std::get<4>(g))};
   }
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor goc = grad_out.contiguous(fmt);
   const at::Tensor w1 = w_primary.contiguous(), w2 = w_cheap.contiguous();
-  const bool avx512_gemms = x.scalar_type() == at::kFloat && !cl && use_avx512(cpu_kernel_knob(), false, 1);
+  const bool avx512_gemms = avx512 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "ghost_module_backward_cpu", [&] {
     using K = Coefficients<at::opmath_type<scalar_t>>;
     const K k1 = bn ? K::train(bn->primary, bn->mean_dy_primary, bn->mean_dy_xhat_primary) : K::eval(b_primary);

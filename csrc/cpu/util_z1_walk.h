@@ -38,8 +38,11 @@ template <typename acc_t>
 class Z1Walk {
  public:
   // `planes_per_channel`: how many plane sets the pass fills per primary channel; `bytes_per_pixel`: what else the
-  // pass keeps per (primary channel, pixel) of an item (for the cache budget of util_work_plan.h).
-  Z1Walk(const GhostDims& d, int64_t planes_per_channel, int64_t bytes_per_pixel)
+  // pass keeps per (primary channel, pixel) of an item (for the cache budget of util_work_plan.h);
+  // `generic_masks`: whether util_plane_ops.h's stencils run (masks()); the AVX-512 taps have masks of their own, and
+  // building these costs a division per element of a group's planes on every call (at 112x112 more than a pass's
+  // z1 copy, bench/NOTES.md entry 43).
+  Z1Walk(const GhostDims& d, int64_t planes_per_channel, int64_t bytes_per_pixel, bool generic_masks)
       : d_(d), p_(d.K / 2), sets_(planes_per_channel) {
     const int64_t gap_rows = p_ == 0 ? 0 : ceil_div(2 * p_, d.W);
     auto stride_for = [&](int64_t B) { return (std::min(d.H, B) + 2 * p_ + gap_rows) * d.W; };
@@ -53,11 +56,12 @@ class Z1Walk {
     // Before the first plane and after the last, what a stencil may read: p elements for util_plane_ops.h's loops,
     // (p + 1) rows and two vectors for the AVX-512 one (kernel_ghost_forward_avx512.h).
     slack_ = (p_ + 1) * d.W + 2 * kVec;
-    masks_ = std::make_unique<ColumnMasks<acc_t>>(d.K, d.W, group_stride_ + (d.K - 1) * d.W + kVec);
+    masks_ = std::make_unique<ColumnMasks<acc_t>>(d.K, d.W,
+                                                  generic_masks ? group_stride_ + (d.K - 1) * d.W + kVec : 0);
   }
 
   const WorkPlan& plan() const { return plan_; }
-  const ColumnMasks<acc_t>& masks() const { return *masks_; }
+  const ColumnMasks<acc_t>& masks() const { return *masks_; }  // empty unless generic_masks
   int64_t plane_stride() const { return plane_stride_; }
 
   Z1Item item(int64_t item) const {

@@ -108,8 +108,7 @@ class FusedGhostBase(BackendAttribute, nn.Module):
         out, mean1, var1, mean2, var2, count, _ = ops.ghost_module_bn_train(
             x, conv1.weight, conv1.bias, bn1.weight, bn1.bias, bn1.eps, conv2.weight, conv2.bias, bn2.weight,
             bn2.bias, bn2.eps, self.out_channels, self.act, group=group, backend=self.backend)
-        batchnorm.update_running_stats(bn1, mean1, var1, count)
-        batchnorm.update_running_stats(bn2, mean2, var2, count)
+        batchnorm.update_running_stats_of((bn1, bn2), (mean1, mean2), (var1, var2), count)
         return out
 
     def extra_repr(self) -> str:

@@ -150,14 +150,22 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
                                                                 out_channels, act))
 
 
+_bn_train_kernels: dict[str, bool] = {}  # by device type, once the library is loaded (its kernels never change)
+
+
 @torch.compiler.assume_constant_result  # a dispatcher query, which dynamo cannot trace; fixed once loaded
 def bn_train_kernels_available(device_type: str) -> bool:
     """Whether the op library has kernels of the train-mode BatchNorm passes for tensors on devices of this type
     (CPU always; CUDA where the library was built with CUDA: csrc/cuda/ghost_bn_cuda.cpp registers them)."""
+    known = _bn_train_kernels.get(device_type)
+    if known is not None:
+        return known
     _ensure_library()
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    known = key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
         "ghostkernels::ghost_bn_conv1x1_stats", key)
+    _bn_train_kernels[device_type] = known
+    return known
 
 
 def ghost_module_bn_train(x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary: float, w_cheap,

@@ -92,6 +92,16 @@ GhostModuleBnTrainBackwardArgs = _layout(
     + [(f, Tensor) for f in ("mean_primary", "var_primary", "mean_cheap", "var_cheap", "count", "saved_z1")]
     + _fields(GhostModuleBnTrainArgs)[-3:])
 
+BnTrainLocalArgs = _layout(
+    "BnTrainLocalArgs",
+    "ghostkernels::ghost_bn_train_local: ghost_module_bn_train without a process group, and whether to keep z1.",
+    _fields(GhostModuleBnTrainArgs)[:-1] + [("keep_z1", bool)])
+
+BnTrainLocalBackwardArgs = _layout(
+    "BnTrainLocalBackwardArgs",
+    "ghostkernels::ghost_bn_train_local_backward: ghost_module_bn_train_backward without a process group.",
+    _fields(GhostModuleBnTrainBackwardArgs)[:-1])
+
 BnConv1x1StatsArgs = _layout(
     "BnConv1x1StatsArgs",
     "ghostkernels::ghost_bn_conv1x1_stats: z1 = conv1x1(x, w_primary) and its per-channel mean and variance.",
@@ -299,6 +309,8 @@ OP_LAYOUTS = {
     "ghost_bn_forward_out": BnForwardOutArgs,
     "ghost_bn_backward_reduce": BnBackwardReduceArgs,
     "ghost_bn_backward": BnBackwardArgs,
+    "ghost_bn_train_local": BnTrainLocalArgs,
+    "ghost_bn_train_local_backward": BnTrainLocalBackwardArgs,
 }
 
 
@@ -393,6 +405,7 @@ def encode_chain(steps) -> tuple[list, list[int]]:
 
 
 __all__ = ["BnBackwardArgs", "BnBackwardReduceArgs", "BnCheapStatsArgs", "BnConv1x1StatsArgs", "BnForwardOutArgs",
+           "BnTrainLocalArgs", "BnTrainLocalBackwardArgs",
            "CHAIN_STEPS", "CHAIN_STEP_BY_NAME", "ChainArgs", "ChainStep", "ChainStepLayout", "Conv2dActArgs",
            "DepthwiseConv2dArgs", "DfcGateArgs", "DfcGateBackwardArgs", "GhostBottleneckArgs",
            "GhostBottleneckGatedArgs", "GhostModuleArgs", "GhostModuleBackwardArgs", "GhostModuleBnTrainArgs",

@@ -274,12 +274,34 @@ def make_bn_train_fakes(op: str):
 _bn_train_fake, _bn_train_backward_fake = make_bn_train_fakes("ghostkernels::ghost_module_bn_train")
 
 
+def _bn_train_local_fake(*args):
+    """ghost_bn_train_local: ghost_module_bn_train's outputs for group "", saved_z1 as keep_z1 says."""
+    *fwd_args, keep_z1 = args
+    out = _bn_train_fake(*fwd_args, "")
+    x = args[0]
+    z1_shape = (x.shape[0], args[1].shape[0], x.shape[2], x.shape[3]) if keep_z1 else (0,)
+    z1 = (torch.empty(z1_shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+          if keep_z1 else x.new_empty(z1_shape))
+    return out[:-1] + (z1,)
+
+
+def _bn_train_local_backward_fake(*args):
+    """ghost_bn_train_local_backward: the gradients of x, the conv weights (in the stats dtype) and the BN affine
+    parameters (per channel, stats dtype)."""
+    grads = _bn_train_backward_fake(*args, "")
+    x, w_primary, w_cheap = args[1], args[2], args[7]
+    sd = bn_stats_dtype(x.dtype)
+    per_channel = (lambda w: x.new_empty((w.shape[0],), dtype=sd))
+    return (grads[0], x.new_empty(w_primary.shape, dtype=sd), per_channel(w_primary), per_channel(w_primary),
+            x.new_empty(w_cheap.shape, dtype=sd), per_channel(w_cheap), per_channel(w_cheap))
+
+
 def _bn_train_kernel(*args):
-    return train_bn.forward(train_bn.native_passes(), *args)
+    return train_bn.native_forward(*args)
 
 
 def _bn_train_backward_kernel(*args):
-    return train_bn.backward(train_bn.native_passes(), *args)
+    return train_bn.native_backward(*args)
 
 
 # ghost_module_bn_train's inputs that are tensors, by position (the others: eps, out_channels, act, group).
@@ -327,7 +349,9 @@ def _register_bn_train() -> None:
                        ("ghost_bn_cheap_stats", _bn_cheap_stats_fake), ("ghost_bn_forward_out", _bn_forward_out_fake),
                        ("ghost_bn_backward_reduce", _bn_backward_reduce_fake), ("ghost_bn_backward", _bn_backward_fake),
                        ("ghost_module_bn_train", _bn_train_fake),
-                       ("ghost_module_bn_train_backward", _bn_train_backward_fake)):
+                       ("ghost_module_bn_train_backward", _bn_train_backward_fake),
+                       ("ghost_bn_train_local", _bn_train_local_fake),
+                       ("ghost_bn_train_local_backward", _bn_train_local_backward_fake)):
         torch.library.register_fake(f"ghostkernels::{name}")(fake)
     for name, kernel in (("ghost_module_bn_train", _bn_train_kernel),
                          ("ghost_module_bn_train_backward", _bn_train_backward_kernel)):
@@ -353,11 +377,13 @@ _NO_BACKWARD_HINT = {
              "forward otherwise",
 }
 _BN_TRAIN_INTERNAL = ("ghost_bn_conv1x1_stats", "ghost_bn_cheap_stats", "ghost_bn_forward_out",
-                      "ghost_bn_backward_reduce", "ghost_bn_backward", "ghost_module_bn_train_backward")
+                      "ghost_bn_backward_reduce", "ghost_bn_backward", "ghost_bn_train_local",
+                      "ghost_bn_train_local_backward", "ghost_module_bn_train_backward")
 _BN_PASS_HINT = ("it is a pass of ghostkernels::ghost_module_bn_train, whose autograd formula covers it; call "
                  "ghostkernels.ops.ghost_module_bn_train (or a FusedGhostModule in train mode)")
-_NO_BACKWARD_HINT.update({op: _BN_PASS_HINT for op in _BN_TRAIN_INTERNAL[:-1]})
-_NO_BACKWARD_HINT["ghost_module_bn_train_backward"] = "it is a backward formula; double backward is not supported"
+_NO_BACKWARD_HINT.update({op: _BN_PASS_HINT for op in _BN_TRAIN_INTERNAL[:-2]})
+for _op in _BN_TRAIN_INTERNAL[-2:]:
+    _NO_BACKWARD_HINT[_op] = "it is a backward formula; double backward is not supported"
 
 
 def no_backward(op: str, name: str = ""):

@@ -19,6 +19,10 @@ per Ghost module, and autograd one node whose backward is the backward op.
 
 bench/NOTES.md entry 36 has the derivation, the choices and their measurements. ``Passes`` names the ops this
 composition calls, so that a backend with other kernels of the same passes (Triton) can reuse it.
+
+Without a process group on the CPU the op's kernels (``native_forward``, ``native_backward``) call
+ghost_bn_train_local and ghost_bn_train_local_backward instead: this composition, op for op, in one C++ call each,
+since at batch 1 the Python between the passes cost more than the passes (bench/NOTES.md entry 43).
 """
 
 from __future__ import annotations
@@ -148,13 +152,34 @@ def _check_count(x: torch.Tensor, synced: bool) -> None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
 
 
+def _check_act(act: str) -> None:
+    if act not in ACTS:
+        raise ValueError(f"ghostkernels::ghost_module_bn_train: unknown act {act!r}; expected one of "
+                         f"{', '.join(ACTS)}")
+
+
+def _local_cpu(x, group: str) -> bool:
+    """Whether the call runs as one C++ op (ghost_bn_train_local and its backward): no process group, on the CPU."""
+    return not group and x.device.type == "cpu"
+
+
+def native_forward(*args):
+    """The kernel of ghostkernels::ghost_module_bn_train on the library's devices: ``forward`` on the native passes,
+    or, without a process group on the CPU, ghost_bn_train_local (the same composition in C++: at batch 1 the
+    twenty-odd small tensor ops between the passes cost more than the passes, bench/NOTES.md entry 43)."""
+    x, act, group = args[0], args[-2], args[-1]
+    if _local_cpu(x, group):
+        _check_act(act)
+        _check_count(x, False)
+        return torch.ops.ghostkernels.ghost_bn_train_local(*args[:-1], keep_z1(x.shape[1]))
+    return forward(native_passes(), *args)
+
+
 def forward(passes: Passes, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, eps_primary: float,
             w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap, eps_cheap: float, out_channels: int, act: str,
             group: str):
     """The kernel of ghostkernels::ghost_module_bn_train (see its schema)."""
-    if act not in ACTS:
-        raise ValueError(f"ghostkernels::ghost_module_bn_train: unknown act {act!r}; expected one of "
-                         f"{', '.join(ACTS)}")
+    _check_act(act)
     pg = process_group(group)
     _check_count(x, pg is not None)
     sd = stats_dtype(x.dtype)
@@ -233,13 +258,35 @@ def backward(passes: Passes, grad_out, x, w_primary, b_primary, bn_weight_primar
         mean_dy_xhat_primary=total_dy_xhat1 / count, w_cheap=w2, **bn2, mean_dy_cheap=mean_dy2,
         mean_dy_xhat_cheap=mean_dy_xhat2, out_channels=out_channels, act=act))
 
-    def bias_grad(b, like):  # conv biases cancel in the normalization: exactly zero
+    return _gradients(grad_x, grad_w1, dgamma1, dbeta1, grad_w2, sums_c[1].clone(), sums_c[0].clone(), w_primary,
+                      b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap)
+
+
+def _gradients(grad_x, grad_w1, dgamma1, dbeta1, grad_w2, dgamma2, dbeta2, w_primary, b_primary, bn_weight_primary,
+               bn_bias_primary, w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap):
+    """The backward op's outputs from the computed gradients: each in its parameter's dtype and strides, and the
+    conv biases' (exactly zero: they cancel in the normalization)."""
+
+    def bias_grad(b, like):
         return torch.zeros(like.shape[0], dtype=like.dtype if b is None else b.dtype, device=like.device)
 
     return (grad_x, _like_param(grad_w1, w_primary), bias_grad(b_primary, w_primary),
             _like_param(dgamma1, bn_weight_primary), _like_param(dbeta1, bn_bias_primary),
-            _like_param(grad_w2, w_cheap), bias_grad(b_cheap, w_cheap), _like_param(sums_c[1].clone(), bn_weight_cheap),
-            _like_param(sums_c[0].clone(), bn_bias_cheap))
+            _like_param(grad_w2, w_cheap), bias_grad(b_cheap, w_cheap), _like_param(dgamma2, bn_weight_cheap),
+            _like_param(dbeta2, bn_bias_cheap))
+
+
+def native_backward(*args):
+    """The kernel of ghostkernels::ghost_module_bn_train_backward on the library's devices: ``backward`` on the native
+    passes, or ghost_bn_train_local_backward where the forward ran ghost_bn_train_local (see native_forward)."""
+    x, group = args[1], args[-1]
+    if not _local_cpu(x, group):
+        return backward(native_passes(), *args)
+    grads = torch.ops.ghostkernels.ghost_bn_train_local_backward(*args[:-1])
+    w_primary, b_primary, bn_weight_primary, bn_bias_primary = args[2:6]
+    w_cheap, b_cheap, bn_weight_cheap, bn_bias_cheap = args[7:11]
+    return _gradients(*grads, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,
+                      bn_weight_cheap, bn_bias_cheap)
 
 
 def output_shapes(x, w_primary, w_cheap, out_channels: int):
@@ -250,5 +297,5 @@ def output_shapes(x, w_primary, w_cheap, out_channels: int):
     return (n, out_channels, h, w), (init,), (init,), (cheap,), (cheap,), (), z1
 
 
-__all__ = ["KEEP_Z1_MIN_CHANNELS", "Passes", "backward", "combine_moments", "forward", "keep_z1", "native_passes",
-           "output_shapes", "process_group", "stats_dtype"]
+__all__ = ["KEEP_Z1_MIN_CHANNELS", "Passes", "backward", "combine_moments", "forward", "keep_z1", "native_backward",
+           "native_forward", "native_passes", "output_shapes", "process_group", "stats_dtype"]
