@@ -2,10 +2,9 @@
 // arguments (ghost_module_check.h, shared with the CUDA binding; CPU tensors of a supported dtype) and hands them to
 // its launcher (entry_points.h): bn_conv1x1_stats (launch_bn_conv1x1_stats.cpp), bn_cheap_stats, bn_forward_out and
 // bn_backward_reduce (launch_bn_z1_passes.cpp), ghost_backward with BN (launch_ghost_backward.cpp).
-// Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
-// ~30 of them): including ATen/Functions.h here is a compile error.
-#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
-#include <ATen/core/Tensor.h>
+// The whole ATen API (tensor arithmetic of the composition in ghost_bn_train_local*), unlike the launchers, which
+// take per-operator headers for the compile time.
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
