@@ -18,12 +18,25 @@
 
 namespace ghostkernels {
 
-GK_NEAREST_HD inline int64_t nearest_source_index(int64_t i, int64_t in, int64_t out) {
+// The scale of the general case, float(in) / float(out): loop-invariant, so a kernel computes it once per call
+// and calls the scaled form per pixel. The CUDA forward gets it from the host as a kernel parameter: the device
+// code is built with --use_fast_math, whose division is not the correctly rounded one ATen's host code uses.
+GK_NEAREST_HD inline float nearest_scale(int64_t in, int64_t out) {
+  return static_cast<float>(in) / static_cast<float>(out);
+}
+
+// The same index with the scale given (scale == nearest_scale(in, out)); Int is int64_t, or int where in, out and
+// i fit (the CUDA forward's 32-bit pixel coordinates).
+template <typename Int>
+GK_NEAREST_HD inline Int nearest_source_index_scaled(Int i, Int in, Int out, float scale) {
   if (out == in) return i;
-  if (out == 2 * in) return i >> 1;
-  const float scale = static_cast<float>(in) / static_cast<float>(out);
-  const int64_t src = static_cast<int64_t>(floorf(static_cast<float>(i) * scale));
+  if (out - in == in) return i >> 1;  // out == 2 * in, without overflow
+  const Int src = static_cast<Int>(floorf(static_cast<float>(i) * scale));
   return src < in - 1 ? src : in - 1;
+}
+
+GK_NEAREST_HD inline int64_t nearest_source_index(int64_t i, int64_t in, int64_t out) {
+  return nearest_source_index_scaled<int64_t>(i, in, out, nearest_scale(in, out));
 }
 
 }  // namespace ghostkernels

@@ -176,13 +176,17 @@ def emulator_or_skip() -> str:
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # the emulator header's dtype field
 
 
-def run_emulator(exe: str, in_path, out_path, header: tuple, arrays, reverse: bool = False):
+def run_emulator(exe: str, in_path, out_path, header: tuple, arrays, reverse: bool = False, plan=(0, 0, 0),
+                 gate_size=None):
     """Run the emulator on one call: ``header`` the 15 integers after the magic up to the forward plan request
-    (mode, dtype, tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, blocks; the request's rows, mode and
-    stages are left to the planner), ``arrays`` the float32 inputs in order; returns (its float32 output, flat; its
-    stdout)."""
+    (mode, dtype, tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, blocks), ``plan`` the request's rows,
+    mode and stages (0: the planner's choice), ``gate_size`` (Hg, Wg) for the gated forward (mode 3), ``arrays``
+    the float32 inputs in order; returns (its float32 output, flat; its stdout)."""
+    assert (gate_size is not None) == (header[0] == 3), "the gated forward (mode 3) and only it has a map size"
     with open(in_path, "wb") as f:
-        f.write(struct.pack("<4s18q", b"GKEM", *header, 0, 0, 0))
+        f.write(struct.pack("<4s18q", b"GKEM", *header, *plan))
+        if gate_size is not None:
+            f.write(struct.pack("<2q", *gate_size))
         for a in arrays:
             f.write(a.to(torch.float32).contiguous().numpy().astype("<f4").tobytes())
     cmd = [exe, str(in_path), str(out_path)] + (["--reverse"] if reverse else [])

@@ -14,6 +14,10 @@ Checks, each against float64 eager math on the GPU (ghostkernels.ops.reference) 
             37 (128-channel units, x resident across a tile's chunks, copies overlapped with the epilogue, a
             persistent grid): forward in float16/bfloat16 channels_last and TF32 NCHW against float64, and its first
             two images bit-identical to a batch-2 call (32-channel units there: the same z1 in another layout);
+  gated     GhostNetV2's ghost_module_gated (the map multiplied in the forward kernel's stores, NOTES entry 44):
+            its gated ghost1 shapes at batch 2 and 7x7 / 14x14 ones at batch 256 (the tall / resident plans), every
+            dtype, both layouts, maps of H/2 x W/2 (7 -> 3 included) and of other sizes, forward against float64
+            and the gradients (composed ops) against float64;
   tf32      float32 with torch.backends.cudnn.allow_tf32 on (the kernels then use TF32 tensor cores);
   empty     N = 0 and H*W = 0 give empty outputs and zero weight gradients;
   strided   non-contiguous input (a channel slice) gives the same result as its contiguous copy;
@@ -36,7 +40,7 @@ import traceback
 import torch
 
 import ghostkernels
-from ghostkernels.ops.reference import ACTS, ghost_module_reference
+from ghostkernels.ops.reference import ACTS, ghost_module_gated_reference, ghost_module_reference
 
 DEV = torch.device("cuda")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -197,6 +201,41 @@ def check_blocking():
         "\n    FAIL " + f for f in failures[:20])
 
 
+def check_gated():
+    """ghost_module_gated on CUDA against float64: output and all six gradients (x, the four weights, the map)."""
+    failures, count = [], 0
+    cases = [  # (N, C, H, W, init, k, out_channels, act, Hg, Wg): ghostnetv2_100's gated ghost1 shapes and others
+        (2, 16, 112, 112, 8, 3, 16, "relu", 56, 56), (2, 24, 56, 56, 36, 3, 72, "relu", 28, 28),
+        (2, 40, 28, 28, 60, 3, 120, "relu", 14, 14), (2, 80, 14, 14, 100, 3, 200, "relu", 7, 7),
+        (2, 160, 7, 7, 480, 3, 960, "relu", 3, 3), (256, 160, 7, 7, 480, 3, 960, "relu", 3, 3),
+        (256, 112, 14, 14, 336, 3, 672, "relu", 7, 7), (1, 12, 9, 11, 10, 5, 17, "silu", 4, 13),
+    ]
+    for i, (n, c, h, w, init, k, oc, act, hg, wg) in enumerate(cases):
+        for dtype, cl in ((torch.float16, True), (torch.bfloat16, True), (torch.float32, False)):
+            gen = torch.Generator().manual_seed(100 + i)
+            inputs = make_inputs(n, c, h, w, init, 2, k, dtype, cl, gen)
+            gate = torch.sigmoid(torch.randn(n, oc, hg, wg, generator=gen) * 2).to(DEV, dtype)
+            if cl:
+                gate = gate.contiguous(memory_format=torch.channels_last)
+            leaves = [t.detach().clone().requires_grad_() for t in inputs + [gate]]
+            out = ghostkernels.ops.ghost_module_gated(*leaves[:5], oc, act, leaves[5], backend="cuda")
+            grad_out = torch.randn(out.shape, generator=gen).to(DEV, dtype)
+            ref_leaves = [t.detach().double().requires_grad_() for t in inputs + [gate]]
+            ref = ghost_module_gated_reference(*ref_leaves[:5], oc, act, ref_leaves[5])
+            e_fwd = rel_err(out, ref)
+            e_bwd = float("nan")
+            if n <= 2:  # the batch-256 cases check the forward's plans only
+                out.backward(grad_out)
+                ref.backward(grad_out.double())
+                e_bwd = max(rel_err(a.grad, b.grad) for a, b in zip(leaves, ref_leaves))
+            count += 1
+            lim = LIMIT[dtype]
+            if not (e_fwd < lim[0] and (n > 2 or e_bwd < lim[1])):
+                failures.append(f"{str(dtype).removeprefix('torch.')} cl={cl} N{n} C{c} {h}x{w} init={init} k={k} "
+                                f"oc={oc} {act} map {hg}x{wg}: fwd {e_fwd:.2e} bwd {e_bwd:.2e}")
+    return not failures, f"{count} gated cases" + "".join("\n    FAIL " + f for f in failures[:10])
+
+
 def check_tf32():
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
@@ -326,7 +365,7 @@ def main() -> int:
     torch.utils.deterministic.fill_uninitialized_memory = True  # at::empty -> NaN: unwritten outputs show
     rng = random.Random(1234)
     checks = [("sweep", lambda: check_sweep(args.cases, rng)), ("grid", check_grid), ("ghostnet", check_ghostnet),
-              ("blocking", check_blocking),
+              ("blocking", check_blocking), ("gated", check_gated),
               ("tf32", check_tf32), ("empty", check_empty), ("strided", check_strided), ("graph", check_graph),
               ("compile", check_compile), ("opcheck", check_opcheck), ("errors", check_errors)]
     if args.checks:

@@ -119,7 +119,7 @@ grep -E "^\[(PASS|FAIL)\]" "$OUT/smoke.log" | cut -c1-200 | tee -a "$SUMMARY"
 
 # 3. CUDA correctness against float64
 step cuda_check 90 "$OUT/cuda_check.log" $PY bench/gpu/check_cuda_kernels.py \
-  --checks grid,ghostnet,blocking,tf32,empty,strided,graph,errors
+  --checks grid,ghostnet,blocking,gated,tf32,empty,strided,graph,errors
 grep -E "^\[(PASS|FAIL)\]|    FAIL|check_cuda_kernels:" "$OUT/cuda_check.log" | cut -c1-200 | head -n 20 | tee -a "$SUMMARY"
 echo "== bn_train" >> "$OUT/cuda_check.log"
 step bn_train 60 "$OUT/cuda_check.log" $PY -m pytest tests/test_cuda_bn_train.py -q -x -p no:cacheprovider -k gpu

@@ -4,9 +4,9 @@
 
 Covers both layouts, float16 (16-byte vector loads) and float32 (element loads, exact FMA GEMM), k = 3 and k = 5,
 a ratio of 3, several tiles and channel chunks, image borders and an out_channels slice, the forward's tall units,
-resident x and overlapped copies (NOTES entry 37), while staying small enough for the instrumented run (a few
-seconds). Set PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its
-own allocation and an out-of-bounds access cannot land inside a neighbouring cached block unnoticed.
+resident x and overlapped copies (NOTES entry 37), and the gated forward of GhostNetV2 on those layouts (the
+map read in the stores, NOTES entry 44), while staying small enough for the instrumented run (a few seconds).
+Set PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own allocation and an out-of-bounds access cannot land inside a neighbouring cached block unnoticed.
 """
 
 from __future__ import annotations
@@ -44,8 +44,14 @@ def main(argv: list[str]) -> None:
         leaves = [t.requires_grad_() for t in [x] + params]
         out = ghostkernels.ops.ghost_module(*leaves, oc, act, backend="cuda")
         out.backward(torch.randn(out.shape, generator=gen).to("cuda", dtype))
+        # the gated forward (map at half resolution, rounded down for odd sizes)
+        gate = torch.rand(n, oc, max(h // 2, 1), max(w // 2, 1), generator=gen).to("cuda", dtype)
+        if cl:
+            gate = gate.contiguous(memory_format=torch.channels_last)
+        gated = ghostkernels.ops.ghost_module_gated(*[t.detach() for t in leaves], oc, act, gate, backend="cuda")
         torch.cuda.synchronize()
-        print(f"{dtype} channels_last={cl}: out {tuple(out.shape)}, |grad x| = {x.grad.float().norm().item():.3f}")
+        print(f"{dtype} channels_last={cl}: out {tuple(out.shape)}, |grad x| = {x.grad.float().norm().item():.3f}, "
+              f"|gated| = {gated.float().norm().item():.3f}")
     print("sanitize_case: done")
 
 

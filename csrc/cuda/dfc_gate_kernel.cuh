@@ -5,12 +5,12 @@
 //   dfc_reduce_kernel:   z[n, o, p] = b1[o] + sum_c w1[o, c] * mean of x[n, c]'s 2x2 window at map pixel p;
 //   dfc_finish_kernel:   map[n, o, p] = sigmoid(bv + sum_dy wv[dy] * (bh + sum_dx wh[dx] * z[row + dy - KV/2,
 //                        col + dx - KH/2])), zero padding of z along the row and of the (1, KH) conv's output along
-//                        the column;
-//   gate_multiply_kernel: out *= map at the nearest-upsampling source of each output pixel.
+//                        the column.
+// (The gated Ghost module multiplies the map into its output inside the forward kernel's stores,
+// ghost_forward_kernel.cuh.)
 // Float32 arithmetic throughout; only the stores round to T.
 #pragma once
 
-#include "../nearest_index.h"
 #include "ghost_cuda_params.cuh"
 
 namespace ghostkernels {
@@ -26,9 +26,7 @@ struct GateKernelParams {
   const void* wv = nullptr;
   const void* bv = nullptr;
   float* z = nullptr;
-  void* map = nullptr;        // dfc_finish_kernel's output
-  const void* gate = nullptr;  // gate_multiply_kernel's map [N, O, Hg, Wg]
-  void* out = nullptr;        // gate_multiply_kernel: [N, O, H, W] (O = out_channels), multiplied in place
+  void* map = nullptr;  // dfc_finish_kernel's output
 };
 
 // Element (n, c, y, x) of an [N, Ct, Ht, Wt] tensor in the layout.
@@ -83,32 +81,6 @@ __global__ void __launch_bounds__(kThreads) dfc_finish_kernel(const GateKernelPa
   }
   const float g = 1.f / (1.f + expf(-acc));
   static_cast<T*>(P.map)[offset4<kCL>(n, o, gy, gx, P.O, P.Hg, P.Wg)] = Elem<T>::from_float(g);
-}
-
-template <typename T, bool kCL>
-__global__ void __launch_bounds__(kThreads) gate_multiply_kernel(const GateKernelParams P) {
-  const long long HW = (long long)P.H * P.W;
-  const long long e = (long long)blockIdx.x * kThreads + threadIdx.x;  // in the output's memory order
-  if (e >= P.N * (long long)P.O * HW) return;
-  int c, y, x;
-  long long n;
-  if constexpr (kCL) {
-    c = int(e % P.O);
-    const long long q = (e / P.O) % HW;
-    n = e / (P.O * HW);
-    y = int(q / P.W);
-    x = int(q % P.W);
-  } else {
-    const long long q = e % HW;
-    c = int((e / HW) % P.O);
-    n = e / (HW * P.O);
-    y = int(q / P.W);
-    x = int(q % P.W);
-  }
-  const int gy = int(nearest_source_index(y, P.Hg, P.H)), gx = int(nearest_source_index(x, P.Wg, P.W));
-  T* out = static_cast<T*>(P.out);
-  const float g = Elem<T>::load(static_cast<const T*>(P.gate) + offset4<kCL>(n, c, gy, gx, P.O, P.Hg, P.Wg));
-  out[e] = Elem<T>::from_float(Elem<T>::load(out + e) * g);
 }
 
 }  // namespace cuda

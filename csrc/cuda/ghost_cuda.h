@@ -48,6 +48,13 @@ struct ForwardArgs {
   const void* w2 = nullptr;  // [I*M, K*K]
   const void* b2 = nullptr;  // [I*M]
   void* out = nullptr;       // [N, OC, H, W], fully overwritten
+  // GhostNetV2's gate (ghostkernels::ghost_module_gated): nullptr for the plain Ghost module, else the DFC map
+  // [N, OC, Hg, Wg] in out's layout and dtype, by which both halves are multiplied as they are stored:
+  // out[n, c, h, w] = act(...) * gate[n, c, ih(h), iw(w)], ih / iw nearest upsampling's source index
+  // (csrc/nearest_index.h; Hg, Wg >= 1, any size, N * Hg * Wg < 2^31). A channels_last map must be 16-byte
+  // aligned for the vector path.
+  const void* gate = nullptr;
+  int64_t Hg = 0, Wg = 0;
 };
 
 struct BackwardArgs {

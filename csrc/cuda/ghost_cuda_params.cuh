@@ -54,6 +54,11 @@ struct KernelParams {
   const void* w2 = nullptr;
   const void* b2 = nullptr;
   void* out = nullptr;            // forward output
+  // Forward, gated instantiations only (ForwardArgs::gate): the map, its size and nearest_scale(Hg, H) /
+  // nearest_scale(Wg, W), computed on the host.
+  const void* gate = nullptr;
+  int Hg = 0, Wg = 0;
+  float gate_sy = 0.f, gate_sx = 0.f;
   const void* grad_out = nullptr;  // backward
   void* grad_z1 = nullptr;
   float* partials = nullptr;
@@ -63,9 +68,13 @@ struct KernelParams {
 KernelParams make_kernel_params(const GhostShape& s, const TileGeom& g, const SmemLayout& L, const void* x,
                                 const void* w1, const void* b1, const void* w2, const void* b2);
 
+// Sets P's gate fields for the gated forward (map, sizes and the nearest-index scales, on the host: see
+// csrc/nearest_index.h); gate = nullptr leaves P ungated.
+void set_forward_gate(KernelParams& P, const void* gate, int64_t Hg, int64_t Wg);
+
 // The layout instantiation for a call: NHWCVec where its conditions hold (see ghost_cuda_layout.h) for every tensor
-// the kernel reads or writes per pixel (out for the forward; grad_out and grad_z1 for the backward, grad_z1 only
-// needing 8-byte alignment), else NHWC, or NCHW.
+// the kernel reads or writes per pixel (out and a gated call's map for the forward; grad_out and grad_z1 for the
+// backward, grad_z1 only needing 8-byte alignment), else NHWC, or NCHW.
 Layout choose_layout(const GhostShape& s, const void* per_pixel_a, const void* per_pixel_b);
 
 // Template value of an instantiation that reads the activation from KernelParams::act at run time (the NHWC

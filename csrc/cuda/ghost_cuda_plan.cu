@@ -1,6 +1,7 @@
 // Tiling choice and device queries for the CUDA Ghost-module kernels (host code only).
 #include "ghost_cuda_plan.h"
 
+#include "../nearest_index.h"
 #include "ghost_cuda_params.cuh"
 
 #include <climits>
@@ -279,6 +280,15 @@ KernelParams make_kernel_params(const GhostShape& s, const TileGeom& g, const Sm
   P.w2 = w2;
   P.b2 = b2;
   return P;
+}
+
+void set_forward_gate(KernelParams& P, const void* gate, int64_t Hg, int64_t Wg) {
+  P.gate = gate;
+  if (gate == nullptr) return;
+  P.Hg = int(Hg);
+  P.Wg = int(Wg);
+  P.gate_sy = nearest_scale(Hg, P.H);
+  P.gate_sx = nearest_scale(Wg, P.W);
 }
 
 Layout choose_layout(const GhostShape& s, const void* per_pixel_a, const void* per_pixel_b) {

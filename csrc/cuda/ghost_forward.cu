@@ -1,5 +1,5 @@
-// Launcher of the fused forward kernel (ghost_forward_kernel.cuh): tiling plan, kernel choice, persistent grid,
-// launch. The kernel instantiations live in ghost_forward_{f16,bf16,f32,tf32}.cu.
+// Launcher of the fused forward kernel (ghost_forward_kernel.cuh), gated or not: tiling plan, kernel choice,
+// persistent grid, launch. The kernel instantiations live in ghost_forward_{f16,bf16,f32,tf32}.cu.
 #include "ghost_cuda.h"
 #include "ghost_cuda_kernels.h"
 #include "ghost_cuda_plan.h"
@@ -13,9 +13,10 @@ cudaError_t launch_forward(const ForwardArgs& a, cudaStream_t stream) {
   if (pl.why != nullptr) return cudaErrorInvalidConfiguration;  // the binding checks unsupported_reason() first
   KernelParams P = make_kernel_params(s, pl.g, pl.L, a.x, a.w1, a.b1, a.w2, a.b2);
   P.out = a.out;
-  P.layout = choose_layout(s, a.out, nullptr);
+  set_forward_gate(P, a.gate, a.Hg, a.Wg);
+  P.layout = choose_layout(s, a.out, a.gate);  // a channels_last map is read in the output's vectors
   if (P.items == 0) return cudaSuccess;
-  const KernelFn k = pick_kernel(/*backward=*/false, s, P.layout);
+  const KernelFn k = pick_kernel(/*backward=*/false, s, P.layout, /*gated=*/a.gate != nullptr);
   const cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(k), s.device, pl.L.total);
   if (e != cudaSuccess) return e;
   // A persistent grid: every block resident at once, each running a contiguous run of units.

@@ -2,6 +2,9 @@
 //   out[:, c]     = x1 = act(W1 . x + b1)                       for the kept primary channels,
 //   out[:, I + j] = act(b2[j] + dw_kxk(x1[j / M], w2[j]))        for the kept cheap channels,
 // with x1 = 0 outside the image (zero padding of the depthwise conv is applied after the activation).
+// Gated (kGate, GhostNetV2's ghost_module_gated): both halves are multiplied, in float32 before the store rounds
+// them, by the DFC map element nearest upsampling puts at each output pixel, gate[n, c, ih(y), iw(x)]
+// (csrc/nearest_index.h). x1 in Z stays ungated: the cheap half is computed from it.
 //
 // Work unit = (image, tile of th x tw pixels, chunk of L.rows x1 channels: 32, or 64 / 128 for small rects on tensor
 // cores). The grid is persistent: block b runs a contiguous run of units (KernelParams::units_per_block), chunk
@@ -21,17 +24,59 @@
 //
 // Template parameters: the element type T, TF32 for float (kTF32), k = 3 fixed (KT = 3) or at run time (KT = 0),
 // the activation A (compile time, so no per-element switch; kActRuntime only for the NHWC fallback) and the
-// layout L (ghost_cuda_layout.h). The NHWCVec epilogues give each thread one 16-byte vector of channels (8 for
+// layout L (ghost_cuda_layout.h), and kGate (the gated variant, compiled only for the combinations that
+// ghost_cuda_select.cuh lists; with kGate false the gate's code does not exist). The NHWCVec epilogues give each
+// thread one 16-byte vector of channels (8 for
 // 16-bit types, 4 for float) of one pixel (primary stores) or of kVX adjacent pixels (cheap outputs) and compute
 // the element's address once per pixel; channel groups are aligned to absolute channel multiples of the vector, so
 // a block's channel range may begin or end with a 4-channel group, which a second loop stores with 8-byte accesses.
 #pragma once
 
+#include "../nearest_index.h"
 #include "ghost_cuda_gemm.cuh"
 #include "ghost_cuda_window.cuh"
 
 namespace ghostkernels {
 namespace cuda {
+
+// The gate map of one image (KernelParams::gate, [N, OC, Hg, Wg] in the output's layout): the element that nearest
+// upsampling puts at output pixel (y, x) of channel c. Only the image index is held (the base pointer, the sizes
+// and the scales are kernel parameters, in the constant bank): the cheap epilogue of the k = 3 kernel sits at the
+// register cap, and a 64-bit per-image base held across its loop spilled. Map pixels are indexed in 32 bits (the
+// binding checks N * Hg * Wg < 2^31), elements in 64. row() / col() are a few instructions each (two uniform
+// compares, a multiply, a floor and a min).
+template <typename T, bool kCL>
+struct GateMap {
+  int n;
+  __device__ __forceinline__ GateMap(const KernelParams&, int image) : n(image) {}
+  __device__ __forceinline__ static int row(const KernelParams& P, int y) {
+    return nearest_source_index_scaled<int>(y, P.Hg, P.H, P.gate_sy);
+  }
+  __device__ __forceinline__ static int col(const KernelParams& P, int x) {
+    return nearest_source_index_scaled<int>(x, P.Wg, P.W, P.gate_sx);
+  }
+  // Map element (c, gy, gx); NHWC: the first of the channels from c at that map pixel.
+  __device__ __forceinline__ const T* at(const KernelParams& P, int c, int gy, int gx) const {
+    const T* map = static_cast<const T*>(P.gate);
+    if constexpr (kCL)
+      return map + (long long)((n * P.Hg + gy) * P.Wg + gx) * P.OC + c;
+    else
+      return map + ((long long)n * P.OC + c) * (P.Hg * P.Wg) + gy * P.Wg + gx;
+  }
+  __device__ __forceinline__ float load(const KernelParams& P, int c, int gy, int gx) const {
+    return Elem<T>::load(at(P, c, gy, gx));
+  }
+};
+
+// Multiplies W values of consecutive channels from c at map pixel (gy, gx) into v (NHWCVec; one W-wide access).
+template <typename T, int W>
+__device__ __forceinline__ void gate_vec(const KernelParams& P, const GateMap<T, true>& gm, float (&v)[W], int c,
+                                         int gy, int gx) {
+  float g[W];
+  VecIO<T, W>::load(g, gm.at(P, c, gy, gx));
+#pragma unroll
+  for (int ch = 0; ch < W; ++ch) v[ch] *= g[ch];
+}
 
 // Step 2: Z <- x1 = act(z1 + b1) on every rect pixel (0 outside the image) for the unit's n_x1 channels.
 template <Act A, Layout L>
@@ -96,59 +141,69 @@ struct OwnWalker {
 };
 
 // W channels [c, c + W) of x1 (Z channels [i, i + W)) at the own pixels of a walk -> out (NHWCVec).
-template <typename T, int W>
-__device__ __forceinline__ void store_primary_vec(const KernelParams& P, const float* Z, T* out_n, OwnWalker w,
-                                                  int tha, int ty0, int tx0, int i, int c) {
+template <typename T, int W, bool kGate>
+__device__ __forceinline__ void store_primary_vec(const KernelParams& P, const float* Z, T* out_n,
+                                                  const GateMap<T, true>& gm, OwnWalker w, int tha, int ty0, int tx0,
+                                                  int i, int c) {
   #pragma unroll 1  // one group per iteration: no register cost, and the SASS count is per group
   for (; w.oy < tha; w.next()) {
     float v[W];
     lds_vec<W>(v, Z + w.rect_q(P) * P.L.ldz + i);
+    if constexpr (kGate) gate_vec<T, W>(P, gm, v, c, gm.row(P, ty0 + w.oy), gm.col(P, tx0 + w.ox));
     VecIO<T, W>::store(out_n + w.lin(P, ty0, tx0) * P.OC + c, v);
   }
 }
 
 // Step 3a: the primary half of the output, the tile's own pixels only.
-template <typename T, Layout L>
+template <typename T, Layout L, bool kGate>
 __device__ __forceinline__ void primary_stores(const KernelParams& P, unsigned char* smem, long long n, int c0,
                                                int n_primary, int ty0, int tx0, int tha, int twa) {
   const float* Z = reinterpret_cast<const float*>(smem + P.L.z);
   T* out_n = static_cast<T*>(P.out) + n * P.OC * P.HW;  // the image's first element: 64-bit once per block
+  const GateMap<T, L != Layout::NCHW> gm(P, kGate ? int(n) : 0);  // unused (folded away) without kGate
   const FastDiv twa_div(twa);
   if constexpr (L == Layout::NHWCVec) {
     constexpr int V = kVecBytes / int(sizeof(T));
     const int full = n_primary / V;  // c0 is a multiple of 32, so every group of V starts aligned
     const GroupSplit s = split_by_groups(full);
     if (s.g < full)
-      store_primary_vec<T, V>(P, Z, out_n, OwnWalker(twa_div, s.r0, s.step), tha, ty0, tx0, s.g * V, c0 + s.g * V);
+      store_primary_vec<T, V, kGate>(P, Z, out_n, gm, OwnWalker(twa_div, s.r0, s.step), tha, ty0, tx0, s.g * V,
+                                     c0 + s.g * V);
     if constexpr (V == 8) {  // 16-bit types: n_primary % 8 == 4 leaves one 4-channel group (8-byte stores)
       if (n_primary % V != 0)
-        store_primary_vec<T, 4>(P, Z, out_n, OwnWalker(twa_div, threadIdx.x, kThreads), tha, ty0, tx0, full * V,
-                                c0 + full * V);
+        store_primary_vec<T, 4, kGate>(P, Z, out_n, gm, OwnWalker(twa_div, threadIdx.x, kThreads), tha, ty0, tx0,
+                                       full * V, c0 + full * V);
     }
   } else if constexpr (L == Layout::NHWC) {  // channel fastest: a warp stores adjacent channels of adjacent pixels
     const FastDiv ch_div(n_primary);
     for (int e = threadIdx.x; e < n_primary * tha * twa; e += kThreads) {
       const int o = ch_div.div(e), i = e - o * n_primary;
       const OwnWalker w(twa_div, o, 0);
-      out_n[w.lin(P, ty0, tx0) * P.OC + c0 + i] = Elem<T>::from_float(Z[w.rect_q(P) * P.L.ldz + i]);
+      float v = Z[w.rect_q(P) * P.L.ldz + i];
+      if constexpr (kGate) v *= gm.load(P, c0 + i, gm.row(P, ty0 + w.oy), gm.col(P, tx0 + w.ox));
+      out_n[w.lin(P, ty0, tx0) * P.OC + c0 + i] = Elem<T>::from_float(v);
     }
   } else {  // a warp per channel, lanes over pixels: coalesced NCHW stores, conflict-free Z[i][q]
     for (int i = threadIdx.x / 32; i < n_primary; i += kWarps) {
       T* plane = out_n + (long long)(c0 + i) * P.HW;
-      for (OwnWalker w(twa_div, threadIdx.x % 32, 32); w.oy < tha; w.next())
-        plane[w.lin(P, ty0, tx0)] = Elem<T>::from_float(Z[i * P.L.ldz + w.rect_q(P)]);
+      for (OwnWalker w(twa_div, threadIdx.x % 32, 32); w.oy < tha; w.next()) {
+        float v = Z[i * P.L.ldz + w.rect_q(P)];
+        if constexpr (kGate) v *= gm.load(P, c0 + i, gm.row(P, ty0 + w.oy), gm.col(P, tx0 + w.ox));
+        plane[w.lin(P, ty0, tx0)] = Elem<T>::from_float(v);
+      }
     }
   }
 }
 
 // Step 3b, NCHW and NHWC: the unit's kept cheap channels on the tile's own pixels, kVX adjacent pixels per thread.
-template <typename T, Act A, int KT, bool kCL>
+template <typename T, Act A, int KT, bool kCL, bool kGate>
 __device__ __forceinline__ void cheap_epilogue(const KernelParams& P, unsigned char* smem, long long n, int c0,
                                                int n_cheap, int ty0, int tx0, int tha, int twa) {
   const float* Z = reinterpret_cast<const float*>(smem + P.L.z);
   const float* w2s = reinterpret_cast<const float*>(smem + P.L.w2);
   const float* b2s = reinterpret_cast<const float*>(smem + P.L.bias2);
   T* out_n = static_cast<T*>(P.out) + n * P.OC * P.HW;
+  const GateMap<T, kCL> gm(P, kGate ? int(n) : 0);
   const int segs = (twa + kVX - 1) / kVX;
   const int qstride = kCL ? P.L.ldz : 1;
   const int px_step = kCL ? P.OC : 1;  // elements between horizontally adjacent pixels of one channel
@@ -178,33 +233,40 @@ __device__ __forceinline__ void cheap_epilogue(const KernelParams& P, unsigned c
     const int c = P.I + c0 * P.M + jl;
     const long long lin0 = (long long)(ty0 + oy) * P.W + tx0 + sx * kVX;
     T* dst = out_n + (kCL ? lin0 * P.OC + c : (long long)c * P.HW + lin0);  // one address for the kVX pixels
+    const int gy = kGate ? gm.row(P, ty0 + oy) : 0;
 #pragma unroll
     for (int o = 0; o < kVX; ++o) {
-      if (sx * kVX + o < twa) dst[o * px_step] = Elem<T>::from_float(act_fwd<A>(P, acc[o]));
+      if (sx * kVX + o < twa) {
+        float v = act_fwd<A>(P, acc[o]);
+        if constexpr (kGate) v *= gm.load(P, c, gy, gm.col(P, tx0 + sx * kVX + o));
+        dst[o * px_step] = Elem<T>::from_float(v);
+      }
     }
   }
 }
 
 // Step 3b, NHWCVec (M = 1, so cheap channel jl reads x1 channel jl): channels [jl0, jl0 + W) on kVX pixels of row
 // oy starting at column sx * kVX.
-template <typename T, Act A, int KT, int W>
+template <typename T, Act A, int KT, int W, bool kGate>
 __device__ __forceinline__ void cheap_group_vec(const KernelParams& P, const float* Z, const float* w2s,
-                                                const float* b2s, T* out_n, int c0, int jl0, int oy, int sx, int ty0,
-                                                int tx0, int twa) {
+                                                const float* b2s, T* out_n, const GateMap<T, true>& gm, int c0,
+                                                int jl0, int oy, int sx, int ty0, int tx0, int twa) {
   float acc[kVX][W];
   cheap_preact_vec<KT, W>(acc, P, Z, w2s, b2s, jl0, oy, sx * kVX);
   T* dst = out_n + ((long long)(ty0 + oy) * P.W + tx0 + sx * kVX) * P.OC + P.I + c0 + jl0;
+  const int gy = kGate ? gm.row(P, ty0 + oy) : 0;
 #pragma unroll
   for (int o = 0; o < kVX; ++o) {
     if (sx * kVX + o < twa) {
 #pragma unroll
       for (int ch = 0; ch < W; ++ch) acc[o][ch] = act_fwd<A>(P, acc[o][ch]);
+      if constexpr (kGate) gate_vec<T, W>(P, gm, acc[o], P.I + c0 + jl0, gy, gm.col(P, tx0 + sx * kVX + o));
       VecIO<T, W>::store(dst + o * P.OC, acc[o]);
     }
   }
 }
 
-template <typename T, Act A, int KT>
+template <typename T, Act A, int KT, bool kGate>
 __device__ __forceinline__ void cheap_epilogue_vec(const KernelParams& P, unsigned char* smem, long long n, int c0,
                                                    int n_cheap, int ty0, int tx0, int tha, int twa) {
   constexpr int V = kVecBytes / int(sizeof(T));
@@ -212,6 +274,7 @@ __device__ __forceinline__ void cheap_epilogue_vec(const KernelParams& P, unsign
   const float* w2s = reinterpret_cast<const float*>(smem + P.L.w2);
   const float* b2s = reinterpret_cast<const float*>(smem + P.L.bias2);
   T* out_n = static_cast<T*>(P.out) + n * P.OC * P.HW;
+  const GateMap<T, true> gm(P, kGate ? int(n) : 0);
   const int segs = (twa + kVX - 1) / kVX, units = tha * segs;
   const FastDiv seg_div(segs);
   // Cheap channel jl is output channel I + c0 + jl; groups of V start at output channels divisible by V, so when
@@ -224,7 +287,8 @@ __device__ __forceinline__ void cheap_epilogue_vec(const KernelParams& P, unsign
     #pragma unroll 1  // one group per iteration: no register cost, and the SASS count is per group
     for (int r = s.r0; r < units; r += s.step) {
       const int oy = seg_div.div(r);
-      cheap_group_vec<T, A, KT, V>(P, Z, w2s, b2s, out_n, c0, head + s.g * V, oy, r - oy * segs, ty0, tx0, twa);
+      cheap_group_vec<T, A, KT, V, kGate>(P, Z, w2s, b2s, out_n, gm, c0, head + s.g * V, oy, r - oy * segs, ty0,
+                                          tx0, twa);
     }
   }
   if constexpr (V == 8) {
@@ -234,7 +298,7 @@ __device__ __forceinline__ void cheap_epilogue_vec(const KernelParams& P, unsign
       const int which = edges == 2 ? (e & 1) : 0, r = edges == 2 ? (e >> 1) : e;
       const int jl0 = head != 0 && which == 0 ? 0 : head + full * V;
       const int oy = seg_div.div(r);
-      cheap_group_vec<T, A, KT, 4>(P, Z, w2s, b2s, out_n, c0, jl0, oy, r - oy * segs, ty0, tx0, twa);
+      cheap_group_vec<T, A, KT, 4, kGate>(P, Z, w2s, b2s, out_n, gm, c0, jl0, oy, r - oy * segs, ty0, tx0, twa);
     }
   }
 }
@@ -285,7 +349,7 @@ __device__ __forceinline__ void build_tile_table(const KernelParams& P, long lon
 
 // The activation is an int template argument (kActRuntime for the fallback): nvcc's host stubs spell an enum
 // argument outside the enumerators in a form the host compiler rejects.
-template <typename T, bool kTF32, int KT, int kAct, Layout L>
+template <typename T, bool kTF32, int KT, int kAct, Layout L, bool kGate>
 __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const KernelParams P) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // unreachable: the binding rejects devices below compute capability 8.0
@@ -339,12 +403,12 @@ __global__ void __launch_bounds__(kThreads, 2) ghost_forward_kernel(const Kernel
       const int n_primary = min(max(P.PK - c0, 0), P.L.rows);
       const int n_cheap = int(min(max((long long)P.CK - (long long)c0 * P.M, 0LL), (long long)P.L.cheap));
       const TileBox t(P, cur.tile);
-      primary_stores<T, L>(P, smem, cur.n, c0, n_primary, t.ty0, t.tx0, t.tha, t.twa);
+      primary_stores<T, L, kGate>(P, smem, cur.n, c0, n_primary, t.ty0, t.tx0, t.tha, t.twa);
       if (n_cheap > 0) {
         if constexpr (L == Layout::NHWCVec)
-          cheap_epilogue_vec<T, A, KT>(P, smem, cur.n, c0, n_cheap, t.ty0, t.tx0, t.tha, t.twa);
+          cheap_epilogue_vec<T, A, KT, kGate>(P, smem, cur.n, c0, n_cheap, t.ty0, t.tx0, t.tha, t.twa);
         else
-          cheap_epilogue<T, A, KT, kCL>(P, smem, cur.n, c0, n_cheap, t.ty0, t.tx0, t.tha, t.twa);
+          cheap_epilogue<T, A, KT, kCL, kGate>(P, smem, cur.n, c0, n_cheap, t.ty0, t.tx0, t.tha, t.twa);
       }
     }
     if (--left == 0) break;

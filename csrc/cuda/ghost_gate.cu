@@ -1,4 +1,4 @@
-// The launchers of ghost_gate_cuda.h: one thread per element (dfc_gate_kernel.cuh), kThreads per block, the
+// The launcher of ghost_gate_cuda.h: one thread per element (dfc_gate_kernel.cuh), kThreads per block, the
 // instantiation picked by dtype and layout.
 #include "dfc_gate_kernel.cuh"
 #include "ghost_gate_cuda.h"
@@ -28,10 +28,6 @@ template <typename T, bool kCL>
 struct Finish {
   static constexpr GateKernelFn fn = &dfc_finish_kernel<T, kCL>;
 };
-template <typename T, bool kCL>
-struct Multiply {
-  static constexpr GateKernelFn fn = &gate_multiply_kernel<T, kCL>;
-};
 
 cudaError_t launch(GateKernelFn fn, long long elements, const GateKernelParams& P, cudaStream_t stream) {
   if (elements == 0) return cudaSuccess;
@@ -54,14 +50,6 @@ cudaError_t launch_dfc_gate(const DfcGateArgs& a, cudaStream_t stream) {
   cudaError_t err = launch(pick<Reduce>(a.dtype, a.channels_last), elements, P, stream);
   if (err != cudaSuccess) return err;
   return launch(pick<Finish>(a.dtype, a.channels_last), elements, P, stream);
-}
-
-cudaError_t launch_gate_multiply(const GateMultiplyArgs& a, cudaStream_t stream) {
-  GateKernelParams P;
-  P.N = int(a.N), P.O = int(a.OC), P.H = int(a.H), P.W = int(a.W), P.Hg = int(a.Hg), P.Wg = int(a.Wg);
-  P.out = a.out;
-  P.gate = a.map;
-  return launch(pick<Multiply>(a.dtype, a.channels_last), a.N * a.OC * a.H * a.W, P, stream);
 }
 
 }  // namespace cuda

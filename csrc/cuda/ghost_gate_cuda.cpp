@@ -1,16 +1,11 @@
-// CUDA binding of GhostNetV2's gate ops, ghostkernels::dfc_gate and ghostkernels::ghost_module_gated: validation
-// (the shared checks of ghost_module_check.h), allocation, the device guard and the current stream, and calls into
-// the torch-free launchers of ghost_gate_cuda.h. The backward ops are composed of other ops for every device
-// (csrc/gated_backward.cpp).
-//
-// ghost_module_gated on CUDA runs the Ghost module's own CUDA kernel (through the dispatcher: ghostkernels::
-// ghost_module) and then multiplies the upsampled map into its output in one more pass (launch_gate_multiply); the
-// CPU kernel does the multiply in its stores instead. Folding it into the CUDA kernel's epilogues is left until it
-// can be measured on a GPU (bench/NOTES.md, entry 40).
+// CUDA binding of GhostNetV2's DFC map op, ghostkernels::dfc_gate: validation (the shared checks of
+// ghost_module_check.h), allocation, the device guard and the current stream, and the call into the torch-free
+// launcher of ghost_gate_cuda.h. Its backward is composed of other ops for every device (csrc/gated_backward.cpp).
+// ghostkernels::ghost_module_gated on CUDA is the Ghost module's forward kernel with the map multiplied in its
+// stores (ghost_module_cuda.cpp).
 //
 // Only light c10/cuda headers, as in ghost_module_cuda.cpp, so this file syntax-checks against a CPU-only torch.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -26,7 +21,6 @@ namespace ghostkernels {
 namespace {
 
 constexpr const char* kGateOp = "ghostkernels::dfc_gate (CUDA)";
-constexpr const char* kGatedOp = "ghostkernels::ghost_module_gated (CUDA)";
 
 cuda::DType gate_dtype(const char* op, const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
@@ -59,37 +53,10 @@ at::Tensor dfc_gate_cuda(const at::Tensor& x, const at::Tensor& w_reduce, const 
   return map;
 }
 
-at::Tensor ghost_module_gated_cuda(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
-                                   const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
-                                   c10::string_view act, const at::Tensor& gate) {
-  const GhostDims d =
-      check_gated_inputs(kGatedOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate);
-  cuda::GateMultiplyArgs a;
-  a.dtype = gate_dtype(kGatedOp, x);
-  static const auto ghost_module = c10::Dispatcher::singleton()
-                                       .findSchemaOrThrow("ghostkernels::ghost_module", "")
-                                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                         const at::Tensor&, const at::Tensor&, c10::SymInt,
-                                                         c10::string_view)>();
-  at::Tensor out = ghost_module.call(x, w_primary, b_primary, w_cheap, b_cheap, c10::SymInt(out_channels), act);
-  if (out.numel() == 0) return out;
-  const at::MemoryFormat fmt = output_memory_format(x);
-  TORCH_CHECK(out.is_contiguous(fmt), kGatedOp, ": the Ghost module's output is not in x's memory format");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor map = gate.contiguous(fmt);
-  a.channels_last = fmt == at::MemoryFormat::ChannelsLast;
-  a.N = d.N, a.OC = d.oc, a.H = d.H, a.W = d.W, a.Hg = gate.size(2), a.Wg = gate.size(3);
-  a.out = out.mutable_data_ptr();
-  a.map = map.const_data_ptr();
-  C10_CUDA_CHECK(cuda::launch_gate_multiply(a, c10::cuda::getCurrentCUDAStream(x.device().index())));
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ghostkernels, CUDA, m) {
   m.impl("dfc_gate", &dfc_gate_cuda);
-  m.impl("ghost_module_gated", &ghost_module_gated_cuda);
 }
 
 }  // namespace ghostkernels

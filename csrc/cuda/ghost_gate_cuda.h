@@ -1,8 +1,8 @@
-// Host API of the CUDA kernels of GhostNetV2's gate: ghostkernels::dfc_gate (the DFC attention map) and the gate
-// multiply of ghostkernels::ghost_module_gated. Torch-free like ghost_cuda.h: raw pointers, sizes, a stream; the
-// binding is ghost_gate_cuda.cpp, the kernels dfc_gate_kernel.cuh.
+// Host API of the CUDA kernels of GhostNetV2's DFC attention map, ghostkernels::dfc_gate (the map is multiplied into
+// the gated Ghost module's output by the forward kernel itself: ForwardArgs::gate, ghost_cuda.h). Torch-free like
+// ghost_cuda.h: raw pointers, sizes, a stream; the binding is ghost_gate_cuda.cpp, the kernels dfc_gate_kernel.cuh.
 //
-// Layouts: x, the map and the gated output are NCHW-contiguous, or NHWC-contiguous with channels_last, with the
+// Layouts: x and the map are NCHW-contiguous, or NHWC-contiguous with channels_last, with the
 // canonical strides of their sizes; weights are contiguous, in the tensors' dtype. The launchers enqueue on the
 // given stream, allocate nothing and never synchronize (safe in CUDA graph capture), and return the launch's error.
 #pragma once
@@ -33,19 +33,6 @@ struct DfcGateArgs {
 };
 
 cudaError_t launch_dfc_gate(const DfcGateArgs& a, cudaStream_t stream);
-
-// out[n, c, h, w] *= map[n, c, nearest(h), nearest(w)] in place, for out [N, OC, H, W] and map [N, OC, Hg, Wg]
-// (nearest_index.h: F.interpolate(mode='nearest')'s index formula). The gated Ghost module on CUDA is the Ghost
-// module's kernel followed by this pass.
-struct GateMultiplyArgs {
-  DType dtype = DType::Float32;
-  bool channels_last = false;
-  int64_t N = 0, OC = 0, H = 0, W = 0, Hg = 0, Wg = 0;
-  void* out = nullptr;
-  const void* map = nullptr;
-};
-
-cudaError_t launch_gate_multiply(const GateMultiplyArgs& a, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ghostkernels

@@ -1,5 +1,7 @@
-// CUDA binding of ghostkernels::ghost_module and ghost_module_backward: validation, output allocation, the
-// current stream and device guard, and the calls into the torch-free kernels of ghost_cuda.h.
+// CUDA binding of ghostkernels::ghost_module, ghost_module_gated (GhostNetV2: the same forward kernel with the DFC
+// map multiplied into both halves in its stores) and ghost_module_backward: validation, output allocation, the
+// current stream and device guard, and the calls into the torch-free kernels of ghost_cuda.h. The gated op's
+// backward is composed of other ops for every device (csrc/gated_backward.cpp).
 //
 // Backward = the fused kernel (dL/dz1 and the depthwise weight-gradient partials, recomputing everything from x)
 // + cuDNN's 1x1-convolution backward through ATen for the two GEMMs (grad x = W1^T . g1, grad W1 = g1 . x^T,
@@ -50,6 +52,7 @@ bool conv_allows_tf32() {
 }
 
 constexpr const char* kForwardOp = "ghostkernels::ghost_module (CUDA)";
+constexpr const char* kGatedOp = "ghostkernels::ghost_module_gated (CUDA)";
 constexpr const char* kBackwardOp = "ghostkernels::ghost_module_backward (CUDA)";
 
 using cuda::cuda_dtype;
@@ -85,17 +88,17 @@ cuda::GhostShape make_shape(const char* op, const GhostDims& d, const at::Tensor
   return s;
 }
 
-at::Tensor ghost_module_cuda(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
-                             const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
-                             c10::string_view act) {
-  const GhostDims d = check_ghost_inputs(kForwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
-  TORCH_CHECK_VALUE(x.is_cuda(), kForwardOp, ": expected CUDA tensors, got ", x.device());
-  cuda_dtype(kForwardOp, x);
+// The forward of a validated call, gated by `gate` ([N, OC, Hg, Wg], x's dtype and device) when it is defined.
+at::Tensor forward(const char* op, const GhostDims& d, const at::Tensor& x, const at::Tensor& w_primary,
+                   const at::Tensor& b_primary, const at::Tensor& w_cheap, const at::Tensor& b_cheap,
+                   const at::Tensor& gate) {
+  TORCH_CHECK_VALUE(x.is_cuda(), op, ": expected CUDA tensors, got ", x.device());
+  cuda_dtype(op, x);
   const at::MemoryFormat fmt = output_memory_format(x);
   at::Tensor out = at::empty({d.N, d.oc, d.H, d.W}, x.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
-  const cuda::GhostShape s = make_shape(kForwardOp, d, x, /*backward=*/false);
+  const cuda::GhostShape s = make_shape(op, d, x, /*backward=*/false);
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
   const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
@@ -107,8 +110,33 @@ at::Tensor ghost_module_cuda(const at::Tensor& x, const at::Tensor& w_primary, c
   a.w2 = w2.const_data_ptr();
   a.b2 = b2.const_data_ptr();
   a.out = out.mutable_data_ptr();
+  at::Tensor map;  // kept alive until the launch is enqueued
+  if (gate.defined()) {
+    // The kernel indexes map pixels in 32 bits (ghost_forward_kernel.cuh, GateMap).
+    TORCH_CHECK_VALUE(gate.size(0) * gate.size(2) * gate.size(3) <= INT_MAX, op, ": the gate map has 2^31 or more "
+                      "pixels (N * Hg * Wg), more than the CUDA kernel indexes; gate shape ", gate.sizes());
+    map = gate.contiguous(fmt);  // the output's layout: the kernel reads it as it writes out
+    a.gate = map.const_data_ptr();
+    a.Hg = map.size(2);
+    a.Wg = map.size(3);
+  }
   C10_CUDA_CHECK(cuda::launch_forward(a, c10::cuda::getCurrentCUDAStream(x.device().index())));
   return out;
+}
+
+at::Tensor ghost_module_cuda(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
+                             const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
+                             c10::string_view act) {
+  const GhostDims d = check_ghost_inputs(kForwardOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act);
+  return forward(kForwardOp, d, x, w_primary, b_primary, w_cheap, b_cheap, at::Tensor());
+}
+
+at::Tensor ghost_module_gated_cuda(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
+                                   const at::Tensor& w_cheap, const at::Tensor& b_cheap, int64_t out_channels,
+                                   c10::string_view act, const at::Tensor& gate) {
+  const GhostDims d =
+      check_gated_inputs(kGatedOp, x, w_primary, b_primary, w_cheap, b_cheap, out_channels, act, gate);
+  return forward(kGatedOp, d, x, w_primary, b_primary, w_cheap, b_cheap, gate);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_module_backward_cuda(
@@ -180,6 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_mod
 
 TORCH_LIBRARY_IMPL(ghostkernels, CUDA, m) {
   m.impl("ghost_module", &ghost_module_cuda);
+  m.impl("ghost_module_gated", &ghost_module_gated_cuda);
   m.impl("ghost_module_backward", &ghost_module_backward_cuda);
 }
 

@@ -1,14 +1,14 @@
 // Runs the CUDA Ghost-module kernels (forward and fused backward) on the host, block by block, with every thread
 // of a block a cooperative fiber (see cuda_host_emulation.h for what is emulated), and GhostNetV2's gate kernels
-// (dfc_gate_kernel.cuh: no barriers, so each thread simply runs to completion in turn). Used by
+// (dfc_gate_kernel.cuh: no barriers, so each thread simply runs to completion in turn), and the gated forward. Used by
 // tests/test_cuda_compile.py and tests/test_cuda_gate.py to check the kernels' results against a float64 reference
 // without a GPU.
 //
 // Build: g++ -std=c++17 -O1 -I<cuda include> ghost_cuda_emulator.cpp -o ghost_cuda_emulator  (no CUDA library).
 //
 // Usage: ghost_cuda_emulator IN OUT [--reverse] | ghost_cuda_emulator --plan IN
-//   IN : "GKEM", then 18 int64 (mode 0 forward / 1 backward, dtype 0 float32 / 1 float16 / 2 bfloat16,
-//        fp32_math 0 exact / 1 tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, blocks, rows, fmode,
+//   IN : "GKEM", then 18 int64 (mode 0 forward / 1 backward / 3 gated forward, dtype 0 float32 / 1 float16 /
+//        2 bfloat16, fp32_math 0 exact / 1 tf32, channels_last, act, N, C, H, W, I, M, K, OC, groups, blocks, rows, fmode,
 //        stages), then float32 arrays: x [N,C,H,W], w1 [I,C], b1 [I], w2 [I*M,K*K], b2 [I*M], and for backward
 //        grad_out [N,OC,H,W]; all NCHW, values exactly representable in the dtype.
 //        groups: the backward's block groups. blocks: the forward's persistent grid (0: as the launcher sizes it
@@ -16,9 +16,10 @@
 //        choice), so that tests can run every forward layout on the same inputs.
 //   OUT: float32 arrays: forward out [N,OC,H,W]; backward grad_z1 [N,I,H,W] then the group-summed partials
 //        [I*M, K*K+1]. NCHW whatever the kernel's layout. A line "plan th tw ..." goes to stdout.
-//   Gate modes (same header; fp32_math, act and groups unused): mode 2 dfc_gate with I = O, M = KH, K = KV: inputs x
-//        [N,C,H,W], w1 [O,C], b1, wh [O,KH], bh, wv [O,KV], bv; output the map [N,O,H/2,W/2]. Mode 3 the gate multiply
-//        with OC, I = Hg, M = Wg: inputs out [N,OC,H,W], map [N,OC,Hg,Wg]; output out * upsampled map.
+//   Mode 2, dfc_gate (same header; fp32_math, act and groups unused), with I = O, M = KH, K = KV: inputs x
+//        [N,C,H,W], w1 [O,C], b1, wh [O,KH], bh, wv [O,KV], bv; output the map [N,O,H/2,W/2].
+//   Mode 3, the gated forward (ForwardArgs::gate): as mode 0, but the header is followed by two more int64, Hg and
+//        Wg, and the arrays by the map [N,OC,Hg,Wg] (NCHW, converted to the kernel's layout like x); output as mode 0.
 //   Train-mode BatchNorm modes 4 + BnPass (ghost_bn_cuda.h; groups, blocks and the plan request unused), inputs in
 //        this order where the pass reads them: grad_out [N,OC,H,W], x [N,C,H,W], z1 [N,I,H,W], w1 [I,C], the
 //        primary stage's mean, invstd, weight, bias (and, backward, mean_dy, mean_dy_xhat) [I], w2 [I*M,K*K], the
@@ -279,10 +280,15 @@ void print_plan(const Header& h, const Plan& pl) {
               pl.g.chunks, pl.L.total, pl.L.rows, int(pl.L.xres), int(pl.L.overlap), pl.L.stages, units);
 }
 
+// Hg and Wg of the gated forward's map (mode 3).
+struct GateSize {
+  int64_t Hg = 0, Wg = 0;
+};
+
 template <typename T, bool kTF32>
-void run(const Header& h, FILE* in, FILE* out, bool reverse) {
+void run(const Header& h, const GateSize& gs, FILE* in, FILE* out, bool reverse) {
   const GhostShape s = shape_of(h);
-  const bool backward = h.mode == 1, cl = s.channels_last;
+  const bool backward = h.mode == 1, gated = h.mode == 3, cl = s.channels_last;
   const int64_t HW = h.H * h.W, KK = h.K * h.K;
   if (const char* why = unsupported_reason(s, backward)) throw std::runtime_error(why);
   const Plan pl = plan_of(h);
@@ -293,6 +299,9 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
   const std::vector<T> b1 = convert<T>(read_floats(in, h.I));
   const std::vector<T> w2 = convert<T>(read_floats(in, h.I * h.M * KK));
   const std::vector<T> b2 = convert<T>(read_floats(in, h.I * h.M));
+  const std::vector<T> gate =
+      gated ? to_layout<T>(read_floats(in, h.N * h.OC * gs.Hg * gs.Wg), h.N, h.OC, gs.Hg * gs.Wg, cl)
+            : std::vector<T>();
   print_plan(h, pl);
   KernelParams P = make_kernel_params(s, pl.g, pl.L, x.data(), w1.data(), b1.data(), w2.data(), b2.data());
   emulation::Scheduler sched;
@@ -302,9 +311,10 @@ void run(const Header& h, FILE* in, FILE* out, bool reverse) {
   if (!backward) {
     std::vector<T> o(size_t(h.N * h.OC * HW), nan_t);
     P.out = o.data();
-    P.layout = choose_layout(s, o.data(), nullptr);
+    set_forward_gate(P, gated ? gate.data() : nullptr, gs.Hg, gs.Wg);
+    P.layout = choose_layout(s, o.data(), P.gate);
     std::printf("layout %d\n", int(P.layout));
-    const KernelFn k = select_kernel<false, T, kTF32>(int(h.K), s.act, P.layout);
+    const KernelFn k = select_forward<T, kTF32>(int(h.K), s.act, P.layout, gated);
     // The launcher's grid: one resident block per emulated SM, unless the test asks for another size.
     const long long blocks = set_forward_grid(P, h.blocks > 0 ? h.blocks : 132);
     std::printf("grid %lld blocks, %lld units\n", blocks, P.units);
@@ -350,35 +360,25 @@ void run_threads(void (*kernel)(const P), const P& params, long long elements, b
   }
 }
 
+// Mode 2: the DFC map (dfc_gate_kernel.cuh's two kernels).
 template <typename T>
 void run_gate(const Header& h, FILE* in, FILE* out, bool reverse) {
   const bool cl = h.channels_last != 0;
+  const int64_t O = h.I, KH = h.M, KV = h.K, Hg = h.H / 2, Wg = h.W / 2, G = Hg * Wg;
+  const std::vector<T> x = to_layout<T>(read_floats(in, h.N * h.C * h.H * h.W), h.N, h.C, h.H * h.W, cl);
+  const std::vector<T> w1 = convert<T>(read_floats(in, O * h.C)), b1 = convert<T>(read_floats(in, O));
+  const std::vector<T> wh = convert<T>(read_floats(in, O * KH)), bh = convert<T>(read_floats(in, O));
+  const std::vector<T> wv = convert<T>(read_floats(in, O * KV)), bv = convert<T>(read_floats(in, O));
+  std::vector<float> z(size_t(h.N * O * G), std::nanf(""));
+  std::vector<T> map(size_t(h.N * O * G), from_float<T>(std::nanf("")));
   GateKernelParams P;
-  std::vector<float> result;
-  if (h.mode == 2) {
-    const int64_t O = h.I, KH = h.M, KV = h.K, Hg = h.H / 2, Wg = h.W / 2, G = Hg * Wg;
-    const std::vector<T> x = to_layout<T>(read_floats(in, h.N * h.C * h.H * h.W), h.N, h.C, h.H * h.W, cl);
-    const std::vector<T> w1 = convert<T>(read_floats(in, O * h.C)), b1 = convert<T>(read_floats(in, O));
-    const std::vector<T> wh = convert<T>(read_floats(in, O * KH)), bh = convert<T>(read_floats(in, O));
-    const std::vector<T> wv = convert<T>(read_floats(in, O * KV)), bv = convert<T>(read_floats(in, O));
-    std::vector<float> z(size_t(h.N * O * G), std::nanf(""));
-    std::vector<T> map(size_t(h.N * O * G), from_float<T>(std::nanf("")));
-    P.N = int(h.N), P.C = int(h.C), P.H = int(h.H), P.W = int(h.W), P.O = int(O), P.Hg = int(Hg), P.Wg = int(Wg);
-    P.KH = int(KH), P.KV = int(KV);
-    P.x = x.data(), P.w1 = w1.data(), P.b1 = b1.data(), P.wh = wh.data(), P.bh = bh.data(), P.wv = wv.data();
-    P.bv = bv.data(), P.z = z.data(), P.map = map.data();
-    run_threads(cl ? &dfc_reduce_kernel<T, true> : &dfc_reduce_kernel<T, false>, P, h.N * O * G, reverse);
-    run_threads(cl ? &dfc_finish_kernel<T, true> : &dfc_finish_kernel<T, false>, P, h.N * O * G, reverse);
-    result = from_layout(map, h.N, O, G, cl);
-  } else {
-    const int64_t Hg = h.I, Wg = h.M, HW = h.H * h.W;
-    std::vector<T> o = to_layout<T>(read_floats(in, h.N * h.OC * HW), h.N, h.OC, HW, cl);
-    const std::vector<T> map = to_layout<T>(read_floats(in, h.N * h.OC * Hg * Wg), h.N, h.OC, Hg * Wg, cl);
-    P.N = int(h.N), P.O = int(h.OC), P.H = int(h.H), P.W = int(h.W), P.Hg = int(Hg), P.Wg = int(Wg);
-    P.out = o.data(), P.gate = map.data();
-    run_threads(cl ? &gate_multiply_kernel<T, true> : &gate_multiply_kernel<T, false>, P, h.N * h.OC * HW, reverse);
-    result = from_layout(o, h.N, h.OC, HW, cl);
-  }
+  P.N = int(h.N), P.C = int(h.C), P.H = int(h.H), P.W = int(h.W), P.O = int(O), P.Hg = int(Hg), P.Wg = int(Wg);
+  P.KH = int(KH), P.KV = int(KV);
+  P.x = x.data(), P.w1 = w1.data(), P.b1 = b1.data(), P.wh = wh.data(), P.bh = bh.data(), P.wv = wv.data();
+  P.bv = bv.data(), P.z = z.data(), P.map = map.data();
+  run_threads(cl ? &dfc_reduce_kernel<T, true> : &dfc_reduce_kernel<T, false>, P, h.N * O * G, reverse);
+  run_threads(cl ? &dfc_finish_kernel<T, true> : &dfc_finish_kernel<T, false>, P, h.N * O * G, reverse);
+  const std::vector<float> result = from_layout(map, h.N, O, G, cl);
   std::fwrite(result.data(), sizeof(float), result.size(), out);
 }
 
@@ -466,7 +466,9 @@ int main(int argc, char** argv) {
   }
   char magic[4];
   Header h;
-  if (std::fread(magic, 1, 4, in) != 4 || std::memcmp(magic, "GKEM", 4) != 0 || std::fread(&h, sizeof(h), 1, in) != 1) {
+  GateSize gs;
+  if (std::fread(magic, 1, 4, in) != 4 || std::memcmp(magic, "GKEM", 4) != 0 || std::fread(&h, sizeof(h), 1, in) != 1 ||
+      (h.mode == 3 && (std::fread(&gs, sizeof(gs), 1, in) != 1 || gs.Hg < 1 || gs.Wg < 1))) {
     std::fprintf(stderr, "emulator: bad input header\n");
     return 2;
   }
@@ -486,7 +488,7 @@ int main(int argc, char** argv) {
         run_bn<__nv_bfloat16>(h, in, out, reverse);
       else
         run_bn<float>(h, in, out, reverse);
-    } else if (h.mode >= 2) {
+    } else if (h.mode == 2) {
       if (h.dtype == 1)
         run_gate<__half>(h, in, out, reverse);
       else if (h.dtype == 2)
@@ -494,13 +496,13 @@ int main(int argc, char** argv) {
       else
         run_gate<float>(h, in, out, reverse);
     } else if (h.dtype == 1)
-      run<__half, false>(h, in, out, reverse);
+      run<__half, false>(h, gs, in, out, reverse);
     else if (h.dtype == 2)
-      run<__nv_bfloat16, false>(h, in, out, reverse);
+      run<__nv_bfloat16, false>(h, gs, in, out, reverse);
     else if (h.fp32_math == 1)
-      run<float, true>(h, in, out, reverse);
+      run<float, true>(h, gs, in, out, reverse);
     else
-      run<float, false>(h, in, out, reverse);
+      run<float, false>(h, gs, in, out, reverse);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "emulator: %s\n", e.what());
     return 4;
