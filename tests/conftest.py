@@ -11,6 +11,10 @@
 - TF32 is off, so that float32 on a GPU means float32 arithmetic and the float32 tolerances can stay tight.
 - ``cuda_objects``: the csrc/cuda/*.cu files compiled once per session for sm_80 and sm_90 (tests/cuda_toolchain.py),
   shared by test_cuda_compile.py (do they compile) and test_cuda_sass.py (what the sm_90 code looks like).
+- OpenMP threads sleep instead of spinning while they wait (OMP_WAIT_POLICY=PASSIVE, unless set): CI runs two
+  pytest-xdist workers of two torch threads each on two cores, and spinning threads of one worker took the cores
+  from the other's, making the small ops of a train-mode GhostNet step up to 90x slower (bench/NOTES.md entry 38).
+  Set here, in the controller, before the workers start (they inherit it; libgomp reads it when torch loads it).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
