@@ -143,61 +143,17 @@ def pass_definitions(x, w_primary, z1, stage1, w_cheap, stage2, grad_out, mean_d
     float64 from the passes' own inputs (float64 tensors): z1 (given: the statistics are those of z1 as the first
     pass stored it), stage1/stage2 = (mean, invstd, weight, bias) of each BN, grad_out, and mean_dy = (mean_dy_primary,
     mean_dy_xhat_primary, mean_dy_cheap, mean_dy_xhat_cheap). Keys: z1 (conv1x1(x, w_primary)), mean1, var1, mean2,
-    var2, out, sums_primary, sums_cheap, grad_x, grad_w_primary, grad_w_cheap."""
-    F = torch.nn.functional
-    f = gt.activation(act)
-    init, k = z1.shape[1], w_cheap.shape[-1]
-    v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
-    dims = (0, 2, 3)
-
-    def xhat(z, s):
-        return (z - v(s[0])) * v(s[1])
-
-    def derivative(y):
-        y = y.detach().requires_grad_()
-        return torch.autograd.grad(f(y).sum(), y)[0]
-
-    def dwconv(t, w=w_cheap):
-        return F.conv2d(t, w, padding=k // 2, groups=init)
-
-    xh1 = xhat(z1, stage1)
-    y1 = xh1 * v(stage1[2]) + v(stage1[3])
-    x1 = f(y1)
-    z2 = dwconv(x1)
-    xh2 = xhat(z2, stage2)
-    y2 = xh2 * v(stage2[2]) + v(stage2[3])
-    a1, a2 = derivative(y1), derivative(y2)
-    kept_p, kept_c = min(out_channels, init), max(0, out_channels - init)
-    gp = torch.zeros_like(z1)
-    gp[:, :kept_p] = grad_out[:, :kept_p]
-    g2 = torch.zeros_like(z2)
-    g2[:, :kept_c] = grad_out[:, init:] * a2[:, :kept_c]
-    da, dq = dwconv(a1), dwconv(a1 * xh1)
-    sums_c = torch.stack([g2.sum(dims), (g2 * xh2).sum(dims), (da * g2).sum(dims), da.sum(dims),
-                          (da * xh2).sum(dims), (dq * g2).sum(dims), dq.sum(dims), (dq * xh2).sum(dims)])
-    sums_c[:, kept_c:] = 0  # the sums of channels past the slice are zero, whatever da/dq are there
-
-    def dz(g, xh, s, mdy, mdyx):
-        return v(s[1] * s[2]) * (g - v(mdy) - xh * v(mdyx))
-
-    dz2 = dz(g2, xh2, stage2, mean_dy[2], mean_dy[3])
-    dz2[:, kept_c:] = 0
-    x1v = x1.detach().requires_grad_()
-    dx1 = gp + torch.autograd.grad(dwconv(x1v), x1v, dz2)[0]
-    dz1 = dz(dx1 * a1, xh1, stage1, mean_dy[0], mean_dy[1])
-    w2v = w_cheap.detach().requires_grad_()
-    xv, w1v = x.detach().requires_grad_(), w_primary.detach().requires_grad_()
-    grad_x, grad_w1 = torch.autograd.grad(F.conv2d(xv, w1v), (xv, w1v), dz1)
-    return dict(z1=F.conv2d(x, w_primary), mean1=z1.mean(dims), var1=z1.var(dims, unbiased=False),
-                mean2=z2.mean(dims), var2=z2.var(dims, unbiased=False),
-                out=torch.cat([x1, f(y2)], 1)[:, :out_channels],
-                sums_primary=torch.stack([(a1 * gp).sum(dims), (a1 * xh1 * gp).sum(dims)]), sums_cheap=sums_c,
-                grad_x=grad_x, grad_w_primary=grad_w1, grad_w_cheap=torch.autograd.grad(dwconv(x1, w2v), w2v, dz2)[0])
-
-
-def stage(mean, var, weight, bias, eps: float):
-    """One BN stage as the passes take it: (mean, invstd, weight, bias)."""
-    return mean, torch.rsqrt(var + eps), weight, bias
+    var2, out, sums_primary, sums_cheap, grad_x, grad_w_primary, grad_w_cheap. The per-pass formulas are the
+    ref_* functions below."""
+    s1, s2 = tuple(stage1), tuple(stage2)
+    mean1, var1 = _moments(z1)
+    mean2, var2 = ref_cheap_stats(z1, s1, w_cheap, act)
+    sums_primary, sums_cheap = ref_backward_reduce(grad_out, z1, s1, w_cheap, s2, out_channels, act)
+    grad_x, grad_w1, grad_w2 = ref_backward(grad_out, x, z1, w_primary, s1 + tuple(mean_dy[:2]), w_cheap,
+                                            s2 + tuple(mean_dy[2:]), out_channels, act)
+    return dict(z1=ref_conv1x1_stats(x, w_primary)[0], mean1=mean1, var1=var1, mean2=mean2, var2=var2, out=ref_forward_out(z1, s1, w_cheap, s2, out_channels, act),
+                sums_primary=sums_primary, sums_cheap=sums_cheap, grad_x=grad_x, grad_w_primary=grad_w1,
+                grad_w_cheap=grad_w2)
 
 
 def pass_arguments(passes, seed: int, device="cpu") -> dict:
@@ -208,9 +164,9 @@ def pass_arguments(passes, seed: int, device="cpu") -> dict:
          for k, v in make_inputs(case, torch.float32, seed).items()}
     x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
     z1, m1, v1 = passes.conv1x1_stats(x, w1)
-    s1 = stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
+    s1 = stage_vectors(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
     m2, v2 = passes.cheap_stats(z1, *s1, w2, "relu")
-    s2 = stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-5)
+    s2 = stage_vectors(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-5)
     gen = torch.Generator().manual_seed(seed + 1)
     go = torch.randn(2, 5, 4, 5, generator=gen).to(device)
     v = [torch.randn(3, generator=gen).to(device) for _ in range(4)]

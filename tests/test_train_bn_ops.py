@@ -197,9 +197,9 @@ def test_each_pass_against_its_definition(cpu_kernel, seed):
     ops = torch.ops.ghostkernels
     x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
     z1, m1, v1 = ops.ghost_bn_conv1x1_stats(x, w1)
-    s1 = bt.stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
+    s1 = bt.stage_vectors(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
     m2, v2 = ops.ghost_bn_cheap_stats(z1, *s1, w2, case.act)
-    s2 = bt.stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
+    s2 = bt.stage_vectors(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
     out = ops.ghost_bn_forward_out(z1, *s1, w2, *s2, case.oc, case.act)
     go = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     sums_p, sums_c = ops.ghost_bn_backward_reduce(go, z1, *s1, w2, *s2, case.oc, case.act)

@@ -191,9 +191,9 @@ def test_each_pass_against_its_definition(dtype, layout, seed):
     x, w1, w2 = a["x"], a["w_primary"].float(), a["w_cheap"].float()
     s = {k: a[k].float() for k in ("bn_weight_primary", "bn_bias_primary", "bn_weight_cheap", "bn_bias_cheap")}
     z1, m1, v1 = OPS.ghost_bn_conv1x1_stats_triton(x, w1)
-    s1 = bt.stage(m1, v1, s["bn_weight_primary"], s["bn_bias_primary"], 1e-5)
+    s1 = bt.stage_vectors(m1, v1, s["bn_weight_primary"], s["bn_bias_primary"], 1e-5)
     m2, v2 = OPS.ghost_bn_cheap_stats_triton(z1, *s1, w2, case.act)
-    s2 = bt.stage(m2, v2, s["bn_weight_cheap"], s["bn_bias_cheap"], 1e-3)
+    s2 = bt.stage_vectors(m2, v2, s["bn_weight_cheap"], s["bn_bias_cheap"], 1e-3)
     out = OPS.ghost_bn_forward_out_triton(z1, *s1, w2, *s2, case.oc, case.act)
     go = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
     sums_p, sums_c = OPS.ghost_bn_backward_reduce_triton(go, z1, *s1, w2, *s2, case.oc, case.act)
@@ -228,9 +228,9 @@ def test_plain_pytorch_path_matches_the_definitions(seed):
     a = bt.make_inputs(case, torch.float32, seed)
     x, w1, w2 = a["x"], a["w_primary"], a["w_cheap"]
     z1, m1, v1 = bm.conv1x1_stats(x, w1)
-    s1 = bt.stage(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
+    s1 = bt.stage_vectors(m1, v1, a["bn_weight_primary"], a["bn_bias_primary"], 1e-5)
     m2, v2 = bm.cheap_stats(z1, s1, w2, case.act)
-    s2 = bt.stage(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
+    s2 = bt.stage_vectors(m2, v2, a["bn_weight_cheap"], a["bn_bias_cheap"], 1e-3)
     out = bm.forward_out(z1, s1, w2, s2, case.oc, case.act)
     gen = torch.Generator().manual_seed(seed)
     go = torch.randn(out.shape, generator=gen)

@@ -12,7 +12,8 @@ import torch
 from . import train_bn
 from .layouts import CHAIN_STEPS, GhostBottleneckArgs, GhostBottleneckGatedArgs, GhostModuleBnTrainBackwardArgs
 from .reference import ACTS
-from .validation import (bn_stats_dtype, check_bn_conv1x1_inputs, check_bn_grad_out, check_bn_train_inputs,
+from .validation import (BN_CHEAP_NAMES, BN_PRIMARY_NAMES, bn_stats_dtype, check_bn_backward_inputs,
+                         check_bn_conv1x1_inputs, check_bn_grad_out, check_bn_train_inputs,
                          check_bn_z1_inputs, check_bottleneck_inputs, check_depthwise_inputs, check_dfc_gate_inputs,
                          check_gated_inputs, check_ghost_inputs, output_memory_format)
 
@@ -170,8 +171,7 @@ def _chain_fake(x, tensors, program):
 # Training with batch-statistics BatchNorm: the passes (ghost_bn_*) and the composite op with autograd
 # ---------------------------------------------------------------------------------------------------------------
 
-_PRIMARY = ("mean_primary", "invstd_primary", "weight_primary", "bias_primary")
-_CHEAP = ("mean_cheap", "invstd_cheap", "weight_cheap", "bias_cheap")
+_PRIMARY, _CHEAP = BN_PRIMARY_NAMES, BN_CHEAP_NAMES
 
 
 def _vectors(z1, n: int, count: int = 1):
@@ -214,20 +214,9 @@ def _bn_backward_reduce_fake(grad_out, z1, mean1, invstd1, weight1, bias1, w_che
 
 def _bn_backward_fake(grad_out, x, z1, w_primary, mean1, invstd1, weight1, bias1, mean_dy1, mean_dy_xhat1, w_cheap,
                       mean2, invstd2, weight2, bias2, mean_dy2, mean_dy_xhat2, out_channels, act):
-    op = "ghostkernels::ghost_bn_backward"
-    if z1.dtype != x.dtype:
-        raise TypeError(f"{op}: dtype mismatch: x is {x.dtype} but z1 is {z1.dtype}")
-    check_bn_z1_inputs(op, z1, w_cheap, out_channels, act,
-                       primary=zip(_PRIMARY + ("mean_dy_primary", "mean_dy_xhat_primary"),
-                                   (mean1, invstd1, weight1, bias1, mean_dy1, mean_dy_xhat1)),
-                       cheap=zip(_CHEAP + ("mean_dy_cheap", "mean_dy_xhat_cheap"),
-                                 (mean2, invstd2, weight2, bias2, mean_dy2, mean_dy_xhat2)))
-    init = check_bn_conv1x1_inputs(op, x, w_primary)
-    n, _, h, w = x.shape
-    if tuple(z1.shape) != (n, init, h, w):
-        raise ValueError(f"{op}: z1 has shape {list(z1.shape)}, but conv1x1(x, w_primary) has shape "
-                         f"[{n}, {init}, {h}, {w}]")
-    check_bn_grad_out(op, grad_out, z1, out_channels)
+    check_bn_backward_inputs("ghostkernels::ghost_bn_backward", grad_out, x, z1, w_primary,
+                             (mean1, invstd1, weight1, bias1, mean_dy1, mean_dy_xhat1), w_cheap,
+                             (mean2, invstd2, weight2, bias2, mean_dy2, mean_dy_xhat2), out_channels, act)
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     return grad_x, torch.empty_like(w_primary), torch.empty_like(w_cheap)
 

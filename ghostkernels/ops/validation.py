@@ -250,6 +250,14 @@ def check_bn_z1_inputs(op: str, z1, w_cheap, out_channels: int, act: str, primar
     return init, mult
 
 
+# The per-channel vectors of each BN stage, in the passes' schema order (csrc/ghost_module.cpp), and the two more
+# the backward pass takes.
+BN_PRIMARY_NAMES = ("mean_primary", "invstd_primary", "weight_primary", "bias_primary")
+BN_CHEAP_NAMES = ("mean_cheap", "invstd_cheap", "weight_cheap", "bias_cheap")
+BN_PRIMARY_BACKWARD_NAMES = BN_PRIMARY_NAMES + ("mean_dy_primary", "mean_dy_xhat_primary")
+BN_CHEAP_BACKWARD_NAMES = BN_CHEAP_NAMES + ("mean_dy_cheap", "mean_dy_xhat_cheap")
+
+
 def check_bn_grad_out(op: str, grad_out, z1, out_channels: int) -> None:
     n, _, h, w = z1.shape
     if tuple(grad_out.shape) != (n, out_channels, h, w):
@@ -258,6 +266,24 @@ def check_bn_grad_out(op: str, grad_out, z1, out_channels: int) -> None:
         raise TypeError(f"{op}: dtype mismatch: z1 is {z1.dtype} but grad_out is {grad_out.dtype}")
     if grad_out.device != z1.device:
         raise ValueError(f"{op}: device mismatch: z1 is on {z1.device} but grad_out is on {grad_out.device}")
+
+
+def check_bn_backward_inputs(op: str, grad_out, x, z1, w_primary, primary, w_cheap, cheap, out_channels: int,
+                             act: str) -> int:
+    """Every check of ghost_bn_backward (as csrc/ghost_module_check.h's check_bn_backward_inputs): x and z1 of one
+    dtype, both stages' six vectors (``primary``, ``cheap``: tensors in BN_*_BACKWARD_NAMES order), x and
+    w_primary, z1 the shape of conv1x1(x, w_primary), grad_out. Returns init."""
+    if z1.dtype != x.dtype:
+        raise TypeError(f"{op}: dtype mismatch: x is {x.dtype} but z1 is {z1.dtype}")
+    check_bn_z1_inputs(op, z1, w_cheap, out_channels, act, primary=zip(BN_PRIMARY_BACKWARD_NAMES, primary),
+                       cheap=zip(BN_CHEAP_BACKWARD_NAMES, cheap))
+    init = check_bn_conv1x1_inputs(op, x, w_primary)
+    n, _, h, w = x.shape
+    if tuple(z1.shape) != (n, init, h, w):
+        raise ValueError(f"{op}: z1 has shape {list(z1.shape)}, but conv1x1(x, w_primary) has shape "
+                         f"[{n}, {init}, {h}, {w}]")
+    check_bn_grad_out(op, grad_out, z1, out_channels)
+    return init
 
 
 def check_bn_train_inputs(op: str, x, w_primary, b_primary, bn_weight_primary, bn_bias_primary, w_cheap, b_cheap,

@@ -24,16 +24,15 @@ from ..ops import train_bn
 from ..ops.reference import ACTS
 from ..ops.registration import (bn_train_setup_context, make_bn_train_backward, make_bn_train_fakes,
                                 no_backward)
-from ..ops.validation import (check_bn_conv1x1_inputs, check_bn_grad_out, check_bn_train_inputs, check_bn_z1_inputs,
-                              output_memory_format)
+from ..ops.validation import (BN_CHEAP_NAMES, BN_PRIMARY_NAMES, check_bn_backward_inputs, check_bn_conv1x1_inputs,
+                              check_bn_grad_out, check_bn_train_inputs, check_bn_z1_inputs, output_memory_format)
 from . import bn_train_kernels as kernels
 from . import bn_train_math, configs
 from .op import INTERPRETED, _holds_data, _image_span, _launcher, _runs_kernels
 
 Tensor = torch.Tensor
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_PRIMARY = ("mean_primary", "invstd_primary", "weight_primary", "bias_primary")
-_CHEAP = ("mean_cheap", "invstd_cheap", "weight_cheap", "bias_cheap")
+_PRIMARY, _CHEAP = BN_PRIMARY_NAMES, BN_CHEAP_NAMES
 
 
 def check_dtype(op: str, x: Tensor) -> None:
@@ -141,21 +140,11 @@ def bn_backward_triton(grad_out: Tensor, x: Tensor, z1: Tensor, w_primary: Tenso
                        weight_cheap: Tensor, bias_cheap: Tensor, mean_dy_cheap: Tensor, mean_dy_xhat_cheap: Tensor,
                        out_channels: int, act: str) -> tuple[Tensor, Tensor, Tensor]:
     op = "ghostkernels::ghost_bn_backward_triton"
-    if z1.dtype != x.dtype:
-        raise TypeError(f"{op}: dtype mismatch: x is {x.dtype} but z1 is {z1.dtype}")
     stage1 = (mean_primary, invstd_primary, weight_primary, bias_primary)
     stage2 = (mean_cheap, invstd_cheap, weight_cheap, bias_cheap)
-    check_bn_z1_inputs(op, z1, w_cheap, out_channels, act,
-                       primary=zip(_PRIMARY + ("mean_dy_primary", "mean_dy_xhat_primary"),
-                                   stage1 + (mean_dy_primary, mean_dy_xhat_primary)),
-                       cheap=zip(_CHEAP + ("mean_dy_cheap", "mean_dy_xhat_cheap"),
-                                 stage2 + (mean_dy_cheap, mean_dy_xhat_cheap)))
-    init = check_bn_conv1x1_inputs(op, x, w_primary)
+    init = check_bn_backward_inputs(op, grad_out, x, z1, w_primary, stage1 + (mean_dy_primary, mean_dy_xhat_primary),
+                                    w_cheap, stage2 + (mean_dy_cheap, mean_dy_xhat_cheap), out_channels, act)
     n, _, h, w = x.shape
-    if tuple(z1.shape) != (n, init, h, w):
-        raise ValueError(f"{op}: z1 has shape {list(z1.shape)}, but conv1x1(x, w_primary) has shape "
-                         f"[{n}, {init}, {h}, {w}]")
-    check_bn_grad_out(op, grad_out, z1, out_channels)
     for t in (x, z1, grad_out):
         check_dtype(op, t)
     fmt = output_memory_format(x)
