@@ -25,7 +25,7 @@ def aot_ext_modules():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    srcs = ["csrc/ghost_module.cpp", "csrc/ghost_module_check.cpp", "csrc/python_module.cpp"]
+    srcs = sorted(glob.glob("csrc/*.cpp"))  # as ghostkernels/ops/build.py: schema, checks, device-generic ops, stub
     srcs += sorted(glob.glob("csrc/cpu/*.cpp"))
     with_cuda = torch.version.cuda is not None and os.environ.get("GHOSTKERNELS_NO_CUDA", "0") != "1"
     kwargs = dict(name="ghostkernels._C", include_dirs=[os.path.join(HERE, "csrc")],

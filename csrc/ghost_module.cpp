@@ -120,8 +120,9 @@ TORCH_LIBRARY(ghostkernels, m) {
       "(Tensor grad_x, Tensor grad_w_primary, Tensor grad_w_cheap)");
   // The whole train-mode Ghost module, with autograd: the passes above with the statistics combined in between
   // (across the processes of the process group named `group` under SyncBatchNorm; "" for none). Its kernel is
-  // Python (ghostkernels/ops/train_bn.py, registered with the fake kernel and autograd in
-  // ghostkernels/ops/registration.py), because the statistics must cross processes between passes. The conv
+  // Python (ghostkernels/ops/train_bn.py, registered with the fake kernel in ghostkernels/ops/registration.py),
+  // because the statistics must cross processes between passes; its autograd kernel is C++
+  // (csrc/bn_train_autograd.cpp). The conv
   // biases (None: none) only move the means (they cancel in the normalization; their gradient is zero); BN weight
   // and bias None mean an affine-free BN. Returns the output, each BN's batch mean (of the conv output, bias
   // included) and biased variance, the number of values per channel they were computed over (a float tensor of
@@ -164,6 +165,14 @@ TORCH_LIBRARY(ghostkernels, m) {
       "Tensor mean_cheap, Tensor var_cheap, Tensor count, Tensor saved_z1, SymInt out_channels, str act) -> "
       "(Tensor grad_x, Tensor grad_w_primary, Tensor grad_bn_weight_primary, Tensor grad_bn_bias_primary, "
       "Tensor grad_w_cheap, Tensor grad_bn_weight_cheap, Tensor grad_bn_bias_cheap)");
+  // The running statistics' update of a BatchNorm in training from the batch mean and biased variance that
+  // ghost_module_bn_train returned, in place, as nn.BatchNorm2d updates them: num_batches_tracked += 1; factor =
+  // momentum, or 1 / num_batches_tracked when momentum is None (a cumulative average); running_mean = (1 - factor) *
+  // running_mean + factor * mean and running_var the same with the unbiased variance var * count / (count - 1).
+  // One op per BN instead of the dozen small tensor ops of the update in Python (csrc/bn_running_stats.cpp says why).
+  m.def(
+      "ghost_bn_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, "
+      "Tensor(c!) num_batches_tracked, Tensor mean, Tensor var, Tensor count, float? momentum) -> ()");
   // GhostNetV2's DFC attention map of x, BatchNorms folded: sigmoid(dw_v(dw_h(conv1x1(avg_pool2x2(x))))), with
   // conv1x1 = w_reduce [O, C, 1, 1] + b_reduce, dw_h the depthwise (1, kh) conv w_h [O, 1, 1, kh] + b_h (zero padding
   // kh//2 columns), dw_v the depthwise (kv, 1) conv w_v [O, 1, kv, 1] + b_v (kv//2 rows); kh, kv odd. avg_pool2x2

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
+
 # The BatchNorm classes a fused module may hold. SyncBatchNorm is BatchNorm2d with statistics over every process of
 # its group in training (torch.nn.SyncBatchNorm.convert_sync_batchnorm swaps it in, before or after fuse()); in
 # eval mode it is BatchNorm2d.
@@ -45,9 +47,19 @@ def update_running_stats(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, c
 def update_running_stats_of(bns, means, variances, count: torch.Tensor) -> None:
     """update_running_stats of several BNs whose statistics were taken over the same ``count`` values (a Ghost
     module's two), with the same arithmetic per element but the per-channel vectors of all of them in each of a few
-    foreach ops: at batch 1 a small module's update took as long as a pass when it was about thirty single ops."""
+    foreach ops: at batch 1 a small module's update took as long as a pass when it was about thirty single ops; with
+    the op library loaded, one ghostkernels::ghost_bn_update_running_stats call per BN."""
     todo = [(bn, m, v) for bn, m, v in zip(bns, means, variances) if bn.training and bn.running_mean is not None]
     if not todo:
+        return
+    if ops.build.is_loaded() and all(bn.num_batches_tracked is not None for bn, _, _ in todo):
+        # One op per BN (csrc/bn_running_stats.cpp): the update below is a dozen small tensor ops, as long as a late
+        # module's passes at batch 1. Below: the Triton backend without the op library, a BN whose
+        # num_batches_tracked was removed.
+        for bn, mean, var in todo:
+            torch.ops.ghostkernels.ghost_bn_update_running_stats(bn.running_mean, bn.running_var,
+                                                                 bn.num_batches_tracked, mean, var, count,
+                                                                 bn.momentum)
         return
     # No torch.no_grad() needed (buffers and the op's statistics outputs carry no autograd history), and none
     # wanted: torch.export would wrap the updates in a grad-mode region and lose them as buffer mutations.

@@ -54,9 +54,7 @@ def cuda_wanted() -> bool:
 def sources(with_cuda: bool) -> list[str]:
     """Every source of the Python build: the schema, the Python module stub, one file per backend."""
     root = csrc_dir()
-    srcs = [os.path.join(root, "ghost_module.cpp"), os.path.join(root, "ghost_module_check.cpp"),
-            os.path.join(root, "gated_backward.cpp"),
-            os.path.join(root, "python_module.cpp")]
+    srcs = sorted(glob.glob(os.path.join(root, "*.cpp")))  # the schema, shared checks, device-generic ops, stub
     srcs += sorted(glob.glob(os.path.join(root, "cpu", "*.cpp")))
     if with_cuda:
         srcs += sorted(glob.glob(os.path.join(root, "cuda", "*.cpp")))

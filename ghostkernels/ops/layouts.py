@@ -280,6 +280,19 @@ class LinearActArgs(NamedTuple):
     act: str
 
 
+class BnUpdateRunningStatsArgs(NamedTuple):
+    """ghostkernels::ghost_bn_update_running_stats: a BatchNorm's buffers (updated in place) and its batch
+    statistics."""
+
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+    mean: Tensor
+    var: Tensor
+    count: Tensor
+    momentum: Optional[float]
+
+
 class ChainArgs(NamedTuple):
     """ghostkernels::chain: a program of inference steps run back to back (see CHAIN_STEPS)."""
 
@@ -311,6 +324,7 @@ OP_LAYOUTS = {
     "ghost_bn_backward": BnBackwardArgs,
     "ghost_bn_train_local": BnTrainLocalArgs,
     "ghost_bn_train_local_backward": BnTrainLocalBackwardArgs,
+    "ghost_bn_update_running_stats": BnUpdateRunningStatsArgs,
 }
 
 
@@ -405,7 +419,7 @@ def encode_chain(steps) -> tuple[list, list[int]]:
 
 
 __all__ = ["BnBackwardArgs", "BnBackwardReduceArgs", "BnCheapStatsArgs", "BnConv1x1StatsArgs", "BnForwardOutArgs",
-           "BnTrainLocalArgs", "BnTrainLocalBackwardArgs",
+           "BnTrainLocalArgs", "BnTrainLocalBackwardArgs", "BnUpdateRunningStatsArgs",
            "CHAIN_STEPS", "CHAIN_STEP_BY_NAME", "ChainArgs", "ChainStep", "ChainStepLayout", "Conv2dActArgs",
            "DepthwiseConv2dArgs", "DfcGateArgs", "DfcGateBackwardArgs", "GhostBottleneckArgs",
            "GhostBottleneckGatedArgs", "GhostModuleArgs", "GhostModuleBackwardArgs", "GhostModuleBnTrainArgs",

@@ -285,6 +285,11 @@ def _bn_train_local_backward_fake(*args):
             x.new_empty(w_cheap.shape, dtype=sd), per_channel(w_cheap), per_channel(w_cheap))
 
 
+def _bn_update_running_stats_fake(running_mean, running_var, num_batches_tracked, mean, var, count, momentum):
+    """ghost_bn_update_running_stats: updates its buffers in place, returns nothing."""
+    return None
+
+
 def _bn_train_kernel(*args):
     return train_bn.native_forward(*args)
 
@@ -330,9 +335,6 @@ def make_bn_train_backward(backward_op):
     return backward
 
 
-_bn_train_backward = make_bn_train_backward(lambda *args: torch.ops.ghostkernels.ghost_module_bn_train_backward(*args))
-
-
 def _register_bn_train() -> None:
     for name, fake in (("ghost_bn_conv1x1_stats", _bn_conv1x1_stats_fake),
                        ("ghost_bn_cheap_stats", _bn_cheap_stats_fake), ("ghost_bn_forward_out", _bn_forward_out_fake),
@@ -340,13 +342,14 @@ def _register_bn_train() -> None:
                        ("ghost_module_bn_train", _bn_train_fake),
                        ("ghost_module_bn_train_backward", _bn_train_backward_fake),
                        ("ghost_bn_train_local", _bn_train_local_fake),
-                       ("ghost_bn_train_local_backward", _bn_train_local_backward_fake)):
+                       ("ghost_bn_train_local_backward", _bn_train_local_backward_fake),
+                       ("ghost_bn_update_running_stats", _bn_update_running_stats_fake)):
         torch.library.register_fake(f"ghostkernels::{name}")(fake)
     for name, kernel in (("ghost_module_bn_train", _bn_train_kernel),
                          ("ghost_module_bn_train_backward", _bn_train_backward_kernel)):
         torch.library.register_kernel(f"ghostkernels::{name}", ("cpu", "cuda"), kernel)
-    torch.library.register_autograd("ghostkernels::ghost_module_bn_train", _bn_train_backward,
-                                    setup_context=bn_train_setup_context)
+    # ghost_module_bn_train's autograd kernel is C++ (csrc/bn_train_autograd.cpp: the same formula as
+    # make_bn_train_backward's, without a Python wrapper per call); Triton's twin op uses the Python one.
     for op in _BN_TRAIN_INTERNAL:
         torch.library.register_autograd(f"ghostkernels::{op}", no_backward(op))
 
