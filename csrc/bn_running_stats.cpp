@@ -4,7 +4,7 @@
 //
 // Why an op: in Python the update of a Ghost module's two BNs was a dozen small tensor ops (foreach included), about
 // 0.13 ms of a 1 ms training step of a late module at batch 1 on the benchmarks' 2-core CPU, where nn.BatchNorm2d
-// does it inside its own kernel (bench/NOTES.md entry 46). On the CPU the update is one loop per BN, computed in
+// does it inside its own kernel (bench/NOTES.md entry 48). On the CPU the update is one loop per BN, computed in
 // double and rounded once into each buffer (nn.BatchNorm2d rounds each product in the buffer's precision; the two
 // agree to rounding, which is what the tests hold them to); on other devices it is the same formula in ATen ops.
 // The buffers need no autograd: they never require grad, and the statistics outputs are not differentiable.

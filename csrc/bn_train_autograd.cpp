@@ -4,7 +4,7 @@
 //
 // Why C++: the same formula registered from Python (torch.library.register_autograd) cost every call its Python
 // wrapper, setup_context and backward function, about 0.3 ms a training step on the 2-core CPU of the benchmarks:
-// more than all five passes of a late GhostNet module at batch 1 (bench/NOTES.md entry 46). torch.compile and
+// more than all five passes of a late GhostNet module at batch 1 (bench/NOTES.md entry 48). torch.compile and
 // torch.export trace through it as through any ATen op's autograd kernel (the fake kernels stay in Python).
 //
 // What is saved: x, the layers' tensors, the batch statistics and saved_z1 (z1 where the forward kept it, see

@@ -94,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 // ghost_bn_train_local and its backward: ghostkernels/ops/train_bn.py's composition for group "" (no process
 // group), with the passes called directly (no dispatch) and the per-channel arithmetic between them in plain loops
 // over the channel vectors: as ATen ops it was about forty small tensor ops per training step, 3-15 us each, which at
-// batch 1 cost a late module more than its passes (bench/NOTES.md entry 46). The same formulas as train_bn.py, in
+// batch 1 cost a late module more than its passes (bench/NOTES.md entry 48). The same formulas as train_bn.py, in
 // the stats dtype; the compiler may fuse a multiply and an add, so results agree with the Python composition to
 // rounding, not bitwise (tests/test_train_bn_ops.py).
 
