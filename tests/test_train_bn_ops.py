@@ -379,3 +379,15 @@ def test_opcheck_update_running_stats():
     args = (torch.randn(5), torch.rand(5) + 1, torch.zeros((), dtype=torch.long), torch.randn(5), torch.rand(5),
             torch.tensor(12.0), 0.1)
     torch.library.opcheck(torch.ops.ghostkernels.ghost_bn_update_running_stats, args)
+
+
+@pytest.mark.parametrize("c", [train_bn.KEEP_Z1_MIN_CHANNELS - 1, train_bn.KEEP_Z1_MIN_CHANNELS])
+def test_autograd_kernel_keeps_z1_where_train_bn_says(c, seed):
+    """On the CPU the C++ autograd kernel (csrc/bn_train_autograd.cpp) calls ghost_bn_train_local itself and decides
+    keep_z1 there; the fake kernel's shapes come from train_bn.keep_z1: the two thresholds must agree."""
+    args = bt.make_inputs(bt.TrainCase(n=2, c=c, h=3, w=4, init=3), torch.float32, seed, requires_grad=True)
+    saved_z1 = bt.call(args)[-1]
+    assert saved_z1.dim() == (4 if train_bn.keep_z1(c) else 1)
+    with torch._subclasses.FakeTensorMode() as mode:
+        fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        assert bt.call(fake)[-1].shape == saved_z1.shape

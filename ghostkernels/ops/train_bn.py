@@ -21,8 +21,10 @@ bench/NOTES.md entry 36 has the derivation, the choices and their measurements. 
 composition calls, so that a backend with other kernels of the same passes (Triton) can reuse it.
 
 Without a process group on the CPU the op's kernels (``native_forward``, ``native_backward``) call
-ghost_bn_train_local and ghost_bn_train_local_backward instead: this composition, op for op, in one C++ call each,
-since at batch 1 the Python between the passes cost more than the passes (bench/NOTES.md entry 43).
+ghost_bn_train_local and ghost_bn_train_local_backward instead: this composition in one C++ call each, since at
+batch 1 the Python between the passes cost more than the passes (bench/NOTES.md entry 43). The op's autograd kernel
+(csrc/bn_train_autograd.cpp) makes the same choice itself, so that a training step on the CPU runs none of this
+module's Python; these kernels then serve the calls below autograd (inference mode, other devices, process groups).
 """
 
 from __future__ import annotations
