@@ -156,6 +156,8 @@ std::vector<int32_t> gate_index_table(int64_t H, int64_t W, int64_t Hg, int64_t 
   return idx;
 }
 
+constexpr int64_t kLanesPerVector = 16;  // floats per AVX-512 vector
+
 // Float32 or bfloat16 NCHW forward on the AVX-512 kernel (kernel_ghost_forward_avx512.h); x and out are contiguous.
 void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                     const at::Tensor& b2, const at::Tensor& out, const at::Tensor& residual, const GhostDims& d,
@@ -203,10 +205,16 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   const int64_t p = d.K / 2, es = x.element_size();
   // Working set of an item: x's rows of the item (packed or not, re-read once per tile of primaries, so it should
   // stay in L2) and the float planes of one tile of primaries.
+  // Images per item: float32 x of a single image is the GEMM's operand in place, while a group of images is first
+  // copied into a panel, by every item of the group (one per block of channels). For GhostNet's 7x7 and 14x14 layers
+  // at batch 8 that copy cost more than the ragged last vector of per-image GEMMs (one image per item: 10-20% faster
+  // modules, bench/NOTES.md entry 47), so float32 groups only images smaller than one vector. bfloat16 packs x in
+  // every case (channel pairs, or widened to float), and keeps grouping small images up to 512 pixels.
+  const int64_t target_pixels = bf16 ? 512 : kLanesPerVector;
   const cpu::WorkPlan plan = cpu::plan_work(d.N, d.H, d.W, d.I, p, /*split_channels=*/true, [&](int64_t G, int64_t, int64_t B) {
     const int64_t rows = std::min(d.H, B + 2 * p);
     return G * d.C * rows * d.W * es + cpu::kForwardTileChannels * G * (B + 2 * p) * d.W * int64_t(sizeof(float));
-  });
+  }, target_pixels);
   prm.G = plan.G, prm.Ib = plan.Ib, prm.B = plan.B;
   prm.groups = plan.groups, prm.blocks = plan.blocks, prm.bands = plan.bands;
   const std::vector<uint16_t> masks = cpu::avx512_column_masks(d.K, d.W, plan.B);

@@ -13,6 +13,7 @@
 // ~30 of them): including ATen/Functions.h here is a compile error.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -123,7 +124,21 @@ std::vector<Step> decode(c10::IntArrayRef program, const std::vector<OptTensor>&
   return steps;
 }
 
+// The name each step has in torch.profiler's trace (a user scope per step, so a profile of a frozen network shows
+// where its forward goes; the scope costs a flag test when no profiler runs).
+const char* profiler_name(int64_t op) {
+  switch (op) {
+    case kChainConv2dAct: return "ghostkernels::chain/conv2d_act";
+    case kChainGhostBottleneck: return "ghostkernels::chain/ghost_bottleneck";
+    case kChainGhostBottleneckGated: return "ghostkernels::chain/ghost_bottleneck_gated";
+    case kChainMeanHW: return "ghostkernels::chain/mean_hw";
+    case kChainLinearAct:
+    default: return "ghostkernels::chain/linear_act";
+  }
+}
+
 at::Tensor run_step(const Step& s, c10::IntArrayRef program, const std::vector<OptTensor>& ts, const at::Tensor& x) {
+  RECORD_USER_SCOPE(profiler_name(s.op));
   const int64_t* a = program.data() + s.ints;
   const auto T = [&](int64_t k) -> const at::Tensor& { return *ts[s.tensors + k]; };
   const auto O = [&](int64_t k) -> const OptTensor& { return ts[s.tensors + k]; };

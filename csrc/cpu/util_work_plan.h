@@ -32,10 +32,12 @@ struct WorkPlan {
 };
 
 // bytes(G, Ib, B): the working set of one item of that size.
+// target_pixels: images with fewer pixels are grouped until an item has that many (the AVX-512 float32 forward, which
+// reads a single image's x in place but copies a group's rows into a panel, asks for less: launch_ghost_forward.cpp).
 template <typename Bytes>
-WorkPlan plan_work(int64_t N, int64_t H, int64_t W, int64_t I, int64_t halo, bool split_channels, Bytes&& bytes) {
+WorkPlan plan_work(int64_t N, int64_t H, int64_t W, int64_t I, int64_t halo, bool split_channels, Bytes&& bytes,
+                   int64_t target_pixels = 512) {
   constexpr int64_t kBudget = 768 * 1024;  // of a 1-2 MiB L2
-  constexpr int64_t kTargetPixels = 512;
   constexpr int64_t kMinBlock = 16;
   const int64_t threads = at::get_num_threads();
   const int64_t want = threads > 1 ? 2 * threads : 1;
@@ -44,7 +46,7 @@ WorkPlan plan_work(int64_t N, int64_t H, int64_t W, int64_t I, int64_t halo, boo
   WorkPlan w;
   w.B = H;
   w.Ib = I;
-  w.G = H * W < kTargetPixels ? std::min(N, ceil_div(kTargetPixels, H * W)) : 1;
+  w.G = H * W < target_pixels ? std::min(N, ceil_div(target_pixels, H * W)) : 1;
   auto update = [&] {
     w.groups = ceil_div(N, w.G);
     w.blocks = ceil_div(I, w.Ib);
