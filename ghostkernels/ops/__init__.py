@@ -153,13 +153,17 @@ def ghost_module(x, w_primary, b_primary, w_cheap, b_cheap, out_channels: int, a
 _bn_train_kernels: dict[str, bool] = {}  # by device type, once the library is loaded (its kernels never change)
 
 
-@torch.compiler.assume_constant_result  # a dispatcher query, which dynamo cannot trace; fixed once loaded
 def bn_train_kernels_available(device_type: str) -> bool:
     """Whether the op library has kernels of the train-mode BatchNorm passes for tensors on devices of this type
     (CPU always; CUDA where the library was built with CUDA: csrc/cuda/ghost_bn_cuda.cpp registers them)."""
-    known = _bn_train_kernels.get(device_type)
-    if known is not None:
+    known = _bn_train_kernels.get(device_type)  # answered: a dict lookup (the decorated query below costs a
+    if known is not None:                       # dynamo wrapper call even in eager mode, twice per training call)
         return known
+    return _query_bn_train_kernels(device_type)
+
+
+@torch.compiler.assume_constant_result  # a dispatcher query, which dynamo cannot trace; fixed once loaded
+def _query_bn_train_kernels(device_type: str) -> bool:
     _ensure_library()
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     known = key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
