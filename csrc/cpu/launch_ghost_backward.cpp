@@ -105,6 +105,9 @@ struct Coefficients {
   }
 };
 
+// From this many input channels on, grad W1's per-item product runs on the BLAS (see its use).
+constexpr int64_t kBlasGradW1MinC = 256;
+
 template <typename scalar_t, Act A, bool CL>
 void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
                      const Coefficients<at::opmath_type<scalar_t>>& k1,
@@ -355,14 +358,22 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       const at::Tensor g1m = g1buf.narrow(0, 0, I * g * PO).view({I, g, PO});
       if constexpr (kFloatRows) {
         if (fast && xo.stride(1) == 1) {
-          // grad W1 += g1 . x^T as an NN product on x transposed ([P][C]): vectors along C, the forward's 6 x 64
-          // register tile. (A dot-product kernel on x as it is needs a horizontal sum per output and half the FMAs
-          // per load; it made the backward 1.2-1.6x slower, bench/NOTES.md entry 14.)
+          // grad W1 += g1 . x^T. Wide x (C >= kBlasGradW1MinC): the BLAS's NT product on x as it is. Otherwise as
+          // an NN product on x transposed ([P][C]): vectors along C, the forward's 6 x 64 register tile. (A
+          // dot-product kernel on x as it is needs a horizontal sum per output and half the FMAs per load; it made
+          // the backward 1.2-1.6x slower, bench/NOTES.md entry 14. Past ~256 columns our tile's K x 64 strip of x^T
+          // outgrows L1 at 196 pixels and MKL's product runs 1.3-2.1x faster than transpose + ours; below ~160 ours
+          // is 1.1-1.4x faster; entry 46.)
           const int64_t P = g * PO;
-          thread_local std::vector<float> xt;
-          if (static_cast<int64_t>(xt.size()) < P * C) xt.resize(P * C);
-          cpu::avx512_transpose(C, P, xo.const_data_ptr<float>(), xo.stride(0), xt.data(), C);
-          cpu::avx512_sgemm_nn(I, C, P, g1, P, xt.data(), C, pw1.mutable_data_ptr<float>(), C, /*accumulate=*/true);
+          if (C >= kBlasGradW1MinC) {
+            pw1.addmm_(g1m.view({I, P}), xo.t());
+          } else {
+            thread_local std::vector<float> xt;
+            if (static_cast<int64_t>(xt.size()) < P * C) xt.resize(P * C);
+            cpu::avx512_transpose(C, P, xo.const_data_ptr<float>(), xo.stride(0), xt.data(), C);
+            cpu::avx512_sgemm_nn(I, C, P, g1, P, xt.data(), C, pw1.mutable_data_ptr<float>(), C,
+                                 /*accumulate=*/true);
+          }
           for (int64_t i = 0; i < g; ++i) {
             if constexpr (kBf16Rows) {
               cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx_float.data(), PO,
