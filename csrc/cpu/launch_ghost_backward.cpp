@@ -1,8 +1,8 @@
 // The CPU backward of ghostkernels::ghost_module (ghost_backward in entry_points.h): the launcher, and the generic
 // kernel.
 //
-// On CPUs with AVX-512 the float32 NCHW backward's GEMMs and depthwise half run on AVX-512 kernels
-// (kernel_backward_gemm_avx512.h, kernel_ghost_backward_avx512.h), and the bfloat16 NCHW backward runs in float32 on
+// On CPUs with AVX-512 the float32 NCHW backward's GEMMs (but grad W1 of wide inputs, on the BLAS) and depthwise
+// half run on AVX-512 kernels (kernel_backward_gemm_avx512.h, kernel_ghost_backward_avx512.h), and the bfloat16 NCHW backward runs in float32 on
 // them; the GHOSTKERNELS_CPU_KERNEL knob (util_kernel_choice.h) picks. The generic kernel handles everything.
 //
 // The backward recomputes what it needs from x the way the forward computes it (launch_ghost_forward.cpp), over a
@@ -124,7 +124,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
   // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_backward_gemm_avx512.h), which
-  // run the small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
+  // ran the small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md
+  // entry 8); grad W1 of wide inputs is the exception (the BLAS, kBlasGradW1MinC, entry 46).
   // bfloat16 NCHW (train-mode BN only, see ghost_backward) runs the same float kernels on float copies of each
   // item's rows: grad_out's rows per image (kBf16Rows below), x's own rows, and grad x through a float buffer.
   constexpr bool kBf16Rows = std::is_same<scalar_t, c10::BFloat16>::value && !CL;
