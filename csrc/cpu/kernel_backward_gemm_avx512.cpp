@@ -5,8 +5,8 @@
 // (util_avx512_target.h) with internal linkage (plus the exported entry points), so the library still loads and runs
 // on CPUs without AVX-512; the callers check avx512_forward_available() first.
 //
-// Numerics: each C element is a sum over k in order with fused multiply-adds, then added to C's old value when
-// accumulating.
+// Numerics: K is cut into equal blocks of at most kKc; each C element is, per block, a sum over the block's k in
+// order with fused multiply-adds, the blocks' sums added to C in turn (to C's old value when accumulating).
 #include "kernel_backward_gemm_avx512.h"
 
 #include <cmath>
@@ -33,6 +33,8 @@ constexpr int64_t kLanes = 16;  // floats per 512-bit vector
 // 16 floats, 24 accumulator registers of 32.
 constexpr int64_t kMR = 6;
 constexpr int64_t kNV = 4;
+// Rows of B per block of K: a 128 x 64 block of B is 32 KiB, inside the 48 KiB L1 of the CPUs measured.
+constexpr int64_t kKc = 128;
 
 // C tile [MR x 16*NV] at (m0, n0) of avx512_sgemm_nn; `tail` masks the last vector's columns past N.
 template <int MR, int NV>
@@ -98,13 +100,18 @@ SgemmNNTile sgemm_nn_tile_for(int64_t mr, int64_t nv) {
 
 void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
                      float* C, int64_t ldc, bool accumulate) {
-  // Column strips outside, row tiles inside: a strip of B (K x 64) is re-read from cache by every row tile.
+  // Column strips outside, blocks of K next, row tiles inside: a block of a strip of B (<= kKc x 64) is re-read from
+  // L1 by every row tile. (Without the K blocks the strip of a K of 300-700 sat in L2, and products such as
+  // 56 x 784 x 672 ran at half the rate of K <= 128, bench/NOTES.md entry 46.)
+  const int64_t blocks = imax(1, (K + kKc - 1) / kKc), kb = imax(1, (K + blocks - 1) / blocks);  // equal, <= kKc
   for (int64_t n0 = 0; n0 < N; n0 += kNV * kLanes) {
     const int64_t vecs = imin(kNV, (N - n0 + kLanes - 1) / kLanes);
     const __mmask16 tail = lane_range(0, N - (n0 + (vecs - 1) * kLanes));
-    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
-      sgemm_nn_tile_for(imin(kMR, M - m0), vecs)(K, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc,
-                                                 accumulate, tail);
+    for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kb) {  // (K = 0: one pass, which writes C's old values or 0)
+      for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+        sgemm_nn_tile_for(imin(kMR, M - m0), vecs)(imin(kb, K - k0), A + m0 * lda + k0, lda, B + k0 * ldb + n0, ldb,
+                                                   C + m0 * ldc + n0, ldc, accumulate || k0 > 0, tail);
+      }
     }
   }
 }

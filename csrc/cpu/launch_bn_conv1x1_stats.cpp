@@ -41,26 +41,35 @@ void conv1x1_stats_kernel(const at::Tensor& x, const at::Tensor& w1, const at::T
   const WorkPlan plan = plan_work(N, H, W, I, /*halo=*/0, /*split_channels=*/true, [&](int64_t G, int64_t Ib, int64_t B) {
     return G * C * B * W * (es + (G > 1 ? es : 0)) + Ib * G * B * W * as;
   });
+  // x's rows of an item and z1's as plain loops on raw pointers (ATen's narrow + copy_ per item cost more).
+  const RowCopy<acc_t> x_rows(x), z1_rows(z1);
   const at::ThreadLocalState tls;
   at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard tls_guard(tls);  // at::mm on the pool's threads, see launch_ghost_forward.cpp
     Moments* mom = moments.of_thread(at::get_thread_num());
     const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-    at::Tensor pack = at::empty({plan.G > 1 ? C * plan.G * plan.B * W : 0}, opts);
-    at::Tensor zbuf = at::empty({plan.Ib * plan.G * plan.B * W}, opts.dtype(acc_type));
+    // The item's x as a [C, g * own * W] matrix in the accumulation type, where x's memory is not already one.
+    const bool x_view = std::is_same<acc_t, scalar_t>::value && !CL && plan.G == 1;
+    at::Tensor xbuf = pooled_empty({x_view ? 0 : C * plan.G * plan.B * W}, opts.dtype(acc_type));
+    at::Tensor zbuf = pooled_empty({plan.Ib * plan.G * plan.B * W}, opts.dtype(acc_type));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n0 = plan.group_of(item) * plan.G, g = std::min(plan.G, N - n0);
       const int64_t c0 = plan.block_of(item) * plan.Ib, cb = std::min(plan.Ib, I - c0);
       const int64_t r0 = plan.band_of(item) * plan.B, own = std::min(H, r0 + plan.B) - r0, P = g * own * W;
-      at::Tensor xa = input_matrix(x, n0, g, r0, own, CL, pack);
-      if (!std::is_same<acc_t, scalar_t>::value) xa = xa.to(acc_type);
+      at::Tensor xa;
+      if (x_view) {
+        xa = input_matrix(x, n0, g, r0, own, CL, at::Tensor());
+      } else {
+        x_rows.to_buffer(n0, g, 0, C, r0, own, xbuf.mutable_data_ptr<acc_t>());
+        xa = xbuf.narrow(0, 0, C * P).view({C, P});
+      }
       at::Tensor z = zbuf.narrow(0, 0, cb * P).view({cb, P});
       matmul_into(z, wa.narrow(0, c0, cb), xa, avx512);
       acc_t* zp = z.data_ptr<acc_t>();
       if (!std::is_same<acc_t, scalar_t>::value) {
         for (int64_t q = 0; q < cb * P; ++q) zp[q] = static_cast<acc_t>(static_cast<scalar_t>(zp[q]));
       }
-      z1.narrow(0, n0, g).narrow(1, c0, cb).narrow(2, r0, own).copy_(z.view({cb, g, own, W}).transpose(0, 1));
+      z1_rows.from_buffer(n0, g, c0, cb, r0, own, zp);
       for (int64_t c = 0; c < cb; ++c) add_block_moments(mom[c0 + c], zp + c * P, P);
     }
   });

@@ -1,8 +1,8 @@
 // The CPU backward of ghostkernels::ghost_module (ghost_backward in entry_points.h): the launcher, and the generic
 // kernel.
 //
-// On CPUs with AVX-512 the float32 NCHW backward's GEMMs and depthwise half run on AVX-512 kernels
-// (kernel_backward_gemm_avx512.h, kernel_ghost_backward_avx512.h), and the bfloat16 NCHW backward runs in float32 on
+// On CPUs with AVX-512 the float32 NCHW backward's GEMMs (but grad W1 of wide inputs, on the BLAS) and depthwise
+// half run on AVX-512 kernels (kernel_backward_gemm_avx512.h, kernel_ghost_backward_avx512.h), and the bfloat16 NCHW backward runs in float32 on
 // them; the GHOSTKERNELS_CPU_KERNEL knob (util_kernel_choice.h) picks. The generic kernel handles everything.
 //
 // The backward recomputes what it needs from x the way the forward computes it (launch_ghost_forward.cpp), over a
@@ -25,9 +25,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/ones_like.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -56,21 +53,34 @@ namespace {
 
 // Per-channel coefficients of one stage, in the accumulation type: pre-activation y = weight * xhat + bias with
 // xhat = (s - mean) * invstd, where s is the conv output plus `conv_bias` (the eval-mode op's bias; zero with BN),
-// and dz = dz_scale * (g - mean_dy - xhat * mean_dy_xhat) for g = dL/dy.
+// and dz = dz_scale * (g - mean_dy - xhat * mean_dy_xhat) for g = dL/dy. The given per-channel tensors are kept
+// (contiguous, in the accumulation type); the constant and derived vectors are plain arrays, since an ATen op on an
+// 80-element vector costs more (3-15 us with its dispatch) than the loop.
 template <typename acc_t>
 struct Coefficients {
-  at::Tensor conv_bias, mean, invstd, weight, bias, mean_dy, mean_dy_xhat, dz_scale;
+  at::Tensor conv_bias_t, mean_t, invstd_t, weight_t, bias_t, mean_dy_t, mean_dy_xhat_t;
+  std::vector<acc_t> zeros, ones, scale;  // the constants 0 and 1; dz_scale where it is invstd * weight
 
   // The eval-mode op: s = conv + b, y = s, dz = g.
   static Coefficients eval(const at::Tensor& b) {
     const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor bias = b.to(acc).contiguous(), zeros = at::zeros_like(bias), ones = at::ones_like(bias);
-    return {bias, zeros, ones, ones, zeros, zeros, zeros, ones};
+    Coefficients k;
+    k.conv_bias_t = b.to(acc).contiguous();
+    k.zeros.assign(b.numel(), acc_t(0));
+    k.ones.assign(b.numel(), acc_t(1));
+    return k;
   }
   // Train-mode BN (the stage's tensors are already in the accumulation type, see check_bn_stage).
   static Coefficients train(const BnStage& s, const at::Tensor& mean_dy, const at::Tensor& mean_dy_xhat) {
-    return {at::zeros_like(s.mean), s.mean, s.invstd, s.weight, s.bias, mean_dy.contiguous(),
-            mean_dy_xhat.contiguous(), s.invstd.mul(s.weight).contiguous()};
+    Coefficients k;
+    k.mean_t = s.mean, k.invstd_t = s.invstd, k.weight_t = s.weight, k.bias_t = s.bias;
+    k.mean_dy_t = mean_dy.contiguous(), k.mean_dy_xhat_t = mean_dy_xhat.contiguous();
+    const int64_t n = s.mean.numel();
+    k.zeros.assign(n, acc_t(0));
+    k.scale.resize(n);
+    const acc_t *invstd = s.invstd.const_data_ptr<acc_t>(), *weight = s.weight.const_data_ptr<acc_t>();
+    for (int64_t c = 0; c < n; ++c) k.scale[c] = invstd[c] * weight[c];
+    return k;
   }
   // Raw pointers, for the kernels' inner loops.
   struct View {
@@ -80,11 +90,23 @@ struct Coefficients {
     acc_t dz(int64_t c, acc_t g, acc_t xh) const { return dz_scale[c] * (g - mean_dy[c] - xh * mean_dy_xhat[c]); }
   };
   View view() const {
-    return {conv_bias.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
-            weight.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), mean_dy.const_data_ptr<acc_t>(),
-            mean_dy_xhat.const_data_ptr<acc_t>(), dz_scale.const_data_ptr<acc_t>()};
+    if (conv_bias_t.defined()) {  // eval
+      return {conv_bias_t.const_data_ptr<acc_t>(), zeros.data(), ones.data(), ones.data(),
+              zeros.data(),                        zeros.data(), zeros.data(), ones.data()};
+    }
+    return {zeros.data(),
+            mean_t.const_data_ptr<acc_t>(),
+            invstd_t.const_data_ptr<acc_t>(),
+            weight_t.const_data_ptr<acc_t>(),
+            bias_t.const_data_ptr<acc_t>(),
+            mean_dy_t.const_data_ptr<acc_t>(),
+            mean_dy_xhat_t.const_data_ptr<acc_t>(),
+            scale.data()};
   }
 };
+
+// From this many input channels on, grad W1's per-item product runs on the BLAS (see its use).
+constexpr int64_t kBlasGradW1MinC = 256;
 
 template <typename scalar_t, Act A, bool CL>
 void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
@@ -102,30 +124,60 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 
   const at::Tensor w1a = w1.to(acc_type).reshape({I, C}).contiguous();
   // float32 NCHW on an AVX-512 CPU: the three GEMMs on our microkernels (kernel_backward_gemm_avx512.h), which
-  // run the small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md).
+  // ran the small per-item products at about twice the rate of the BLAS on the CPUs measured (bench/NOTES.md
+  // entry 8); grad W1 of wide inputs is the exception (the BLAS, kBlasGradW1MinC, entry 46).
   // bfloat16 NCHW (train-mode BN only, see ghost_backward) runs the same float kernels on float copies of each
   // item's rows: grad_out's rows per image (kBf16Rows below), x's own rows, and grad x through a float buffer.
   constexpr bool kBf16Rows = std::is_same<scalar_t, c10::BFloat16>::value && !CL;
   constexpr bool kFloatRows = (std::is_same<scalar_t, float>::value || kBf16Rows) && !CL;
   const bool fast = kFloatRows && avx512_gemms;
-  const at::Tensor w1t = fast ? w1a.t().contiguous() : at::Tensor();
+  // W1^T for grad x = W1^T . dz1, transposed in registers into pool memory (ATen's strided copy took 75-120 us of
+  // a 1 ms backward at 672 x 80, bench/NOTES.md entry 46).
+  at::Tensor w1t;
+  if (fast) {
+    w1t = pooled_empty({C, I}, w1a.options());
+    cpu::avx512_transpose(I, C, w1a.const_data_ptr<float>(), C, w1t.mutable_data_ptr<float>(), I);
+  }
   // ... and, where the depthwise kernel size has an AVX-512 kernel, the depthwise half of the backward as well.
   const bool fast_dw = fast && cpu::avx512_forward_available(false, K);
   const at::Tensor w2a = w2.to(acc_type).contiguous();
-  const at::Tensor w2flip = w2a.flip({2, 3}).contiguous();  // taps of the transposed depthwise conv
-  const acc_t* w2p = w2a.data_ptr<acc_t>();
-  const acc_t* w2fp = w2flip.data_ptr<acc_t>();
+  const acc_t* w2p = w2a.const_data_ptr<acc_t>();
+  std::vector<acc_t> w2flip(n_cheap * KK);  // taps of the transposed depthwise conv: w2[K-1-dy][K-1-dx]
+  for (int64_t j = 0; j < n_cheap; ++j) {
+    for (int64_t t = 0; t < KK; ++t) w2flip[j * KK + t] = w2p[j * KK + KK - 1 - t];
+  }
+  const acc_t* w2fp = w2flip.data();
   const typename Coefficients<acc_t>::View c1v = k1.view(), c2v = k2.view();
   const RowAccess<const scalar_t, CL> go(grad_out);
   const std::optional<RowCopy<acc_t>> z1_rows = bn ? std::optional<RowCopy<acc_t>>(z1_given) : std::nullopt;
+  const std::optional<RowCopy<acc_t>> x_rows = bn ? std::optional<RowCopy<acc_t>>(x) : std::nullopt;
 
-  // Per-thread partial sums of the weight gradients.
+  // Per-thread partial sums of the weight gradients: thread t sums into its own slab [w1 | b1 | w2 | b2] (pool
+  // memory, zeroed by the thread at its first item), thread 0 straight into the outputs where they are contiguous in
+  // the accumulation type; the other slabs are added to them in thread order at the end. (ATen's zeros + sum(0) +
+  // copy_ of [T, I, C] partials took ~0.25 ms of a 1 ms backward at 672 x 80, bench/NOTES.md entry 46.)
   const int64_t T = at::get_num_threads();
   const auto acc_opts = x.options().dtype(acc_type).memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor part_w1 = at::zeros({T, I, C}, acc_opts);
-  at::Tensor part_b1 = at::zeros({T, I}, acc_opts);
-  at::Tensor part_w2 = at::zeros({T, I * M, KK}, acc_opts);
-  at::Tensor part_b2 = at::zeros({T, I * M}, acc_opts);
+  const int64_t n_w1 = I * C, n_b1 = I, n_w2 = I * M * KK, n_b2 = I * M, n_all = n_w1 + n_b1 + n_w2 + n_b2;
+  const auto direct_ok = [&](const at::Tensor& t) { return t.scalar_type() == acc_type && t.is_contiguous(); };
+  const bool direct = direct_ok(gw1) && direct_ok(gb1) && direct_ok(gw2) && direct_ok(gb2);
+  const int64_t n_slabs = direct ? T - 1 : T;
+  const at::Tensor slabs = pooled_empty({n_slabs * n_all}, acc_opts);
+  std::vector<char> used(T, 0);
+  // Thread t's partial sums (grad W1 as an [I, C] tensor, for the generic kernel's addmm_).
+  struct Partial {
+    at::Tensor w1;
+    acc_t *b1, *w2, *b2;
+  };
+  const auto partial = [&](int64_t t) -> Partial {
+    if (direct && t == 0) {
+      return {gw1.view({I, C}), gb1.mutable_data_ptr<acc_t>(), gw2.mutable_data_ptr<acc_t>(),
+              gb2.mutable_data_ptr<acc_t>()};
+    }
+    const at::Tensor slab = slabs.narrow(0, (direct ? t - 1 : t) * n_all, n_all);
+    acc_t* base = slab.mutable_data_ptr<acc_t>();
+    return {slab.narrow(0, 0, n_w1).view({I, C}), base + n_w1, base + n_w1 + n_b1, base + n_w1 + n_b1 + n_w2};
+  };
 
   const int64_t as = sizeof(acc_t);
   const cpu::WorkPlan plan = cpu::plan_work(N, H, W, I, 2 * p, /*split_channels=*/false, [&](int64_t G, int64_t, int64_t B) {
@@ -142,14 +194,24 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard tls_guard(tls);  // as in forward_kernel (launch_ghost_forward.cpp)
     const int64_t tid = at::get_thread_num();
-    at::Tensor pw1 = part_w1.select(0, tid);
-    acc_t* pb1 = part_b1.select(0, tid).data_ptr<acc_t>();
-    acc_t* pw2 = part_w2.select(0, tid).data_ptr<acc_t>();
-    acc_t* pb2 = part_b2.select(0, tid).data_ptr<acc_t>();
+    const Partial part = partial(tid);
+    at::Tensor pw1 = part.w1;
+    acc_t *pb1 = part.b1, *pw2 = part.w2, *pb2 = part.b2;
+    if (!used[tid]) {
+      used[tid] = 1;
+      std::fill_n(pw1.mutable_data_ptr<acc_t>(), n_w1, acc_t(0));
+      std::fill_n(pb1, n_b1, acc_t(0));
+      std::fill_n(pw2, n_w2, acc_t(0));
+      std::fill_n(pb2, n_b2, acc_t(0));
+    }
     const auto x_opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-    at::Tensor pack = at::empty({plan.G > 1 ? C * plan.G * max_rows * W : 0}, x_opts);
-    at::Tensor zbuf = at::empty({I * plan.G * max_rows * W}, acc_opts);
-    at::Tensor g1buf = at::empty({I * plan.G * plan.B * W}, acc_opts);
+    // Pool memory: fresh allocations of a few hundred kilobytes page-fault on every call.
+    at::Tensor pack = pooled_empty({plan.G > 1 && !bn ? C * plan.G * max_rows * W : 0}, x_opts);
+    at::Tensor zbuf = pooled_empty({I * plan.G * max_rows * W}, acc_opts);
+    at::Tensor g1buf = pooled_empty({I * plan.G * plan.B * W}, acc_opts);
+    // Train-mode BN: the item's own rows of x as a [C, g * own * W] matrix in the accumulation type, where x's
+    // memory is not already that (several images, bfloat16 or channels_last).
+    at::Tensor xbuf = pooled_empty({bn ? C * plan.G * plan.B * W : 0}, acc_opts);
     std::vector<acc_t> x1(I * x1_stride + cpu::kVec);
     std::vector<acc_t> g2(n_cheap * g2_stride + cpu::kVec);
     std::vector<acc_t> tmp((plan.B + 2 * p) * W + cpu::kVec);
@@ -173,8 +235,12 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       at::Tensor xo;
       if (bn) {
         z1_rows->to_buffer(n0, g, 0, I, a0, a1 - a0, z.mutable_data_ptr<acc_t>());
-        xo = input_matrix(x, n0, g, r0, own, CL, pack);
-        if (!same_type) xo = xo.to(acc_type);
+        if (same_type && !CL && g == 1) {
+          xo = input_matrix(x, n0, g, r0, own, CL, pack);
+        } else {
+          x_rows->to_buffer(n0, g, 0, C, r0, own, xbuf.mutable_data_ptr<acc_t>());
+          xo = xbuf.narrow(0, 0, C * g * PO).view({C, g * PO});
+        }
       } else {
         at::Tensor xa = input_matrix(x, n0, g, a0, a1 - a0, CL, pack);
         if (!same_type) xa = xa.to(acc_type);
@@ -293,14 +359,22 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       const at::Tensor g1m = g1buf.narrow(0, 0, I * g * PO).view({I, g, PO});
       if constexpr (kFloatRows) {
         if (fast && xo.stride(1) == 1) {
-          // grad W1 += g1 . x^T as an NN product on x transposed ([P][C]): vectors along C, the forward's 6 x 64
-          // register tile. (A dot-product kernel on x as it is needs a horizontal sum per output and half the FMAs
-          // per load; it made the backward 1.2-1.6x slower, bench/NOTES.md entry 14.)
+          // grad W1 += g1 . x^T. Wide x (C >= kBlasGradW1MinC): the BLAS's NT product on x as it is. Otherwise as
+          // an NN product on x transposed ([P][C]): vectors along C, the forward's 6 x 64 register tile. (A
+          // dot-product kernel on x as it is needs a horizontal sum per output and half the FMAs per load; it made
+          // the backward 1.2-1.6x slower, bench/NOTES.md entry 14. Past ~256 columns our tile's K x 64 strip of x^T
+          // outgrows L1 at 196 pixels and MKL's product runs 1.3-2.1x faster than transpose + ours; below ~160 ours
+          // is 1.1-1.4x faster; entry 46.)
           const int64_t P = g * PO;
-          thread_local std::vector<float> xt;
-          if (static_cast<int64_t>(xt.size()) < P * C) xt.resize(P * C);
-          cpu::avx512_transpose(C, P, xo.const_data_ptr<float>(), xo.stride(0), xt.data(), C);
-          cpu::avx512_sgemm_nn(I, C, P, g1, P, xt.data(), C, pw1.mutable_data_ptr<float>(), C, /*accumulate=*/true);
+          if (C >= kBlasGradW1MinC) {
+            pw1.addmm_(g1m.view({I, P}), xo.t());
+          } else {
+            thread_local std::vector<float> xt;
+            if (static_cast<int64_t>(xt.size()) < P * C) xt.resize(P * C);
+            cpu::avx512_transpose(C, P, xo.const_data_ptr<float>(), xo.stride(0), xt.data(), C);
+            cpu::avx512_sgemm_nn(I, C, P, g1, P, xt.data(), C, pw1.mutable_data_ptr<float>(), C,
+                                 /*accumulate=*/true);
+          }
           for (int64_t i = 0; i < g; ++i) {
             if constexpr (kBf16Rows) {
               cpu::avx512_sgemm_nn(C, PO, I, w1t.const_data_ptr<float>(), I, g1 + i * PO, g * PO, gx_float.data(), PO,
@@ -324,10 +398,33 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
     }
   });
 
-  gw1.copy_(part_w1.sum(0).view_as(gw1));
-  gb1.copy_(part_b1.sum(0));
-  gw2.copy_(part_w2.sum(0).view_as(gw2));
-  gb2.copy_(part_b2.sum(0));
+  // The outputs: thread 0's sums (or zeros) plus every other used slab, in thread order.
+  at::Tensor ow1 = gw1, ob1 = gb1, ow2 = gw2, ob2 = gb2;
+  if (!direct) {  // sum into slab 0, then copy (and convert) into the outputs
+    ow1 = slabs.narrow(0, 0, n_w1), ob1 = slabs.narrow(0, n_w1, n_b1);
+    ow2 = slabs.narrow(0, n_w1 + n_b1, n_w2), ob2 = slabs.narrow(0, n_w1 + n_b1 + n_w2, n_b2);
+  }
+  if (!used[0]) {
+    for (at::Tensor* o : {&ow1, &ob1, &ow2, &ob2}) std::fill_n(o->mutable_data_ptr<acc_t>(), o->numel(), acc_t(0));
+  }
+  const auto add_into = [](const at::Tensor& out, const acc_t* src) {
+    acc_t* o = out.mutable_data_ptr<acc_t>();
+    for (int64_t q = 0, n = out.numel(); q < n; ++q) o[q] += src[q];
+  };
+  for (int64_t t = 1; t < T; ++t) {
+    if (!used[t]) continue;
+    const Partial part = partial(t);
+    add_into(ow1, part.w1.template const_data_ptr<acc_t>());
+    add_into(ob1, part.b1);
+    add_into(ow2, part.w2);
+    add_into(ob2, part.b2);
+  }
+  if (!direct) {
+    gw1.copy_(ow1.view_as(gw1));
+    gb1.copy_(ob1.view_as(gb1));
+    gw2.copy_(ow2.view_as(gw2));
+    gb2.copy_(ob2.view_as(gb2));
+  }
 }
 
 }  // namespace
@@ -337,12 +434,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ghost_bac
     const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d, const BnBackwardArgs* bn) {
   const at::MemoryFormat fmt = output_memory_format(x);
   at::Tensor grad_x = pooled_empty(x.sizes(), x.options(), fmt);
-  at::Tensor gw1 = at::zeros(w_primary.sizes(), w_primary.options());
-  at::Tensor gb1 = at::zeros(b_primary.sizes(), b_primary.options());
-  at::Tensor gw2 = at::zeros(w_cheap.sizes(), w_cheap.options());
-  at::Tensor gb2 = at::zeros(b_cheap.sizes(), b_cheap.options());
+  // Written whole by backward_kernel.
+  const auto contiguous_empty = [](const at::Tensor& like) {
+    return pooled_empty(like.sizes(), like.options(), at::MemoryFormat::Contiguous);
+  };
+  at::Tensor gw1 = contiguous_empty(w_primary), gb1 = contiguous_empty(b_primary);
+  at::Tensor gw2 = contiguous_empty(w_cheap), gb2 = contiguous_empty(b_cheap);
   if (x.numel() == 0) {
-    grad_x.zero_();
+    for (at::Tensor* t : {&grad_x, &gw1, &gb1, &gw2, &gb2}) t->zero_();
     return {grad_x, gw1, gb1, gw2, gb2};
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;

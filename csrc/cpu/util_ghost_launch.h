@@ -41,8 +41,8 @@ inline at::Tensor input_matrix(const at::Tensor& x, int64_t n0, int64_t g, int64
 }
 
 // out = a . b, for a [M, K] contiguous, b [K, N] and out [M, N] contiguous, all of one dtype: on the AVX-512 float32
-// GEMM (kernel_backward_gemm_avx512.h, about twice the BLAS's rate on the small per-item products, bench/NOTES.md
-// entry 8) when `avx512` and the operands are float32 with unit column stride, else at::mm_out.
+// GEMM (kernel_backward_gemm_avx512.h; on the small per-item products about twice the BLAS's rate in entry 8 of
+// bench/NOTES.md, 0.9-1.15x MKL's on the Intel VM of entry 46) when `avx512` and the operands are float32 with unit column stride, else at::mm_out.
 inline void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool avx512) {
   if (avx512 && a.scalar_type() == at::kFloat && b.stride(1) == 1 && out.is_contiguous() && a.is_contiguous()) {
     avx512_sgemm_nn(a.size(0), b.size(1), a.size(1), a.const_data_ptr<float>(), a.size(1), b.const_data_ptr<float>(),
