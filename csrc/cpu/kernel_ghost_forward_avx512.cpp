@@ -28,7 +28,7 @@ namespace cpu {
 namespace {
 constexpr int64_t kLanes = 16;  // floats per 512-bit vector
 constexpr int64_t kMR = kForwardTileChannels;
-constexpr int64_t kNV = 4;   // 16-float vectors of pixels per tile: 6 x 4 = 24 accumulator registers of 32
+constexpr int64_t kNV = kForwardTileVectors;   // 16-float vectors of pixels per tile: 6 x 4 = 24 accumulator registers of 32
 // Elements kept before the first plane and after the last one, so every unmasked load of the stencil, including
 // the junk lanes past a band's last output, stays inside the buffer.
 int64_t plane_slack(int64_t W, int64_t K) { return (K / 2 + 1) * W + 2 * kLanes; }

@@ -33,6 +33,7 @@ namespace cpu {
 
 // Primary channels per microkernel tile (its accumulators are kForwardTileChannels x 4 vectors of 16 floats).
 constexpr int64_t kForwardTileChannels = 6;
+constexpr int64_t kForwardTileVectors = 4;
 
 struct ForwardAvx512Params {
   bool bf16;        // the dtype of x and out: bfloat16 (raw 16-bit words) or float32

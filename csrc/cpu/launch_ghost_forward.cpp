@@ -31,6 +31,9 @@
 #include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
+#include <array>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -44,6 +47,7 @@
 #include "util_kernel_choice.h"
 #include "util_plane_ops.h"
 #include "util_tensor_pool.h"
+#include "util_tile_balance.h"
 #include "util_work_plan.h"
 
 namespace ghostkernels {
@@ -158,6 +162,25 @@ std::vector<int32_t> gate_index_table(int64_t H, int64_t W, int64_t Hg, int64_t 
 
 constexpr int64_t kLanesPerVector = 16;  // floats per AVX-512 vector
 
+// balance_tiles (util_tile_balance.h) for a float32 call, remembered per shape: its search models a few hundred
+// items, microseconds that a batch-1 module of 20-60 us should not pay on every call of a network.
+template <typename Fits>
+cpu::WorkPlan balanced_plan(const cpu::WorkPlan& base, const GhostDims& d, int64_t threads, Fits&& fits) {
+  if (threads < 2 || base.groups >= 2 * threads) return base;  // what balance_tiles would return, without the lock
+  using Key = std::array<int64_t, 11>;
+  static std::mutex mutex;
+  static std::map<Key, cpu::WorkPlan> plans;
+  const Key key{d.N, d.C, d.H, d.W, d.I, d.M, d.K, threads, base.G, base.Ib, base.B};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = plans.find(key);
+  if (it == plans.end()) {
+    const cpu::ForwardShape s{d.N, d.C, d.H, d.W, d.I, d.M, d.K};
+    const cpu::TileShape t{cpu::kForwardTileChannels, cpu::kForwardTileVectors};
+    it = plans.emplace(key, cpu::balance_tiles(base, s, t, threads, fits)).first;
+  }
+  return it->second;
+}
+
 // Float32 or bfloat16 NCHW forward on the AVX-512 kernel (kernel_ghost_forward_avx512.h); x and out are contiguous.
 void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                     const at::Tensor& b2, const at::Tensor& out, const at::Tensor& residual, const GhostDims& d,
@@ -211,10 +234,19 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   // modules, bench/NOTES.md entry 47), so float32 groups only images smaller than one vector. bfloat16 packs x in
   // every case (channel pairs, or widened to float), and keeps grouping small images up to 512 pixels.
   const int64_t target_pixels = bf16 ? 512 : kLanesPerVector;
-  const cpu::WorkPlan plan = cpu::plan_work(d.N, d.H, d.W, d.I, p, /*split_channels=*/true, [&](int64_t G, int64_t, int64_t B) {
+  const auto item_bytes = [&](int64_t G, int64_t, int64_t B) {
     const int64_t rows = std::min(d.H, B + 2 * p);
     return G * d.C * rows * d.W * es + cpu::kForwardTileChannels * G * (B + 2 * p) * d.W * int64_t(sizeof(float));
-  }, target_pixels);
+  };
+  cpu::WorkPlan plan = cpu::plan_work(d.N, d.H, d.W, d.I, p, /*split_channels=*/true, item_bytes, target_pixels);
+  // Float32 where the images leave threads without two items each (batch 1): blocks of whole tiles, cut so that the
+  // busiest thread has the least work (util_tile_balance.h; bench/NOTES.md entry 49). bfloat16's tiles cost
+  // differently (the dot product, packed panels) and keep plan_work's plan.
+  if (!bf16) {
+    plan = balanced_plan(plan, d, at::get_num_threads(), [&](int64_t G, int64_t Ib, int64_t B) {
+      return item_bytes(G, Ib, B) <= cpu::kWorkItemBudgetBytes;
+    });
+  }
   prm.G = plan.G, prm.Ib = plan.Ib, prm.B = plan.B;
   prm.groups = plan.groups, prm.blocks = plan.blocks, prm.bands = plan.bands;
   const std::vector<uint16_t> masks = cpu::avx512_column_masks(d.K, d.W, plan.B);

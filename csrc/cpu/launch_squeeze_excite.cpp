@@ -11,6 +11,10 @@
 // the loops vectorize: converting the weights to float tensors on every call (1.8 MB of float for a 960 x 240 pair)
 // and c10::BFloat16's own conversions made GhostNet's squeeze-excite blocks 1.5-2x slower in bfloat16 than in
 // float32 at batch 1 (bench/NOTES.md, entry 25).
+// Float32 on AVX-512 CPUs runs both products on linear_act's matrix-vector kernel (kernel_gemv_avx512.h: blocks of
+// four weight rows against up to four images, sixteen accumulators), split the same way. The plain loops' one
+// reduction chain per dot product ran at ~2 multiply-adds per cycle: GhostNet's 960-channel squeeze-excite took
+// 0.67 ms at batch 8 on one thread, more than its Ghost modules (bench/NOTES.md, entry 49).
 // Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
 // ~30 of them): including ATen/Functions.h here is a compile error.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
@@ -20,41 +24,50 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "entry_points.h"
+#include "kernel_gemv_avx512.h"
 #include "util_bf16_bits.h"
+#include "util_kernel_choice.h"
 
 namespace ghostkernels {
 namespace cpu {
 namespace {
+
+// Each plane's mean, from the depthwise kernel's sums where it produced them, else summed here.
+template <typename raw_t, typename acc_t>
+void plane_means(const raw_t* yp, const at::Tensor& sums, int64_t NC, int64_t HW, acc_t* mean) {
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  if (sums.defined()) {
+    const at::Tensor sa = sums.to(acc_type).contiguous();
+    const acc_t* sp = sa.const_data_ptr<acc_t>();
+    for (int64_t i = 0; i < NC; ++i) mean[i] = sp[i] / static_cast<acc_t>(HW);
+    return;
+  }
+  at::parallel_for(0, NC, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) {
+      const raw_t* plane = yp + i * HW;
+      acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t q = 0; q < HW; ++q) s += cpu::widen<acc_t>(plane[q]);
+      mean[i] = s / static_cast<acc_t>(HW);
+    }
+  });
+}
 
 template <typename scalar_t, typename acc_t>
 void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
                            const at::Tensor& ew, const at::Tensor& eb) {
   using raw_t = cpu::raw_type<scalar_t>;
   const int64_t N = y.size(0), C = y.size(1), R = rw.size(0), HW = y.size(2) * y.size(3);
-  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
   const at::Tensor rwc = rw.contiguous(), rbc = rb.contiguous(), ewc = ew.contiguous(), ebc = eb.contiguous();
   const auto raw = [](const at::Tensor& t) { return reinterpret_cast<const raw_t*>(t.const_data_ptr<scalar_t>()); };
   const raw_t *wr = raw(rwc), *br = raw(rbc), *we = raw(ewc), *be = raw(ebc);
   raw_t* yp = reinterpret_cast<raw_t*>(y.mutable_data_ptr<scalar_t>());
   std::vector<acc_t> mean(N * C), hidden(N * R);
-  if (sums.defined()) {
-    const at::Tensor sa = sums.to(acc_type).contiguous();
-    const acc_t* sp = sa.const_data_ptr<acc_t>();
-    for (int64_t i = 0; i < N * C; ++i) mean[i] = sp[i] / static_cast<acc_t>(HW);
-  } else {
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b0, int64_t b1) {
-      for (int64_t i = b0; i < b1; ++i) {
-        const raw_t* plane = yp + i * HW;
-        acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t q = 0; q < HW; ++q) s += cpu::widen<acc_t>(plane[q]);
-        mean[i] = s / static_cast<acc_t>(HW);
-      }
-    });
-  }
+  plane_means<raw_t, acc_t>(yp, sums, N * C, HW, mean.data());
   // Grains of ~16K multiply-adds: GhostNet's smallest squeeze-excites (72 x 20) stay on one thread.
   const int64_t mv_grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N * C));
   at::parallel_for(0, R, mv_grain, [&](int64_t r0, int64_t r1) {
@@ -88,11 +101,60 @@ void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tens
   });
 }
 
+// Float32 on the AVX-512 matrix-vector kernel: hidden = relu(W_r . mean + b_r) by blocks of four rows of W_r, then
+// by blocks of four channels the gate's pre-activation W_e . hidden + b_e, its hardsigmoid and the scaling of those
+// channels' planes, in one parallel region per product as in the loops above.
+void squeeze_excite_avx512(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
+                           const at::Tensor& ew, const at::Tensor& eb) {
+  const int64_t N = y.size(0), C = y.size(1), R = rw.size(0), HW = y.size(2) * y.size(3);
+  const at::Tensor rwc = rw.contiguous(), rbc = rb.contiguous(), ewc = ew.contiguous(), ebc = eb.contiguous();
+  float* yp = y.mutable_data_ptr<float>();
+  std::vector<float> mean(N * C), hidden(N * R), pre(N * C);
+  plane_means<float, float>(yp, sums, N * C, HW, mean.data());
+
+  cpu::GemvAvx512Params reduce{};
+  reduce.bf16 = false;
+  reduce.x = mean.data(), reduce.w = rwc.const_data_ptr<float>(), reduce.b = rbc.const_data_ptr<float>();
+  reduce.y = hidden.data();
+  reduce.N = N, reduce.K = C, reduce.O = R, reduce.ldx = C, reduce.ldy = R;
+  reduce.act = static_cast<int>(Act::ReLU);
+  constexpr int64_t kRows = cpu::kGemvRowBlock;
+  // Grains of ~16K multiply-adds, as the loops'.
+  const int64_t reduce_grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, kRows * N * C));
+  at::parallel_for(0, (R + kRows - 1) / kRows, reduce_grain,
+                   [&](int64_t b0, int64_t b1) { cpu::avx512_gemv_blocks(reduce, b0, b1); });
+
+  cpu::GemvAvx512Params expand = reduce;
+  expand.x = hidden.data(), expand.w = ewc.const_data_ptr<float>(), expand.b = ebc.const_data_ptr<float>();
+  expand.y = pre.data();
+  expand.K = R, expand.O = C, expand.ldx = R, expand.ldy = C;
+  expand.act = static_cast<int>(Act::Identity);
+  const int64_t gate_grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, kRows * N * (R + HW)));
+  at::parallel_for(0, (C + kRows - 1) / kRows, gate_grain, [&](int64_t b0, int64_t b1) {
+    cpu::avx512_gemv_blocks(expand, b0, b1);
+    for (int64_t c = b0 * kRows; c < std::min(C, b1 * kRows); ++c) {
+      for (int64_t n = 0; n < N; ++n) {
+        // hardsigmoid(v) = relu6(v + 3) / 6
+        const float g = std::min(std::max(pre[n * C + c] + 3.f, 0.f), 6.f) / 6.f;
+        float* plane = yp + (n * C + c) * HW;
+#pragma omp simd
+        for (int64_t q = 0; q < HW; ++q) plane[q] *= g;
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
                      const at::Tensor& ew, const at::Tensor& eb) {
   TORCH_CHECK(y.is_contiguous(), "squeeze_excite_: y must be contiguous");
+  if (y.scalar_type() == at::kFloat &&
+      use_avx512_kernel(cpu_kernel_knob(), avx512_gemv_available(false),
+                        [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); })) {
+    squeeze_excite_avx512(y, sums, rw, rb, ew, eb);
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "ghost_bottleneck_se", [&] {
     squeeze_excite_kernel<scalar_t, at::opmath_type<scalar_t>>(y, sums, rw, rb, ew, eb);
   });

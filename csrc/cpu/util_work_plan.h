@@ -21,6 +21,9 @@ namespace cpu {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The working set plan_work allows one item (of a 1-2 MiB L2).
+constexpr int64_t kWorkItemBudgetBytes = 768 * 1024;
+
 struct WorkPlan {
   int64_t G = 1, Ib = 1, B = 1;               // images, channels, rows per item
   int64_t groups = 1, blocks = 1, bands = 1;  // how many of each
@@ -37,7 +40,7 @@ struct WorkPlan {
 template <typename Bytes>
 WorkPlan plan_work(int64_t N, int64_t H, int64_t W, int64_t I, int64_t halo, bool split_channels, Bytes&& bytes,
                    int64_t target_pixels = 512) {
-  constexpr int64_t kBudget = 768 * 1024;  // of a 1-2 MiB L2
+  constexpr int64_t kBudget = kWorkItemBudgetBytes;
   constexpr int64_t kMinBlock = 16;
   const int64_t threads = at::get_num_threads();
   const int64_t want = threads > 1 ? 2 * threads : 1;
