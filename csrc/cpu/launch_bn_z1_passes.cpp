@@ -10,7 +10,8 @@
 // kernel serves every dtype and memory format.
 //
 // Numerics: everything after z1 in the accumulation type; statistics as util_channel_stats.h describes; sums per
-// item and channel in 16 partial sums of the accumulation type, then in float64 per thread.
+// item and channel in 16 partial sums of the accumulation type, then in float64 per thread (the reduce pass's
+// cheap-channel sums in float on AVX-512: one 16-lane accumulator per sum, kernel_bn_reduce_avx512.h).
 // Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
 // ~30 of them): including ATen/Functions.h here is a compile error.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
@@ -20,10 +21,13 @@
 
 #include <algorithm>
 #include <array>
+#include <initializer_list>
+#include <type_traits>
 #include <tuple>
 
 #include "../activations.h"
 #include "entry_points.h"
+#include "kernel_bn_reduce_avx512.h"
 #include "kernel_ghost_forward_avx512.h"
 #include "util_channel_stats.h"
 #include "util_ghost_launch.h"
@@ -57,6 +61,33 @@ void fill_x1_planes(const Z1Walk<acc_t>& walk, typename Z1Walk<acc_t>::Buffers& 
                  [&](int64_t q) { return act_forward(A, s1.pre(c, s1.xhat(c, zc[q]))); });
     }
   }
+}
+
+// backward_reduce's three plane sets of one (channel, image) in one pass over its z1 rows (xhat1 and y1 computed
+// once per pixel, not once per set): x1 = act(y1), a1 = act'(y1), a1 * xhat1, with fill_plane's zero rows and
+// slack (util_ghost_launch.h). The inner loop takes restrict pointers and the channel's BN as values, so that it
+// vectorizes without alias checks (a lambda reading the BN vectors through pointers ran scalar: 4x the pass's time).
+template <typename acc_t, Act A>
+void fill_values(acc_t* __restrict__ x1, acc_t* __restrict__ a1, acc_t* __restrict__ aq, const acc_t* __restrict__ z,
+                 int64_t n, acc_t mean, acc_t invstd, acc_t weight, acc_t bias) {
+  for (int64_t q = 0; q < n; ++q) {
+    const acc_t xh = (z[q] - mean) * invstd, y = weight * xh + bias, d = act_derivative(A, y);
+    x1[q] = act_forward(A, y);
+    a1[q] = d;
+    aq[q] = d * xh;
+  }
+}
+
+template <typename acc_t, Act A>
+void fill_reduce_planes(acc_t* o0, acc_t* o1, acc_t* o2, const Planes& g, int64_t a0, int64_t a1, const acc_t* z,
+                        const StageView<acc_t>& s1, int64_t c) {
+  const int64_t head = (a0 - g.top) * g.W, tail = (a1 - g.top) * g.W, end = g.rows * g.W;
+  for (acc_t* o : {o0, o1, o2}) {
+    std::fill(o - g.p, o + head, acc_t(0));
+    std::fill(o + tail, o + end + g.p, acc_t(0));
+  }
+  fill_values<acc_t, A>(o0 + head, o1 + head, o2 + head, z, tail - head, s1.mean[c], s1.invstd[c], s1.weight[c],
+                        s1.bias[c]);
 }
 
 // Whether a call's depthwise stencils are the AVX-512 forward kernel's (float, where GHOSTKERNELS_CPU_KERNEL and the
@@ -176,6 +207,8 @@ void backward_reduce_kernel(const at::Tensor& grad_out, const at::Tensor& z1, co
   const Stencils<acc_t> stencils(walk, d, w_cheap.const_data_ptr<acc_t>());
   const RowCopy<acc_t> grad_rows(grad_out);
   const int64_t ps = walk.plane_stride(), W = d.W, n_primary = d.primary_kept(), n_cheap = d.cheap_kept();
+  // The cheap channels' eight sums on AVX-512 where the stencils are (float, and an activation the kernel has).
+  const bool avx512_sums = stencils.avx512 && avx512_bn_cheap_sums_available(static_cast<int>(A));
   for_each_item(walk, z1, 3, true, [&](const Z1Item& it, const acc_t* zr, auto& b, int64_t tid) {
     const int64_t PO = it.own * W, g = it.g;
     const int64_t p_end = std::min(it.c1, n_primary), np = std::max<int64_t>(0, p_end - it.c0);
@@ -185,16 +218,12 @@ void backward_reduce_kernel(const at::Tensor& grad_out, const at::Tensor& z1, co
     grad_rows.to_buffer(it.n0, g, it.c0, np, it.r0, it.own, gp);
     grad_rows.to_buffer(it.n0, g, d.I + j0, nc, it.r0, it.own, gc);
 
-    fill_x1_planes<acc_t, A>(walk, b, it, zr, s1);
+    // The three plane sets in one pass over z1 (xhat1 and y1 computed once per pixel, not once per set).
     for (int64_t c = it.c0; c < it.c1; ++c) {
       for (int64_t i = 0; i < g; ++i) {
         const acc_t* zc = zr + ((c - it.c0) * g + i) * it.PA;
-        fill_plane(walk.plane(b, 1, it, c, i), it.planes, it.a0, it.a1,
-                   [&](int64_t q) { return act_derivative(A, s1.pre(c, s1.xhat(c, zc[q]))); });
-        fill_plane(walk.plane(b, 2, it, c, i), it.planes, it.a0, it.a1, [&](int64_t q) {
-          const acc_t xh = s1.xhat(c, zc[q]);
-          return act_derivative(A, s1.pre(c, xh)) * xh;
-        });
+        fill_reduce_planes<acc_t, A>(walk.plane(b, 0, it, c, i), walk.plane(b, 1, it, c, i),
+                                     walk.plane(b, 2, it, c, i), it.planes, it.a0, it.a1, zc, s1, c);
       }
     }
     // sum(a1 * grad_out) and sum(a1 * xhat1 * grad_out) over the own rows of the kept primary channels.
@@ -223,6 +252,16 @@ void backward_reduce_kernel(const at::Tensor& grad_out, const at::Tensor& z1, co
       for (int64_t i = 0; i < g; ++i) {
         const int64_t o = i * ps;
         const acc_t* go = gc + ((j - j0) * g + i) * PO;
+        if constexpr (std::is_same<acc_t, float>::value) {
+          if (avx512_sums) {
+            float s[8];
+            avx512_bn_cheap_sums({z2 + o, da + o, dq + o, go, PO, s2.mean[j], s2.invstd[j], s2.weight[j], s2.bias[j],
+                                  static_cast<int>(A)},
+                                 s);
+            for (int r = 0; r < 8; ++r) sc[r][j] += s[r];
+            continue;
+          }
+        }
         const auto s = lane_sums<8, acc_t>(PO, [&](int64_t q, acc_t* v) {
           const acc_t xh = s2.xhat(j, z2[o + q]);
           const acc_t g2 = go[q] * act_derivative(A, s2.pre(j, xh));
