@@ -23,9 +23,9 @@ pytestmark = pytest.mark.skipif(not gt.cpu_has_avx512(), reason="the fused front
 
 TOL = BOTTLENECK_TOL[torch.float32]
 CASES = [
-    # 61 x 130 input -> 31 x 65: planes of 3 bands (11 + 11 + 9 rows), 13 primaries (tiles 6 + 6 + 1), odd mid
+    # 151 x 130 input -> 76 x 65: planes of 3 bands (26 + 26 + 24 rows), 13 primaries (tiles 6 + 6 + 1), odd mid
     # (the last primary has no cheap channel), squeeze-excite.
-    BottleneckCase(2, 8, 61, 130, 25, 16, 3, 2, True, "relu", "bands-se"),
+    BottleneckCase(2, 8, 151, 130, 25, 16, 3, 2, True, "relu", "bands-se"),
     # 5x5 conv_dw, one band, an odd width that ends mid-vector, no squeeze-excite.
     BottleneckCase(3, 12, 23, 37, 36, 20, 5, 2, False, "hardswish", "k5"),
     # 7x7 conv_dw on a tiny image (one output row per plane).

@@ -2,10 +2,9 @@
 // ghost1's output never in memory.
 //
 // Why: unfused, ghost1 writes its whole output (GhostNet's blocks.1.0: 48 channels x 112 x 112 float32, 2.4 MB per
-// image, more than a core's L2) and conv_dw reads it straight back; both passes ran at memory speed, and together
-// they were about a sixth of a batch-8 forward (bench/NOTES.md, entry 52). conv_dw is depthwise, so its output
-// channel c needs only ghost1's channel c, and a ghost1 channel needs only its primary (cheap channel j reads primary
-// j / M). So a unit of work is (image, one 6-channel tile of ghost1's primaries, a band of conv_dw's output rows):
+// image, more than a core's L2) and conv_dw reads it straight back: in blocks.1.0 alone the two passes were about an
+// eighth of a batch-8 forward (bench/NOTES.md, entry 52). conv_dw is depthwise, so its output channel c needs only
+// ghost1's channel c, and a ghost1 channel needs only its primary (cheap channel j reads primary j / M). So a unit of work is (image, one 6-channel tile of ghost1's primaries, a band of conv_dw's output rows):
 // the Ghost-module kernel (kernel_ghost_forward_avx512.h, avx512_forward_region) computes the tile's primary and
 // cheap planes on the ghost1 rows that the band reads (its halo rows recomputed by the neighbouring band) into a
 // per-thread scratch, and the depthwise kernel (kernel_depthwise_avx512.h, avx512_depthwise_band) runs the band
@@ -29,7 +28,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <cstring>
 #include <vector>
 
@@ -54,10 +56,12 @@ bool fused_front_enabled() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-// A band's scratch plane should stay within this (so a tile's planes, its x rows and the Ghost-module kernel's own
-// planes fit a 1.25 MiB L2 together, with room for conv_dw's phase planes and the output stores).
-constexpr int64_t kPlaneBytes = 16 * 1024;
-constexpr int64_t kUnitBytes = 512 * 1024;
+// A band's scratch plane stays within kPlaneBytes, and a unit's working set within kUnitBytes, so that a tile's planes,
+// its x rows and the Ghost-module kernel's own planes stay in a 1.25 MiB L2 together. Measured on GhostNet's
+// blocks.1.0 and 3.0 against 16 KB / 512 KB (bench/NOTES.md, entry 52): 112x112 in 2 bands instead of 4 and 56x56 in
+// one instead of 2 (fewer halo rows recomputed) were 3-8% faster blocks.
+constexpr int64_t kPlaneBytes = 32 * 1024;
+constexpr int64_t kUnitBytes = 1024 * 1024;
 constexpr int64_t kFloatBytes = sizeof(float);
 
 // Ghost1 rows [R0, R1) that conv_dw's output rows [o0, o1) read (stride S, kernel K, padding K/2), within the image.
@@ -99,6 +103,20 @@ FrontPlan plan_front(const GhostDims& d1, int64_t K, int64_t S, int64_t Ho) {
   return f;
 }
 
+// Column masks by shape, computed once: building them (a loop over every lane of every vector) was a few percent of
+// a batch-1 block.
+const uint16_t* cached_masks(bool depthwise, int64_t K, int64_t a, int64_t b, int64_t c) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 5>, std::vector<uint16_t>> masks;
+  const std::array<int64_t, 5> key{depthwise, K, a, b, c};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = masks.find(key);
+  if (it == masks.end()) {
+    it = masks.emplace(key, depthwise ? avx512_depthwise_column_masks(K, a, b, c) : avx512_column_masks(K, a, b)).first;
+  }
+  return it->second.data();
+}
+
 }  // namespace
 
 bool ghost_dw_front_applies(const at::Tensor& x, const GhostDims& d1, int64_t K, int64_t stride) {
@@ -126,8 +144,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   ForwardAvx512Params& g = call.prm;
   g.G = 1, g.Ib = kForwardTileChannels, g.B = f.max_rows;
   g.groups = N, g.blocks = f.tiles, g.bands = 1;  // not read by avx512_forward_region
-  const std::vector<uint16_t> ghost_masks = avx512_column_masks(d1.K, W, f.max_rows);
-  g.colmask = ghost_masks.data();
+  g.colmask = cached_masks(false, d1.K, W, f.max_rows, 0);
   // The tile's planes in scratch: kForwardTileChannels primaries, then their cheap channels, each `pitch` floats,
   // ghost1 row R0 of the unit at a plane's start (the addressing is set per unit below).
   const int64_t pitch = ceil_div(f.max_rows * W, 16) * 16;
@@ -141,8 +158,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   dp.b = dbf.data();
   dp.C = OC, dp.H = H, dp.W = W, dp.K = K, dp.stride = stride, dp.Ho = Ho, dp.Wo = Wo;
   dp.act = static_cast<int>(Act::Identity);
-  const std::vector<uint16_t> dw_masks = avx512_depthwise_column_masks(K, stride, Ho, Wo);
-  dp.colmask = dw_masks.data();
+  dp.colmask = cached_masks(true, K, stride, Ho, Wo);
 
   // Per-thread scratch: the Ghost-module kernel's, then the tile's planes between slack (the kernel's masked
   // primary stores may address up to K/2 rows before a plane and past the last one, with no lane stored there),
