@@ -146,6 +146,19 @@ std::tuple<at::Tensor, at::Tensor> bn_backward_reduce(const at::Tensor& grad_out
 at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride, Act act,
                           at::Tensor* plane_sums = nullptr);
 
+// The fused front of a stride-2 bottleneck (launch_ghost_dw_front.cpp). Called by the bottleneck
+// (launch_ghost_bottleneck.cpp) for its ghost1 and conv_dw where ghost_dw_front_applies (float32 contiguous NCHW,
+// the AVX-512 kernels for ghost1's and conv_dw's kernel sizes, GHOSTKERNELS_CPU_FUSED_FRONT not "0", a non-empty
+// output): depthwise_conv(ghost_forward(x, ...), dw_w, dw_b, stride, identity) with ghost1's output never in memory,
+// for inputs the bottleneck's checks passed (d1: ghost1's sizes; gate: ghost1's DFC map as ghost_forward takes it,
+// or undefined). Returns conv_dw's output [N, oc, Ho, Wo] from the CPU block pool, and *plane_sums (when not null)
+// its planes' sums [N, oc] in float32, as depthwise_conv's.
+bool ghost_dw_front_applies(const at::Tensor& x, const GhostDims& d1, int64_t K_dw, int64_t stride);
+at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
+                          const at::Tensor& w_cheap, const at::Tensor& b_cheap, const GhostDims& d1,
+                          const at::Tensor& gate, const at::Tensor& dw_w, const at::Tensor& dw_b, int64_t stride,
+                          at::Tensor* plane_sums);
+
 // Checks the weight w, bias b and stride of a depthwise convolution over `x` (its channel count, dtype and device
 // are what matter, so a meta tensor will do), naming `op` and `what` (e.g. "conv_dw") in the messages
 // (launch_depthwise_conv.cpp). Called by the bottleneck's argument checks (op_ghost_bottleneck.cpp: conv_dw, the

@@ -161,15 +161,14 @@ void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, cons
   }
 }
 
+// The n outputs of channel c from its phase planes (phases, stride_f floats apart, row 0 at the first output row's
+// offset lo), written to out; returns their sum (after the activation) when `sum` is set, else 0.
 template <typename E, int K, int S, Act A>
-void plane(const DepthwiseAvx512Params& p, int64_t pl, float* scratch) {
+float plane_taps(const DepthwiseAvx512Params& p, int64_t c, const float* phases, int64_t stride_f, E* out, int64_t n,
+                 bool sum) {
   constexpr int P = K / 2;
   const PhaseGeometry g = geometry(K, S);
-  const int64_t stride_f = phase_floats(p), n = p.Ho * p.Wo, n_off = g.offsets();
-  float* phases = scratch + kPhaseSlack;
-  split_phases<E, S>(static_cast<const E*>(p.x) + pl * p.H * p.W, p.H, p.W, p.Ho, p.Wo, g, phases, stride_f);
-
-  const int64_t c = pl % p.C;
+  const int64_t n_off = g.offsets();
   const float* w = p.w + c * K * K;
   // Per tap: where its phase plane's row 0 starts (the output vector's offset is added below) and which column
   // mask it needs (offset index; the centre column's offset needs none).
@@ -186,8 +185,7 @@ void plane(const DepthwiseAvx512Params& p, int64_t pl, float* scratch) {
   __m512 wv[K * K];
   for (int t = 0; t < K * K; ++t) wv[t] = _mm512_set1_ps(w[t]);
   const __m512 bias = _mm512_set1_ps(p.b[c]);
-  E* out = static_cast<E*>(p.out) + pl * n;
-  __m512 sum = _mm512_setzero_ps();
+  __m512 total = _mm512_setzero_ps();
   for (int64_t q0 = 0; q0 < n; q0 += kVecLanes) {
     const uint16_t* cm = p.colmask + (q0 / kVecLanes) * n_off;
     __m512 acc = bias;
@@ -200,14 +198,70 @@ void plane(const DepthwiseAvx512Params& p, int64_t pl, float* scratch) {
     acc = act_v<A>(acc);
     const __mmask16 valid = lane_range(0, n - q0);
     store_f32(out + q0, valid, acc);
-    if (p.plane_sums != nullptr) sum = _mm512_mask_add_ps(sum, valid, sum, acc);
+    if (sum) total = _mm512_mask_add_ps(total, valid, total, acc);
   }
-  if (p.plane_sums != nullptr) p.plane_sums[pl] = _mm512_reduce_add_ps(sum);
+  return sum ? _mm512_reduce_add_ps(total) : 0.f;
+}
+
+template <typename E, int K, int S, Act A>
+void plane(const DepthwiseAvx512Params& p, int64_t pl, float* scratch) {
+  const PhaseGeometry g = geometry(K, S);
+  const int64_t stride_f = phase_floats(p), n = p.Ho * p.Wo;
+  float* phases = scratch + kPhaseSlack;
+  split_phases<E, S>(static_cast<const E*>(p.x) + pl * p.H * p.W, p.H, p.W, p.Ho, p.Wo, g, phases, stride_f);
+  E* out = static_cast<E*>(p.out) + pl * n;
+  const float total = plane_taps<E, K, S, A>(p, pl % p.C, phases, stride_f, out, n, p.plane_sums != nullptr);
+  if (p.plane_sums != nullptr) p.plane_sums[pl] = total;
 }
 
 template <typename E, int K, int S, Act A>
 void planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
   for (int64_t pl = begin; pl < end; ++pl) plane<E, K, S, A>(p, pl, scratch);
+}
+
+// avx512_depthwise_band's phase planes: the phase rows of output rows [o0, o0 + bo) from a float plane `in` that
+// holds input rows [in_row0, in_row1) (pitch W); other rows, inside the image or not, read as zero (the taps of the
+// band never read the ones inside the image: the caller provides every row they need).
+template <int S>
+void split_band_phases(const float* in, int64_t in_row0, int64_t in_row1, int64_t W, int64_t o0, int64_t bo,
+                       int64_t Wo, const PhaseGeometry& g, float* phases, int64_t stride_f) {
+  const int64_t rows = bo + g.hi - g.lo;
+  for (int a = 0; a < S; ++a) {
+    for (int64_t t = 0; t < rows; ++t) {
+      const int64_t r = S * (o0 + t + g.lo) + a;
+      float* d0 = phases + (a * S) * stride_f + t * Wo;
+      if (r < in_row0 || r >= in_row1) {
+        for (int b = 0; b < S; ++b) std::memset(d0 + b * stride_f, 0, Wo * sizeof(float));
+        continue;
+      }
+      const float* src = in + (r - in_row0) * W;
+      for (int64_t j = 0; j < Wo; j += kVecLanes) {
+        const __mmask16 m = lane_range(0, Wo - j);
+        if constexpr (S == 1) {
+          _mm512_mask_storeu_ps(d0 + j, m, _mm512_maskz_loadu_ps(lane_range(0, W - j), src + j));
+        } else {
+          // Even input columns to column phase 0, odd ones to phase 1 (loads masked at the row's end).
+          const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+          const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+          const int64_t c = 2 * j;
+          const __m512 lo = _mm512_maskz_loadu_ps(lane_range(0, W - c), src + c);
+          const __m512 hi = _mm512_maskz_loadu_ps(lane_range(0, W - c - kVecLanes), src + c + kVecLanes);
+          _mm512_mask_storeu_ps(d0 + j, m, _mm512_permutex2var_ps(lo, even, hi));
+          _mm512_mask_storeu_ps(d0 + stride_f + j, m, _mm512_permutex2var_ps(lo, odd, hi));
+        }
+      }
+    }
+  }
+}
+
+template <typename E, int K, int S, Act A>
+float band(const DepthwiseAvx512Params& p, const DepthwiseBand& b, float* scratch) {
+  const PhaseGeometry g = geometry(K, S);
+  const int64_t stride_f = phase_floats(p), bo = b.o1 - b.o0;
+  float* phases = scratch + kPhaseSlack;
+  const int64_t r0 = std::max<int64_t>(0, b.in_row0), r1 = std::min<int64_t>(p.H, b.in_row0 + b.in_rows);
+  split_band_phases<S>(b.in + (r0 - b.in_row0) * p.W, r0, r1, p.W, b.o0, bo, p.Wo, g, phases, stride_f);
+  return plane_taps<E, K, S, A>(p, b.c, phases, stride_f, static_cast<E*>(b.out), bo * p.Wo, b.want_sum);
 }
 
 // Calls fn(E{}, K, S, A) with the element type, kernel size, stride and activation as compile-time constants
@@ -322,10 +376,19 @@ void avx512_depthwise_planes(const DepthwiseAvx512Params& p, int64_t begin, int6
   });
 }
 
+float avx512_depthwise_band(const DepthwiseAvx512Params& p, const DepthwiseBand& b, float* scratch) {
+  float total = 0.f;
+  with_constants(p.bf16, p.K, p.stride, p.act, [&](auto e, auto k, auto s, auto a) {
+    total = band<decltype(e), decltype(k)::value, decltype(s)::value, decltype(a)::value>(p, b, scratch);
+  });
+  return total;
+}
+
 GK_AVX512_REGION_END
 #else
 // Never called: avx512_depthwise_available() and avx512_small_conv_available() are false.
 void avx512_depthwise_planes(const DepthwiseAvx512Params&, int64_t, int64_t, float*) {}
+float avx512_depthwise_band(const DepthwiseAvx512Params&, const DepthwiseBand&, float*) { return 0.f; }
 void avx512_small_conv_items(const SmallConvAvx512Params&, int64_t, int64_t, float*) {}
 #endif
 

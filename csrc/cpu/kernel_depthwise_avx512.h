@@ -49,6 +49,22 @@ int64_t avx512_depthwise_scratch_floats(const DepthwiseAvx512Params& p);
 // Computes planes [begin, end); planes are independent, so threads may run disjoint ranges.
 void avx512_depthwise_planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch);
 
+// One band of output rows of one plane, its input a float plane held elsewhere: the fused bottleneck front
+// (launch_ghost_dw_front.cpp) keeps ghost1's planes in per-thread scratch and never writes them to memory.
+struct DepthwiseBand {
+  int64_t c;             // the channel (its weights and bias)
+  const float* in;       // rows [in_row0, in_row0 + in_rows) of the channel's H x W input, pitch W; every row inside
+  int64_t in_row0;       // the image that output rows [o0, o1) read must be among them (rows outside the image
+  int64_t in_rows;       // are the zero padding)
+  void* out;             // output row o0 of the plane (pitch Wo; x's element type: p.bf16)
+  int64_t o0, o1;        // the output rows
+  bool want_sum;         // return the band's sum (after the activation)
+};
+
+// Computes band b with p's weights, sizes and activation (p.x, p.out and p.plane_sums are not read); returns the
+// band's sum where b.want_sum, else 0. scratch: avx512_depthwise_scratch_floats(p), as for avx512_depthwise_planes.
+float avx512_depthwise_band(const DepthwiseAvx512Params& p, const DepthwiseBand& b, float* scratch);
+
 // A dense convolution with few input channels on the same phase planes: out[n][o] = act(b[o] + sum over ci of the
 // k x k convolution of x[n][ci] with w[o][ci]), stride 1 or 2, padding K/2. It is GhostNet's stem (3 -> 16
 // channels, 3x3, stride 2 at 224x224): each image's Ci planes are split into phases once per thread, and every 16

@@ -177,10 +177,10 @@ struct Item {
   int64_t ldb, P, PA;    // P = g * PA pixels; PA = pixels of one image's computed rows [a0, a1)
   float* planes;         // plane(r, i) = planes + (r * G + i) * pstride, row t = image row top + t
   int64_t pstride, x1_off;  // x1_off: where row a0 starts in a plane
-  typename T::elem* out;             // the output, [N][OC][H][W]
+  typename T::elem* out;             // the output (OutputMap's addressing)
   const typename T::elem* res;       // the residual laid out like the output, or nullptr
-  int64_t out_primary;               // where channel 0 of image 0's row a0 starts in them
-  int64_t out_image;     // output elements per image (OC * H * W)
+  int64_t out_primary;               // where channel m0 = 0 of the item's first image, row a0, starts in them
+  int64_t out_image, out_plane;      // output elements per image and per channel plane
   int64_t own_lo, own_hi;  // pixels (of PA) on the band's own rows
   int64_t n0, pix0;        // the item's first image, and the in-image pixel of row a0's first column (a0 * W)
 };
@@ -215,7 +215,7 @@ void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int6
   }
 
   // Epilogue: x1 = act(z1 + b1) to the planes (every computed row) and the output (own rows, kept channels).
-  const int64_t HW = p.H * p.W;
+  const int64_t plane_pitch = it.out_plane;
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     const int64_t s = s0 + v * kLanes, valid = imin(kLanes, it.P - s);
@@ -230,7 +230,7 @@ void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int6
       const __mmask16 mine = lane_range(lo, hi);
       const __mmask16 own = mine & lane_range(it.own_lo - shift, it.own_hi - shift);
       float* x1 = it.planes + i * it.pstride + it.x1_off + shift;
-      const int64_t out_off = it.out_primary + i * it.out_image + m0 * HW + shift;
+      const int64_t out_off = it.out_primary + i * it.out_image + m0 * plane_pitch + shift;
       typename T::elem* out = it.out + out_off;
       const typename T::elem* res = it.res == nullptr ? nullptr : it.res + out_off;
       const bool gated = p.gate != nullptr && own;
@@ -241,7 +241,7 @@ void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int6
         _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, acc[r][v]);  // x1 itself: the cheap half reads it
         if (own && m0 + r < p.n_primary) {
           const __m512 y = gated ? _mm512_mul_ps(acc[r][v], gl.load(gplane + r * p.gate_plane, p.gate_end)) : acc[r][v];
-          store_output<T>(out + r * HW, res == nullptr ? nullptr : res + r * HW, own, y);
+          store_output<T>(out + r * plane_pitch, res == nullptr ? nullptr : res + r * plane_pitch, own, y);
         }
       }
       lo = hi;
@@ -354,8 +354,21 @@ void pack_bf16_widened(const uint16_t* x, int64_t C, int64_t HW, int64_t n0, int
   }
 }
 
+// ForwardAvx512Params' output addressing, resolved (out_plane 0: the [N, OC, H, W] tensor).
+struct OutputMap {
+  int64_t image, plane, primary_shift, cheap_shift, pixel_shift;
+  explicit OutputMap(const ForwardAvx512Params& p)
+      : image(p.out_plane > 0 ? p.out_image : p.OC * p.H * p.W),
+        plane(p.out_plane > 0 ? p.out_plane : p.H * p.W),
+        primary_shift(p.out_plane > 0 ? p.out_primary_shift : 0),
+        cheap_shift(p.out_plane > 0 ? p.out_cheap_shift : p.I),
+        pixel_shift(p.out_plane > 0 ? p.out_pixel_shift : 0) {}
+};
+
+// One work item: images [n0, n0 + g), primary channels [c0, c1) and their cheap channels, own rows [r0, r1).
 template <typename T, Act A>
-void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
+void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
+              void* scratch) {
   using elem = typename T::elem;
   const int64_t C = p.C, H = p.H, W = p.W, HW = H * W, I = p.I, M = p.M, K = p.K, pad = K / 2;
   const int64_t pstride = plane_stride(p);
@@ -365,115 +378,120 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
   elem* out_all = static_cast<elem*>(p.out);
   const elem* res_all = static_cast<const elem*>(p.residual);
   const DepthwiseFn<T, A> depthwise = depthwise_for<T, A>(K);
+  const OutputMap om(p);
   thread_local std::vector<GateLanes> band_lanes;  // per thread, reused across items and calls
 
-  for (int64_t item = begin; item < end; ++item) {
-    // item -> (group, block, band), band fastest: the order of util_work_plan.h's WorkPlan.
-    const int64_t band = item % p.bands, block = (item / p.bands) % p.blocks, group = item / (p.bands * p.blocks);
-    const int64_t n0 = group * p.G, g = imin(p.G, p.N - n0);
-    const int64_t c0 = block * p.Ib, c1 = imin(I, c0 + p.Ib);
-    const int64_t r0 = band * p.B, r1 = imin(H, r0 + p.B), own = r1 - r0;
-    const int64_t top = r0 - pad, a0 = imax(0, top), a1 = imin(H, r1 + pad), PA = (a1 - a0) * W;
+  const int64_t own = r1 - r0;
+  const int64_t top = r0 - pad, a0 = imax(0, top), a1 = imin(H, r1 + pad), PA = (a1 - a0) * W;
+  Item<T> it;
+  it.PA = PA;
+  it.P = g * PA;
+  if constexpr (T::pairs) {
+    pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
+    it.b = panel;
+    it.ldb = it.P;
+  } else if constexpr (T::widen) {
+    pack_bf16_widened(x, C, HW, n0, g, a0 * W, PA, reinterpret_cast<float*>(panel));
+    it.b = panel;
+    it.ldb = it.P;
+  } else if (g == 1) {
+    it.b = x + n0 * C * HW + a0 * W;
+    it.ldb = HW;
+  } else {
+    float* fpanel = reinterpret_cast<float*>(panel);
+    for (int64_t k = 0; k < C; ++k) {
+      for (int64_t i = 0; i < g; ++i) {
+        std::memcpy(fpanel + k * it.P + i * PA, x + ((n0 + i) * C + k) * HW + a0 * W, PA * sizeof(float));
+      }
+    }
+    it.b = fpanel;
+    it.ldb = it.P;
+  }
+  it.planes = planes;
+  it.pstride = pstride;
+  it.x1_off = (a0 - top) * W;
+  it.out = out_all;
+  it.res = res_all;
+  it.out_primary = n0 * om.image + om.primary_shift * om.plane + a0 * W + om.pixel_shift;
+  it.out_image = om.image;
+  it.out_plane = om.plane;
+  it.own_lo = (r0 - a0) * W;
+  it.own_hi = (r1 - a0) * W;
+  it.n0 = n0;
+  it.pix0 = a0 * W;
 
-    Item<T> it;
-    it.PA = PA;
-    it.P = g * PA;
-    if constexpr (T::pairs) {
-      pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
-      it.b = panel;
-      it.ldb = it.P;
-    } else if constexpr (T::widen) {
-      pack_bf16_widened(x, C, HW, n0, g, a0 * W, PA, reinterpret_cast<float*>(panel));
-      it.b = panel;
-      it.ldb = it.P;
-    } else if (g == 1) {
-      it.b = x + n0 * C * HW + a0 * W;
-      it.ldb = HW;
-    } else {
-      float* fpanel = reinterpret_cast<float*>(panel);
-      for (int64_t k = 0; k < C; ++k) {
+  // The gated module's map lanes for the band's own rows, shared by every cheap channel and image of the item.
+  if (p.gate != nullptr) {
+    band_lanes.clear();
+    for (int64_t q0 = 0; q0 < own * W; q0 += kLanes) {
+      band_lanes.emplace_back(p.gate_index + r0 * W + q0, lane_range(0, own * W - q0));
+    }
+  }
+
+  // Plane rows outside the image are the depthwise conv's zero padding; the epilogue never writes them.
+  const int64_t zero_top = (a0 - top) * W, zero_bottom_from = (a1 - top) * W, plane_end = (own + 2 * pad) * W;
+  for (int64_t t = 0; t < kMR * g; ++t) {
+    float* pl = planes + (t / g) * p.G * pstride + (t % g) * pstride;
+    if (zero_top > 0) std::memset(pl, 0, zero_top * sizeof(float));
+    if (plane_end > zero_bottom_from) std::memset(pl + zero_bottom_from, 0, (plane_end - zero_bottom_from) * sizeof(float));
+  }
+
+  for (int64_t m0 = c0; m0 < c1; m0 += kMR) {
+    if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;  // this and every later channel is sliced away
+    const int64_t mr = imin(kMR, c1 - m0);
+    for (int64_t s0 = 0; s0 < it.P; s0 += kNV * kLanes) {
+      const int64_t vecs = imin(kNV, (it.P - s0 + kLanes - 1) / kLanes);
+      const __mmask16 tail = lane_range(0, it.P - (s0 + (vecs - 1) * kLanes));
+      tile_for<T, A>(mr, vecs)(p, it, m0, s0, tail);
+    }
+    // Cheap channels of these primaries, from the planes while they are in L1.
+    for (int64_t r = 0; r < mr; ++r) {
+      const int64_t c = m0 + r;
+      for (int64_t j = c * M; j < imin((c + 1) * M, p.n_cheap); ++j) {
         for (int64_t i = 0; i < g; ++i) {
-          std::memcpy(fpanel + k * it.P + i * PA, x + ((n0 + i) * C + k) * HW + a0 * W, PA * sizeof(float));
-        }
-      }
-      it.b = fpanel;
-      it.ldb = it.P;
-    }
-    it.planes = planes;
-    it.pstride = pstride;
-    it.x1_off = (a0 - top) * W;
-    it.out = out_all;
-    it.res = res_all;
-    it.out_primary = n0 * p.OC * HW + a0 * W;
-    it.out_image = p.OC * HW;
-    it.own_lo = (r0 - a0) * W;
-    it.own_hi = (r1 - a0) * W;
-    it.n0 = n0;
-    it.pix0 = a0 * W;
-
-    // The gated module's map lanes for the band's own rows, shared by every cheap channel and image of the item.
-    if (p.gate != nullptr) {
-      band_lanes.clear();
-      for (int64_t q0 = 0; q0 < own * W; q0 += kLanes) {
-        band_lanes.emplace_back(p.gate_index + r0 * W + q0, lane_range(0, own * W - q0));
-      }
-    }
-
-    // Plane rows outside the image are the depthwise conv's zero padding; the epilogue never writes them.
-    const int64_t zero_top = (a0 - top) * W, zero_bottom_from = (a1 - top) * W, plane_end = (own + 2 * pad) * W;
-    for (int64_t t = 0; t < kMR * g; ++t) {
-      float* pl = planes + (t / g) * p.G * pstride + (t % g) * pstride;
-      if (zero_top > 0) std::memset(pl, 0, zero_top * sizeof(float));
-      if (plane_end > zero_bottom_from) std::memset(pl + zero_bottom_from, 0, (plane_end - zero_bottom_from) * sizeof(float));
-    }
-
-    for (int64_t m0 = c0; m0 < c1; m0 += kMR) {
-      if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;  // this and every later channel is sliced away
-      const int64_t mr = imin(kMR, c1 - m0);
-      for (int64_t s0 = 0; s0 < it.P; s0 += kNV * kLanes) {
-        const int64_t vecs = imin(kNV, (it.P - s0 + kLanes - 1) / kLanes);
-        const __mmask16 tail = lane_range(0, it.P - (s0 + (vecs - 1) * kLanes));
-        tile_for<T, A>(mr, vecs)(p, it, m0, s0, tail);
-      }
-      // Cheap channels of these primaries, from the planes while they are in L1.
-      for (int64_t r = 0; r < mr; ++r) {
-        const int64_t c = m0 + r;
-        for (int64_t j = c * M; j < imin((c + 1) * M, p.n_cheap); ++j) {
-          for (int64_t i = 0; i < g; ++i) {
-            const float* centre = planes + (r * p.G + i) * pstride + pad * W;
-            const int64_t off = ((n0 + i) * p.OC + I + j) * HW + r0 * W;
-            const float* gplane = p.gate == nullptr ? nullptr : p.gate + ((n0 + i) * p.OC + I + j) * p.gate_plane;
-            depthwise(centre, out_all + off, res_all == nullptr ? nullptr : res_all + off, own * W, W,
-                      p.w2 + j * K * K, p.b2[j], p.colmask, gplane, band_lanes.data(), p.gate_end);
-          }
+          const float* centre = planes + (r * p.G + i) * pstride + pad * W;
+          const int64_t off = (n0 + i) * om.image + (j + om.cheap_shift) * om.plane + r0 * W + om.pixel_shift;
+          const float* gplane = p.gate == nullptr ? nullptr : p.gate + ((n0 + i) * p.OC + I + j) * p.gate_plane;
+          depthwise(centre, out_all + off, res_all == nullptr ? nullptr : res_all + off, own * W, W,
+                    p.w2 + j * K * K, p.b2[j], p.colmask, gplane, band_lanes.data(), p.gate_end);
         }
       }
     }
   }
 }
 
-template <typename T>
-void run_items_for_act(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
-  switch (static_cast<Act>(p.act)) {
-    case Act::ReLU: run_items<T, Act::ReLU>(p, begin, end, scratch); break;
-    case Act::ReLU6: run_items<T, Act::ReLU6>(p, begin, end, scratch); break;
-    case Act::SiLU: run_items<T, Act::SiLU>(p, begin, end, scratch); break;
-    case Act::HardSwish: run_items<T, Act::HardSwish>(p, begin, end, scratch); break;
-    case Act::Identity:
-    default: run_items<T, Act::Identity>(p, begin, end, scratch); break;
+template <typename T, Act A>
+void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
+  for (int64_t item = begin; item < end; ++item) {
+    // item -> (group, block, band), band fastest: the order of util_work_plan.h's WorkPlan.
+    const int64_t band = item % p.bands, block = (item / p.bands) % p.blocks, group = item / (p.bands * p.blocks);
+    const int64_t n0 = group * p.G, r0 = band * p.B, c0 = block * p.Ib;
+    run_item<T, A>(p, n0, imin(p.G, p.N - n0), c0, imin(p.I, c0 + p.Ib), r0, imin(p.H, r0 + p.B), scratch);
+  }
+}
+
+// Calls fn(T{}, a) with the element/GEMM type of p and its activation as a compile-time constant.
+template <typename Fn>
+void with_types(const ForwardAvx512Params& p, Fn&& fn) {
+  const auto with_act = [&](auto t) { dispatch_act(static_cast<Act>(p.act), [&](auto a) { fn(t, a); }); };
+  if (p.bf16 && p.bf16_dot) {
+    with_act(BF16{});
+  } else if (p.bf16) {
+    with_act(BF16W{});
+  } else {
+    with_act(F32{});
   }
 }
 
 }  // namespace
 
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch) {
-  if (p.bf16 && p.bf16_dot) {
-    run_items_for_act<BF16>(p, begin, end, scratch);
-  } else if (p.bf16) {
-    run_items_for_act<BF16W>(p, begin, end, scratch);
-  } else {
-    run_items_for_act<F32>(p, begin, end, scratch);
-  }
+  with_types(p, [&](auto t, auto a) { run_items<decltype(t), decltype(a)::value>(p, begin, end, scratch); });
+}
+
+void avx512_forward_region(const ForwardAvx512Params& p, int64_t n, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
+                           void* scratch) {
+  with_types(p, [&](auto t, auto a) { run_item<decltype(t), decltype(a)::value>(p, n, 1, c0, c1, r0, r1, scratch); });
 }
 
 void avx512_depthwise_taps(const float* centre, float* dst, int64_t n, int64_t W, int64_t K, const float* w,
@@ -486,6 +504,7 @@ GK_AVX512_REGION_END
 #else
 // Never called: avx512_forward_available() is false.
 void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}
+void avx512_forward_region(const ForwardAvx512Params&, int64_t, int64_t, int64_t, int64_t, int64_t, void*) {}
 void avx512_depthwise_taps(const float*, float*, int64_t, int64_t, int64_t, const float*, const uint16_t*) {}
 #endif
 

@@ -61,6 +61,14 @@ struct ForwardAvx512Params {
   // avx512_column_masks(K, W, B): for each 16-output vector of a band and each column offset dx, the lanes whose
   // tap stays inside the row.
   const uint16_t* colmask;
+  // Output addressing. out_plane == 0 (a value-initialized struct): out is the [N, OC, H, W] tensor. A caller that
+  // keeps the planes elsewhere (the fused bottleneck front, launch_ghost_dw_front.cpp: one channel block's planes,
+  // a band of rows, in per-thread scratch) sets out_plane > 0: in-image pixel q of primary channel c of image n is
+  // then stored at out + n * out_image + (c + out_primary_shift) * out_plane + q + out_pixel_shift, and of cheap
+  // channel j (output channel I + j) at the same place with (j + out_cheap_shift) for (c + out_primary_shift).
+  // residual must then be nullptr (it is read at the output's offsets). The gate stays indexed by image and output
+  // channel ([N, OC, gate_plane]) either way.
+  int64_t out_image, out_plane, out_primary_shift, out_cheap_shift, out_pixel_shift;
 };
 
 // Whether this CPU runs the kernel (AVX-512 F/BW/VL/DQ; bfloat16 needs nothing more) and the kernel handles this
@@ -79,6 +87,12 @@ int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p);
 
 // Runs work items [begin, end). Items write disjoint parts of the output, so threads may run disjoint ranges.
 void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* scratch);
+
+// Runs one item that the caller cut itself: image n, primary channels [c0, c1) with their cheap channels, own rows
+// [r0, r1), r1 - r0 <= p.B (the halo rows its cheap half needs are computed too). p.G must be 1; groups, blocks and
+// bands are not read. scratch: avx512_forward_scratch_words(p) words, as for avx512_forward_items.
+void avx512_forward_region(const ForwardAvx512Params& p, int64_t n, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
+                           void* scratch);
 
 // The cheap half's stencil on its own, for the train-mode BatchNorm passes (launch_bn_z1_passes.cpp):
 // dst[q] = sum_{dy,dx} w[dy*K+dx] * plane(q + (dy-p)*W + dx-p) for q in [0, n), no bias, no activation. `centre` is a

@@ -8,7 +8,8 @@
 // kernel, the depthwise convs on launch_depthwise_conv.cpp's kernel, the squeeze-excite's mean taken from that kernel's
 // output pass where a depthwise conv precedes it and applied in place, and the shortcut added in ghost2's output
 // store (no separate add pass). GhostNetV2's gated block (ghost_bottleneck_gated) first computes ghost1's DFC map
-// (launch_dfc_gate.cpp), which ghost1's kernel multiplies into both halves as it stores them. The batch is processed
+// (launch_dfc_gate.cpp), which ghost1's kernel multiplies into both halves as it stores them. In float32 a stride-2
+// block runs ghost1 and conv_dw as one pass (launch_ghost_dw_front.cpp), ghost1's output never in memory. The batch is processed
 // in chunks whose ghost1 output fits in cache, and the kernels' intermediates come from, and go back to, the CPU
 // block pool (util_tensor_pool.h).
 //
@@ -55,15 +56,21 @@ void block_forward(const BottleneckArgs& a, const BottleneckDims& d, int64_t gn,
     gate = cpu::dfc_gate_map(x, *a.gate[0], *a.gate[1], *a.gate[2], *a.gate[3], *a.gate[4], *a.gate[5], dg,
                              /*float_map=*/true);
   }
-  at::Tensor y;
-  {
-    RECORD_USER_SCOPE("ghostkernels::ghost_bottleneck/ghost1");
-    y = cpu::ghost_forward(x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, d1, at::Tensor(), at::Tensor(), gate);
-  }
-  at::Tensor sums;
-  if (d.has_dw) {
-    RECORD_USER_SCOPE("ghostkernels::ghost_bottleneck/conv_dw");
-    y = cpu::depthwise_conv(y, *a.dw_w, *a.dw_b, a.stride, Act::Identity, d.has_se ? &sums : nullptr);
+  at::Tensor y, sums;
+  if (d.has_dw && cpu::ghost_dw_front_applies(x, d1, a.dw_w->size(2), a.stride)) {
+    // ghost1 and conv_dw in one pass, ghost1's output never in memory (launch_ghost_dw_front.cpp).
+    RECORD_USER_SCOPE("ghostkernels::ghost_bottleneck/ghost1_dw");
+    y = cpu::ghost_dw_front(x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, d1, gate, *a.dw_w, *a.dw_b, a.stride,
+                            d.has_se ? &sums : nullptr);
+  } else {
+    {
+      RECORD_USER_SCOPE("ghostkernels::ghost_bottleneck/ghost1");
+      y = cpu::ghost_forward(x, a.g1w1, a.g1b1, a.g1w2, a.g1b2, d1, at::Tensor(), at::Tensor(), gate);
+    }
+    if (d.has_dw) {
+      RECORD_USER_SCOPE("ghostkernels::ghost_bottleneck/conv_dw");
+      y = cpu::depthwise_conv(y, *a.dw_w, *a.dw_b, a.stride, Act::Identity, d.has_se ? &sums : nullptr);
+    }
   }
   if (d.has_se) {
     RECORD_USER_SCOPE("ghostkernels::ghost_bottleneck/se");

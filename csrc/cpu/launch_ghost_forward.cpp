@@ -43,6 +43,7 @@
 #include "entry_points.h"
 #include "kernel_ghost_forward_avx512.h"
 #include "util_float_weights.h"
+#include "util_forward_avx512_call.h"
 #include "util_ghost_launch.h"
 #include "util_kernel_choice.h"
 #include "util_plane_ops.h"
@@ -181,50 +182,58 @@ cpu::WorkPlan balanced_plan(const cpu::WorkPlan& base, const GhostDims& d, int64
   return it->second;
 }
 
+}  // namespace
+
+ForwardAvx512Call::ForwardAvx512Call(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                     const at::Tensor& w2, const at::Tensor& b2, const GhostDims& d,
+                                     const at::Tensor& gate)
+    : b1f_(b1), w2f_(w2), b2f_(b2) {
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const bool bf16_dot = bf16 && cpu::avx512_forward_bf16_dot();
+  // bfloat16 weights for the dot product as pairs of neighbouring input channels (one 32-bit word each), an odd C
+  // padded with a zero; without it, float weights for the float GEMM.
+  w1k_ = w1.reshape({d.I, d.C});
+  if (bf16_dot && d.C % 2 == 1) w1k_ = at::constant_pad_nd(w1k_, {0, 1});
+  w1k_ = w1k_.contiguous();
+  if (bf16 && !bf16_dot) w1f_.emplace(w1k_);
+  prm.bf16 = bf16;
+  prm.bf16_dot = bf16_dot;
+  // The gated module's map as float32 planes; the kernel's window loads may read past a plane up to the end of the
+  // memory holding it (the bottleneck's maps come with slack after the last plane, util_tensor_pool.h).
+  gatef_ = !gate.defined()                     ? gate
+           : gate.scalar_type() == at::kFloat ? gate.contiguous()
+                                              : gate.to(at::kFloat).contiguous();
+  if (gatef_.defined()) {
+    const int64_t Hg = gatef_.size(2), Wg = gatef_.size(3);
+    gate_index_ = gate_index_table(d.H, d.W, Hg, Wg);
+    prm.gate = gatef_.const_data_ptr<float>();
+    prm.gate_end = reinterpret_cast<const float*>(static_cast<const char*>(gatef_.storage().data()) +
+                                                  gatef_.storage().nbytes());
+    prm.gate_plane = Hg * Wg;
+    prm.gate_index = gate_index_.data();
+  }
+  prm.x = x.const_data_ptr();
+  prm.w1 = w1f_ ? static_cast<const void*>(w1f_->data()) : w1k_.const_data_ptr();
+  prm.b1 = b1f_.data();
+  prm.w2 = w2f_.data();
+  prm.b2 = b2f_.data();
+  prm.N = d.N, prm.C = d.C, prm.H = d.H, prm.W = d.W, prm.I = d.I, prm.M = d.M, prm.K = d.K, prm.OC = d.oc;
+  prm.n_primary = d.primary_kept();
+  prm.n_cheap = d.cheap_kept();
+  prm.act = static_cast<int>(d.act);
+}
+
+namespace {
+
 // Float32 or bfloat16 NCHW forward on the AVX-512 kernel (kernel_ghost_forward_avx512.h); x and out are contiguous.
 void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                     const at::Tensor& b2, const at::Tensor& out, const at::Tensor& residual, const GhostDims& d,
                     const at::Tensor& gate) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const bool bf16_dot = bf16 && cpu::avx512_forward_bf16_dot();
-  // bfloat16 weights for the dot product as pairs of neighbouring input channels (one 32-bit word each), an odd C
-  // padded with a zero; without it, float weights for the float GEMM.
-  at::Tensor w1k = w1.reshape({d.I, d.C});
-  if (bf16_dot && d.C % 2 == 1) w1k = at::constant_pad_nd(w1k, {0, 1});
-  w1k = w1k.contiguous();
-  std::optional<cpu::FloatWeights> w1f;
-  if (bf16 && !bf16_dot) w1f.emplace(w1k);
-  const cpu::FloatWeights b1f(b1), w2f(w2), b2f(b2);
-
-  cpu::ForwardAvx512Params prm{};
-  prm.bf16 = bf16;
-  prm.bf16_dot = bf16_dot;
-  // The gated module's map as float32 planes; the kernel's window loads may read past a plane up to the end of the
-  // memory holding it (the bottleneck's maps come with slack after the last plane, util_tensor_pool.h).
-  const at::Tensor gatef = !gate.defined()                     ? gate
-                            : gate.scalar_type() == at::kFloat ? gate.contiguous()
-                                                               : gate.to(at::kFloat).contiguous();
-  std::vector<int32_t> gate_index;
-  if (gatef.defined()) {
-    const int64_t Hg = gatef.size(2), Wg = gatef.size(3);
-    gate_index = gate_index_table(d.H, d.W, Hg, Wg);
-    prm.gate = gatef.const_data_ptr<float>();
-    prm.gate_end = reinterpret_cast<const float*>(static_cast<const char*>(gatef.storage().data()) +
-                                                  gatef.storage().nbytes());
-    prm.gate_plane = Hg * Wg;
-    prm.gate_index = gate_index.data();
-  }
-  prm.x = x.const_data_ptr();
-  prm.w1 = w1f ? static_cast<const void*>(w1f->data()) : w1k.const_data_ptr();
-  prm.b1 = b1f.data();
-  prm.w2 = w2f.data();
-  prm.b2 = b2f.data();
+  ForwardAvx512Call call(x, w1, b1, w2, b2, d, gate);
+  ForwardAvx512Params& prm = call.prm;
   prm.out = out.mutable_data_ptr();
   prm.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
-  prm.N = d.N, prm.C = d.C, prm.H = d.H, prm.W = d.W, prm.I = d.I, prm.M = d.M, prm.K = d.K, prm.OC = d.oc;
-  prm.n_primary = d.primary_kept();
-  prm.n_cheap = d.cheap_kept();
-  prm.act = static_cast<int>(d.act);
   const int64_t p = d.K / 2, es = x.element_size();
   // Working set of an item: x's rows of the item (packed or not, re-read once per tile of primaries, so it should
   // stay in L2) and the float planes of one tile of primaries.
