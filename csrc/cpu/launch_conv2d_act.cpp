@@ -76,8 +76,8 @@ at::Tensor conv2d_act_avx512(const at::Tensor& x, const at::Tensor& w, const at:
   p.colmask = masks.data();
   const int64_t scratch_floats = cpu::avx512_small_conv_scratch_floats(p);
   // Items (blocks of 4 output channels of one image) are image-major, so a thread's contiguous range splits each
-  // of its images once. Grains of ~64K multiply-adds: the stem at batch 1 (4 items of 4 x 12544 outputs x 27 taps)
-  // still gives both threads work.
+  // of its images once. Grains of ~64K multiply-adds: a 3-channel image of a few thousand outputs still gives both
+  // threads work.
   const int64_t per_item = 4 * Ho * Wo * Ci * K * K;
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, per_item));
   at::parallel_for(0, cpu::avx512_small_conv_item_count(p), grain, [&](int64_t begin, int64_t end) {
