@@ -57,6 +57,43 @@ def test_conv2d_act_matches_float64_reference(shape, k, stride, dtype, seed, mon
                                      f"conv2d_act {shape} k{k} s{stride} {act} {gt.dtype_name(dtype)} ({kernel})")
 
 
+# 3x3 stride 2 with at most 4 input channels runs on the stem kernel (kernel_stem_conv_avx512.h): output rows in
+# tiles of two vectors x 8 channels and a last vector x 16 channels, channel blocks of 16, split input rows kept
+# between output rows. Shapes: GhostNet's stem at 224 (7 vectors per row: three pairs and a last one); an odd H and a
+# width whose rows end mid-pair (Wo = 34: a pair, then a vector of 2); more than one block of channels with a partial
+# one (33); rows of one partial vector; every activation in both dtypes over them.
+STEM_SHAPES = [(1, 3, 224, 224, 16), (2, 3, 35, 67, 16), (3, 4, 13, 50, 33), (2, 1, 5, 3, 9)]
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=gt.dtype_name)
+@pytest.mark.parametrize("shape", STEM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_stem_kernel_matches_float64_reference(shape, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    n, ci, h, w, co = shape
+    x = torch.randn(n, ci, h, w, generator=gen).to(dtype)
+    wt = (torch.randn(co, ci, 3, 3, generator=gen) / 3).to(dtype)
+    b = torch.randn(co, generator=gen).to(dtype)
+    for act in ACTS:
+        expected = activation(act)(F.conv2d(x.double(), wt.double(), b.double(), 2, 1))
+        got = torch.ops.ghostkernels.conv2d_act(x, wt, b, 2, act)
+        gt.assert_close_to_reference(got, expected, CONV_TOL[dtype], f"stem kernel {shape} {act} {gt.dtype_name(dtype)}")
+
+
+def test_stem_kernel_is_deterministic_across_threads():
+    """Each output is one thread's sum in a fixed order, however the rows are cut: 1 and 2 threads agree bitwise."""
+    gen = torch.Generator().manual_seed(7)
+    x, w, b = torch.randn(3, 3, 41, 38, generator=gen), torch.randn(16, 3, 3, 3, generator=gen), torch.randn(16)
+    saved = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(torch.ops.ghostkernels.conv2d_act(x, w, b, 2, "relu"))
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_conv2d_act_reads_strided_inputs():
     x = torch.randn(2, 3, 20, 22).transpose(2, 3)
     w, b = torch.randn(8, 3, 3, 3), torch.randn(8)

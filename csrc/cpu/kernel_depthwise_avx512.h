@@ -66,8 +66,8 @@ struct DepthwiseBand {
 float avx512_depthwise_band(const DepthwiseAvx512Params& p, const DepthwiseBand& b, float* scratch);
 
 // A dense convolution with few input channels on the same phase planes: out[n][o] = act(b[o] + sum over ci of the
-// k x k convolution of x[n][ci] with w[o][ci]), stride 1 or 2, padding K/2. It is GhostNet's stem (3 -> 16
-// channels, 3x3, stride 2 at 224x224): each image's Ci planes are split into phases once per thread, and every 16
+// k x k convolution of x[n][ci] with w[o][ci]), stride 1 or 2, padding K/2; the 3x3 stride-2 ones (GhostNet's stem)
+// run on kernel_stem_conv_avx512.h instead. Each image's Ci planes are split into phases once per thread, and every 16
 // consecutive outputs of a channel are one accumulator register taking Ci * K * K taps (27 for the stem), each one
 // load and one fused multiply-add, as in the depthwise kernel.
 struct SmallConvAvx512Params {
