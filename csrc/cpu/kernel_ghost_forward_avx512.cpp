@@ -7,14 +7,15 @@
 // CPUs without AVX-512, which avx512_forward_available() keeps away from this code.
 //
 // Numerics: float32 accumulation throughout; each z1 is a sum over input channels in channel order with fused
-// multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM; the
-// depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
+// multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM, except
+// on the float32 dot tiles (an image's last HW % 16 pixels where that is 1-4): 16 lane-wise partial sums in channel
+// order, then a fixed tree. Which pixels those are depends only on the image size, never on the work items, so
+// results do not depend on the cut or the thread count. The depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
 // (the tests hold them to the dtype's tolerances against a float64 reference).
 #include "kernel_ghost_forward_avx512.h"
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -375,7 +376,7 @@ TileFn<T, A> tile_for_nv(int64_t nv) {
 
 template <typename T, Act A>
 TileFn<T, A> tile_for(int64_t mr, int64_t nv) {
-  static_assert(kMR == 6 && kNV == 4, "the switches below enumerate the tile shapes");
+  static_assert(kMR == 6 && kNV == 4 && kWideTileChannels == 8, "the switches below enumerate the tile shapes");
   switch (mr) {
     case 1: return tile_for_nv<T, A, 1>(nv);
     case 2: return tile_for_nv<T, A, 2>(nv);
