@@ -7,14 +7,17 @@
 // CPUs without AVX-512, which avx512_forward_available() keeps away from this code.
 //
 // Numerics: float32 accumulation throughout; each z1 is a sum over input channels in channel order with fused
-// multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM; the
-// depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
+// multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM, except
+// on the float32 dot tiles (an image's last HW % 16 pixels where that is 1-4): 16 lane-wise partial sums in channel
+// order, then a fixed tree. Which pixels those are depends only on the image size, never on the work items, so
+// results do not depend on the cut or the thread count. The depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
 // (the tests hold them to the dtype's tolerances against a float64 reference).
 #include "kernel_ghost_forward_avx512.h"
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../activations.h"
@@ -28,6 +31,8 @@ namespace cpu {
 namespace {
 constexpr int64_t kLanes = 16;  // floats per 512-bit vector
 constexpr int64_t kMR = kForwardTileChannels;
+constexpr int64_t kWideTileChannels = 8;  // float32 tiles of at most 3 vectors: 8 x 3 accumulators
+constexpr int64_t kDotWideMaxPixels = 2;  // dot tiles of up to this many pixels take 8 channels
 constexpr int64_t kNV = kForwardTileVectors;   // 16-float vectors of pixels per tile: 6 x 4 = 24 accumulator registers of 32
 // Elements kept before the first plane and after the last one, so every unmasked load of the stencil, including
 // the junk lanes past a band's last output, stays inside the buffer.
@@ -81,8 +86,42 @@ int64_t panel_words(const ForwardAvx512Params& p) {
   return p.G > 1 ? p.C * p.G * band_pixels_max(p) : 0;
 }
 
+// How an item's GEMM is ordered (bench/NOTES.md entry 54). Float32 items of one image:
+//  - the last HW % 16 pixels of each image, where that is 1-4 (GhostNet's 7x7 maps: 1, 14x14: 4), go to dot_tile
+//    rather than to a vector of 16 pixels with 12-15 idle lanes;
+//  - items of at most 256 pixels (GhostNet's 14x14 and 7x7 layers, whole images or bands) take tiles of 8 channels
+//    x 3 vectors (more reuse of each x vector than 6 x 4, x strips of 48 pixels), and where there is more than one
+//    strip, groups of 4 such tiles per strip, so that the strip's x is read from L2 once per 32 channels instead of
+//    once per tile (the group's planes, 32 x (B + 2p) x W floats, stay in L1/L2 for the cheap half).
+// Measured alone, one thread, batch 1: 14x14 modules 0.79-0.91x the time of 6 x 4 tiles, 7x7 0.82-0.91x. bfloat16 and
+// larger maps keep 6 x 4 tiles, one at a time.
+struct GemmBlocking {
+  int64_t tiles;  // tiles whose strips are computed together (one x strip, from L1, for all of them)
+  int64_t dot;    // the last `dot` pixels of each image go to dot_tile (0: none)
+  int64_t tm;     // channels per GEMM tile: kMR, or kWideTileChannels
+  int64_t sv;     // vectors per strip of pixels: kNV, or 3 with kWideTileChannels (8 x 3 accumulators)
+};
+
+constexpr int64_t kSmallItemPixels = 256;  // items of at most this many pixels take the 8 x 3 tiles
+constexpr int64_t kTileGroup = 4;
+
+GemmBlocking gemm_blocking(const ForwardAvx512Params& p) {
+  const int64_t HW = p.H * p.W, rest = HW % kLanes;
+  GemmBlocking b{1, 0, kMR, kNV};
+  if (p.bf16 || p.G != 1) return b;
+  if (HW >= kLanes && rest >= 1 && rest <= 4) b.dot = rest;
+  const int64_t pixels = band_pixels_max(p);
+  if (pixels <= kSmallItemPixels) {
+    b.tm = kWideTileChannels;
+    b.sv = 3;
+    if (pixels - b.dot > b.sv * kLanes) b.tiles = kTileGroup;  // with one strip there is no x to share
+  }
+  return b;
+}
+
 int64_t avx512_forward_scratch_words(const ForwardAvx512Params& p) {
-  return panel_words(p) + kMR * p.G * plane_stride(p) + 2 * plane_slack(p.W, p.K);
+  const GemmBlocking b = gemm_blocking(p);
+  return panel_words(p) + b.tiles * b.tm * p.G * plane_stride(p) + 2 * plane_slack(p.W, p.K) + b.dot * p.C;
 }
 
 #if GK_AVX512_KERNELS
@@ -185,10 +224,45 @@ struct Item {
   int64_t n0, pix0;        // the item's first image, and the in-image pixel of row a0's first column (a0 * W)
 };
 
-// z1 for channels [m0, m0 + MR) x pixels [s0, s0 + 16*NV) of the item, then its epilogue. `tail` masks the last
-// vector's lanes past the item's pixels.
+// Epilogue of one vector of z1 (MR channels from m0, pixels [s, s + 16) of the item, written up to pixel `end`):
+// x1 = act(z1 + b1) to the planes (every computed row) and the output (own rows, kept channels).
+template <typename T, int MR, Act A>
+__attribute__((always_inline)) inline void epilogue_vector(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s, int64_t end,
+                            __m512* z) {
+  const int64_t plane_pitch = it.out_plane, valid = imin(kLanes, end - s);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) z[r] = act_v<A>(_mm512_add_ps(z[r], _mm512_set1_ps(p.b1[m0 + r])));
+  // Lanes of one image at a time: a vector spans two images where the pixels of an image are not a multiple
+  // of 16 (and more than two only for images under 16 pixels).
+  int64_t i = s / it.PA;
+  for (int64_t lo = 0; lo < valid; ++i) {
+    const int64_t hi = imin(valid, (i + 1) * it.PA - s);
+    const int64_t shift = s - i * it.PA;  // pixel (of the image's computed rows) of lane 0
+    const __mmask16 mine = lane_range(lo, hi);
+    const __mmask16 own = mine & lane_range(it.own_lo - shift, it.own_hi - shift);
+    float* x1 = it.planes + i * it.pstride + it.x1_off + shift;
+    const int64_t out_off = it.out_primary + i * it.out_image + m0 * plane_pitch + shift;
+    typename T::elem* out = it.out + out_off;
+    const typename T::elem* res = it.res == nullptr ? nullptr : it.res + out_off;
+    const bool gated = p.gate != nullptr && own;
+    const GateLanes gl = gated ? GateLanes(p.gate_index + it.pix0 + shift, own) : GateLanes();
+    const float* gplane = gated ? p.gate + ((it.n0 + i) * p.OC + m0) * p.gate_plane : nullptr;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, z[r]);  // x1 itself: the cheap half reads it
+      if (own && m0 + r < p.n_primary) {
+        const __m512 y = gated ? _mm512_mul_ps(z[r], gl.load(gplane + r * p.gate_plane, p.gate_end)) : z[r];
+        store_output<T>(out + r * plane_pitch, res == nullptr ? nullptr : res + r * plane_pitch, own, y);
+      }
+    }
+    lo = hi;
+  }
+}
+
+// z1 for channels [m0, m0 + MR) x pixels [s0, s0 + 16*NV) of the item, then its epilogue for the pixels before
+// `end`. `tail` masks the last vector's lanes past the item's (vector-tile) pixels.
 template <typename T, int MR, int NV, Act A>
-void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s0, __mmask16 tail) {
+void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s0, __mmask16 tail, int64_t end) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -213,44 +287,82 @@ void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int6
       for (int v = 0; v < NV; ++v) acc[r][v] = T::madd(acc[r][v], av, bv[v]);
     }
   }
-
-  // Epilogue: x1 = act(z1 + b1) to the planes (every computed row) and the output (own rows, kept channels).
-  const int64_t plane_pitch = it.out_plane;
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
-    const int64_t s = s0 + v * kLanes, valid = imin(kLanes, it.P - s);
+    __m512 z[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) acc[r][v] = act_v<A>(_mm512_add_ps(acc[r][v], _mm512_set1_ps(p.b1[m0 + r])));
-    // Lanes of one image at a time: a vector spans two images where the pixels of an image are not a multiple
-    // of 16 (and more than two only for images under 16 pixels).
-    int64_t i = s / it.PA;
-    for (int64_t lo = 0; lo < valid; ++i) {
-      const int64_t hi = imin(valid, (i + 1) * it.PA - s);
-      const int64_t shift = s - i * it.PA;  // pixel (of the image's computed rows) of lane 0
-      const __mmask16 mine = lane_range(lo, hi);
-      const __mmask16 own = mine & lane_range(it.own_lo - shift, it.own_hi - shift);
-      float* x1 = it.planes + i * it.pstride + it.x1_off + shift;
-      const int64_t out_off = it.out_primary + i * it.out_image + m0 * plane_pitch + shift;
-      typename T::elem* out = it.out + out_off;
-      const typename T::elem* res = it.res == nullptr ? nullptr : it.res + out_off;
-      const bool gated = p.gate != nullptr && own;
-      const GateLanes gl = gated ? GateLanes(p.gate_index + it.pix0 + shift, own) : GateLanes();
-      const float* gplane = gated ? p.gate + ((it.n0 + i) * p.OC + m0) * p.gate_plane : nullptr;
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, acc[r][v]);  // x1 itself: the cheap half reads it
-        if (own && m0 + r < p.n_primary) {
-          const __m512 y = gated ? _mm512_mul_ps(acc[r][v], gl.load(gplane + r * p.gate_plane, p.gate_end)) : acc[r][v];
-          store_output<T>(out + r * plane_pitch, res == nullptr ? nullptr : res + r * plane_pitch, own, y);
-        }
-      }
-      lo = hi;
-    }
+    for (int r = 0; r < MR; ++r) z[r] = acc[r][v];
+    epilogue_vector<T, MR, A>(p, it, m0, s0 + v * kLanes, end, z);
   }
 }
 
+// The sums of the 16 lanes of each of v[0..7], by a fixed tree: v[r]'s in lane r for r < 4, lane r + 4 for r >= 4.
+inline __m512 sum8(const __m512* v) {
+  __m512 u[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: v[2i] in floats 0 and 2, v[2i+1] in 1 and 3
+    u[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  __m512 w[2];
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {  // per 128-bit lane: v[4i .. 4i+3] in floats 0-3
+    const __m512d a = _mm512_castps_pd(u[2 * i]), b = _mm512_castps_pd(u[2 * i + 1]);
+    w[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  // 128-bit lanes: w[0]'s L0+L1, L2+L3, w[1]'s L0+L1, L2+L3; then each pair added.
+  const __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+// Float32 only: z1 for channels [m0, m0 + MR) x the R (1-4) pixels from item pixel s as dot products over the
+// input channels, 16 channels per vector, then the epilogue. For the last HW % 16 pixels of an image, which as a
+// vector of pixels would leave 12-15 of its 16 lanes idle in every fused multiply-add of the GEMM (GhostNet's 7x7
+// maps are 3 x 16 + 1 pixels, its 14x14 maps 12 x 16 + 4). xt: those pixels' x as R rows of C floats. s is a
+// multiple of 16 from the image's first pixel. Numerics: each of these sums is 16 lane-wise partial sums in channel
+// order, then added in a fixed tree; which pixels take this path depends only on the image size, never on the cut.
+template <int MR, int R, Act A>
+void dot_tile(const ForwardAvx512Params& p, const Item<F32>& it, int64_t m0, int64_t s, const float* xt) {
+  __m512 acc[MR][R];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const int64_t C = p.C;
+  const float* a = static_cast<const float*>(p.w1) + m0 * C;
+  for (int64_t k = 0; k < C; k += kLanes) {
+    const __mmask16 m = lane_range(0, C - k);
+    __m512 xv[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) xv[j] = _mm512_maskz_loadu_ps(m, xt + j * C + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 wv = _mm512_maskz_loadu_ps(m, a + r * C + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < R; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
+    }
+  }
+  // Per pixel, the MR sums in one vector (sum8), then each channel's sum moved to the lane of its pixel.
+  __m512 z[MR];
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    __m512 col[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) col[r] = r < MR ? acc[r][j] : _mm512_setzero_ps();
+    const __m512 sums = sum8(col);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512i from = _mm512_set1_epi32(r < 4 ? r : r + 4);
+      z[r] = j == 0 ? _mm512_permutexvar_ps(from, sums)
+                    : _mm512_mask_permutexvar_ps(z[r], static_cast<__mmask16>(1u << j), from, sums);
+    }
+  }
+  epilogue_vector<F32, MR, A>(p, it, m0, s, s + R, z);
+}
+
 template <typename T, Act A>
-using TileFn = void (*)(const ForwardAvx512Params&, const Item<T>&, int64_t, int64_t, __mmask16);
+using TileFn = void (*)(const ForwardAvx512Params&, const Item<T>&, int64_t, int64_t, __mmask16, int64_t);
 
 template <typename T, Act A, int MR>
 TileFn<T, A> tile_for_nv(int64_t nv) {
@@ -264,14 +376,91 @@ TileFn<T, A> tile_for_nv(int64_t nv) {
 
 template <typename T, Act A>
 TileFn<T, A> tile_for(int64_t mr, int64_t nv) {
-  static_assert(kMR == 6 && kNV == 4, "the switches below enumerate the tile shapes");
+  static_assert(kMR == 6 && kNV == 4 && kWideTileChannels == 8, "the switches below enumerate the tile shapes");
   switch (mr) {
     case 1: return tile_for_nv<T, A, 1>(nv);
     case 2: return tile_for_nv<T, A, 2>(nv);
     case 3: return tile_for_nv<T, A, 3>(nv);
     case 4: return tile_for_nv<T, A, 4>(nv);
     case 5: return tile_for_nv<T, A, 5>(nv);
-    default: return tile_for_nv<T, A, 6>(nv);
+    case 6: return tile_for_nv<T, A, 6>(nv);
+    default:  // float32 strips of at most 3 vectors (kWideTileChannels)
+      if constexpr (std::is_same_v<T, F32>) {
+        if (mr == 7) return tile_for_nv<T, A, 7>(nv);
+        return tile_for_nv<T, A, 8>(nv);
+      }
+      return tile_for_nv<T, A, 6>(nv);
+  }
+}
+
+template <Act A>
+using DotFn = void (*)(const ForwardAvx512Params&, const Item<F32>&, int64_t, int64_t, const float*);
+
+template <Act A, int MR>
+DotFn<A> dot_for_r(int64_t r) {
+  if constexpr (MR > kMR) {  // kDotWideMaxPixels
+    return r == 1 ? &dot_tile<MR, 1, A> : &dot_tile<MR, 2, A>;
+  } else {
+    switch (r) {
+      case 1: return &dot_tile<MR, 1, A>;
+      case 2: return &dot_tile<MR, 2, A>;
+      case 3: return &dot_tile<MR, 3, A>;
+      default: return &dot_tile<MR, 4, A>;
+    }
+  }
+}
+
+template <Act A>
+DotFn<A> dot_for(int64_t mr, int64_t r) {
+  switch (mr) {
+    case 1: return dot_for_r<A, 1>(r);
+    case 2: return dot_for_r<A, 2>(r);
+    case 3: return dot_for_r<A, 3>(r);
+    case 4: return dot_for_r<A, 4>(r);
+    case 5: return dot_for_r<A, 5>(r);
+    case 6: return dot_for_r<A, 6>(r);
+    case 7: return dot_for_r<A, 7>(r);
+    default: return dot_for_r<A, 8>(r);
+  }
+}
+
+// dst[q] = act(b2 + sum_{dy,dx} w[dy*K+dx] * x1(q + (dy-p)*W + dx-p)) for q in [0, n), where `centre` is x1 at
+// the band's first own row (times the map plane gplane's elements gl[q / 16] where gplane is not nullptr, then plus
+// res[q] where res is not nullptr). colmask[(q/16)*K + dx] keeps the lanes whose column q%W + dx - p is inside the
+// row.
+// NV (1 or 2) vectors of depthwise_rows from output q0: independent chains of k*k fused multiply-adds (one chain
+// alone waits on the FMA's latency), each output's sum the same, in the same order.
+template <typename T, int K, Act A, int NV>
+__attribute__((always_inline)) inline void depthwise_vectors(const float* centre, typename T::elem* dst,
+                                                             const typename T::elem* res, int64_t q0, int64_t n,
+                                                             int64_t W, const float* w, float bias,
+                                                             const uint16_t* colmask, const float* gplane,
+                                                             const GateLanes* gl, const float* gend) {
+  constexpr int P = K / 2;
+  const uint16_t* cm = colmask + (q0 / kLanes) * K;
+  __m512 acc[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) acc[v] = _mm512_set1_ps(bias);
+#pragma GCC unroll 7
+  for (int dy = 0; dy < K; ++dy) {
+    const float* row = centre + q0 + (dy - P) * W - P;
+#pragma GCC unroll 7
+    for (int dx = 0; dx < K; ++dx) {
+      const __m512 wv = _mm512_set1_ps(w[dy * K + dx]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        const float* src = row + dx + v * kLanes;
+        const __m512 x = dx == P ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[v * K + dx], src);
+        acc[v] = _mm512_fmadd_ps(x, wv, acc[v]);
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    const int64_t q = q0 + v * kLanes;
+    __m512 y = act_v<A>(acc[v]);
+    if (gplane != nullptr) y = _mm512_mul_ps(y, gl[q / kLanes].load(gplane, gend));
+    store_output<T>(dst + q, res == nullptr ? nullptr : res + q, lane_range(0, n - q), y);
   }
 }
 
@@ -283,24 +472,11 @@ template <typename T, int K, Act A>
 void depthwise_rows(const float* centre, typename T::elem* dst, const typename T::elem* res, int64_t n, int64_t W,
                     const float* w, float bias, const uint16_t* colmask, const float* gplane, const GateLanes* gl,
                     const float* gend) {
-  constexpr int P = K / 2;
-  for (int64_t q0 = 0; q0 < n; q0 += kLanes) {
-    const uint16_t* cm = colmask + (q0 / kLanes) * K;
-    __m512 acc = _mm512_set1_ps(bias);
-#pragma GCC unroll 7
-    for (int dy = 0; dy < K; ++dy) {
-      const float* row = centre + q0 + (dy - P) * W - P;
-#pragma GCC unroll 7
-      for (int dx = 0; dx < K; ++dx) {
-        const __m512 v = dx == P ? _mm512_loadu_ps(row + dx) : _mm512_maskz_loadu_ps(cm[dx], row + dx);
-        acc = _mm512_fmadd_ps(v, _mm512_set1_ps(w[dy * K + dx]), acc);
-      }
-    }
-    const __mmask16 lanes = lane_range(0, n - q0);
-    __m512 y = act_v<A>(acc);
-    if (gplane != nullptr) y = _mm512_mul_ps(y, gl[q0 / kLanes].load(gplane, gend));
-    store_output<T>(dst + q0, res == nullptr ? nullptr : res + q0, lanes, y);
+  int64_t q0 = 0;
+  for (; q0 + kLanes < n; q0 += 2 * kLanes) {
+    depthwise_vectors<T, K, A, 2>(centre, dst, res, q0, n, W, w, bias, colmask, gplane, gl, gend);
   }
+  if (q0 < n) depthwise_vectors<T, K, A, 1>(centre, dst, res, q0, n, W, w, bias, colmask, gplane, gl, gend);
 }
 
 template <typename T, Act A>
@@ -372,8 +548,11 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
   using elem = typename T::elem;
   const int64_t C = p.C, H = p.H, W = p.W, HW = H * W, I = p.I, M = p.M, K = p.K, pad = K / 2;
   const int64_t pstride = plane_stride(p);
+  const GemmBlocking gb = gemm_blocking(p);
+  const int64_t group_channels = gb.tiles * gb.tm;
   uint32_t* panel = static_cast<uint32_t*>(scratch);
   float* planes = static_cast<float*>(scratch) + panel_words(p) + plane_slack(W, K);
+  float* xt = planes + group_channels * p.G * pstride + plane_slack(W, K);  // after the planes: the dot tiles' x
   const elem* x = static_cast<const elem*>(p.x);
   elem* out_all = static_cast<elem*>(p.out);
   const elem* res_all = static_cast<const elem*>(p.residual);
@@ -381,79 +560,114 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
   const OutputMap om(p);
   thread_local std::vector<GateLanes> band_lanes;  // per thread, reused across items and calls
 
-  const int64_t own = r1 - r0;
-  const int64_t top = r0 - pad, a0 = imax(0, top), a1 = imin(H, r1 + pad), PA = (a1 - a0) * W;
-  Item<T> it;
-  it.PA = PA;
-  it.P = g * PA;
-  if constexpr (T::pairs) {
-    pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
-    it.b = panel;
-    it.ldb = it.P;
-  } else if constexpr (T::widen) {
-    pack_bf16_widened(x, C, HW, n0, g, a0 * W, PA, reinterpret_cast<float*>(panel));
-    it.b = panel;
-    it.ldb = it.P;
-  } else if (g == 1) {
-    it.b = x + n0 * C * HW + a0 * W;
-    it.ldb = HW;
-  } else {
-    float* fpanel = reinterpret_cast<float*>(panel);
-    for (int64_t k = 0; k < C; ++k) {
-      for (int64_t i = 0; i < g; ++i) {
-        std::memcpy(fpanel + k * it.P + i * PA, x + ((n0 + i) * C + k) * HW + a0 * W, PA * sizeof(float));
+  {
+    const int64_t own = r1 - r0;
+    const int64_t top = r0 - pad, a0 = imax(0, top), a1 = imin(H, r1 + pad), PA = (a1 - a0) * W;
+
+    Item<T> it;
+    it.PA = PA;
+    it.P = g * PA;
+    if constexpr (T::pairs) {
+      pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
+      it.b = panel;
+      it.ldb = it.P;
+    } else if constexpr (T::widen) {
+      pack_bf16_widened(x, C, HW, n0, g, a0 * W, PA, reinterpret_cast<float*>(panel));
+      it.b = panel;
+      it.ldb = it.P;
+    } else if (g == 1) {
+      it.b = x + n0 * C * HW + a0 * W;
+      it.ldb = HW;
+    } else {
+      float* fpanel = reinterpret_cast<float*>(panel);
+      for (int64_t k = 0; k < C; ++k) {
+        for (int64_t i = 0; i < g; ++i) {
+          std::memcpy(fpanel + k * it.P + i * PA, x + ((n0 + i) * C + k) * HW + a0 * W, PA * sizeof(float));
+        }
+      }
+      it.b = fpanel;
+      it.ldb = it.P;
+    }
+    it.planes = planes;
+    it.pstride = pstride;
+    it.x1_off = (a0 - top) * W;
+    it.out = out_all;
+    it.res = res_all;
+    it.out_primary = n0 * om.image + om.primary_shift * om.plane + a0 * W + om.pixel_shift;
+    it.out_image = om.image;
+    it.out_plane = om.plane;
+    it.own_lo = (r0 - a0) * W;
+    it.own_hi = (r1 - a0) * W;
+    it.n0 = n0;
+    it.pix0 = a0 * W;
+
+    // The gated module's map lanes for the band's own rows, shared by every cheap channel and image of the item.
+    if (p.gate != nullptr) {
+      band_lanes.clear();
+      for (int64_t q0 = 0; q0 < own * W; q0 += kLanes) {
+        band_lanes.emplace_back(p.gate_index + r0 * W + q0, lane_range(0, own * W - q0));
       }
     }
-    it.b = fpanel;
-    it.ldb = it.P;
-  }
-  it.planes = planes;
-  it.pstride = pstride;
-  it.x1_off = (a0 - top) * W;
-  it.out = out_all;
-  it.res = res_all;
-  it.out_primary = n0 * om.image + om.primary_shift * om.plane + a0 * W + om.pixel_shift;
-  it.out_image = om.image;
-  it.out_plane = om.plane;
-  it.own_lo = (r0 - a0) * W;
-  it.own_hi = (r1 - a0) * W;
-  it.n0 = n0;
-  it.pix0 = a0 * W;
 
-  // The gated module's map lanes for the band's own rows, shared by every cheap channel and image of the item.
-  if (p.gate != nullptr) {
-    band_lanes.clear();
-    for (int64_t q0 = 0; q0 < own * W; q0 += kLanes) {
-      band_lanes.emplace_back(p.gate_index + r0 * W + q0, lane_range(0, own * W - q0));
+    // Plane rows outside the image are the depthwise conv's zero padding; the epilogue never writes them.
+    const int64_t zero_top = (a0 - top) * W, zero_bottom_from = (a1 - top) * W, plane_end = (own + 2 * pad) * W;
+    for (int64_t t = 0; t < group_channels * g; ++t) {
+      float* pl = planes + (t / g) * p.G * pstride + (t % g) * pstride;
+      if (zero_top > 0) std::memset(pl, 0, zero_top * sizeof(float));
+      if (plane_end > zero_bottom_from) std::memset(pl + zero_bottom_from, 0, (plane_end - zero_bottom_from) * sizeof(float));
     }
-  }
 
-  // Plane rows outside the image are the depthwise conv's zero padding; the epilogue never writes them.
-  const int64_t zero_top = (a0 - top) * W, zero_bottom_from = (a1 - top) * W, plane_end = (own + 2 * pad) * W;
-  for (int64_t t = 0; t < kMR * g; ++t) {
-    float* pl = planes + (t / g) * p.G * pstride + (t % g) * pstride;
-    if (zero_top > 0) std::memset(pl, 0, zero_top * sizeof(float));
-    if (plane_end > zero_bottom_from) std::memset(pl + zero_bottom_from, 0, (plane_end - zero_bottom_from) * sizeof(float));
-  }
-
-  for (int64_t m0 = c0; m0 < c1; m0 += kMR) {
-    if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;  // this and every later channel is sliced away
-    const int64_t mr = imin(kMR, c1 - m0);
-    for (int64_t s0 = 0; s0 < it.P; s0 += kNV * kLanes) {
-      const int64_t vecs = imin(kNV, (it.P - s0 + kLanes - 1) / kLanes);
-      const __mmask16 tail = lane_range(0, it.P - (s0 + (vecs - 1) * kLanes));
-      tile_for<T, A>(mr, vecs)(p, it, m0, s0, tail);
+    // Pixels [0, preg) of the item on the vector tiles, [preg, P) (the image's last gb.dot pixels) on dot tiles,
+    // whose x is copied out as rows of C floats (float32, one image per item).
+    int64_t preg = it.P;
+    if constexpr (std::is_same_v<T, F32>) {
+      if (gb.dot > 0) {
+        preg = imin(it.P, imax(0, HW - gb.dot - a0 * W));
+        const float* xb = static_cast<const float*>(it.b);
+        for (int64_t j = 0; j < it.P - preg; ++j) {
+          for (int64_t k = 0; k < C; ++k) xt[j * C + k] = xb[k * it.ldb + preg + j];
+        }
+      }
     }
-    // Cheap channels of these primaries, from the planes while they are in L1.
-    for (int64_t r = 0; r < mr; ++r) {
-      const int64_t c = m0 + r;
-      for (int64_t j = c * M; j < imin((c + 1) * M, p.n_cheap); ++j) {
-        for (int64_t i = 0; i < g; ++i) {
-          const float* centre = planes + (r * p.G + i) * pstride + pad * W;
-          const int64_t off = (n0 + i) * om.image + (j + om.cheap_shift) * om.plane + r0 * W + om.pixel_shift;
-          const float* gplane = p.gate == nullptr ? nullptr : p.gate + ((n0 + i) * p.OC + I + j) * p.gate_plane;
-          depthwise(centre, out_all + off, res_all == nullptr ? nullptr : res_all + off, own * W, W,
-                    p.w2 + j * K * K, p.b2[j], p.colmask, gplane, band_lanes.data(), p.gate_end);
+
+    // Groups of gb.tiles tiles: for each strip of pixels, every tile of the group, so that the strip's x is read
+    // from L2 once per group, not once per tile.
+    for (int64_t g0 = c0; g0 < c1; g0 += group_channels) {
+      if (g0 >= p.n_primary && g0 * M >= p.n_cheap) break;  // this and every later channel is sliced away
+      const int64_t g1 = imin(c1, g0 + group_channels);
+      const int64_t tm = gb.tm;
+      for (int64_t s0 = 0; s0 < preg; s0 += gb.sv * kLanes) {
+        const int64_t vecs = imin(gb.sv, (preg - s0 + kLanes - 1) / kLanes);
+        const __mmask16 tail = lane_range(0, preg - (s0 + (vecs - 1) * kLanes));
+        const TileFn<T, A> full = tile_for<T, A>(tm, vecs);
+        for (int64_t m0 = g0; m0 < g1; m0 += tm) {
+          if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;
+          const int64_t mr = imin(tm, g1 - m0);
+          it.planes = planes + (m0 - g0) * p.G * pstride;
+          (mr == tm ? full : tile_for<T, A>(mr, vecs))(p, it, m0, s0, tail, preg);
+        }
+      }
+      if constexpr (std::is_same_v<T, F32>) {
+        if (preg < it.P) {
+          // Tiles of 8 channels for up to 2 pixels (8 x 2 accumulators), else of kMR.
+          const int64_t dm = it.P - preg <= kDotWideMaxPixels ? kWideTileChannels : kMR;
+          for (int64_t m0 = g0; m0 < g1; m0 += dm) {
+            if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;
+            it.planes = planes + (m0 - g0) * p.G * pstride;
+            dot_for<A>(imin(dm, g1 - m0), it.P - preg)(p, it, m0, preg, xt);
+          }
+        }
+      }
+      // Cheap channels of these primaries, from the planes while they are in L1 (or L2).
+      for (int64_t c = g0; c < g1; ++c) {
+        for (int64_t j = c * M; j < imin((c + 1) * M, p.n_cheap); ++j) {
+          for (int64_t i = 0; i < g; ++i) {
+            const float* centre = planes + ((c - g0) * p.G + i) * pstride + pad * W;
+            const int64_t off = (n0 + i) * om.image + (j + om.cheap_shift) * om.plane + r0 * W + om.pixel_shift;
+            const float* gplane = p.gate == nullptr ? nullptr : p.gate + ((n0 + i) * p.OC + I + j) * p.gate_plane;
+            depthwise(centre, out_all + off, res_all == nullptr ? nullptr : res_all + off, own * W, W,
+                      p.w2 + j * K * K, p.b2[j], p.colmask, gplane, band_lanes.data(), p.gate_end);
+          }
         }
       }
     }
