@@ -331,3 +331,49 @@ def test_chain_intermediates_reuse_larger_pool_blocks_but_its_output_does_not():
     torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
     del out
     ops.release_cpu_pool()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A batch cut into one slice per thread (GHOSTKERNELS_CHAIN_IMAGE_SPLIT, csrc/cpu/op_chain.cpp)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _slices_of_one_forward(fused, x):
+    """(output, how many slices the chain ran): each slice runs the whole program, so the global pool's user scope
+    (one step per network) shows once per slice in torch.profiler's trace."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.no_grad():
+        got = fused(x)
+    return got, sum(e.name == "ghostkernels::chain/mean_hw" for e in prof.events())
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("knob,batch,slices", [(None, 8, 2), (None, 4, 2), ("0", 8, 1), (None, 7, 1), (None, 2, 1),
+                                               ("5", 8, 1), ("1", 2, 2)])
+def test_chain_cuts_a_large_batch_into_a_slice_per_thread(knob, batch, slices, two_threads, monkeypatch):
+    # Default: from 2 images per thread, and only an even cut. The slices run the same per-image kernels, so the
+    # result is the same, bit for bit, as one thread's.
+    _, fused = _frozen("ours", seed=3)
+    if knob is not None:
+        monkeypatch.setenv("GHOSTKERNELS_CHAIN_IMAGE_SPLIT", knob)
+    x = torch.randn(batch, 3, 40, 48)
+    got, ran = _slices_of_one_forward(fused, x)
+    assert ran == slices
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        want = fused(x)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("knob", ["-1", "four", "2x", " "])
+def test_chain_rejects_a_bad_image_split_knob(knob, two_threads, monkeypatch):
+    tensors, program = _small_program()
+    monkeypatch.setenv("GHOSTKERNELS_CHAIN_IMAGE_SPLIT", knob)
+    with pytest.raises(ValueError, match="GHOSTKERNELS_CHAIN_IMAGE_SPLIT must be a non-negative integer"):
+        torch.ops.ghostkernels.chain(torch.randn(8, 3, 8, 8), tensors, program)
