@@ -377,3 +377,26 @@ def test_chain_rejects_a_bad_image_split_knob(knob, two_threads, monkeypatch):
     monkeypatch.setenv("GHOSTKERNELS_CHAIN_IMAGE_SPLIT", knob)
     with pytest.raises(ValueError, match="GHOSTKERNELS_CHAIN_IMAGE_SPLIT must be a non-negative integer"):
         torch.ops.ghostkernels.chain(torch.randn(8, 3, 8, 8), tensors, program)
+
+
+def test_fused_bottleneck_op_cuts_a_large_batch_into_a_slice_per_thread(two_threads, monkeypatch):
+    # A fused but not frozen network calls ghost_bottleneck per block; from 2 images per thread each thread runs the
+    # whole block on its slice: ghost2's scope then shows once per slice (these small maps make one chunk of the batch).
+    net = variants.small_ghostnet("ours", 4, num_classes=37)
+    fused = ghostkernels.fuse(copy.deepcopy(net), strict=True).eval()
+    x = torch.randn(8, 3, 40, 48)
+
+    def forward_and_ghost2_scopes():
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof, torch.no_grad():
+            got = fused(x)
+        return got, sum(e.name == "ghostkernels::ghost_bottleneck/ghost2" for e in prof.events())
+
+    got, cut = forward_and_ghost2_scopes()
+    monkeypatch.setenv("GHOSTKERNELS_CHAIN_IMAGE_SPLIT", "0")
+    whole, uncut = forward_and_ghost2_scopes()
+    assert uncut > 0 and cut == 2 * uncut
+    torch.testing.assert_close(got, whole, atol=0, rtol=0)
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        torch.testing.assert_close(got, fused(x), atol=0, rtol=0)

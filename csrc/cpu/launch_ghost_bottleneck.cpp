@@ -26,6 +26,7 @@
 #include "../activations.h"
 #include "../ghost_module_check.h"
 #include "entry_points.h"
+#include "util_image_split.h"
 #include "util_tensor_pool.h"
 
 namespace ghostkernels {
@@ -101,9 +102,23 @@ at::Tensor ghost_bottleneck_forward(const BottleneckArgs& a, const BottleneckDim
   // Every other tensor allocated below dies inside this call, so it may take a larger idle pool block: fewer
   // distinct blocks per forward of a network (util_tensor_pool.h; bench/NOTES.md, entry 28).
   const cpu::TransientAllocationScope transient;
-  for (int64_t n0 = 0; n0 < N; n0 += g) {
-    const int64_t gn = std::min(g, N - n0);
-    block_forward(a, d, gn, x.narrow(0, n0, gn), out.narrow(0, n0, gn));
+  // A fused but not frozen network calls this op per block: from 2 images per thread, one slice of the batch per
+  // thread, each running the whole block on its images (util_image_split.h). Inside the frozen chain's slices this
+  // runs on one thread already.
+  const auto run = [&](int64_t first, int64_t count) {
+    for (int64_t n0 = first; n0 < first + count; n0 += g) {
+      const int64_t gn = std::min(g, first + count - n0);
+      block_forward(a, d, gn, x.narrow(0, n0, gn), out.narrow(0, n0, gn));
+    }
+  };
+  const int64_t slices = cpu::image_slices(N, "ghostkernels::ghost_bottleneck (CPU)");
+  if (slices == 1) {
+    run(0, N);
+  } else {
+    cpu::for_each_image_slice(N, slices, [&](int64_t, int64_t n0, int64_t n) {
+      const cpu::TransientAllocationScope slice_transient;  // the scope is per thread
+      run(n0, n);
+    });
   }
   return out;
 }

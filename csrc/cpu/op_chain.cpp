@@ -13,19 +13,17 @@
 // ~30 of them): including ATen/Functions.h here is a compile error.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <ATen/record_function.h>
 #include <ATen/ops/cat.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "../op_layouts.h"
 #include "entry_points.h"
+#include "util_image_split.h"
 #include "util_tensor_pool.h"
 
 namespace ghostkernels {
@@ -187,43 +185,15 @@ at::Tensor run_program(const std::vector<Step>& steps, c10::IntArrayRef program,
   return y;
 }
 
-// Images per thread from which the batch is cut into one slice per thread, each thread running the whole program on
-// its slice (the steps inside then run on that thread alone): GHOSTKERNELS_CHAIN_IMAGE_SPLIT, read per call
-// (0 never splits). Why: at batch 8 on two threads every step of GhostNet otherwise splits its images, channels or
-// rows over both threads, with a fork and join per parallel region (~5 per block) and each step reading what the
-// other core wrote; a slice per thread keeps an image's activations in its own core's caches from the stem to the
-// logits. Below kDefaultImageSplit images per thread the steps' own splits win (bench/NOTES.md, entry 55).
-constexpr int64_t kDefaultImageSplit = 2;
-
-int64_t image_split_knob() {
-  const char* env = std::getenv("GHOSTKERNELS_CHAIN_IMAGE_SPLIT");
-  if (env == nullptr || *env == '\0') return kDefaultImageSplit;
-  char* end = nullptr;
-  const long v = std::strtol(env, &end, 10);
-  TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, kOp, ": GHOSTKERNELS_CHAIN_IMAGE_SPLIT must be a ",
-                    "non-negative integer (images per thread from which the batch is split; 0: never), got '", env,
-                    "'");
-  return v;
-}
-
 at::Tensor chain_cpu(const at::Tensor& x, const c10::List<OptTensor>& tensor_list, c10::IntArrayRef program) {
   const std::vector<OptTensor> tensors = tensor_list.vec();
   const std::vector<Step> steps = decode(program, tensors);
-  const int64_t threads = at::get_num_threads(), split = image_split_knob();
-  const int64_t N = x.dim() > 0 ? x.size(0) : 0;
-  // Only an even cut: a thread with one image more than the other would leave the other idle for a whole image.
-  if (split == 0 || threads < 2 || at::in_parallel_region() || N < split * threads || N % threads != 0) {
-    return run_program(steps, program, tensors, x);
-  }
-  const int64_t per = N / threads;
-  std::vector<at::Tensor> outs(threads);
-  // Grain 1: one slice per thread. An error in a slice is rethrown here by at::parallel_for. The caller's thread-local
-  // state goes with each slice (at::parallel_for does not carry it), so that torch.profiler records the steps' user
-  // scopes on the other threads too, and inference mode holds there as well.
-  const at::ThreadLocalState caller_state;
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    const at::ThreadLocalStateGuard state_guard(caller_state);
-    for (int64_t t = begin; t < end; ++t) outs[t] = run_program(steps, program, tensors, x.narrow(0, t * per, per));
+  const int64_t N = x.dim() > 0 ? x.size(0) : 0, slices = cpu::image_slices(N, kOp);
+  if (slices == 1) return run_program(steps, program, tensors, x);
+  // One slice per thread, each running the whole network (util_image_split.h).
+  std::vector<at::Tensor> outs(slices);
+  cpu::for_each_image_slice(N, slices, [&](int64_t t, int64_t n0, int64_t n) {
+    outs[t] = run_program(steps, program, tensors, x.narrow(0, n0, n));
   });
   // The slices' outputs as one tensor of the whole batch (GhostNet's logits: a few kilobytes).
   return at::cat(outs, 0);
