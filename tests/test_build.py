@@ -244,3 +244,12 @@ def test_every_build_compiles_every_top_level_source():
         cmake = f.read()
     missing = [n for n in sorted(top - {"python_module.cpp"}) if f'"${{GK_CSRC}}/{n}"' not in cmake]
     assert not missing, f"CMakeLists.txt does not build {missing}"
+
+
+def test_the_slowest_sources_are_compiled_first():
+    """ninja starts jobs in the order of the sources; a renamed slow source would quietly lose its place."""
+    srcs = _build.sources(False)
+    slow = [os.path.join(_build.csrc_dir(), *name.split("/")) for name in _build._SLOW_SOURCES]
+    assert all(os.path.isfile(p) for p in slow), [p for p in slow if not os.path.isfile(p)]
+    assert srcs[:len(slow)] == slow
+    assert len(set(srcs)) == len(srcs)

@@ -94,13 +94,21 @@ def build_emulator(cxx: str | None = None, include: str | None = None) -> str:
             with open(path, "rb") as f:
                 h.update(f.read())
     exe = os.path.join(sass_report.cache_dir(), f"ghost_cuda_emulator-{h.hexdigest()[:16]}")
-    if not os.path.isfile(exe):
-        tmp = f"{exe}.tmp{os.getpid()}"
-        cmd = [cxx, "-std=c++17", "-O1", "-Wno-attributes", f"-I{include}", EMULATOR_SRC, "-o", tmp]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"building the emulator failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
-        os.replace(tmp, exe)
+    if os.path.isfile(exe):
+        return exe
+    # One build across processes: pytest-xdist workers reach their first emulated test at about the same time, and
+    # each used to compile the same binary (~40 s of a core) side by side. The second now waits for the first's.
+    import fcntl
+
+    with open(f"{exe}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not os.path.isfile(exe):
+            tmp = f"{exe}.tmp{os.getpid()}"
+            cmd = [cxx, "-std=c++17", "-O1", "-Wno-attributes", f"-I{include}", EMULATOR_SRC, "-o", tmp]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"building the emulator failed:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
+            os.replace(tmp, exe)
     return exe
 
 

@@ -226,12 +226,17 @@ struct Item {
 
 // Epilogue of one vector of z1 (MR channels from m0, pixels [s, s + 16) of the item, written up to pixel `end`):
 // x1 = act(z1 + b1) to the planes (every computed row) and the output (own rows, kept channels).
-template <typename T, int MR, Act A>
+// The activation is a run-time switch here, once per vector of MR rows, not a template parameter of the tiles: the
+// ~110 GEMM and dot tiles (element type x MR x NV or R) would otherwise be compiled once per activation, which made
+// this file a quarter of the library's compile time. The branch goes the same way for a whole call.
+template <typename T, int MR>
 __attribute__((always_inline)) inline void epilogue_vector(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s, int64_t end,
                             __m512* z) {
   const int64_t plane_pitch = it.out_plane, valid = imin(kLanes, end - s);
+  dispatch_act(static_cast<Act>(p.act), [&](auto a) {
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) z[r] = act_v<A>(_mm512_add_ps(z[r], _mm512_set1_ps(p.b1[m0 + r])));
+    for (int r = 0; r < MR; ++r) z[r] = act_v<decltype(a)::value>(_mm512_add_ps(z[r], _mm512_set1_ps(p.b1[m0 + r])));
+  });
   // Lanes of one image at a time: a vector spans two images where the pixels of an image are not a multiple
   // of 16 (and more than two only for images under 16 pixels).
   int64_t i = s / it.PA;
@@ -261,7 +266,7 @@ __attribute__((always_inline)) inline void epilogue_vector(const ForwardAvx512Pa
 
 // z1 for channels [m0, m0 + MR) x pixels [s0, s0 + 16*NV) of the item, then its epilogue for the pixels before
 // `end`. `tail` masks the last vector's lanes past the item's (vector-tile) pixels.
-template <typename T, int MR, int NV, Act A>
+template <typename T, int MR, int NV>
 void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s0, __mmask16 tail, int64_t end) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
@@ -292,7 +297,7 @@ void gemm_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int6
     __m512 z[MR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) z[r] = acc[r][v];
-    epilogue_vector<T, MR, A>(p, it, m0, s0 + v * kLanes, end, z);
+    epilogue_vector<T, MR>(p, it, m0, s0 + v * kLanes, end, z);
   }
 }
 
@@ -321,7 +326,7 @@ inline __m512 sum8(const __m512* v) {
 // maps are 3 x 16 + 1 pixels, its 14x14 maps 12 x 16 + 4). xt: those pixels' x as R rows of C floats. s is a
 // multiple of 16 from the image's first pixel. Numerics: each of these sums is 16 lane-wise partial sums in channel
 // order, then added in a fixed tree; which pixels take this path depends only on the image size, never on the cut.
-template <int MR, int R, Act A>
+template <int MR, int R>
 void dot_tile(const ForwardAvx512Params& p, const Item<F32>& it, int64_t m0, int64_t s, const float* xt) {
   __m512 acc[MR][R];
 #pragma GCC unroll 8
@@ -358,69 +363,67 @@ void dot_tile(const ForwardAvx512Params& p, const Item<F32>& it, int64_t m0, int
                     : _mm512_mask_permutexvar_ps(z[r], static_cast<__mmask16>(1u << j), from, sums);
     }
   }
-  epilogue_vector<F32, MR, A>(p, it, m0, s, s + R, z);
+  epilogue_vector<F32, MR>(p, it, m0, s, s + R, z);
 }
 
-template <typename T, Act A>
+template <typename T>
 using TileFn = void (*)(const ForwardAvx512Params&, const Item<T>&, int64_t, int64_t, __mmask16, int64_t);
 
-template <typename T, Act A, int MR>
-TileFn<T, A> tile_for_nv(int64_t nv) {
+template <typename T, int MR>
+TileFn<T> tile_for_nv(int64_t nv) {
   switch (nv) {
-    case 1: return &gemm_tile<T, MR, 1, A>;
-    case 2: return &gemm_tile<T, MR, 2, A>;
-    case 3: return &gemm_tile<T, MR, 3, A>;
-    default: return &gemm_tile<T, MR, 4, A>;
+    case 1: return &gemm_tile<T, MR, 1>;
+    case 2: return &gemm_tile<T, MR, 2>;
+    case 3: return &gemm_tile<T, MR, 3>;
+    default: return &gemm_tile<T, MR, 4>;
   }
 }
 
-template <typename T, Act A>
-TileFn<T, A> tile_for(int64_t mr, int64_t nv) {
+template <typename T>
+TileFn<T> tile_for(int64_t mr, int64_t nv) {
   static_assert(kMR == 6 && kNV == 4 && kWideTileChannels == 8, "the switches below enumerate the tile shapes");
   switch (mr) {
-    case 1: return tile_for_nv<T, A, 1>(nv);
-    case 2: return tile_for_nv<T, A, 2>(nv);
-    case 3: return tile_for_nv<T, A, 3>(nv);
-    case 4: return tile_for_nv<T, A, 4>(nv);
-    case 5: return tile_for_nv<T, A, 5>(nv);
-    case 6: return tile_for_nv<T, A, 6>(nv);
+    case 1: return tile_for_nv<T, 1>(nv);
+    case 2: return tile_for_nv<T, 2>(nv);
+    case 3: return tile_for_nv<T, 3>(nv);
+    case 4: return tile_for_nv<T, 4>(nv);
+    case 5: return tile_for_nv<T, 5>(nv);
+    case 6: return tile_for_nv<T, 6>(nv);
     default:  // float32 strips of at most 3 vectors (kWideTileChannels)
       if constexpr (std::is_same_v<T, F32>) {
-        if (mr == 7) return tile_for_nv<T, A, 7>(nv);
-        return tile_for_nv<T, A, 8>(nv);
+        if (mr == 7) return tile_for_nv<T, 7>(nv);
+        return tile_for_nv<T, 8>(nv);
       }
-      return tile_for_nv<T, A, 6>(nv);
+      return tile_for_nv<T, 6>(nv);
   }
 }
 
-template <Act A>
 using DotFn = void (*)(const ForwardAvx512Params&, const Item<F32>&, int64_t, int64_t, const float*);
 
-template <Act A, int MR>
-DotFn<A> dot_for_r(int64_t r) {
+template <int MR>
+DotFn dot_for_r(int64_t r) {
   if constexpr (MR > kMR) {  // kDotWideMaxPixels
-    return r == 1 ? &dot_tile<MR, 1, A> : &dot_tile<MR, 2, A>;
+    return r == 1 ? &dot_tile<MR, 1> : &dot_tile<MR, 2>;
   } else {
     switch (r) {
-      case 1: return &dot_tile<MR, 1, A>;
-      case 2: return &dot_tile<MR, 2, A>;
-      case 3: return &dot_tile<MR, 3, A>;
-      default: return &dot_tile<MR, 4, A>;
+      case 1: return &dot_tile<MR, 1>;
+      case 2: return &dot_tile<MR, 2>;
+      case 3: return &dot_tile<MR, 3>;
+      default: return &dot_tile<MR, 4>;
     }
   }
 }
 
-template <Act A>
-DotFn<A> dot_for(int64_t mr, int64_t r) {
+inline DotFn dot_for(int64_t mr, int64_t r) {
   switch (mr) {
-    case 1: return dot_for_r<A, 1>(r);
-    case 2: return dot_for_r<A, 2>(r);
-    case 3: return dot_for_r<A, 3>(r);
-    case 4: return dot_for_r<A, 4>(r);
-    case 5: return dot_for_r<A, 5>(r);
-    case 6: return dot_for_r<A, 6>(r);
-    case 7: return dot_for_r<A, 7>(r);
-    default: return dot_for_r<A, 8>(r);
+    case 1: return dot_for_r<1>(r);
+    case 2: return dot_for_r<2>(r);
+    case 3: return dot_for_r<3>(r);
+    case 4: return dot_for_r<4>(r);
+    case 5: return dot_for_r<5>(r);
+    case 6: return dot_for_r<6>(r);
+    case 7: return dot_for_r<7>(r);
+    default: return dot_for_r<8>(r);
   }
 }
 
@@ -639,12 +642,12 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
       for (int64_t s0 = 0; s0 < preg; s0 += gb.sv * kLanes) {
         const int64_t vecs = imin(gb.sv, (preg - s0 + kLanes - 1) / kLanes);
         const __mmask16 tail = lane_range(0, preg - (s0 + (vecs - 1) * kLanes));
-        const TileFn<T, A> full = tile_for<T, A>(tm, vecs);
+        const TileFn<T> full = tile_for<T>(tm, vecs);
         for (int64_t m0 = g0; m0 < g1; m0 += tm) {
           if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;
           const int64_t mr = imin(tm, g1 - m0);
           it.planes = planes + (m0 - g0) * p.G * pstride;
-          (mr == tm ? full : tile_for<T, A>(mr, vecs))(p, it, m0, s0, tail, preg);
+          (mr == tm ? full : tile_for<T>(mr, vecs))(p, it, m0, s0, tail, preg);
         }
       }
       if constexpr (std::is_same_v<T, F32>) {
@@ -654,7 +657,7 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
           for (int64_t m0 = g0; m0 < g1; m0 += dm) {
             if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;
             it.planes = planes + (m0 - g0) * p.G * pstride;
-            dot_for<A>(imin(dm, g1 - m0), it.P - preg)(p, it, m0, preg, xt);
+            dot_for(imin(dm, g1 - m0), it.P - preg)(p, it, m0, preg, xt);
           }
         }
       }
