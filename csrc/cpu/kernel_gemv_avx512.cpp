@@ -47,10 +47,11 @@ inline void store_one(float* dst, float v) { *dst = v; }
 inline void store_one(uint16_t* dst, float v) { store_f32(dst, 1, _mm512_set1_ps(v)); }
 
 // Rows [o, o + R) for images [n, n + G): R x G accumulators over k, 16 lanes at a time (the last step masked).
-template <int R, int G, typename T>
+// T: the element type of x and y; TW: of w and b.
+template <int R, int G, typename T, typename TW>
 void gemv_tile(const GemvAvx512Params& p, int64_t o, int64_t n) {
   const T* x = static_cast<const T*>(p.x) + n * p.ldx;
-  const T* w = static_cast<const T*>(p.w) + o * p.K;
+  const TW* w = static_cast<const TW*>(p.w) + o * p.K;
   const int64_t K = p.K;
   __m512 acc[R][G];
 #pragma GCC unroll 4
@@ -69,7 +70,7 @@ void gemv_tile(const GemvAvx512Params& p, int64_t o, int64_t n) {
 #pragma GCC unroll 4
       for (int j = 0; j < G; ++j) acc[i][j] = _mm512_fmadd_ps(wv[i], xv[j], acc[i][j]);
   }
-  const T* b = static_cast<const T*>(p.b) + o;
+  const TW* b = static_cast<const TW*>(p.b) + o;
   T* y = static_cast<T*>(p.y) + n * p.ldy + o;
   const Act act = static_cast<Act>(p.act);
 #pragma GCC unroll 4
@@ -81,27 +82,27 @@ void gemv_tile(const GemvAvx512Params& p, int64_t o, int64_t n) {
 }
 
 // All images for rows [o, o + R): groups of four, then the remainder.
-template <int R, typename T>
+template <int R, typename T, typename TW>
 void gemv_rows(const GemvAvx512Params& p, int64_t o) {
   int64_t n = 0;
-  for (; n + 4 <= p.N; n += 4) gemv_tile<R, 4, T>(p, o, n);
+  for (; n + 4 <= p.N; n += 4) gemv_tile<R, 4, T, TW>(p, o, n);
   switch (p.N - n) {
-    case 3: gemv_tile<R, 3, T>(p, o, n); break;
-    case 2: gemv_tile<R, 2, T>(p, o, n); break;
-    case 1: gemv_tile<R, 1, T>(p, o, n); break;
+    case 3: gemv_tile<R, 3, T, TW>(p, o, n); break;
+    case 2: gemv_tile<R, 2, T, TW>(p, o, n); break;
+    case 1: gemv_tile<R, 1, T, TW>(p, o, n); break;
     default: break;
   }
 }
 
-template <typename T>
+template <typename T, typename TW>
 void gemv_blocks(const GemvAvx512Params& p, int64_t begin, int64_t end) {
   for (int64_t blk = begin; blk < end; ++blk) {
     const int64_t o = blk * kGemvRowBlock;
     switch (p.O - o < kGemvRowBlock ? p.O - o : kGemvRowBlock) {
-      case 4: gemv_rows<4, T>(p, o); break;
-      case 3: gemv_rows<3, T>(p, o); break;
-      case 2: gemv_rows<2, T>(p, o); break;
-      case 1: gemv_rows<1, T>(p, o); break;
+      case 4: gemv_rows<4, T, TW>(p, o); break;
+      case 3: gemv_rows<3, T, TW>(p, o); break;
+      case 2: gemv_rows<2, T, TW>(p, o); break;
+      case 1: gemv_rows<1, T, TW>(p, o); break;
       default: break;
     }
   }
@@ -111,9 +112,11 @@ void gemv_blocks(const GemvAvx512Params& p, int64_t begin, int64_t end) {
 
 void avx512_gemv_blocks(const GemvAvx512Params& p, int64_t begin, int64_t end) {
   if (p.bf16) {
-    gemv_blocks<uint16_t>(p, begin, end);
+    gemv_blocks<uint16_t, uint16_t>(p, begin, end);
+  } else if (p.bf16_weights) {
+    gemv_blocks<float, uint16_t>(p, begin, end);
   } else {
-    gemv_blocks<float>(p, begin, end);
+    gemv_blocks<float, float>(p, begin, end);
   }
 }
 

@@ -11,7 +11,8 @@
 // us at batch 8, 1.67 against 3.14 ms at batch 256), so there is no size above which the op hands over.
 //
 // Numerics: float32 accumulation in lane order (lane l sums k = l, l + 16, ...), then a tree over the lanes, then
-// the bias and the activation; bfloat16 inputs are widened exactly and only y is rounded (to nearest even). Results
+// the bias and the activation; bfloat16 inputs are widened exactly and only a bfloat16 y is rounded (to nearest
+// even). Results
 // differ from the BLAS's by rounding only.
 #pragma once
 
@@ -22,6 +23,8 @@ namespace cpu {
 
 struct GemvAvx512Params {
   bool bf16;        // x, w, b and y are bfloat16 (raw 16-bit words), else float32
+  bool bf16_weights = false;  // (with bf16 false) w and b are bfloat16, x and y float32: the squeeze-excite of a
+                              // bfloat16 network, whose means and hidden vector stay float32
   const void* x;    // [N][K], rows ldx apart
   const void* w;    // [O][K], contiguous
   const void* b;    // [O]

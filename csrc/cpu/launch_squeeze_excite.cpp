@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "entry_points.h"
@@ -101,20 +102,27 @@ void squeeze_excite_kernel(at::Tensor& y, const at::Tensor& sums, const at::Tens
   });
 }
 
-// Float32 on the AVX-512 matrix-vector kernel: hidden = relu(W_r . mean + b_r) by blocks of four rows of W_r, then
-// by blocks of four channels the gate's pre-activation W_e . hidden + b_e, its hardsigmoid and the scaling of those
-// channels' planes, in one parallel region per product as in the loops above.
+// On the AVX-512 matrix-vector kernel: hidden = relu(W_r . mean + b_r) by blocks of four rows of W_r, then by
+// blocks of four channels the gate's pre-activation W_e . hidden + b_e, its hardsigmoid and the scaling of those
+// channels' planes, in one parallel region per product as in the loops above. raw_t: float, or uint16_t for a
+// bfloat16 network, whose weights the kernel widens as it loads them (bf16_weights) while the means, the hidden
+// vector and the gates stay float32, as in the loops above; only the scaled planes are rounded. Before this the
+// bfloat16 squeeze-excites ran on those loops: on a CPU with native bfloat16 (an AMD EPYC, bench/NOTES.md entry 59)
+// the 7x7 blocks with a 960-channel squeeze-excite were no faster in bfloat16 than in float32.
+template <typename raw_t>
 void squeeze_excite_avx512(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
                            const at::Tensor& ew, const at::Tensor& eb) {
+  constexpr bool kBf16 = std::is_same_v<raw_t, uint16_t>;
   const int64_t N = y.size(0), C = y.size(1), R = rw.size(0), HW = y.size(2) * y.size(3);
   const at::Tensor rwc = rw.contiguous(), rbc = rb.contiguous(), ewc = ew.contiguous(), ebc = eb.contiguous();
-  float* yp = y.mutable_data_ptr<float>();
+  raw_t* yp = static_cast<raw_t*>(y.data_ptr());
   std::vector<float> mean(N * C), hidden(N * R), pre(N * C);
-  plane_means<float, float>(yp, sums, N * C, HW, mean.data());
+  plane_means<raw_t, float>(yp, sums, N * C, HW, mean.data());
 
   cpu::GemvAvx512Params reduce{};
   reduce.bf16 = false;
-  reduce.x = mean.data(), reduce.w = rwc.const_data_ptr<float>(), reduce.b = rbc.const_data_ptr<float>();
+  reduce.bf16_weights = kBf16;
+  reduce.x = mean.data(), reduce.w = rwc.const_data_ptr(), reduce.b = rbc.const_data_ptr();
   reduce.y = hidden.data();
   reduce.N = N, reduce.K = C, reduce.O = R, reduce.ldx = C, reduce.ldy = R;
   reduce.act = static_cast<int>(Act::ReLU);
@@ -125,7 +133,7 @@ void squeeze_excite_avx512(at::Tensor& y, const at::Tensor& sums, const at::Tens
                    [&](int64_t b0, int64_t b1) { cpu::avx512_gemv_blocks(reduce, b0, b1); });
 
   cpu::GemvAvx512Params expand = reduce;
-  expand.x = hidden.data(), expand.w = ewc.const_data_ptr<float>(), expand.b = ebc.const_data_ptr<float>();
+  expand.x = hidden.data(), expand.w = ewc.const_data_ptr(), expand.b = ebc.const_data_ptr();
   expand.y = pre.data();
   expand.K = R, expand.O = C, expand.ldx = R, expand.ldy = C;
   expand.act = static_cast<int>(Act::Identity);
@@ -136,9 +144,14 @@ void squeeze_excite_avx512(at::Tensor& y, const at::Tensor& sums, const at::Tens
       for (int64_t n = 0; n < N; ++n) {
         // hardsigmoid(v) = relu6(v + 3) / 6
         const float g = std::min(std::max(pre[n * C + c] + 3.f, 0.f), 6.f) / 6.f;
-        float* plane = yp + (n * C + c) * HW;
+        raw_t* plane = yp + (n * C + c) * HW;
+        if constexpr (kBf16) {
 #pragma omp simd
-        for (int64_t q = 0; q < HW; ++q) plane[q] *= g;
+          for (int64_t q = 0; q < HW; ++q) plane[q] = cpu::narrow<raw_t>(cpu::widen<float>(plane[q]) * g);
+        } else {
+#pragma omp simd
+          for (int64_t q = 0; q < HW; ++q) plane[q] *= g;
+        }
       }
     }
   });
@@ -149,10 +162,17 @@ void squeeze_excite_avx512(at::Tensor& y, const at::Tensor& sums, const at::Tens
 void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw, const at::Tensor& rb,
                      const at::Tensor& ew, const at::Tensor& eb) {
   TORCH_CHECK(y.is_contiguous(), "squeeze_excite_: y must be contiguous");
-  if (y.scalar_type() == at::kFloat &&
-      use_avx512_kernel(cpu_kernel_knob(), avx512_gemv_available(false),
+  const auto t = y.scalar_type();
+  const bool same_type = rw.scalar_type() == t && rb.scalar_type() == t && ew.scalar_type() == t &&
+                         eb.scalar_type() == t;
+  if ((t == at::kFloat || t == at::kBFloat16) && same_type &&
+      use_avx512_kernel(cpu_kernel_knob(), avx512_gemv_available(t == at::kBFloat16),
                         [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); })) {
-    squeeze_excite_avx512(y, sums, rw, rb, ew, eb);
+    if (t == at::kFloat) {
+      squeeze_excite_avx512<float>(y, sums, rw, rb, ew, eb);
+    } else {
+      squeeze_excite_avx512<uint16_t>(y, sums, rw, rb, ew, eb);
+    }
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "ghost_bottleneck_se", [&] {
