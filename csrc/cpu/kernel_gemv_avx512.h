@@ -12,8 +12,7 @@
 //
 // Numerics: float32 accumulation in lane order (lane l sums k = l, l + 16, ...), then a tree over the lanes, then
 // the bias and the activation; bfloat16 inputs are widened exactly and only a bfloat16 y is rounded (to nearest
-// even). Results
-// differ from the BLAS's by rounding only.
+// even). Results differ from the BLAS's by rounding only.
 #pragma once
 
 #include <cstdint>

@@ -145,13 +145,8 @@ void squeeze_excite_avx512(at::Tensor& y, const at::Tensor& sums, const at::Tens
         // hardsigmoid(v) = relu6(v + 3) / 6
         const float g = std::min(std::max(pre[n * C + c] + 3.f, 0.f), 6.f) / 6.f;
         raw_t* plane = yp + (n * C + c) * HW;
-        if constexpr (kBf16) {
 #pragma omp simd
-          for (int64_t q = 0; q < HW; ++q) plane[q] = cpu::narrow<raw_t>(cpu::widen<float>(plane[q]) * g);
-        } else {
-#pragma omp simd
-          for (int64_t q = 0; q < HW; ++q) plane[q] *= g;
-        }
+        for (int64_t q = 0; q < HW; ++q) plane[q] = cpu::narrow<raw_t>(cpu::widen<float>(plane[q]) * g);
       }
     }
   });

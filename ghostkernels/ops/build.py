@@ -51,9 +51,9 @@ def cuda_wanted() -> bool:
     return torch.version.cuda is not None and os.environ.get("GHOSTKERNELS_NO_CUDA", "0") != "1"
 
 
-# The C++ sources that take longest to compile (30-110 s each at -O3 on one core; the others take 2-10 s), listed
-# first so that ninja, which starts jobs in the order the sources are given, starts them first: in alphabetical
-# order the longest one started 40 s into a two-core build and finished alone, 35 s after everything else.
+# The C++ sources that take longest to compile (about 20-45 s each at -O3 on one quiet core; the others 2-10 s),
+# listed first so that ninja, which starts jobs in the order the sources are given, starts them first: in
+# alphabetical order the longest one started 40 s into a two-core build and finished alone, 35 s after the rest.
 _SLOW_SOURCES = ("cpu/kernel_ghost_forward_avx512.cpp", "cpu/launch_ghost_backward.cpp",
                  "cpu/kernel_depthwise_avx512.cpp", "cpu/launch_ghost_forward.cpp", "bn_train_autograd.cpp",
                  "cpu/launch_bn_z1_passes.cpp")
