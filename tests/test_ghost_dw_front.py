@@ -102,3 +102,39 @@ def test_gated_block_through_the_fused_front(seed, monkeypatch):
                                       d(shortcut), gate=d(gate))
     gt.assert_close_to_reference(fused, want, gt.Tol(2e-5, 1e-5), "gated block, fused front")
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+# bfloat16 fuses where the CPU has AVX-512 BF16 and ghost1's planes are 56x56 or more (kBf16FrontMinPixels): ghost1
+# stays in float in the scratch planes (the two-pass path rounds it to bfloat16 first), so the two paths agree to the
+# dtype's tolerance, not bitwise. 8 input channels: the bf16 dot product; 40: AMX tiles where the CPU has them.
+BF16_CASES = [
+    BottleneckCase(2, 8, 151, 130, 25, 16, 3, 2, True, "relu", "bands-se"),
+    BottleneckCase(2, 40, 60, 58, 26, 24, 5, 2, True, "relu", "amx-k5-se"),
+]
+
+
+@pytest.mark.skipif("avx512_bf16" not in _cpu_flags(), reason="bfloat16 fuses on CPUs with AVX-512 BF16")
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: c.id)
+def test_bfloat16_fused_front_matches_float64(case, seed, monkeypatch):
+    x, kw = make_bottleneck(case, torch.bfloat16, seed)
+    fused, unfused = _both_paths(monkeypatch, lambda: call_bottleneck(x, kw, case.mid, case.out))
+    want = reference_bottleneck(x, kw, case.mid, case.out)
+    tol = BOTTLENECK_TOL[torch.bfloat16]
+    gt.assert_close_to_reference(fused, want, tol, f"bfloat16 fused front {case.id}")
+    gt.assert_close_to_reference(unfused, want, tol, f"bfloat16 two passes {case.id}")
+
+
+def test_bfloat16_small_planes_keep_two_passes(seed):
+    # 28x28 ghost1 planes: below kBf16FrontMinPixels, ghost1 and conv_dw run as two passes.
+    case = BottleneckCase(1, 40, 28, 28, 26, 24, 3, 2, False, "relu", "28x28")
+    x, kw = make_bottleneck(case, torch.bfloat16, seed)
+    scopes = _front_scopes(lambda: call_bottleneck(x, kw, case.mid, case.out))
+    assert "ghost1_dw" not in scopes and {"ghost1", "conv_dw"} <= scopes, scopes

@@ -80,6 +80,35 @@ def test_forward_generic_cpu_kernel(case, dtype, seed, monkeypatch):
     check_forward("cpu", dtype, case, seed)
 
 
+# bfloat16 on CPUs with AMX-BF16 runs its GEMM on AMX tiles where the module has more than 16 input channels
+# (kernel_ghost_forward_avx512.cpp): the tests above run that path there. GHOSTKERNELS_CPU_AMX=0 (read per call) keeps
+# the AVX-512 GEMM, which these run too, so that both are tested on an AMX machine (on others the two are the same).
+# Shapes aimed at the AMX blocking (32 channels x 32 pixels of 16 x 16 tiles, input channel pairs zero-padded to
+# whole tiles): an odd C one pair past a tile, 17 primaries (a block of one tile plus one row), 40 (a ragged second
+# block), groups of 7x7 images (pixels not a multiple of 16), 1x1 images, C just above the 16 where AMX starts, and
+# a batch-1 call whose channels are cut into blocks for the two threads (blocks rounded up to whole tiles).
+AMX_CASES = [
+    gt.GhostCase(n=3, c=33, h=7, w=7, init=17, out_channels=30, label="amx-odd-c"),
+    gt.GhostCase(n=2, c=40, h=13, w=11, init=40, k=5, act="hardswish", label="amx-ragged-block"),
+    gt.GhostCase(n=2, c=18, h=20, w=9, init=5, ratio=3, label="amx-c18"),
+    gt.GhostCase(n=4, c=64, h=1, w=1, init=70, label="amx-1x1"),
+    gt.GhostCase(n=1, c=48, h=14, w=14, init=100, out_channels=150, label="amx-channel-blocks"),
+]
+
+
+@pytest.mark.parametrize("amx", ["1", "0"], ids=["amx-if-present", "amx-off"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in AMX_CASES])
+def test_bfloat16_forward_amx_blocking(case, amx, seed, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_AMX", amx)
+    check_forward("cpu", torch.bfloat16, case, seed)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in gt.ghostnet_cases() + gt.edge_cases()])
+def test_bfloat16_forward_without_amx(case, seed, monkeypatch):
+    monkeypatch.setenv("GHOSTKERNELS_CPU_AMX", "0")
+    check_forward("cpu", torch.bfloat16, case, seed)
+
+
 def test_avx512_cpu_kernel_is_taken_where_the_cpu_has_it(seed, monkeypatch):
     monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", "avx512")
     case = gt.edge_cases()[0]

@@ -147,8 +147,8 @@ at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Te
                           at::Tensor* plane_sums = nullptr);
 
 // The fused front of a stride-2 bottleneck (launch_ghost_dw_front.cpp). Called by the bottleneck
-// (launch_ghost_bottleneck.cpp) for its ghost1 and conv_dw where ghost_dw_front_applies (float32 contiguous NCHW,
-// the AVX-512 kernels for ghost1's and conv_dw's kernel sizes, GHOSTKERNELS_CPU_FUSED_FRONT not "0", a non-empty
+// (launch_ghost_bottleneck.cpp) for its ghost1 and conv_dw where ghost_dw_front_applies (float32, or bfloat16
+// on CPUs with AVX-512 BF16 for ghost1 planes of 56x56 and more, contiguous NCHW, the AVX-512 kernels for ghost1's and conv_dw's kernel sizes, GHOSTKERNELS_CPU_FUSED_FRONT not "0", a non-empty
 // output): depthwise_conv(ghost_forward(x, ...), dw_w, dw_b, stride, identity) with ghost1's output never in memory,
 // for inputs the bottleneck's checks passed (d1: ghost1's sizes; gate: ghost1's DFC map as ghost_forward takes it,
 // or undefined). Returns conv_dw's output [N, oc, Ho, Wo] from the CPU block pool, and *plane_sums (when not null)

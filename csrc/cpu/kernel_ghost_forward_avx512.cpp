@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -24,6 +25,12 @@
 #include "util_cpu_features.h"
 
 #include "util_avx512_target.h"
+
+#if GK_AVX512_KERNELS && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace ghostkernels {
 namespace cpu {
@@ -62,6 +69,31 @@ bool avx512_forward_bf16_dot() {
 #endif
 }
 
+namespace {
+// AMX's tile data is off for a Linux process until it asks for it (arch_prctl ARCH_REQ_XCOMP_PERM with the
+// XTILEDATA feature, Linux 5.16 and later); a tile instruction before that is an illegal instruction. The grant
+// covers every thread of the process.
+bool amx_granted() {
+#if GK_AVX512_KERNELS && defined(__linux__) && defined(SYS_arch_prctl)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!cpu_has_avx512(true) || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool amx_bf16 = (edx >> 22) & 1u, amx_tile = (edx >> 24) & 1u;  // CPUID.(7,0):EDX
+  if (!(amx_bf16 && amx_tile)) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool avx512_forward_amx() {
+  static const bool granted = amx_granted();
+  if (!granted) return false;
+  const char* env = std::getenv("GHOSTKERNELS_CPU_AMX");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
 std::vector<uint16_t> avx512_column_masks(int64_t K, int64_t W, int64_t B) {
   const int64_t p = K / 2, vecs = (B * W + kLanes - 1) / kLanes;
   std::vector<uint16_t> m(vecs * K);
@@ -81,6 +113,9 @@ std::vector<uint16_t> avx512_column_masks(int64_t K, int64_t W, int64_t B) {
 // The packed x of an item, in 4-byte words: float32 packs only groups of images; bfloat16 always packs (pairs of
 // channels per word for the dot product, else one widened channel per word).
 int64_t panel_words(const ForwardAvx512Params& p) {
+  // AMX: the channel-pair rows padded with zero rows to whole tiles of 16, and 32 words of slack, read (into junk
+  // columns that are never stored) by the last row's tiles of a ragged last strip.
+  if (p.bf16 && p.bf16_dot && p.amx) return avx512_amx_words(p.C) * p.G * band_pixels_max(p) + 32;
   if (p.bf16 && p.bf16_dot) return (p.C + 1) / 2 * p.G * band_pixels_max(p);
   if (p.bf16) return p.C * p.G * band_pixels_max(p);
   return p.G > 1 ? p.C * p.G * band_pixels_max(p) : 0;
@@ -104,10 +139,15 @@ struct GemmBlocking {
 
 constexpr int64_t kSmallItemPixels = 256;  // items of at most this many pixels take the 8 x 3 tiles
 constexpr int64_t kTileGroup = 4;
+// AMX: blocks of 32 channels x 32 pixels (2 x 2 tiles of 16 x 16 floats: each A and B tile load feeds two tile
+// products), all of an item's pixels for one block, then that block's cheap half.
+constexpr int64_t kAmxChannels = 32;
+constexpr int64_t kAmxPixels = 32;
 
 GemmBlocking gemm_blocking(const ForwardAvx512Params& p) {
   const int64_t HW = p.H * p.W, rest = HW % kLanes;
   GemmBlocking b{1, 0, kMR, kNV};
+  if (p.bf16 && p.bf16_dot && p.amx) return GemmBlocking{1, 0, kAmxChannels, kAmxPixels / kLanes};
   if (p.bf16 || p.G != 1) return b;
   if (HW >= kLanes && rest >= 1 && rest <= 4) b.dot = rest;
   const int64_t pixels = band_pixels_max(p);
@@ -144,10 +184,12 @@ namespace {
 // float as it is packed, for the float GEMM (CPUs without AVX-512 BF16).
 struct F32 {
   using elem = float;
+  using out_elem = float;  // the output's element: x's, except for the out_float types below
   using word = float;
   using wvec = __m512;
   static constexpr bool pairs = false;
   static constexpr bool widen = false;
+  static constexpr bool amx = false;
   static wvec load(const word* p) { return _mm512_loadu_ps(p); }
   static wvec load(__mmask16 m, const word* p) { return _mm512_maskz_loadu_ps(m, p); }
   static wvec broadcast(word w) { return _mm512_set1_ps(w); }
@@ -155,18 +197,32 @@ struct F32 {
 };
 struct BF16W : F32 {
   using elem = uint16_t;  // raw bfloat16
+  using out_elem = uint16_t;
   static constexpr bool widen = true;
 };
 struct BF16 {
   using elem = uint16_t;  // raw bfloat16
+  using out_elem = uint16_t;
   using word = uint32_t;
   using wvec = __m512i;
   static constexpr bool pairs = true;
   static constexpr bool widen = false;
+  static constexpr bool amx = false;
   static wvec load(const word* p) { return _mm512_loadu_si512(p); }
   static wvec load(__mmask16 m, const word* p) { return _mm512_maskz_loadu_epi32(m, p); }
   static wvec broadcast(word w) { return _mm512_set1_epi32(static_cast<int>(w)); }
   static __m512 madd(__m512 acc, wvec a, wvec b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+};
+// The same panel and pairs of weights, multiplied on AMX tiles (amx_block); the vector tiles are not used.
+struct BF16X : BF16 {
+  static constexpr bool amx = true;
+};
+// bfloat16 x with float32 outputs (ForwardAvx512Params::out_float: the fused front's scratch planes).
+struct BF16F : BF16 {
+  using out_elem = float;
+};
+struct BF16XF : BF16X {
+  using out_elem = float;
 };
 
 // x's input channels per GEMM step.
@@ -176,7 +232,7 @@ constexpr int64_t channels_per_word() { return T::pairs ? 2 : 1; }
 // Stores the lanes `mask` of v at dst, rounding to the element type (bfloat16: to nearest even), after adding,
 // where the call has a residual (laid out like the output), the residual's element at the same place, in float.
 template <typename T>
-inline void store_output(typename T::elem* dst, const typename T::elem* res, __mmask16 mask, __m512 v) {
+inline void store_output(typename T::out_elem* dst, const typename T::out_elem* res, __mmask16 mask, __m512 v) {
   if (res != nullptr) v = _mm512_add_ps(v, load_f32(mask, res));
   store_f32(dst, mask, v);
 }
@@ -216,8 +272,8 @@ struct Item {
   int64_t ldb, P, PA;    // P = g * PA pixels; PA = pixels of one image's computed rows [a0, a1)
   float* planes;         // plane(r, i) = planes + (r * G + i) * pstride, row t = image row top + t
   int64_t pstride, x1_off;  // x1_off: where row a0 starts in a plane
-  typename T::elem* out;             // the output (OutputMap's addressing)
-  const typename T::elem* res;       // the residual laid out like the output, or nullptr
+  typename T::out_elem* out;         // the output (OutputMap's addressing)
+  const typename T::out_elem* res;   // the residual laid out like the output, or nullptr
   int64_t out_primary;               // where channel m0 = 0 of the item's first image, row a0, starts in them
   int64_t out_image, out_plane;      // output elements per image and per channel plane
   int64_t own_lo, own_hi;  // pixels (of PA) on the band's own rows
@@ -229,13 +285,15 @@ struct Item {
 // The activation is a run-time switch here, once per vector of MR rows, not a template parameter of the tiles: the
 // ~110 GEMM and dot tiles (element type x MR x NV or R) would otherwise be compiled once per activation, which made
 // this file a quarter of the library's compile time. The branch goes the same way for a whole call.
+// MR 0: `rows` (at most 16) channels, a run-time count (the AMX blocks' ragged last rows); else MR channels.
 template <typename T, int MR>
 __attribute__((always_inline)) inline void epilogue_vector(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s, int64_t end,
-                            __m512* z) {
+                            __m512* z, int rows = MR) {
   const int64_t plane_pitch = it.out_plane, valid = imin(kLanes, end - s);
+  const int R = MR > 0 ? MR : rows;
   dispatch_act(static_cast<Act>(p.act), [&](auto a) {
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) z[r] = act_v<decltype(a)::value>(_mm512_add_ps(z[r], _mm512_set1_ps(p.b1[m0 + r])));
+    for (int r = 0; r < R; ++r) z[r] = act_v<decltype(a)::value>(_mm512_add_ps(z[r], _mm512_set1_ps(p.b1[m0 + r])));
   });
   // Lanes of one image at a time: a vector spans two images where the pixels of an image are not a multiple
   // of 16 (and more than two only for images under 16 pixels).
@@ -247,13 +305,13 @@ __attribute__((always_inline)) inline void epilogue_vector(const ForwardAvx512Pa
     const __mmask16 own = mine & lane_range(it.own_lo - shift, it.own_hi - shift);
     float* x1 = it.planes + i * it.pstride + it.x1_off + shift;
     const int64_t out_off = it.out_primary + i * it.out_image + m0 * plane_pitch + shift;
-    typename T::elem* out = it.out + out_off;
-    const typename T::elem* res = it.res == nullptr ? nullptr : it.res + out_off;
+    typename T::out_elem* out = it.out + out_off;
+    const typename T::out_elem* res = it.res == nullptr ? nullptr : it.res + out_off;
     const bool gated = p.gate != nullptr && own;
     const GateLanes gl = gated ? GateLanes(p.gate_index + it.pix0 + shift, own) : GateLanes();
     const float* gplane = gated ? p.gate + ((it.n0 + i) * p.OC + m0) * p.gate_plane : nullptr;
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < R; ++r) {
       _mm512_mask_storeu_ps(x1 + r * p.G * it.pstride, mine, z[r]);  // x1 itself: the cheap half reads it
       if (own && m0 + r < p.n_primary) {
         const __m512 y = gated ? _mm512_mul_ps(z[r], gl.load(gplane + r * p.gate_plane, p.gate_end)) : z[r];
@@ -366,6 +424,90 @@ void dot_tile(const ForwardAvx512Params& p, const Item<F32>& it, int64_t m0, int
   epilogue_vector<F32, MR>(p, it, m0, s, s + R, z);
 }
 
+// AMX (BF16X): one tile configuration for the whole item (palette 1, eight tiles of 16 rows x 64 bytes). Tiles 0-3
+// accumulate z1, 16 channels x 16 pixels of floats each ([channel half][pixel half] of a block); 4-5 hold weights,
+// 16 channels x 16 words (pairs of input channels, the rows of w1); 6-7 hold x, 16 words x 16 pixels (rows of the
+// panel: the pair layout the bf16 dot product reads is also the tile product's B layout).
+struct alignas(64) AmxConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+#define GK_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+
+GK_AMX_TARGET void amx_configure() {
+  AmxConfig c{};
+  c.palette = 1;
+  for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
+  _tile_loadconfig(&c);
+}
+
+// Gives the tile state back (the kernel thread then carries no AMX state into its next context switch).
+GK_AMX_TARGET void amx_release() { _tile_release(); }
+
+// z1 of 16 (TM: 32) channels x 16 (TN: 32) pixels into zt, rows of kAmxPixels floats: a = w1 at the block's first
+// channel, lda words per row (a multiple of 16, zero-padded); b = the panel at the block's first pixel, ldb words per
+// row, lda rows (the rows past the input channels are zero). Numerics: each tile product adds 32 products (16 pairs)
+// per element in float, rounding to nearest even with denormals flushed, as vdpbf16ps does.
+template <bool TM, bool TN>
+GK_AMX_TARGET void amx_block(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, float* zt) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t k = 0; k < lda; k += 16) {
+    const uint32_t* bk = b + k * ldb;
+    _tile_loadd(6, bk, ldb * 4);
+    if constexpr (TN) _tile_loadd(7, bk + 16, ldb * 4);
+    _tile_loadd(4, a + k, lda * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (TN) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (TM) {
+      _tile_loadd(5, a + 16 * lda + k, lda * 4);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (TN) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  constexpr int64_t pitch = kAmxPixels * sizeof(float);
+  _tile_stored(0, zt, pitch);
+  if constexpr (TN) _tile_stored(1, zt + 16, pitch);
+  if constexpr (TM) {
+    _tile_stored(2, zt + 16 * kAmxPixels, pitch);
+    if constexpr (TN) _tile_stored(3, zt + 16 * kAmxPixels + 16, pitch);
+  }
+}
+
+// z1 of channels [g0, g1) (at most kAmxChannels; the padded weight rows past g1 are multiplied too and dropped) for
+// pixels [0, P) of the item, a block of kAmxPixels at a time, then the epilogue of each of its 16-pixel vectors
+// (pixels past P are junk columns: computed from whatever lies past a panel row, never stored). it.planes: channel
+// g0's planes.
+template <typename T>
+void amx_group(const ForwardAvx512Params& p, const Item<T>& it, int64_t g0, int64_t g1, int64_t P) {
+  alignas(64) float zt[kAmxChannels * kAmxPixels];
+  const int64_t lda = avx512_amx_words(p.C), rows = g1 - g0;
+  const uint32_t* a = static_cast<const uint32_t*>(p.w1) + g0 * lda;
+  const uint32_t* panel = static_cast<const uint32_t*>(it.b);
+  for (int64_t s0 = 0; s0 < P; s0 += kAmxPixels) {
+    const bool tn = P - s0 > 16;
+    if (rows > 16) {
+      (tn ? amx_block<true, true> : amx_block<true, false>)(a, lda, panel + s0, it.ldb, zt);
+    } else {
+      (tn ? amx_block<false, true> : amx_block<false, false>)(a, lda, panel + s0, it.ldb, zt);
+    }
+    for (int64_t h = 0; h < rows; h += 16) {
+      Item<T> ih = it;
+      ih.planes += h * p.G * it.pstride;
+      const int n = static_cast<int>(imin(16, rows - h));
+      for (int64_t v = 0; v < (tn ? 2 : 1); ++v) {
+        __m512 z[16];
+        for (int r = 0; r < n; ++r) z[r] = _mm512_load_ps(zt + (h + r) * kAmxPixels + v * kLanes);
+        epilogue_vector<T, 0>(p, ih, g0 + h, s0 + v * kLanes, P, z, n);
+      }
+    }
+  }
+}
+
 template <typename T>
 using TileFn = void (*)(const ForwardAvx512Params&, const Item<T>&, int64_t, int64_t, __mmask16, int64_t);
 
@@ -434,8 +576,8 @@ inline DotFn dot_for(int64_t mr, int64_t r) {
 // NV (1 or 2) vectors of depthwise_rows from output q0: independent chains of k*k fused multiply-adds (one chain
 // alone waits on the FMA's latency), each output's sum the same, in the same order.
 template <typename T, int K, Act A, int NV>
-__attribute__((always_inline)) inline void depthwise_vectors(const float* centre, typename T::elem* dst,
-                                                             const typename T::elem* res, int64_t q0, int64_t n,
+__attribute__((always_inline)) inline void depthwise_vectors(const float* centre, typename T::out_elem* dst,
+                                                             const typename T::out_elem* res, int64_t q0, int64_t n,
                                                              int64_t W, const float* w, float bias,
                                                              const uint16_t* colmask, const float* gplane,
                                                              const GateLanes* gl, const float* gend) {
@@ -472,7 +614,7 @@ __attribute__((always_inline)) inline void depthwise_vectors(const float* centre
 // res[q] where res is not nullptr). colmask[(q/16)*K + dx] keeps the lanes whose column q%W + dx - p is inside the
 // row.
 template <typename T, int K, Act A>
-void depthwise_rows(const float* centre, typename T::elem* dst, const typename T::elem* res, int64_t n, int64_t W,
+void depthwise_rows(const float* centre, typename T::out_elem* dst, const typename T::out_elem* res, int64_t n, int64_t W,
                     const float* w, float bias, const uint16_t* colmask, const float* gplane, const GateLanes* gl,
                     const float* gend) {
   int64_t q0 = 0;
@@ -483,7 +625,7 @@ void depthwise_rows(const float* centre, typename T::elem* dst, const typename T
 }
 
 template <typename T, Act A>
-using DepthwiseFn = void (*)(const float*, typename T::elem*, const typename T::elem*, int64_t, int64_t, const float*,
+using DepthwiseFn = void (*)(const float*, typename T::out_elem*, const typename T::out_elem*, int64_t, int64_t, const float*,
                              float, const uint16_t*, const float*, const GateLanes*, const float*);
 
 template <typename T, Act A>
@@ -549,6 +691,7 @@ template <typename T, Act A>
 void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
               void* scratch) {
   using elem = typename T::elem;
+  using out_elem = typename T::out_elem;
   const int64_t C = p.C, H = p.H, W = p.W, HW = H * W, I = p.I, M = p.M, K = p.K, pad = K / 2;
   const int64_t pstride = plane_stride(p);
   const GemmBlocking gb = gemm_blocking(p);
@@ -557,8 +700,8 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
   float* planes = static_cast<float*>(scratch) + panel_words(p) + plane_slack(W, K);
   float* xt = planes + group_channels * p.G * pstride + plane_slack(W, K);  // after the planes: the dot tiles' x
   const elem* x = static_cast<const elem*>(p.x);
-  elem* out_all = static_cast<elem*>(p.out);
-  const elem* res_all = static_cast<const elem*>(p.residual);
+  out_elem* out_all = static_cast<out_elem*>(p.out);
+  const out_elem* res_all = static_cast<const out_elem*>(p.residual);
   const DepthwiseFn<T, A> depthwise = depthwise_for<T, A>(K);
   const OutputMap om(p);
   thread_local std::vector<GateLanes> band_lanes;  // per thread, reused across items and calls
@@ -572,6 +715,10 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
     it.P = g * PA;
     if constexpr (T::pairs) {
       pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
+      if constexpr (T::amx) {  // zero rows up to whole tiles (junk there times the zero weights could be NaN)
+        const int64_t words = (C + 1) / 2;
+        std::memset(panel + words * it.P, 0, (avx512_amx_words(C) - words) * it.P * sizeof(uint32_t));
+      }
       it.b = panel;
       it.ldb = it.P;
     } else if constexpr (T::widen) {
@@ -620,6 +767,8 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
       if (plane_end > zero_bottom_from) std::memset(pl + zero_bottom_from, 0, (plane_end - zero_bottom_from) * sizeof(float));
     }
 
+    if constexpr (T::amx) amx_configure();
+
     // Pixels [0, preg) of the item on the vector tiles, [preg, P) (the image's last gb.dot pixels) on dot tiles,
     // whose x is copied out as rows of C floats (float32, one image per item).
     int64_t preg = it.P;
@@ -638,16 +787,21 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
     for (int64_t g0 = c0; g0 < c1; g0 += group_channels) {
       if (g0 >= p.n_primary && g0 * M >= p.n_cheap) break;  // this and every later channel is sliced away
       const int64_t g1 = imin(c1, g0 + group_channels);
-      const int64_t tm = gb.tm;
-      for (int64_t s0 = 0; s0 < preg; s0 += gb.sv * kLanes) {
-        const int64_t vecs = imin(gb.sv, (preg - s0 + kLanes - 1) / kLanes);
-        const __mmask16 tail = lane_range(0, preg - (s0 + (vecs - 1) * kLanes));
-        const TileFn<T> full = tile_for<T>(tm, vecs);
-        for (int64_t m0 = g0; m0 < g1; m0 += tm) {
-          if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;
-          const int64_t mr = imin(tm, g1 - m0);
-          it.planes = planes + (m0 - g0) * p.G * pstride;
-          (mr == tm ? full : tile_for<T>(mr, vecs))(p, it, m0, s0, tail, preg);
+      if constexpr (T::amx) {
+        it.planes = planes;
+        amx_group(p, it, g0, g1, preg);
+      } else {
+        const int64_t tm = gb.tm;
+        for (int64_t s0 = 0; s0 < preg; s0 += gb.sv * kLanes) {
+          const int64_t vecs = imin(gb.sv, (preg - s0 + kLanes - 1) / kLanes);
+          const __mmask16 tail = lane_range(0, preg - (s0 + (vecs - 1) * kLanes));
+          const TileFn<T> full = tile_for<T>(tm, vecs);
+          for (int64_t m0 = g0; m0 < g1; m0 += tm) {
+            if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;
+            const int64_t mr = imin(tm, g1 - m0);
+            it.planes = planes + (m0 - g0) * p.G * pstride;
+            (mr == tm ? full : tile_for<T>(mr, vecs))(p, it, m0, s0, tail, preg);
+          }
         }
       }
       if constexpr (std::is_same_v<T, F32>) {
@@ -674,6 +828,7 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
         }
       }
     }
+    if constexpr (T::amx) amx_release();
   }
 }
 
@@ -691,7 +846,15 @@ void run_items(const ForwardAvx512Params& p, int64_t begin, int64_t end, void* s
 template <typename Fn>
 void with_types(const ForwardAvx512Params& p, Fn&& fn) {
   const auto with_act = [&](auto t) { dispatch_act(static_cast<Act>(p.act), [&](auto a) { fn(t, a); }); };
-  if (p.bf16 && p.bf16_dot) {
+  if (p.bf16 && p.bf16_dot && p.out_float) {
+    if (p.amx) {
+      with_act(BF16XF{});
+    } else {
+      with_act(BF16F{});
+    }
+  } else if (p.bf16 && p.bf16_dot && p.amx) {
+    with_act(BF16X{});
+  } else if (p.bf16 && p.bf16_dot) {
     with_act(BF16{});
   } else if (p.bf16) {
     with_act(BF16W{});

@@ -16,7 +16,10 @@
 // images (7x7 images are 49 pixels: unpacked, a quarter of every vector would be wasted).
 // bfloat16: on CPUs with AVX-512 BF16 the GEMM is the CPU's bf16 dot product (vdpbf16ps: two bf16 products per
 // float lane, accumulated in float), twice the multiply-adds of float32 per instruction; x is packed as pairs of
-// neighbouring input channels per pixel, the layout that instruction reads. On AVX-512 CPUs without BF16 x is widened
+// neighbouring input channels per pixel, the layout that instruction reads. On CPUs with AMX-BF16 (Sapphire Rapids
+// and later) the same panel is the B operand of the tile dot product (tdpbf16ps: a 16 x 32 by 32 x 16 product per
+// instruction, 16x the multiply-adds of vdpbf16ps): tiles of 32 channels x 32 pixels, their z1 stored through a small
+// buffer into the same epilogue (bench/NOTES.md entry 60). On AVX-512 CPUs without BF16 x is widened
 // to float as it is packed and the float32 GEMM runs (bf16_dot false). x1 and the depthwise conv stay in float
 // (eager rounds x1 to bf16 first, so ours is the more accurate), and only the two halves of the output are rounded
 // to bfloat16.
@@ -50,6 +53,8 @@ struct ForwardAvx512Params {
   const void* residual;  // nullptr, or [N, OC, H, W] contiguous in x's dtype: added to the output (after the
                          // activation and the gate; a bottleneck's shortcut)
   bool bf16_dot;         // bfloat16 on the bf16 dot product (w1 as channel pairs); false: w1 float [I, C]
+  bool amx;              // with bf16_dot: the GEMM on AMX tiles (avx512_forward_amx); w1 is then
+                         // [avx512_amx_rows(I), avx512_amx_words(C)] words, zero-padded (a tile's 16 rows of 16 words)
   const float* gate;     // nullptr, or the gated module's map [N, OC, gate_plane] float32, multiplied into the output
   const float* gate_end;      // the end of the memory holding the map (window loads may run up to 31 floats past a
                               // plane's last element, but never past this)
@@ -71,6 +76,9 @@ struct ForwardAvx512Params {
   // residual must then be nullptr (it is read at the output's offsets). The gate stays indexed by image and output
   // channel ([N, OC, gate_plane]) either way.
   int64_t out_image, out_plane, out_primary_shift, out_cheap_shift, out_pixel_shift;
+  // bfloat16 with bf16_dot and out_plane > 0 only: the planes at out are float32 (the fused front's scratch: x1 and
+  // the cheap half unrounded for the depthwise conv after them, as in float32).
+  bool out_float;
 };
 
 // Whether this CPU runs the kernel (AVX-512 F/BW/VL/DQ; bfloat16 needs nothing more) and the kernel handles this
@@ -79,6 +87,15 @@ bool avx512_forward_available(bool bf16, int64_t K);
 
 // Whether bfloat16 calls can take the bf16 dot product (the CPU has AVX-512 BF16): ForwardAvx512Params::bf16_dot.
 bool avx512_forward_bf16_dot();
+
+// Whether bfloat16 calls with bf16_dot can run their GEMM on AMX tiles (ForwardAvx512Params::amx): the CPU has
+// AMX-BF16, Linux granted this process the tile state (asked once), and GHOSTKERNELS_CPU_AMX is not "0" (read per
+// call, so a test or an A/B can compare both paths in one process).
+bool avx512_forward_amx();
+// The AMX weight layout's padded sizes: primary channels to whole tiles of 16 rows and one more tile (a block of
+// channels that starts inside a tile reads up to 31 rows on), input channel pairs (words) to whole tiles of 16 words.
+inline int64_t avx512_amx_rows(int64_t I) { return (I + 15) / 16 * 16 + 16; }
+inline int64_t avx512_amx_words(int64_t C) { return ((C + 1) / 2 + 15) / 16 * 16; }
 
 // For each 16-output vector of a band of B rows and each column offset dx, the lanes whose tap stays inside the row
 // (the forward's colmask; the depthwise backward, kernel_ghost_backward_avx512.h, reads the same masks).

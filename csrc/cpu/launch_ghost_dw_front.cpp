@@ -17,9 +17,11 @@
 // with more they differ from it by float32 rounding (the order of the additions). The outputs of ghost1 and
 // conv_dw are the same sums in the same order as unfused (the cut does not enter them): bitwise equal.
 //
-// Where it applies: float32, contiguous NCHW, the AVX-512 kernels available for ghost1's and conv_dw's kernel sizes,
-// and GHOSTKERNELS_CPU_FUSED_FRONT not "0". bfloat16 keeps the two-pass path: the Ghost-module kernel's bfloat16
-// output stores round to bfloat16, and its float scratch would need a third element type in that kernel (not done).
+// Where it applies: float32, or bfloat16 on CPUs with AVX-512 BF16 (ghost1's GEMM on the bf16 dot product or AMX
+// tiles, its planes kept in float: ForwardAvx512Params::out_float, so conv_dw reads ghost1 unrounded and only its
+// own output is rounded to bfloat16), contiguous NCHW, the AVX-512 kernels available for ghost1's and conv_dw's
+// kernel sizes, and GHOSTKERNELS_CPU_FUSED_FRONT not "0"; bfloat16 only on ghost1 planes of 56x56 and more
+// (kBf16FrontMinPixels).
 // Per-operator ATen headers only (ATen/ATen.h costs ~15 s of compile per file; the op library has
 // ~30 of them): including ATen/Functions.h here is a compile error.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
@@ -117,14 +119,22 @@ const uint16_t* cached_masks(bool depthwise, int64_t K, int64_t a, int64_t b, in
   return it->second.data();
 }
 
+// bfloat16 fuses only where ghost1's planes are at least this many pixels (GhostNet's 112x112 and 56x56 fronts):
+// on the 28x28 and 14x14 ones ghost1's output stays in L2 between the two passes anyway, and the fused units, 6 of
+// its primaries each, cost the AMX GEMM more than its whole-tile blocks (bench/NOTES.md entry 60).
+constexpr int64_t kBf16FrontMinPixels = 56 * 56;
+
 }  // namespace
 
 bool ghost_dw_front_applies(const at::Tensor& x, const GhostDims& d1, int64_t K, int64_t stride) {
   const int64_t Ho = depthwise_output_size(d1.H, K, stride), Wo = depthwise_output_size(d1.W, K, stride);
   // GHOSTKERNELS_CPU_KERNEL=avx512 with a kernel unavailable: the two-pass path raises, saying why.
-  return x.scalar_type() == at::kFloat && x.is_contiguous() && fused_front_enabled() &&
-         cpu_kernel_knob() != CpuKernel::Generic && avx512_forward_available(false, d1.K) &&
-         avx512_depthwise_available(false, K, stride) && d1.N * d1.oc * Ho * Wo > 0;
+  // bfloat16 needs the bf16 dot product: the kernel's float planes (out_float) exist only on its bf16_dot path.
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const bool bf16_ok = bf16 && avx512_forward_bf16_dot() && d1.H * d1.W >= kBf16FrontMinPixels;
+  return (x.scalar_type() == at::kFloat || bf16_ok) && x.is_contiguous() &&
+         fused_front_enabled() && cpu_kernel_knob() != CpuKernel::Generic && avx512_forward_available(bf16, d1.K) &&
+         avx512_depthwise_available(bf16, K, stride) && d1.N * d1.oc * Ho * Wo > 0;
 }
 
 at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, const at::Tensor& b_primary,
@@ -137,11 +147,13 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   const int64_t Ho = depthwise_output_size(H, K, stride), Wo = depthwise_output_size(W, K, stride);
   at::Tensor out = pooled_empty({N, OC, Ho, Wo}, x.options());
 
-  const FrontPlan f = plan_front(d1, K, stride, Ho);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
   const at::Tensor w1 = w_primary.contiguous(), b1 = b_primary.contiguous();
   const at::Tensor w2 = w_cheap.contiguous(), b2 = b_cheap.contiguous();
   ForwardAvx512Call call(x, w1, b1, w2, b2, d1, gate);
   ForwardAvx512Params& g = call.prm;
+  const FrontPlan f = plan_front(d1, K, stride, Ho);
+  g.out_float = bf16;  // ghost1's planes in the float scratch below, whatever x's dtype
   g.G = 1, g.Ib = kForwardTileChannels, g.B = f.max_rows;
   g.groups = N, g.blocks = f.tiles, g.bands = 1;  // not read by avx512_forward_region
   g.colmask = cached_masks(false, d1.K, W, f.max_rows, 0);
@@ -153,7 +165,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
 
   const FloatWeights dwf(dw_w), dbf(dw_b);
   DepthwiseAvx512Params dp{};
-  dp.bf16 = false;
+  dp.bf16 = bf16;  // conv_dw's output in x's dtype; its input is always the float planes
   dp.w = dwf.data();
   dp.b = dbf.data();
   dp.C = OC, dp.H = H, dp.W = W, dp.K = K, dp.stride = stride, dp.Ho = Ho, dp.Wo = Wo;
@@ -170,7 +182,8 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   const int64_t scratch_floats = dw_at + avx512_depthwise_scratch_floats(dp);
   const bool sums = plane_sums != nullptr;
   std::vector<float> partial(sums ? N * OC * f.bands : 0);
-  float* out_p = out.mutable_data_ptr<float>();
+  char* out_p = static_cast<char*>(out.mutable_data_ptr());
+  const int64_t out_es = out.element_size();
   const int64_t n_primary = d1.primary_kept(), n_cheap = d1.cheap_kept();
 
   at::parallel_for(0, f.units(N), 1, [&](int64_t begin, int64_t end) {
@@ -199,7 +212,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
         b.in = plane;
         b.in_row0 = rows.r0;
         b.in_rows = rows.r1 - rows.r0;
-        b.out = out_p + (n * OC + channel) * Ho * Wo + o0 * Wo;
+        b.out = out_p + ((n * OC + channel) * Ho * Wo + o0 * Wo) * out_es;
         b.o0 = o0, b.o1 = o1;
         b.want_sum = sums;
         const float s = avx512_depthwise_band(dp, b, dw_scratch);
@@ -210,7 +223,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
     }
   });
   if (sums) {
-    at::Tensor s = at::empty({N, OC}, x.options());
+    at::Tensor s = at::empty({N, OC}, x.options().dtype(at::kFloat));  // float32 sums for every x dtype, as depthwise_conv's
     float* sp = s.mutable_data_ptr<float>();
     for (int64_t pl = 0; pl < N * OC; ++pl) {
       float total = partial[pl * f.bands];

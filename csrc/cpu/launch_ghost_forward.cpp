@@ -190,14 +190,24 @@ ForwardAvx512Call::ForwardAvx512Call(const at::Tensor& x, const at::Tensor& w1, 
     : b1f_(b1), w2f_(w2), b2f_(b2) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const bool bf16_dot = bf16 && cpu::avx512_forward_bf16_dot();
+  // AMX only where the input channels fill at least one tile's 16 pairs more than half: with C <= 16 (GhostNet's
+  // 112x112 and first 56x56 modules) the zero-padded tile product and its stores through memory cost more than the
+  // bf16 dot product's registers (bench/NOTES.md entry 60).
+  const bool amx = bf16_dot && (d.C + 1) / 2 > 8 && cpu::avx512_forward_amx();
   // bfloat16 weights for the dot product as pairs of neighbouring input channels (one 32-bit word each), an odd C
-  // padded with a zero; without it, float weights for the float GEMM.
+  // padded with a zero; for AMX, zero-padded further to whole tiles (avx512_amx_rows x avx512_amx_words); without
+  // the dot product, float weights for the float GEMM.
   w1k_ = w1.reshape({d.I, d.C});
-  if (bf16_dot && d.C % 2 == 1) w1k_ = at::constant_pad_nd(w1k_, {0, 1});
+  if (amx) {
+    w1k_ = at::constant_pad_nd(w1k_, {0, 2 * avx512_amx_words(d.C) - d.C, 0, avx512_amx_rows(d.I) - d.I});
+  } else if (bf16_dot && d.C % 2 == 1) {
+    w1k_ = at::constant_pad_nd(w1k_, {0, 1});
+  }
   w1k_ = w1k_.contiguous();
   if (bf16 && !bf16_dot) w1f_.emplace(w1k_);
   prm.bf16 = bf16;
   prm.bf16_dot = bf16_dot;
+  prm.amx = amx;
   // The gated module's map as float32 planes; the kernel's window loads may read past a plane up to the end of the
   // memory holding it (the bottleneck's maps come with slack after the last plane, util_tensor_pool.h).
   gatef_ = !gate.defined()                     ? gate
@@ -255,6 +265,11 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
     plan = balanced_plan(plan, d, at::get_num_threads(), [&](int64_t G, int64_t Ib, int64_t B) {
       return item_bytes(G, Ib, B) <= cpu::kWorkItemBudgetBytes;
     });
+  }
+  // AMX multiplies whole tiles of 16 channels: blocks of channels cut at tile boundaries waste none.
+  if (prm.amx && plan.blocks > 1) {
+    plan.Ib = cpu::ceil_div(plan.Ib, 16) * 16;
+    plan.blocks = cpu::ceil_div(d.I, plan.Ib);
   }
   prm.G = plan.G, prm.Ib = plan.Ib, prm.B = plan.B;
   prm.groups = plan.groups, prm.blocks = plan.blocks, prm.bands = plan.bands;
