@@ -17,6 +17,7 @@
 #include "util_aten_act.h"
 #include "util_float_weights.h"
 #include "util_kernel_choice.h"
+#include "util_mask_cache.h"
 #include "util_tensor_pool.h"
 
 namespace ghostkernels {
@@ -65,8 +66,7 @@ at::Tensor depthwise_avx512(const at::Tensor& x, const at::Tensor& w, const at::
   p.plane_sums = plane_sums != nullptr ? sums.mutable_data_ptr<float>() : nullptr;
   p.C = C, p.H = H, p.W = W, p.K = K, p.stride = stride, p.Ho = Ho, p.Wo = Wo;
   p.act = static_cast<int>(act);
-  const std::vector<uint16_t> masks = avx512_depthwise_column_masks(K, stride, Ho, Wo);
-  p.colmask = masks.data();
+  p.colmask = cached_depthwise_column_masks(K, stride, Ho, Wo);
   const int64_t scratch_floats = avx512_depthwise_scratch_floats(p);
   // A plane is a few microseconds of work for 7x7 and 14x14 images; grains of ~32 KB of input keep the
   // scheduling overhead small without starving a thread.

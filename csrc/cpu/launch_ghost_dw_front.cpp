@@ -30,10 +30,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdlib>
-#include <map>
-#include <mutex>
 #include <cstring>
 #include <vector>
 
@@ -44,6 +41,7 @@
 #include "util_forward_avx512_call.h"
 #include "util_ghost_launch.h"
 #include "util_kernel_choice.h"
+#include "util_mask_cache.h"
 #include "util_tensor_pool.h"
 #include "util_work_plan.h"
 
@@ -105,20 +103,6 @@ FrontPlan plan_front(const GhostDims& d1, int64_t K, int64_t S, int64_t Ho) {
   return f;
 }
 
-// Column masks by shape, computed once: building them (a loop over every lane of every vector) was a few percent of
-// a batch-1 block.
-const uint16_t* cached_masks(bool depthwise, int64_t K, int64_t a, int64_t b, int64_t c) {
-  static std::mutex mutex;
-  static std::map<std::array<int64_t, 5>, std::vector<uint16_t>> masks;
-  const std::array<int64_t, 5> key{depthwise, K, a, b, c};
-  const std::lock_guard<std::mutex> lock(mutex);
-  auto it = masks.find(key);
-  if (it == masks.end()) {
-    it = masks.emplace(key, depthwise ? avx512_depthwise_column_masks(K, a, b, c) : avx512_column_masks(K, a, b)).first;
-  }
-  return it->second.data();
-}
-
 // bfloat16 fuses only where ghost1's planes are at least this many pixels (GhostNet's 112x112 and 56x56 fronts):
 // on the 28x28 and 14x14 ones ghost1's output stays in L2 between the two passes anyway, and the fused units, 6 of
 // its primaries each, cost the AMX GEMM more than its whole-tile blocks (bench/NOTES.md entry 60).
@@ -156,7 +140,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   g.out_float = bf16;  // ghost1's planes in the float scratch below, whatever x's dtype
   g.G = 1, g.Ib = kForwardTileChannels, g.B = f.max_rows;
   g.groups = N, g.blocks = f.tiles, g.bands = 1;  // not read by avx512_forward_region
-  g.colmask = cached_masks(false, d1.K, W, f.max_rows, 0);
+  g.colmask = cached_column_masks(d1.K, W, f.max_rows);
   // The tile's planes in scratch: kForwardTileChannels primaries, then their cheap channels, each `pitch` floats,
   // ghost1 row R0 of the unit at a plane's start (the addressing is set per unit below).
   const int64_t pitch = ceil_div(f.max_rows * W, 16) * 16;
@@ -170,7 +154,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   dp.b = dbf.data();
   dp.C = OC, dp.H = H, dp.W = W, dp.K = K, dp.stride = stride, dp.Ho = Ho, dp.Wo = Wo;
   dp.act = static_cast<int>(Act::Identity);
-  dp.colmask = cached_masks(true, K, stride, Ho, Wo);
+  dp.colmask = cached_depthwise_column_masks(K, stride, Ho, Wo);
 
   // Per-thread scratch: the Ghost-module kernel's, then the tile's planes between slack (the kernel's masked
   // primary stores may address up to K/2 rows before a plane and past the last one, with no lane stored there),

@@ -46,6 +46,7 @@
 #include "util_forward_avx512_call.h"
 #include "util_ghost_launch.h"
 #include "util_kernel_choice.h"
+#include "util_mask_cache.h"
 #include "util_plane_ops.h"
 #include "util_tensor_pool.h"
 #include "util_tile_balance.h"
@@ -273,8 +274,7 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   }
   prm.G = plan.G, prm.Ib = plan.Ib, prm.B = plan.B;
   prm.groups = plan.groups, prm.blocks = plan.blocks, prm.bands = plan.bands;
-  const std::vector<uint16_t> masks = cpu::avx512_column_masks(d.K, d.W, plan.B);
-  prm.colmask = masks.data();
+  prm.colmask = cpu::cached_column_masks(d.K, d.W, plan.B);
   const int64_t scratch_words = cpu::avx512_forward_scratch_words(prm);
   at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
     // Kept per thread across calls: a fresh multi-megabyte buffer per call would cost its page faults every time.
