@@ -117,6 +117,17 @@ def git_commit() -> dict | None:
     return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
+def cpu_bf16_extensions() -> list[str]:
+    """The x86 extensions that decide how bfloat16 runs here (the AVX-512 BF16 dot product, AMX tiles), from
+    /proc/cpuinfo: which peers and which of our kernels have native bfloat16 (bench/NOTES.md entries 56, 58, 60)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
 def describe(device: torch.device, threads: int) -> dict:
     """The environment block of the results JSON."""
     env = {
@@ -126,6 +137,7 @@ def describe(device: torch.device, threads: int) -> dict:
         "cpu_name": cpu_model_name(),
         "cpu_cores": usable_cores(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_extensions": cpu_bf16_extensions(),
         "threads": threads,
         "load_average_at_start": load_average(),
         "memory_copy_gbs_at_start": memory_copy_gbs(device),

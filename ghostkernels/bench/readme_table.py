@@ -106,8 +106,9 @@ def heading(results: dict) -> str:
     if env["device_type"] == "cuda":
         what = f"GPU ({env['device_name']}, torch {env['torch']}, CUDA {env.get('cuda')})"
     else:
-        what = (f"CPU ({env['cpu_name']}, {env['cpu_cores']} cores, {env.get('cpu_capability')}, "
-                f"torch {env['torch']}, {env['threads']} threads)")
+        isa = ", ".join([env.get("cpu_capability") or "?"] + list(env.get("cpu_bf16_extensions") or []))
+        what = (f"CPU ({env['cpu_name']}, {env['cpu_cores']} cores, {isa}, torch {env['torch']}, "
+                f"{env['threads']} threads)")
     return f"### Latest results: {what}"
 
 
