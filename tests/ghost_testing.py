@@ -37,14 +37,18 @@ BACKENDS = ("cpu", "cuda", "triton", "eager")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cpu_has_avx512() -> bool:
-    """Whether this CPU has what the CPU backend's AVX-512 kernel needs (AVX-512 F, BW, VL and DQ)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
-        return False
-    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags)
+        return set()
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this CPU has what the CPU backend's AVX-512 kernel needs (AVX-512 F, BW, VL and DQ)."""
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= cpu_flags()
 
 
 def has_cuda_device() -> bool:

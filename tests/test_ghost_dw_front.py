@@ -104,14 +104,6 @@ def test_gated_block_through_the_fused_front(seed, monkeypatch):
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return set()
-
-
 # bfloat16 fuses where the CPU has AVX-512 BF16 and ghost1's planes are 56x56 or more (kBf16FrontMinPixels): ghost1
 # stays in float in the scratch planes (the two-pass path rounds it to bfloat16 first), so the two paths agree to the
 # dtype's tolerance, not bitwise. 8 input channels: the bf16 dot product; 40: AMX tiles where the CPU has them.
@@ -121,7 +113,7 @@ BF16_CASES = [
 ]
 
 
-@pytest.mark.skipif("avx512_bf16" not in _cpu_flags(), reason="bfloat16 fuses on CPUs with AVX-512 BF16")
+@pytest.mark.skipif("avx512_bf16" not in gt.cpu_flags(), reason="bfloat16 fuses on CPUs with AVX-512 BF16")
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: c.id)
 def test_bfloat16_fused_front_matches_float64(case, seed, monkeypatch):
     x, kw = make_bottleneck(case, torch.bfloat16, seed)

@@ -73,7 +73,7 @@ at::Tensor conv2d_act_avx512(const at::Tensor& x, const at::Tensor& w, const at:
   p.out = out.mutable_data_ptr();
   p.N = N, p.Ci = Ci, p.Co = Co, p.H = H, p.W = W, p.K = K, p.stride = stride, p.Ho = Ho, p.Wo = Wo;
   p.act = static_cast<int>(act);
-  p.colmask = cpu::cached_depthwise_column_masks(K, stride, Ho, Wo);
+  p.colmask = cpu::cached_masks(true, K, stride, Ho, Wo);
   const int64_t scratch_floats = cpu::avx512_small_conv_scratch_floats(p);
   // Items (blocks of 4 output channels of one image) are image-major, so a thread's contiguous range splits each
   // of its images once. Grains of ~64K multiply-adds: a 3-channel image of a few thousand outputs still gives both

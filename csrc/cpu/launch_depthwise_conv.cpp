@@ -66,7 +66,7 @@ at::Tensor depthwise_avx512(const at::Tensor& x, const at::Tensor& w, const at::
   p.plane_sums = plane_sums != nullptr ? sums.mutable_data_ptr<float>() : nullptr;
   p.C = C, p.H = H, p.W = W, p.K = K, p.stride = stride, p.Ho = Ho, p.Wo = Wo;
   p.act = static_cast<int>(act);
-  p.colmask = cached_depthwise_column_masks(K, stride, Ho, Wo);
+  p.colmask = cached_masks(true, K, stride, Ho, Wo);
   const int64_t scratch_floats = avx512_depthwise_scratch_floats(p);
   // A plane is a few microseconds of work for 7x7 and 14x14 images; grains of ~32 KB of input keep the
   // scheduling overhead small without starving a thread.

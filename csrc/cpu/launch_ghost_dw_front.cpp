@@ -140,7 +140,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   g.out_float = bf16;  // ghost1's planes in the float scratch below, whatever x's dtype
   g.G = 1, g.Ib = kForwardTileChannels, g.B = f.max_rows;
   g.groups = N, g.blocks = f.tiles, g.bands = 1;  // not read by avx512_forward_region
-  g.colmask = cached_column_masks(d1.K, W, f.max_rows);
+  g.colmask = cached_masks(false, d1.K, W, f.max_rows);
   // The tile's planes in scratch: kForwardTileChannels primaries, then their cheap channels, each `pitch` floats,
   // ghost1 row R0 of the unit at a plane's start (the addressing is set per unit below).
   const int64_t pitch = ceil_div(f.max_rows * W, 16) * 16;
@@ -154,7 +154,7 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
   dp.b = dbf.data();
   dp.C = OC, dp.H = H, dp.W = W, dp.K = K, dp.stride = stride, dp.Ho = Ho, dp.Wo = Wo;
   dp.act = static_cast<int>(Act::Identity);
-  dp.colmask = cached_depthwise_column_masks(K, stride, Ho, Wo);
+  dp.colmask = cached_masks(true, K, stride, Ho, Wo);
 
   // Per-thread scratch: the Ghost-module kernel's, then the tile's planes between slack (the kernel's masked
   // primary stores may address up to K/2 rows before a plane and past the last one, with no lane stored there),

@@ -274,7 +274,7 @@ void forward_avx512(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   }
   prm.G = plan.G, prm.Ib = plan.Ib, prm.B = plan.B;
   prm.groups = plan.groups, prm.blocks = plan.blocks, prm.bands = plan.bands;
-  prm.colmask = cpu::cached_column_masks(d.K, d.W, plan.B);
+  prm.colmask = cpu::cached_masks(false, d.K, d.W, plan.B);
   const int64_t scratch_words = cpu::avx512_forward_scratch_words(prm);
   at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
     // Kept per thread across calls: a fresh multi-megabyte buffer per call would cost its page faults every time.

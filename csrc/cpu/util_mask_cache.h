@@ -16,27 +16,19 @@
 namespace ghostkernels {
 namespace cpu {
 
-namespace mask_cache_detail {
-template <typename Build>
-const uint16_t* lookup(const std::array<int64_t, 5>& key, Build&& build) {
+// depthwise false: avx512_column_masks(K, a = W, b = B) (the Ghost-module kernel's); true:
+// avx512_depthwise_column_masks(K, a = stride, b = Ho, c = Wo) (the depthwise and small-convolution kernels').
+// Kept for the life of the process; map nodes never move, so the pointers stay valid.
+inline const uint16_t* cached_masks(bool depthwise, int64_t K, int64_t a, int64_t b, int64_t c = 0) {
   static std::mutex mutex;
-  static std::map<std::array<int64_t, 5>, std::vector<uint16_t>> masks;  // nodes never move: pointers stay valid
+  static std::map<std::array<int64_t, 5>, std::vector<uint16_t>> masks;
+  const std::array<int64_t, 5> key{depthwise, K, a, b, c};
   const std::lock_guard<std::mutex> lock(mutex);
   auto it = masks.find(key);
-  if (it == masks.end()) it = masks.emplace(key, build()).first;
+  if (it == masks.end()) {
+    it = masks.emplace(key, depthwise ? avx512_depthwise_column_masks(K, a, b, c) : avx512_column_masks(K, a, b)).first;
+  }
   return it->second.data();
-}
-}  // namespace mask_cache_detail
-
-// avx512_column_masks(K, W, B) (the Ghost-module kernel's), kept for the life of the process.
-inline const uint16_t* cached_column_masks(int64_t K, int64_t W, int64_t B) {
-  return mask_cache_detail::lookup({0, K, W, B, 0}, [&] { return avx512_column_masks(K, W, B); });
-}
-
-// avx512_depthwise_column_masks(K, stride, Ho, Wo) (the depthwise and small-convolution kernels'), likewise.
-inline const uint16_t* cached_depthwise_column_masks(int64_t K, int64_t stride, int64_t Ho, int64_t Wo) {
-  return mask_cache_detail::lookup({1, K, stride, Ho, Wo},
-                                   [&] { return avx512_depthwise_column_masks(K, stride, Ho, Wo); });
 }
 
 }  // namespace cpu
