@@ -22,6 +22,7 @@
 #include "kernel_depthwise_avx512.h"
 #include "kernel_stem_conv_avx512.h"
 #include "util_aten_act.h"
+#include "util_bf16_widen.h"
 #include "util_float_weights.h"
 #include "util_kernel_choice.h"
 #include "util_mask_cache.h"
@@ -113,7 +114,7 @@ at::Tensor conv2d_act_forward(const at::Tensor& x, const at::Tensor& w, const at
     return conv2d_act_avx512(x, w, b, stride, act);
   }
   if (K == 1 && stride == 1) return cpu::pointwise_conv(x, w, b, act);
-  at::Tensor y = at::conv2d(x, w, b, {stride, stride}, {K / 2, K / 2});
+  at::Tensor y = cpu::conv2d_maybe_widened(x, w, b, {stride, stride}, {K / 2, K / 2});
   cpu::apply_act_(y, act);
   return y;
 }

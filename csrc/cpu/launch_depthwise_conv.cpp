@@ -15,6 +15,7 @@
 
 #include "kernel_depthwise_avx512.h"
 #include "util_aten_act.h"
+#include "util_bf16_widen.h"
 #include "util_float_weights.h"
 #include "util_kernel_choice.h"
 #include "util_mask_cache.h"
@@ -95,7 +96,7 @@ at::Tensor depthwise_conv(const at::Tensor& x, const at::Tensor& w, const at::Te
       })) {
     return depthwise_avx512(x, w, b, stride, act, plane_sums);
   }
-  at::Tensor y = at::conv2d(x, w, b, {stride, stride}, {K / 2, K / 2}, {1, 1}, x.size(1));
+  at::Tensor y = conv2d_maybe_widened(x, w, b, {stride, stride}, {K / 2, K / 2}, {1, 1}, x.size(1));
   apply_act_(y, act);
   if (plane_sums != nullptr) {
     *plane_sums = y.sum({2, 3}, /*keepdim=*/false, y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);

@@ -22,6 +22,7 @@
 #include "entry_points.h"
 #include "kernel_dfc_gate_avx512.h"
 #include "kernel_ghost_forward_avx512.h"  // avx512_column_masks
+#include "util_bf16_widen.h"
 #include "util_float_weights.h"
 #include "util_kernel_choice.h"
 #include "util_tensor_pool.h"
@@ -38,9 +39,9 @@ constexpr int64_t kMapSlack = 32;
 at::Tensor map_aten(const at::Tensor& x, const at::Tensor& w_reduce, const at::Tensor& b_reduce,
                     const at::Tensor& w_h, const at::Tensor& b_h, const at::Tensor& w_v, const at::Tensor& b_v,
                     const GateDims& d) {
-  at::Tensor z = at::conv2d(at::avg_pool2d(x, {2, 2}, {2, 2}), w_reduce, b_reduce);
-  z = at::conv2d(z, w_h, b_h, at::IntArrayRef{1, 1}, at::IntArrayRef{0, d.KH / 2}, at::IntArrayRef{1, 1}, d.O);
-  z = at::conv2d(z, w_v, b_v, at::IntArrayRef{1, 1}, at::IntArrayRef{d.KV / 2, 0}, at::IntArrayRef{1, 1}, d.O);
+  at::Tensor z = conv2d_maybe_widened(at::avg_pool2d(x, {2, 2}, {2, 2}), w_reduce, b_reduce);
+  z = conv2d_maybe_widened(z, w_h, b_h, at::IntArrayRef{1, 1}, at::IntArrayRef{0, d.KH / 2}, at::IntArrayRef{1, 1}, d.O);
+  z = conv2d_maybe_widened(z, w_v, b_v, at::IntArrayRef{1, 1}, at::IntArrayRef{d.KV / 2, 0}, at::IntArrayRef{1, 1}, d.O);
   return at::sigmoid(z);
 }
 

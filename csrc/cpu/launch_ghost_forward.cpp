@@ -44,6 +44,7 @@
 #include "kernel_ghost_forward_avx512.h"
 #include "util_float_weights.h"
 #include "util_forward_avx512_call.h"
+#include "util_bf16_widen.h"
 #include "util_ghost_launch.h"
 #include "util_kernel_choice.h"
 #include "util_mask_cache.h"
@@ -65,6 +66,9 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
   const int64_t n_primary = d.primary_kept(), n_cheap = d.cheap_kept();
 
   const at::Tensor w1m = w1.reshape({I, C});
+  // bfloat16 where ATen's bfloat16 GEMM is a scalar loop: a float32 GEMM, z1 rounded to bfloat16 as before.
+  const bool widen = cpu::widen_bf16(x);
+  const at::Tensor w1g = widen ? w1m.to(at::kFloat) : w1m;
   const at::Tensor b1a = b1.to(acc_type).contiguous();
   const at::Tensor w2a = w2.to(acc_type).contiguous();
   const at::Tensor b2a = b2.to(acc_type).contiguous();
@@ -114,7 +118,12 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
 
       // z1 = W1[c0:c1] . x on the in-image rows of the band, all g images in one GEMM.
       at::Tensor z = zbuf.narrow(0, 0, cb * g * PA).view({cb, g * PA});
-      at::mm_out(z, w1m.narrow(0, c0, cb), input_matrix(x, n0, g, a0, a1 - a0, CL, pack));
+      const at::Tensor xm = input_matrix(x, n0, g, a0, a1 - a0, CL, pack);
+      if (widen) {
+        z.copy_(at::mm(w1g.narrow(0, c0, cb), xm.to(at::kFloat)));
+      } else {
+        at::mm_out(z, w1m.narrow(0, c0, cb), xm);
+      }
       const scalar_t* zp = z.const_data_ptr<scalar_t>();
 
       // x1 = act(z1 + b1) into the planes; primary half = x1 on the band's own rows (contiguous in the planes and,

@@ -16,6 +16,7 @@
 #include "entry_points.h"
 #include "kernel_gemv_avx512.h"
 #include "util_aten_act.h"
+#include "util_bf16_widen.h"
 #include "util_kernel_choice.h"
 
 namespace ghostkernels {
@@ -56,7 +57,8 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& w, const at
       })) {
     return linear_act_avx512(x, w, b, act);
   }
-  at::Tensor y = at::addmm(b, x, w.t());
+  at::Tensor y = cpu::widen_bf16(x) ? at::addmm(cpu::as_float(b), cpu::as_float(x), cpu::as_float(w).t()).to(at::kBFloat16)
+                                    : at::addmm(b, x, w.t());
   cpu::apply_act_(y, act);
   return y;
 }

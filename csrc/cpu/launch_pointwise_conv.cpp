@@ -14,6 +14,7 @@
 #include "kernel_backward_gemm_avx512.h"
 #include "kernel_ghost_forward_avx512.h"
 #include "util_aten_act.h"
+#include "util_bf16_widen.h"
 #include "util_kernel_choice.h"
 #include "util_tensor_pool.h"
 
@@ -46,7 +47,7 @@ at::Tensor pointwise_conv(const at::Tensor& s, const at::Tensor& w, const at::Te
   const bool eligible = s.scalar_type() == at::kFloat && s.is_contiguous();
   if (!(eligible && use_avx512_kernel(cpu_kernel_knob(), avx512_forward_available(false, 1),
                                       [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); }))) {
-    at::Tensor y = at::conv2d(s, w, b);
+    at::Tensor y = conv2d_maybe_widened(s, w, b);
     apply_act_(y, act);
     return y;
   }

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import ghost_testing as gt
 from ghostkernels.bench import openvino_peer
 
 pytestmark = pytest.mark.skipif(openvino_peer.unavailable_reason() is not None,
@@ -34,7 +35,10 @@ def test_logits_and_reported_precision(dtype):
         want = net.double()(x.double())
     peer = openvino_peer.OpenVinoModel(net.float(), x, threads=1, dtype=dtype)
     try:
-        assert peer.precision == openvino_peer.PRECISIONS[dtype]
+        if peer.precision != openvino_peer.PRECISIONS[dtype]:
+            # OpenVINO runs a bfloat16 hint in float32 on CPUs without bfloat16 instructions (an AVX2 Zen 3 here);
+            # the harness records what it took, so only that fallback is allowed.
+            assert peer.precision == "f32" and not {"avx512_bf16", "amx_bf16"} & gt.cpu_flags(), peer.precision
         xin = x.to(dtype)
         got = peer(xin)
         assert got.dtype == torch.float32 and got.shape == want.shape
