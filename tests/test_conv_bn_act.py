@@ -23,7 +23,8 @@ from ghostkernels.nn import BatchNormAfterFusedStem, FusedConvBnAct, FusedStemCo
 from ghostkernels.patch import StemNotFusable, fuse_stem
 
 KERNELS = ("auto", "generic")
-# One rounding of the output in bfloat16 (2^-9 relative), float accumulation of at most 4 * 49 products.
+# One rounding of the output in bfloat16 (2^-9 relative), float accumulation of at most 4 * 49 products; for longer
+# sums (up to 160 * 49 products below) see conv_tol.
 CONV_TOL = {
     torch.float64: gt.Tol(atol=1e-12, rtol=1e-12),
     torch.float32: gt.Tol(atol=4e-6, rtol=2e-6),
@@ -36,6 +37,16 @@ CONV_TOL = {
 # bf16 GEMM; an odd input count pads the bf16 pairs; GhostNet's 160 -> 960 ConvBnAct scaled down).
 SHAPES = [(1, 3, 32, 32, 16), (2, 3, 17, 23, 5), (1, 1, 1, 1, 2), (2, 4, 9, 8, 7), (1, 2, 33, 31, 6),
           (3, 3, 6, 40, 1), (1, 5, 10, 10, 4), (2, 37, 7, 9, 30), (1, 160, 7, 7, 96)]
+
+
+def conv_tol(dtype: torch.dtype, products: int) -> gt.Tol:
+    """CONV_TOL, with float32's atol grown as 4 u sqrt(products) (u = 2^-24) past 4e-6: ATen's convolution (the
+    generic kernel, and every kernel on CPUs without AVX-512) sums in its own blocked order; measured 7.7e-6 of the
+    largest output for 160 * 49 products on an AVX2 CPU, against 2.1e-5 allowed."""
+    tol = CONV_TOL[dtype]
+    if dtype != torch.float32:
+        return tol
+    return gt.Tol(atol=max(tol.atol, 4 * 2.0 ** -24 * products ** 0.5), rtol=tol.rtol)
 
 
 @pytest.mark.parametrize("dtype", list(CONV_TOL), ids=gt.dtype_name)
@@ -53,7 +64,7 @@ def test_conv2d_act_matches_float64_reference(shape, k, stride, dtype, seed, mon
     for kernel in KERNELS:
         monkeypatch.setenv("GHOSTKERNELS_CPU_KERNEL", kernel)
         got = torch.ops.ghostkernels.conv2d_act(x, wt, b, stride, act)
-        gt.assert_close_to_reference(got, expected, CONV_TOL[dtype],
+        gt.assert_close_to_reference(got, expected, conv_tol(dtype, ci * k * k),
                                      f"conv2d_act {shape} k{k} s{stride} {act} {gt.dtype_name(dtype)} ({kernel})")
 
 
