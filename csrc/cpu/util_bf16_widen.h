@@ -4,7 +4,7 @@
 // Why: on x86 CPUs without AVX-512, ATen has no fast bfloat16 GEMM (oneDNN's bfloat16 path wants AVX-512), so
 // at::mm / at::addmm / at::conv2d on bfloat16 tensors fall back to scalar loops (cpublas_gemm_impl, and im2col
 // with unfolded2d_copy for convolutions). Measured on an AMD EPYC (Zen 3, AVX2) with 2 threads: GhostNet's
-// bfloat16 forward at batch 1 took ~12x its float32 time, eager and fused alike (bench/NOTES.md entry 61).
+// bfloat16 forward took 8-13x its float32 time, eager and fused alike (bench/NOTES.md entry 61).
 // Widened: the operands are converted to float32 (exactly; every bfloat16 is a float), the float32 op runs on MKL
 // or oneDNN's AVX2 kernels, and the result is rounded to bfloat16 once, which is what ATen's bfloat16 convolution
 // does too (float accumulation, one rounding of the output), so results differ from eager only in summation order.
