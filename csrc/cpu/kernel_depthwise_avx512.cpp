@@ -161,6 +161,33 @@ void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, cons
   }
 }
 
+// Output vectors [v0, v0 + V) of a plane (16 consecutive outputs each) into acc: bias plus the K*K taps, each tap
+// one load per vector (masked where its column offset would wrap into the neighbouring row) and one multiply-add by
+// the tap's weight. The V accumulators are independent, so their multiply-adds overlap: with one accumulator per
+// vector, a vector's K*K multiply-adds formed one dependency chain, and the 5x5 stride-2 convolutions on 14x14
+// maps ran at about a quarter of the multiply-add rate (bench/NOTES.md, entry 62).
+constexpr int kTapVectors = 4;
+template <int K, int V>
+inline void taps_vectors(const float* const* base, const int64_t* mask_index, const float* w, __m512 bias,
+                         const uint16_t* colmask, int64_t n_off, int64_t v0, __m512* acc) {
+  const uint16_t* cm[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    cm[v] = colmask + (v0 + v) * n_off;
+    acc[v] = bias;
+  }
+#pragma GCC unroll 49
+  for (int t = 0; t < K * K; ++t) {
+    const __m512 wt = _mm512_set1_ps(w[t]);
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      const float* src = base[t] + (v0 + v) * kVecLanes;
+      const __m512 xv = mask_index[t] < 0 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[v][mask_index[t]], src);
+      acc[v] = _mm512_fmadd_ps(xv, wt, acc[v]);
+    }
+  }
+}
+
 // The n outputs of channel c from its phase planes (phases, stride_f floats apart, row 0 at the first output row's
 // offset lo), written to out; returns their sum (after the activation) when `sum` is set, else 0.
 template <typename E, int K, int S, Act A>
@@ -182,24 +209,30 @@ float plane_taps(const DepthwiseAvx512Params& p, int64_t c, const float* phases,
       mask_index[dy * K + dx] = jo == 0 ? -1 : jo - g.lo;
     }
   }
-  __m512 wv[K * K];
-  for (int t = 0; t < K * K; ++t) wv[t] = _mm512_set1_ps(w[t]);
   const __m512 bias = _mm512_set1_ps(p.b[c]);
   __m512 total = _mm512_setzero_ps();
-  for (int64_t q0 = 0; q0 < n; q0 += kVecLanes) {
-    const uint16_t* cm = p.colmask + (q0 / kVecLanes) * n_off;
-    __m512 acc = bias;
-#pragma GCC unroll 49
-    for (int t = 0; t < K * K; ++t) {
-      const float* src = base[t] + q0;
-      const __m512 xv = mask_index[t] < 0 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[mask_index[t]], src);
-      acc = _mm512_fmadd_ps(xv, wv[t], acc);
-    }
+  const auto finish = [&](__m512 acc, int64_t q0) {
     acc = act_v<A>(acc);
     const __mmask16 valid = lane_range(0, n - q0);
     store_f32(out + q0, valid, acc);
     if (sum) total = _mm512_mask_add_ps(total, valid, total, acc);
+  };
+  // Groups of kTapVectors output vectors, then the last 1-3.
+  const int64_t vectors = (n + kVecLanes - 1) / kVecLanes;
+  int64_t v0 = 0;
+  for (; v0 + kTapVectors <= vectors; v0 += kTapVectors) {
+    __m512 acc[kTapVectors];
+    taps_vectors<K, kTapVectors>(base, mask_index, w, bias, p.colmask, n_off, v0, acc);
+    for (int v = 0; v < kTapVectors; ++v) finish(acc[v], (v0 + v) * kVecLanes);
   }
+  __m512 acc[kTapVectors];
+  switch (vectors - v0) {
+    case 3: taps_vectors<K, 3>(base, mask_index, w, bias, p.colmask, n_off, v0, acc); break;
+    case 2: taps_vectors<K, 2>(base, mask_index, w, bias, p.colmask, n_off, v0, acc); break;
+    case 1: taps_vectors<K, 1>(base, mask_index, w, bias, p.colmask, n_off, v0, acc); break;
+    default: break;
+  }
+  for (int64_t v = 0; v < vectors - v0; ++v) finish(acc[v], (v0 + v) * kVecLanes);
   return sum ? _mm512_reduce_add_ps(total) : 0.f;
 }
 

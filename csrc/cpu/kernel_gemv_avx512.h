@@ -12,7 +12,8 @@
 //
 // Numerics: float32 accumulation in lane order (lane l sums k = l, l + 16, ...), then a tree over the lanes, then
 // the bias and the activation; bfloat16 inputs are widened exactly and only a bfloat16 y is rounded (to nearest
-// even). Results differ from the BLAS's by rounding only.
+// even). Results differ from the BLAS's by rounding only. With bf16_dot (bfloat16 x and w on CPUs with AVX-512
+// BF16) lane l sums the pairs k = 2l, 2l + 1, 2l + 32, ... by vdpbf16ps, which flushes denormals to zero.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,7 @@ struct GemvAvx512Params {
   bool bf16;        // x, w, b and y are bfloat16 (raw 16-bit words), else float32
   bool bf16_weights = false;  // (with bf16 false) w and b are bfloat16, x and y float32: the squeeze-excite of a
                               // bfloat16 network, whose means and hidden vector stay float32
+  bool bf16_dot = false;      // (with bf16) on AVX-512 BF16's dot product (avx512_gemv_bf16_dot() must be true)
   const void* x;    // [N][K], rows ldx apart
   const void* w;    // [O][K], contiguous
   const void* b;    // [O]
@@ -34,6 +36,9 @@ struct GemvAvx512Params {
 
 // Whether this CPU runs the kernel: AVX-512 F/BW/VL/DQ (bfloat16 needs nothing more).
 bool avx512_gemv_available(bool bf16);
+
+// Whether bf16_dot may be set: the CPU has AVX-512 BF16.
+bool avx512_gemv_bf16_dot();
 
 // Output rows are computed four at a time; row block i is rows [4i, 4i + 4).
 constexpr int64_t kGemvRowBlock = 4;

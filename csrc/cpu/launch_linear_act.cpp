@@ -31,6 +31,7 @@ at::Tensor linear_act_avx512(const at::Tensor& x_in, const at::Tensor& w_in, con
   if (y.numel() == 0) return y;
   cpu::GemvAvx512Params p{};
   p.bf16 = x.scalar_type() == at::kBFloat16;
+  p.bf16_dot = p.bf16 && cpu::avx512_gemv_bf16_dot();
   p.x = x.const_data_ptr();
   p.w = w.const_data_ptr();
   p.b = b.const_data_ptr();
