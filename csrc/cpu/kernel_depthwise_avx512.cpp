@@ -148,7 +148,15 @@ void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, cons
         const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
         const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
         float* d1 = d0 + stride_f;
-        for (int64_t j = 0; j < Wo; j += kVecLanes) {
+        int64_t j = 0;
+        // Whole vectors first: unmasked loads and stores (masked ones, even with every lane set, were most of the
+        // split's time on a Zen 5 core, bench/NOTES.md entry 62).
+        for (; 2 * j + 2 * kVecLanes <= W && j + kVecLanes <= Wo; j += kVecLanes) {
+          const __m512 lo = load_f32(src + 2 * j), hi = load_f32(src + 2 * j + kVecLanes);
+          _mm512_storeu_ps(d0 + j, _mm512_permutex2var_ps(lo, even, hi));
+          _mm512_storeu_ps(d1 + j, _mm512_permutex2var_ps(lo, odd, hi));
+        }
+        for (; j < Wo; j += kVecLanes) {
           const int64_t c = 2 * j;
           const __m512 lo = load_f32(lane_range(0, W - c), src + c);
           const __m512 hi = load_f32(lane_range(0, W - c - kVecLanes), src + c + kVecLanes);

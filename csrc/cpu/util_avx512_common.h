@@ -65,6 +65,13 @@ inline __m512 load_f32(__mmask16 mask, const uint16_t* src) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src)), 16));
 }
 
+// 16 elements as floats, unmasked.
+inline __m512 load_f32(const float* src) { return _mm512_loadu_ps(src); }
+inline __m512 load_f32(const uint16_t* src) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))), 16));
+}
+
 // v rounded to bfloat16 (to nearest even; NaN stays a quiet NaN), the 16 words in a 256-bit vector. Integer
 // arithmetic rather than AVX-512 BF16's vcvtneps2bf16, so that the bfloat16 kernels also run on AVX-512 CPUs
 // without BF16 (Ice Lake, Zen 3); the two differ only for denormal inputs, which that instruction flushes to zero.
