@@ -282,9 +282,10 @@ def test_non_cpu_tensors_are_refused(seed):
 # The depthwise convolution (internal op)
 # ---------------------------------------------------------------------------------------------------------------
 
-# (n, c, h, w): images smaller than a kernel, widths that end mid-vector or span several vectors, tall and wide.
+# (n, c, h, w): images smaller than a kernel, widths that end mid-vector or span several vectors, tall and wide;
+# widths of 32 and 33 (the stride-2 phase split takes a one-load-pair path up to 32 columns).
 DW_SHAPES = [(1, 3, 1, 1), (2, 5, 2, 3), (1, 4, 7, 7), (2, 3, 14, 14), (1, 2, 15, 17), (1, 2, 33, 31),
-             (2, 4, 16, 16), (1, 3, 5, 40), (1, 3, 40, 5)]
+             (2, 4, 16, 16), (1, 3, 5, 40), (1, 3, 40, 5), (1, 2, 9, 32), (1, 2, 6, 33)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=gt.dtype_name)

@@ -30,6 +30,9 @@ CASES = [
     BottleneckCase(3, 12, 23, 37, 36, 20, 5, 2, False, "hardswish", "k5"),
     # 7x7 conv_dw on a tiny image (one output row per plane).
     BottleneckCase(1, 6, 3, 5, 14, 6, 7, 2, True, "relu", "k7-tiny"),
+    # A tall narrow image (30 columns) in several bands: the phase split's path for rows of at most 32 columns,
+    # cut at the bands' edges.
+    BottleneckCase(1, 6, 601, 30, 10, 8, 5, 2, False, "relu", "bands-narrow"),
 ]
 
 

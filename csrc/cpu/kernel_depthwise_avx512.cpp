@@ -126,6 +126,33 @@ template <typename E, int S>
 void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, const PhaseGeometry& g, float* phases,
                   int64_t stride_f) {
   const int64_t rows = Ho + g.hi - g.lo;
+  if constexpr (S == 2) {
+    if (W <= 2 * kVecLanes) {
+      // Rows of at most 32 columns (GhostNet's 28x28 and 14x14 maps): one pair of loads per row, the masks and the
+      // zero rows without a loop or a memset call; the next plane is prefetched whole. The general loop below
+      // spent most of its time on loop control and memset calls for such planes (a third of the 14x14 stride-2
+      // convolution's time on a Zen 5 VM, bench/NOTES.md entry 62).
+      prefetch_l1(x + H * W, H * W * static_cast<int64_t>(sizeof(E)));
+      const __mmask16 m_lo = lane_range(0, W), m_hi = lane_range(0, W - kVecLanes), m_out = lane_range(0, Wo);
+      const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+      for (int a = 0; a < S; ++a) {
+        for (int64_t t = 0; t < rows; ++t) {
+          const int64_t r = S * (t + g.lo) + a;
+          float* d0 = phases + (a * S) * stride_f + t * Wo;
+          __m512 e = _mm512_setzero_ps(), o = e;
+          if (r >= 0 && r < H) {
+            const __m512 lo = load_f32(m_lo, x + r * W), hi = load_f32(m_hi, x + r * W + kVecLanes);
+            e = _mm512_permutex2var_ps(lo, even, hi);
+            o = _mm512_permutex2var_ps(lo, odd, hi);
+          }
+          _mm512_mask_storeu_ps(d0, m_out, e);
+          _mm512_mask_storeu_ps(d0 + stride_f, m_out, o);
+        }
+      }
+      return;
+    }
+  }
   for (int a = 0; a < S; ++a) {
     for (int64_t t = 0; t < rows; ++t) {
       const int64_t r = S * (t + g.lo) + a;
@@ -267,6 +294,30 @@ template <int S>
 void split_band_phases(const float* in, int64_t in_row0, int64_t in_row1, int64_t W, int64_t o0, int64_t bo,
                        int64_t Wo, const PhaseGeometry& g, float* phases, int64_t stride_f) {
   const int64_t rows = bo + g.hi - g.lo;
+  if constexpr (S == 2) {
+    if (W <= 2 * kVecLanes) {
+      // Rows of at most 32 columns: as in split_phases, one pair of loads per row, no loop or memset call.
+      const __mmask16 m_lo = lane_range(0, W), m_hi = lane_range(0, W - kVecLanes), m_out = lane_range(0, Wo);
+      const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+      for (int a = 0; a < S; ++a) {
+        for (int64_t t = 0; t < rows; ++t) {
+          const int64_t r = S * (o0 + t + g.lo) + a;
+          float* d0 = phases + (a * S) * stride_f + t * Wo;
+          __m512 e = _mm512_setzero_ps(), o = e;
+          if (r >= in_row0 && r < in_row1) {
+            const float* src = in + (r - in_row0) * W;
+            const __m512 lo = _mm512_maskz_loadu_ps(m_lo, src), hi = _mm512_maskz_loadu_ps(m_hi, src + kVecLanes);
+            e = _mm512_permutex2var_ps(lo, even, hi);
+            o = _mm512_permutex2var_ps(lo, odd, hi);
+          }
+          _mm512_mask_storeu_ps(d0, m_out, e);
+          _mm512_mask_storeu_ps(d0 + stride_f, m_out, o);
+        }
+      }
+      return;
+    }
+  }
   for (int a = 0; a < S; ++a) {
     for (int64_t t = 0; t < rows; ++t) {
       const int64_t r = S * (o0 + t + g.lo) + a;
