@@ -33,6 +33,7 @@ constexpr int64_t kLanes = 16;  // floats per 512-bit vector
 // 16 floats, 24 accumulator registers of 32.
 constexpr int64_t kMR = 6;
 constexpr int64_t kNV = 4;
+constexpr int kMR1 = 12;  // rows of the one-vector tiles (avx512_sgemm_nn)
 // Rows of B per block of K: a 128 x 64 block of B is 32 KiB, inside the 48 KiB L1 of the CPUs measured.
 constexpr int64_t kKc = 128;
 
@@ -41,7 +42,7 @@ template <int MR, int NV>
 void sgemm_nn_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                    bool accumulate, __mmask16 tail) {
   __m512 acc[MR][NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -53,14 +54,14 @@ void sgemm_nn_tile(int64_t K, const float* A, int64_t lda, const float* B, int64
 #pragma GCC unroll 4
     for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(bk + v * kLanes);
     bv[NV - 1] = _mm512_maskz_loadu_ps(tail, bk + (NV - 1) * kLanes);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512 av = _mm512_set1_ps(A[r * lda + k]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
@@ -108,7 +109,17 @@ void avx512_sgemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
     const int64_t vecs = imin(kNV, (N - n0 + kLanes - 1) / kLanes);
     const __mmask16 tail = lane_range(0, N - (n0 + (vecs - 1) * kLanes));
     for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kb) {  // (K = 0: one pass, which writes C's old values or 0)
-      for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      int64_t m0 = 0;
+      if (vecs == 1) {
+        // One vector of columns (N <= 16, e.g. the DFC gate's 3x3 and 2x2 pooled maps): tiles of kMR1 rows, whose
+        // kMR1 accumulator chains hide the multiply-add's latency, where a 6 x 1 tile's six chains waited on it
+        // (bench/NOTES.md entry 62).
+        for (; m0 + kMR1 <= M; m0 += kMR1) {
+          sgemm_nn_tile<kMR1, 1>(imin(kb, K - k0), A + m0 * lda + k0, lda, B + k0 * ldb + n0, ldb, C + m0 * ldc + n0,
+                                 ldc, accumulate || k0 > 0, tail);
+        }
+      }
+      for (; m0 < M; m0 += kMR) {
         sgemm_nn_tile_for(imin(kMR, M - m0), vecs)(imin(kb, K - k0), A + m0 * lda + k0, lda, B + k0 * ldb + n0, ldb,
                                                    C + m0 * ldc + n0, ldc, accumulate || k0 > 0, tail);
       }

@@ -25,6 +25,8 @@ constexpr int64_t kMaxTaps = 9;
 int64_t plane_floats(const DfcGateAvx512Params& p) { return p.Hg * p.Wg; }
 // The vertical pass's padded plane: KV/2 zero rows above and below the map rows, and a vector of slack.
 int64_t padded_plane_floats(const DfcGateAvx512Params& p) { return (p.Hg + 2 * (p.KV / 2)) * p.Wg + kLanes; }
+// Channels whose map passes run together (finish_channels).
+constexpr int64_t kGateChannels = 4;
 }  // namespace
 
 bool avx512_dfc_gate_available(int64_t KH, int64_t KV) {
@@ -38,7 +40,7 @@ bool avx512_dfc_gate_available(int64_t KH, int64_t KV) {
 }
 
 int64_t avx512_gate_scratch_floats(const DfcGateAvx512Params& p) {
-  return p.Ob * plane_floats(p) + padded_plane_floats(p) + kLanes;
+  return p.Ob * plane_floats(p) + kGateChannels * padded_plane_floats(p) + kLanes;
 }
 
 #if GK_AVX512_KERNELS
@@ -82,30 +84,48 @@ void pool_planes(const DfcGateAvx512Params& p, int64_t begin, int64_t end) {
   }
 }
 
-// One channel's map from its 1x1-conv plane z (bias included): the (1, KH) pass into the padded plane t, the
-// (KV, 1) pass and the sigmoid into dst.
-template <typename elem>
-void finish_channel(const DfcGateAvx512Params& p, const float* z, float* t, int64_t o, elem* dst) {
-  const int64_t G = plane_floats(p), Wg = p.Wg, ph = p.KH / 2, pv = p.KV / 2;
-  float* t_rows = t + pv * Wg;
-  const float* wh = p.wh + o * p.KH;
-  const float* wv = p.wv + o * p.KV;
+// The maps of NC consecutive channels o, o + 1, ... from their 1x1-conv planes z (G floats apart, without the bias):
+// the (1, KH) pass into the padded planes t (padded_plane_floats apart), the (KV, 1) pass and the sigmoid into dst
+// (G apart). The NC channels' chains are independent, so their multiply-adds and sigmoids overlap: one channel at a
+// time, a 3x3 or 7x7 map's few vectors were one chain of KH + KV multiply-adds and a sigmoid, latency-bound, and the
+// gate of GhostNetV2's 7x7 blocks took longer than their Ghost modules (bench/NOTES.md entry 62).
+template <typename elem, int NC>
+void finish_channels(const DfcGateAvx512Params& p, const float* z, float* t, int64_t o, elem* dst) {
+  const int64_t G = plane_floats(p), Wg = p.Wg, ph = p.KH / 2, pv = p.KV / 2, T = padded_plane_floats(p);
   for (int64_t q0 = 0; q0 < G; q0 += kLanes) {
     const uint16_t* cm = p.colmask + (q0 / kLanes) * p.KH;
-    __m512 acc = _mm512_set1_ps(p.bh[o]);
+    __m512 acc[NC];
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) acc[c] = _mm512_set1_ps(p.bh[o + c]);
     for (int64_t dx = 0; dx < p.KH; ++dx) {
-      // The mask zeroes taps that would wrap into the neighbouring row (and never faults on lanes it drops).
-      const __m512 v = _mm512_maskz_loadu_ps(cm[dx], z + q0 + dx - ph);
-      acc = _mm512_fmadd_ps(v, _mm512_set1_ps(wh[dx]), acc);
+      // The mask zeroes taps that would wrap into the neighbouring row (and never faults on lanes it drops); the
+      // 1x1 conv's bias is added to the lanes it keeps.
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
+        const __m512 v = _mm512_maskz_add_ps(cm[dx], _mm512_maskz_loadu_ps(cm[dx], z + c * G + q0 + dx - ph),
+                                             _mm512_set1_ps(p.b1[o + c]));
+        acc[c] = _mm512_fmadd_ps(v, _mm512_set1_ps(p.wh[(o + c) * p.KH + dx]), acc[c]);
+      }
     }
-    _mm512_mask_storeu_ps(t_rows + q0, lane_range(0, G - q0), acc);  // past the plane: t's zero rows stay zero
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      // Past the plane: t's zero rows stay zero.
+      _mm512_mask_storeu_ps(t + c * T + pv * Wg + q0, lane_range(0, G - q0), acc[c]);
+    }
   }
   for (int64_t q0 = 0; q0 < G; q0 += kLanes) {
-    __m512 acc = _mm512_set1_ps(p.bv[o]);
+    __m512 acc[NC];
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) acc[c] = _mm512_set1_ps(p.bv[o + c]);
     for (int64_t dy = 0; dy < p.KV; ++dy) {
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(t_rows + q0 + (dy - pv) * Wg), _mm512_set1_ps(wv[dy]), acc);
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
+        acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(t + c * T + pv * Wg + q0 + (dy - pv) * Wg),
+                                 _mm512_set1_ps(p.wv[(o + c) * p.KV + dy]), acc[c]);
+      }
     }
-    store_f32(dst + q0, lane_range(0, G - q0), sigmoid_v(acc));
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) store_f32(dst + c * G + q0, lane_range(0, G - q0), sigmoid_v(acc[c]));
   }
 }
 
@@ -114,19 +134,24 @@ void map_items(const DfcGateAvx512Params& p, int64_t begin, int64_t end, float* 
   const int64_t G = plane_floats(p), pv = p.KV / 2;
   float* z = scratch;
   float* t = z + p.Ob * G + kLanes;
-  // The vertical pass's zero rows (and the slack after them), never written below.
-  std::memset(t, 0, pv * p.Wg * sizeof(float));
-  std::memset(t + (pv + p.Hg) * p.Wg, 0, (pv * p.Wg + kLanes) * sizeof(float));
+  // The vertical pass's zero rows (and the slack after them) of the kGateChannels padded planes, never written below.
+  for (int64_t c = 0; c < kGateChannels; ++c) {
+    float* tc = t + c * padded_plane_floats(p);
+    std::memset(tc, 0, pv * p.Wg * sizeof(float));
+    std::memset(tc + (pv + p.Hg) * p.Wg, 0, (pv * p.Wg + kLanes) * sizeof(float));
+  }
   elem* map = static_cast<elem*>(p.map);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / p.blocks, o0 = (item % p.blocks) * p.Ob, ob = imin(p.Ob, p.O - o0);
     if (ob <= 0) continue;
-    for (int64_t r = 0; r < ob; ++r) {
-      const __m512 b = _mm512_set1_ps(p.b1[o0 + r]);
-      for (int64_t q = 0; q < G; q += kLanes) _mm512_mask_storeu_ps(z + r * G + q, lane_range(0, G - q), b);
+    // z without its bias (finish_channels adds it as it loads z): a bias preset here made the GEMM's tiles load
+    // rows of z just stored, 36 bytes apart on a 3x3 map, which waited on the stores (bench/NOTES.md entry 62).
+    avx512_sgemm_nn(ob, G, p.C, p.w1 + o0 * p.C, p.C, p.pooled + n * p.C * G, G, z, G, /*accumulate=*/false);
+    int64_t r = 0;
+    for (; r + kGateChannels <= ob; r += kGateChannels) {
+      finish_channels<elem, kGateChannels>(p, z + r * G, t, o0 + r, map + (n * p.O + o0 + r) * G);
     }
-    avx512_sgemm_nn(ob, G, p.C, p.w1 + o0 * p.C, p.C, p.pooled + n * p.C * G, G, z, G, /*accumulate=*/true);
-    for (int64_t r = 0; r < ob; ++r) finish_channel(p, z + r * G, t, o0 + r, map + (n * p.O + o0 + r) * G);
+    for (; r < ob; ++r) finish_channels<elem, 1>(p, z + r * G, t, o0 + r, map + (n * p.O + o0 + r) * G);
   }
 }
 

@@ -7,10 +7,10 @@
 //   1. pool: every plane of x to a float plane of (H/2) x (W/2) (floored), four loads and a pairwise add per 16
 //      outputs (avx512_gate_pool_planes);
 //   2. per work item (image, block of output channels): the 1x1 conv as one float GEMM of the item's weights and the
-//      image's pooled planes (avx512_sgemm_nn, kernel_backward_gemm_avx512.h, onto rows preset to the bias), then
-//      per channel, while its plane is in L1, the (1, KH) conv along rows (column masks stop taps at a row's ends,
-//      as in the Ghost-module kernel), the (KV, 1) conv down the columns (zero rows above and below) and the
-//      sigmoid (a polynomial exp), straight into the map (avx512_gate_map_items).
+//      image's pooled planes (avx512_sgemm_nn, kernel_backward_gemm_avx512.h), then four channels at a time, while
+//      their planes are in L1, the 1x1 conv's bias and the (1, KH) conv along rows (column masks stop taps at a
+//      row's ends, as in the Ghost-module kernel), the (KV, 1) conv down the columns (zero rows above and below) and
+//      the sigmoid (a polynomial exp), straight into the map (avx512_gate_map_items).
 // The map goes out as float32 (for the gated Ghost-module kernel, which multiplies it into its stores) or in x's
 // dtype (the op's output).
 //
