@@ -31,10 +31,13 @@ import os
 from collections import defaultdict
 
 SCHEMA = "ghostkernels-bench/1"
-# Fields that are measurements (or derived from them); everything else in a record identifies the case.
+# Fields that are measurements (or derived from them), or what a provider reported of its run (OpenVINO's
+# inference_precision); everything else in a record identifies the case. (inference_precision in the key had left
+# OpenVINO's records without a speedup over eager, so the plots had no OpenVINO bars.)
 _MEASURED = {"median_ms", "p20_ms", "p80_ms", "reps", "rounds", "gb_per_s", "images_per_s", "speedup_vs_eager",
              "speedup_vs_compile", "rel_err", "error", "traceback", "run_id", "input_copies", "peak_bytes",
-             "saved_bytes", "saved_bytes_ghost", "saved_tensors", "model_counts", "grad_rel_err"}
+             "saved_bytes", "saved_bytes_ghost", "saved_tensors", "model_counts", "grad_rel_err",
+             "inference_precision"}
 SECTIONS = ("module_cases", "end_to_end", "training_memory", "training_step")
 
 

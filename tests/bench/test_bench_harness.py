@@ -65,6 +65,16 @@ def test_speedups_and_count_weighted_geometric_mean():
     assert fused["slower_than_eager"] == ["b"]
 
 
+def test_a_peer_reporting_its_precision_still_gets_a_speedup():
+    # OpenVINO's records carry the precision it ran at; that describes its run, not the case, so they are still
+    # compared with eager's record of the same case.
+    case = {"model": "ghostnet_100", "batch": 1, "dtype": "bfloat16"}
+    recs = [{**case, "provider": "eager", "median_ms": 12.0},
+            {**case, "provider": "openvino", "median_ms": 3.0, "inference_precision": "bf16"}]
+    results.add_speedups(recs)
+    assert recs[1]["speedup_vs_eager"] == 4.0
+
+
 def _results(device_slug, date, recs):
     env = {"device_slug": device_slug, "date": date}
     res = results.new_results(env, {"scope": "full"})
