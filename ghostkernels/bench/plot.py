@@ -55,6 +55,11 @@ def plot(results: dict, path: str) -> str:
     panels = _panels(results)
     if not panels:
         raise ValueError("ghostkernels.bench: nothing to plot (no timed cases in the results)")
+    # One colour per provider in every panel (matplotlib's cycle would restart per panel, so a provider missing from
+    # one panel, e.g. ONNX Runtime in bfloat16, shifted the others' colours there).
+    every = sorted({p for _, _, series in panels for p in series})
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {p: palette[i % len(palette)] for i, p in enumerate(every)}
     width = max(8.0, 0.32 * max(len(labels) for _, labels, _ in panels) + 2)
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.6 * len(panels)), squeeze=False)
     for ax, (title, labels, series) in zip(axes[:, 0], panels):
@@ -63,7 +68,7 @@ def plot(results: dict, path: str) -> str:
         for i, (provider, values) in enumerate(sorted(series.items())):
             xs = [j + (i - (n - 1) / 2) * bar for j in range(len(labels))]
             # Bars grow from 1x (up: faster than eager, down: slower), not from the bottom of the log axis.
-            ax.bar(xs, [v - 1.0 for v in values], bottom=1.0, width=bar, label=provider)
+            ax.bar(xs, [v - 1.0 for v in values], bottom=1.0, width=bar, label=provider, color=colour[provider])
         ax.axhline(1.0, color="black", linewidth=0.8)
         # Speedups are ratios: a log axis shows 0.5x and 2x equally far from 1x.
         ax.set_yscale("log", base=2)
