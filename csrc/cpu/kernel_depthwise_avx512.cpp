@@ -119,6 +119,32 @@ namespace {
 // were a tenth of a batch-1 forward's samples). 8 rows: bench/NOTES.md entry 34.
 constexpr int64_t kPrefetchRows = 8;
 
+// The stride-2 phase rows of an input of at most 32 columns: phase row t of row phase a (t < rows) is input row
+// r = 2 * (t + first) + a, given by row_at(r) (nullptr: a zero row), split into its even and odd columns with one
+// pair of masked loads, no loop over the row and no memset call. For GhostNet's 28x28 and 14x14 maps the general
+// loops spent most of their time on loop control and memset calls (a third of the 14x14 stride-2 convolution's
+// time on a Zen 5 VM, bench/NOTES.md entry 62).
+template <typename RowAt>
+void split_narrow_rows(int64_t W, int64_t Wo, int64_t rows, int64_t first, float* phases, int64_t stride_f,
+                       RowAt&& row_at) {
+  const __mmask16 m_lo = lane_range(0, W), m_hi = lane_range(0, W - kVecLanes), m_out = lane_range(0, Wo);
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int a = 0; a < 2; ++a) {
+    for (int64_t t = 0; t < rows; ++t) {
+      float* d0 = phases + (2 * a) * stride_f + t * Wo;
+      __m512 e = _mm512_setzero_ps(), o = e;
+      if (const auto* src = row_at(2 * (t + first) + a)) {
+        const __m512 lo = load_f32(m_lo, src), hi = load_f32(m_hi, src + kVecLanes);
+        e = _mm512_permutex2var_ps(lo, even, hi);
+        o = _mm512_permutex2var_ps(lo, odd, hi);
+      }
+      _mm512_mask_storeu_ps(d0, m_out, e);
+      _mm512_mask_storeu_ps(d0 + stride_f, m_out, o);
+    }
+  }
+}
+
 // Writes the s*s phase planes of one input plane: phase (a, b) row i (i in [lo, Ho + hi)), column j (< Wo) is
 // x[s*i + a][s*j + b], zero outside the input. Phase (a, b) starts at phases + (a*s + b) * stride_f, its row lo at
 // the start.
@@ -128,28 +154,10 @@ void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, cons
   const int64_t rows = Ho + g.hi - g.lo;
   if constexpr (S == 2) {
     if (W <= 2 * kVecLanes) {
-      // Rows of at most 32 columns (GhostNet's 28x28 and 14x14 maps): one pair of loads per row, the masks and the
-      // zero rows without a loop or a memset call; the next plane is prefetched whole. The general loop below
-      // spent most of its time on loop control and memset calls for such planes (a third of the 14x14 stride-2
-      // convolution's time on a Zen 5 VM, bench/NOTES.md entry 62).
+      // The next plane, prefetched whole (the general loop below prefetches rows ahead).
       prefetch_l1(x + H * W, H * W * static_cast<int64_t>(sizeof(E)));
-      const __mmask16 m_lo = lane_range(0, W), m_hi = lane_range(0, W - kVecLanes), m_out = lane_range(0, Wo);
-      const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-      for (int a = 0; a < S; ++a) {
-        for (int64_t t = 0; t < rows; ++t) {
-          const int64_t r = S * (t + g.lo) + a;
-          float* d0 = phases + (a * S) * stride_f + t * Wo;
-          __m512 e = _mm512_setzero_ps(), o = e;
-          if (r >= 0 && r < H) {
-            const __m512 lo = load_f32(m_lo, x + r * W), hi = load_f32(m_hi, x + r * W + kVecLanes);
-            e = _mm512_permutex2var_ps(lo, even, hi);
-            o = _mm512_permutex2var_ps(lo, odd, hi);
-          }
-          _mm512_mask_storeu_ps(d0, m_out, e);
-          _mm512_mask_storeu_ps(d0 + stride_f, m_out, o);
-        }
-      }
+      split_narrow_rows(W, Wo, rows, g.lo, phases, stride_f,
+                        [&](int64_t r) -> const E* { return r >= 0 && r < H ? x + r * W : nullptr; });
       return;
     }
   }
@@ -296,25 +304,9 @@ void split_band_phases(const float* in, int64_t in_row0, int64_t in_row1, int64_
   const int64_t rows = bo + g.hi - g.lo;
   if constexpr (S == 2) {
     if (W <= 2 * kVecLanes) {
-      // Rows of at most 32 columns: as in split_phases, one pair of loads per row, no loop or memset call.
-      const __mmask16 m_lo = lane_range(0, W), m_hi = lane_range(0, W - kVecLanes), m_out = lane_range(0, Wo);
-      const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-      for (int a = 0; a < S; ++a) {
-        for (int64_t t = 0; t < rows; ++t) {
-          const int64_t r = S * (o0 + t + g.lo) + a;
-          float* d0 = phases + (a * S) * stride_f + t * Wo;
-          __m512 e = _mm512_setzero_ps(), o = e;
-          if (r >= in_row0 && r < in_row1) {
-            const float* src = in + (r - in_row0) * W;
-            const __m512 lo = _mm512_maskz_loadu_ps(m_lo, src), hi = _mm512_maskz_loadu_ps(m_hi, src + kVecLanes);
-            e = _mm512_permutex2var_ps(lo, even, hi);
-            o = _mm512_permutex2var_ps(lo, odd, hi);
-          }
-          _mm512_mask_storeu_ps(d0, m_out, e);
-          _mm512_mask_storeu_ps(d0 + stride_f, m_out, o);
-        }
-      }
+      split_narrow_rows(W, Wo, rows, o0 + g.lo, phases, stride_f, [&](int64_t r) -> const float* {
+        return r >= in_row0 && r < in_row1 ? in + (r - in_row0) * W : nullptr;
+      });
       return;
     }
   }
