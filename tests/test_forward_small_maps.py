@@ -1,8 +1,10 @@
-"""The float32 AVX-512 Ghost-module forward's small-map GEMM orders (kernel_ghost_forward_avx512.cpp, gemm_blocking;
-bench/NOTES.md entry 54): dot tiles for an image's last HW % 16 pixels where that is 1-4, 8 x 3 tiles and groups of
-tiles for items of at most 256 pixels. Against the float64 reference, outputs NaN-poisoned (conftest), fresh random
-data per case; channel counts not a multiple of 6, 8 or 16, odd maps, N > 1, every activation, the gated variant,
-and the same bits at one and two threads (which pixels take the dot tiles never depends on the cut)."""
+"""The AVX-512 Ghost-module forward's small-map GEMM orders (kernel_ghost_forward_avx512.cpp, gemm_blocking;
+bench/NOTES.md entries 54 and 63): dot tiles for an image's last HW % 16 pixels where that is 1-4, 8 x 3 tiles and
+groups of tiles for items of at most 256 pixels, in float32 and in bfloat16 (on the bf16 dot product where the CPU
+has AVX-512 BF16, else widened to float, which keeps the plain tiles). Against the float64 reference, outputs
+NaN-poisoned (conftest), fresh random data per case; channel counts not a multiple of 6, 8 or 16 (odd ones: a
+zero-padded last channel pair), odd maps, N > 1, every activation, the gated variant, and the same bits at one and
+two threads (which pixels take the dot tiles never depends on the cut)."""
 
 from __future__ import annotations
 
@@ -31,37 +33,43 @@ CASES = [
 ]
 
 
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.label) for c in CASES])
-def test_small_map_forward_matches_float64(case):
-    inputs = gt.make_inputs(case, torch.float32, torch.device("cpu"), gt.seed_from(case.label))
+def test_small_map_forward_matches_float64(case, dtype):
+    inputs = gt.make_inputs(case, dtype, torch.device("cpu"), gt.seed_from(case.label))
     with torch.no_grad():
         out = ops.ghost_module(*inputs, case.oc, case.act)
     expected = gt.reference_forward(inputs, case.oc, case.act)
-    gt.assert_close_to_reference(out, expected, gt.forward_tol("cpu", torch.float32), case.label)
+    gt.assert_close_to_reference(out, expected, gt.forward_tol("cpu", dtype), f"{case.label} {dtype}")
 
 
-@pytest.mark.parametrize("h,w", [(7, 7), (14, 14)])
-def test_small_map_gated_forward_matches_float64(h, w):
-    gen = torch.Generator().manual_seed(gt.seed_from(f"gated-{h}"))
-    n, c, init, oc = 2, 27, 43, 85
-    x = torch.randn(n, c, h, w, generator=gen)
-    w1 = torch.randn(init, c, 1, 1, generator=gen) / c**0.5
-    b1 = torch.randn(init, generator=gen)
-    w2 = torch.randn(init, 1, 3, 3, generator=gen) / 3
-    b2 = torch.randn(init, generator=gen)
-    gate = torch.rand(n, oc, (h + 1) // 2, (w + 1) // 2, generator=gen) * 1.5 + 0.05
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,h,w", [(2, 7, 7), (2, 14, 14), (1, 7, 7), (1, 14, 14)])
+def test_small_map_gated_forward_matches_float64(n, h, w, dtype):
+    gen = torch.Generator().manual_seed(gt.seed_from(f"gated-{n}-{h}"))
+    c, init, oc = 27, 43, 85
+    x = torch.randn(n, c, h, w, generator=gen).to(dtype)
+    w1 = (torch.randn(init, c, 1, 1, generator=gen) / c**0.5).to(dtype)
+    b1 = torch.randn(init, generator=gen).to(dtype)
+    w2 = (torch.randn(init, 1, 3, 3, generator=gen) / 3).to(dtype)
+    b2 = torch.randn(init, generator=gen).to(dtype)
+    gate = (torch.rand(n, oc, (h + 1) // 2, (w + 1) // 2, generator=gen) * 1.5 + 0.05).to(dtype)
     with torch.no_grad():
         got = ops.ghost_module_gated(x, w1, b1, w2, b2, oc, "relu", gate)
     want = ghost_module_gated_reference(*[t.double() for t in (x, w1, b1, w2, b2)], oc, "relu", gate.double())
-    gt.assert_close_to_reference(got, want, gt.forward_tol("cpu", torch.float32), f"gated {h}x{w}")
+    gt.assert_close_to_reference(got, want, gt.forward_tol("cpu", dtype), f"gated {n}x{h}x{w} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("h", [7, 14])
-def test_small_map_forward_is_the_same_at_one_and_two_threads(h):
+def test_small_map_forward_is_the_same_at_one_and_two_threads(h, dtype):
     """Batch 1 is cut into channel blocks and row bands by the thread count (util_tile_balance.h); every output must
     be the same sum in the same order whatever item computes it, the dot tiles' pixels included."""
     case = gt.GhostCase(n=1, c=40, h=h, w=h, init=60, k=3, act="relu", label=f"threads-{h}")
-    inputs = gt.make_inputs(case, torch.float32, torch.device("cpu"), gt.seed_from(case.label))
+    inputs = gt.make_inputs(case, dtype, torch.device("cpu"), gt.seed_from(case.label))
     saved = torch.get_num_threads()
     try:
         outs = []

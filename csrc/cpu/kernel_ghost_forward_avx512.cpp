@@ -8,8 +8,8 @@
 //
 // Numerics: float32 accumulation throughout; each z1 is a sum over input channels in channel order with fused
 // multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM, except
-// on the float32 dot tiles (an image's last HW % 16 pixels where that is 1-4): 16 lane-wise partial sums in channel
-// order, then a fixed tree. Which pixels those are depends only on the image size, never on the work items, so
+// on the dot tiles (an image's last HW % 16 pixels where that is 1-4, float32 and the bf16 dot product): 16
+// lane-wise partial sums in channel order, then a fixed tree. Which pixels those are depends only on the image size, never on the work items, so
 // results do not depend on the cut or the thread count. The depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
 // (the tests hold them to the dtype's tolerances against a float64 reference).
 #include "kernel_ghost_forward_avx512.h"
@@ -121,15 +121,16 @@ int64_t panel_words(const ForwardAvx512Params& p) {
   return p.G > 1 ? p.C * p.G * band_pixels_max(p) : 0;
 }
 
-// How an item's GEMM is ordered (bench/NOTES.md entry 54). Float32 items of one image:
+// How an item's GEMM is ordered (bench/NOTES.md entries 54 and 63). Float32 items of one image, and bfloat16 ones on
+// the bf16 dot product:
 //  - the last HW % 16 pixels of each image, where that is 1-4 (GhostNet's 7x7 maps: 1, 14x14: 4), go to dot_tile
 //    rather than to a vector of 16 pixels with 12-15 idle lanes;
 //  - items of at most 256 pixels (GhostNet's 14x14 and 7x7 layers, whole images or bands) take tiles of 8 channels
 //    x 3 vectors (more reuse of each x vector than 6 x 4, x strips of 48 pixels), and where there is more than one
 //    strip, groups of 4 such tiles per strip, so that the strip's x is read from L2 once per 32 channels instead of
 //    once per tile (the group's planes, 32 x (B + 2p) x W floats, stay in L1/L2 for the cheap half).
-// Measured alone, one thread, batch 1: 14x14 modules 0.79-0.91x the time of 6 x 4 tiles, 7x7 0.82-0.91x. bfloat16 and
-// larger maps keep 6 x 4 tiles, one at a time.
+// Measured alone (float32), one thread, batch 1: 14x14 modules 0.79-0.91x the time of 6 x 4 tiles, 7x7 0.82-0.91x.
+// Groups of images, bfloat16 widened to float, AMX and larger maps keep their tiles, one at a time.
 struct GemmBlocking {
   int64_t tiles;  // tiles whose strips are computed together (one x strip, from L1, for all of them)
   int64_t dot;    // the last `dot` pixels of each image go to dot_tile (0: none)
@@ -148,7 +149,9 @@ GemmBlocking gemm_blocking(const ForwardAvx512Params& p) {
   const int64_t HW = p.H * p.W, rest = HW % kLanes;
   GemmBlocking b{1, 0, kMR, kNV};
   if (p.bf16 && p.bf16_dot && p.amx) return GemmBlocking{1, 0, kAmxChannels, kAmxPixels / kLanes};
-  if (p.bf16 || p.G != 1) return b;
+  // bfloat16 on the float GEMM (widened x) keeps the plain tiles; the bf16 dot product takes the same small-map
+  // blocking as float32 (bench/NOTES.md entry 63).
+  if ((p.bf16 && !p.bf16_dot) || p.G != 1) return b;
   if (HW >= kLanes && rest >= 1 && rest <= 4) b.dot = rest;
   const int64_t pixels = band_pixels_max(p);
   if (pixels <= kSmallItemPixels) {
@@ -228,6 +231,12 @@ struct BF16XF : BF16X {
 // x's input channels per GEMM step.
 template <typename T>
 constexpr int64_t channels_per_word() { return T::pairs ? 2 : 1; }
+
+// Whether T's items of small maps take gemm_blocking's 8 x 3 tiles, tile groups and dot tiles: float32 and the bf16
+// dot product (BF16W's plain tiles and AMX's blocks never do; gemm_blocking decides at run time, this only keeps
+// those tiles from being compiled for the other types).
+template <typename T>
+constexpr bool has_small_map_tiles() { return std::is_same_v<T, F32> || (T::pairs && !T::amx); }
 
 // Stores the lanes `mask` of v at dst, rounding to the element type (bfloat16: to nearest even), after adding,
 // where the call has a residual (laid out like the output), the residual's element at the same place, in float.
@@ -378,32 +387,35 @@ inline __m512 sum8(const __m512* v) {
   return _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
-// Float32 only: z1 for channels [m0, m0 + MR) x the R (1-4) pixels from item pixel s as dot products over the
-// input channels, 16 channels per vector, then the epilogue. For the last HW % 16 pixels of an image, which as a
-// vector of pixels would leave 12-15 of its 16 lanes idle in every fused multiply-add of the GEMM (GhostNet's 7x7
-// maps are 3 x 16 + 1 pixels, its 14x14 maps 12 x 16 + 4). xt: those pixels' x as R rows of C floats. s is a
-// multiple of 16 from the image's first pixel. Numerics: each of these sums is 16 lane-wise partial sums in channel
-// order, then added in a fixed tree; which pixels take this path depends only on the image size, never on the cut.
-template <int MR, int R>
-void dot_tile(const ForwardAvx512Params& p, const Item<F32>& it, int64_t m0, int64_t s, const float* xt) {
+// z1 for channels [m0, m0 + MR) x the R (1-4) pixels from item pixel s as dot products over the input channels,
+// 16 words per vector (float32: 16 channels; the bf16 dot product: 16 pairs of channels), then the epilogue. For the
+// last HW % 16 pixels of an image, which as a vector of pixels would leave 12-15 of its 16 lanes idle in every step
+// of the GEMM (GhostNet's 7x7 maps are 3 x 16 + 1 pixels, its 14x14 maps 12 x 16 + 4). xt: those pixels' x as R
+// rows of the item's words per pixel (the panel's words, transposed). s is a multiple of 16 from the image's first
+// pixel. Numerics: each of these sums is 16 lane-wise partial sums in word order (bfloat16: each step adds a pair's
+// two products, as the vector tiles do), then added in a fixed tree; which pixels take this path depends only on
+// the image size, never on the cut.
+template <typename T, int MR, int R>
+void dot_tile(const ForwardAvx512Params& p, const Item<T>& it, int64_t m0, int64_t s, const typename T::word* xt) {
   __m512 acc[MR][R];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int j = 0; j < R; ++j) acc[r][j] = _mm512_setzero_ps();
   }
-  const int64_t C = p.C;
-  const float* a = static_cast<const float*>(p.w1) + m0 * C;
-  for (int64_t k = 0; k < C; k += kLanes) {
-    const __mmask16 m = lane_range(0, C - k);
-    __m512 xv[R];
+  using word = typename T::word;
+  const int64_t words = (p.C + channels_per_word<T>() - 1) / channels_per_word<T>();
+  const word* a = static_cast<const word*>(p.w1) + m0 * words;
+  for (int64_t k = 0; k < words; k += kLanes) {
+    const __mmask16 m = lane_range(0, words - k);
+    typename T::wvec xv[R];
 #pragma GCC unroll 4
-    for (int j = 0; j < R; ++j) xv[j] = _mm512_maskz_loadu_ps(m, xt + j * C + k);
+    for (int j = 0; j < R; ++j) xv[j] = T::load(m, xt + j * words + k);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m512 wv = _mm512_maskz_loadu_ps(m, a + r * C + k);
+      const typename T::wvec wv = T::load(m, a + r * words + k);
 #pragma GCC unroll 4
-      for (int j = 0; j < R; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
+      for (int j = 0; j < R; ++j) acc[r][j] = T::madd(acc[r][j], wv, xv[j]);
     }
   }
   // Per pixel, the MR sums in one vector (sum8), then each channel's sum moved to the lane of its pixel.
@@ -421,7 +433,7 @@ void dot_tile(const ForwardAvx512Params& p, const Item<F32>& it, int64_t m0, int
                     : _mm512_mask_permutexvar_ps(z[r], static_cast<__mmask16>(1u << j), from, sums);
     }
   }
-  epilogue_vector<F32, MR>(p, it, m0, s, s + R, z);
+  epilogue_vector<T, MR>(p, it, m0, s, s + R, z);
 }
 
 // AMX (BF16X): one tile configuration for the whole item (palette 1, eight tiles of 16 rows x 64 bytes). Tiles 0-3
@@ -531,8 +543,8 @@ TileFn<T> tile_for(int64_t mr, int64_t nv) {
     case 4: return tile_for_nv<T, 4>(nv);
     case 5: return tile_for_nv<T, 5>(nv);
     case 6: return tile_for_nv<T, 6>(nv);
-    default:  // float32 strips of at most 3 vectors (kWideTileChannels)
-      if constexpr (std::is_same_v<T, F32>) {
+    default:  // strips of at most 3 vectors (kWideTileChannels): float32 and the bf16 dot product
+      if constexpr (has_small_map_tiles<T>()) {
         if (mr == 7) return tile_for_nv<T, 7>(nv);
         return tile_for_nv<T, 8>(nv);
       }
@@ -540,32 +552,34 @@ TileFn<T> tile_for(int64_t mr, int64_t nv) {
   }
 }
 
-using DotFn = void (*)(const ForwardAvx512Params&, const Item<F32>&, int64_t, int64_t, const float*);
+template <typename T>
+using DotFn = void (*)(const ForwardAvx512Params&, const Item<T>&, int64_t, int64_t, const typename T::word*);
 
-template <int MR>
-DotFn dot_for_r(int64_t r) {
+template <typename T, int MR>
+DotFn<T> dot_for_r(int64_t r) {
   if constexpr (MR > kMR) {  // kDotWideMaxPixels
-    return r == 1 ? &dot_tile<MR, 1> : &dot_tile<MR, 2>;
+    return r == 1 ? &dot_tile<T, MR, 1> : &dot_tile<T, MR, 2>;
   } else {
     switch (r) {
-      case 1: return &dot_tile<MR, 1>;
-      case 2: return &dot_tile<MR, 2>;
-      case 3: return &dot_tile<MR, 3>;
-      default: return &dot_tile<MR, 4>;
+      case 1: return &dot_tile<T, MR, 1>;
+      case 2: return &dot_tile<T, MR, 2>;
+      case 3: return &dot_tile<T, MR, 3>;
+      default: return &dot_tile<T, MR, 4>;
     }
   }
 }
 
-inline DotFn dot_for(int64_t mr, int64_t r) {
+template <typename T>
+DotFn<T> dot_for(int64_t mr, int64_t r) {
   switch (mr) {
-    case 1: return dot_for_r<1>(r);
-    case 2: return dot_for_r<2>(r);
-    case 3: return dot_for_r<3>(r);
-    case 4: return dot_for_r<4>(r);
-    case 5: return dot_for_r<5>(r);
-    case 6: return dot_for_r<6>(r);
-    case 7: return dot_for_r<7>(r);
-    default: return dot_for_r<8>(r);
+    case 1: return dot_for_r<T, 1>(r);
+    case 2: return dot_for_r<T, 2>(r);
+    case 3: return dot_for_r<T, 3>(r);
+    case 4: return dot_for_r<T, 4>(r);
+    case 5: return dot_for_r<T, 5>(r);
+    case 6: return dot_for_r<T, 6>(r);
+    case 7: return dot_for_r<T, 7>(r);
+    default: return dot_for_r<T, 8>(r);
   }
 }
 
@@ -770,14 +784,17 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
     if constexpr (T::amx) amx_configure();
 
     // Pixels [0, preg) of the item on the vector tiles, [preg, P) (the image's last gb.dot pixels) on dot tiles,
-    // whose x is copied out as rows of C floats (float32, one image per item).
+    // whose x is copied out as rows of the item's words (float32 or the bf16 dot product, one image per item).
     int64_t preg = it.P;
-    if constexpr (std::is_same_v<T, F32>) {
+    using word = typename T::word;
+    word* xtw = reinterpret_cast<word*>(xt);
+    if constexpr (has_small_map_tiles<T>()) {
       if (gb.dot > 0) {
         preg = imin(it.P, imax(0, HW - gb.dot - a0 * W));
-        const float* xb = static_cast<const float*>(it.b);
+        const word* xb = static_cast<const word*>(it.b);
+        const int64_t words = (C + channels_per_word<T>() - 1) / channels_per_word<T>();
         for (int64_t j = 0; j < it.P - preg; ++j) {
-          for (int64_t k = 0; k < C; ++k) xt[j * C + k] = xb[k * it.ldb + preg + j];
+          for (int64_t k = 0; k < words; ++k) xtw[j * words + k] = xb[k * it.ldb + preg + j];
         }
       }
     }
@@ -804,14 +821,14 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
           }
         }
       }
-      if constexpr (std::is_same_v<T, F32>) {
+      if constexpr (has_small_map_tiles<T>()) {
         if (preg < it.P) {
           // Tiles of 8 channels for up to 2 pixels (8 x 2 accumulators), else of kMR.
           const int64_t dm = it.P - preg <= kDotWideMaxPixels ? kWideTileChannels : kMR;
           for (int64_t m0 = g0; m0 < g1; m0 += dm) {
             if (m0 >= p.n_primary && m0 * M >= p.n_cheap) break;
             it.planes = planes + (m0 - g0) * p.G * pstride;
-            dot_for(imin(dm, g1 - m0), it.P - preg)(p, it, m0, preg, xt);
+            dot_for<T>(imin(dm, g1 - m0), it.P - preg)(p, it, m0, preg, xtw);
           }
         }
       }

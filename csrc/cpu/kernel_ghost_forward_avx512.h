@@ -4,8 +4,8 @@
 // CPUs with AVX-512). Per work item (images x primary-channel block x row band, planned by util_work_plan.h) and per
 // tile of kMR primary channels:
 //   1. z1 = W1 . x with a register-blocked microkernel (kMR channels x 64 pixels of accumulators, one broadcast
-//      of a weight and four loads of x per input channel; float32 items of at most 256 pixels, GhostNet's 14x14
-//      and 7x7 layers: 8 channels x 48 pixels, in groups of tiles that share each strip of x, and an image's last
+//      of a weight and four loads of x per input channel; float32 and bf16-dot-product items of one image of at
+//      most 256 pixels, GhostNet's 14x14 and 7x7 layers: 8 channels x 48 pixels, in groups of tiles that share each strip of x, and an image's last
 //      HW % 16 pixels, where that is 1-4, as dot products over the input channels); its epilogue adds b1, applies
 //      the activation and writes x1 straight from registers into the tile's compact planes and, for the band's own
 //      rows, into the primary half of the output: no z1 buffer, no second pass over it;
