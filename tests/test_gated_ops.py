@@ -63,6 +63,9 @@ GATE_CASES = {  # (n, c, h, w, o, kh, kv)
     "2x2-to-1x1": (3, 4, 2, 2, 6, 5, 5),
     "wide-row-k3-k7": (1, 6, 6, 70, 18, 3, 7),
     "batch-many-blocks": (4, 12, 14, 14, 30, 5, 5),
+    # The AVX-512 kernel's 1x1 conv takes as many images as fit 128 pooled pixels side by side (launch_dfc_gate.cpp):
+    # 17 images of 3x3 maps are groups of 14 and 3; an odd C pads its last channel pair.
+    "ragged-image-groups-odd-c": (17, 7, 7, 7, 13, 5, 5),
 }
 
 
