@@ -8,6 +8,7 @@
 // (bfloat16 inputs are widened exactly, only the output is rounded). Results differ from oneDNN's by rounding only.
 #include "kernel_depthwise_avx512.h"
 
+#include <array>
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
@@ -29,16 +30,16 @@ constexpr int64_t kVecLanes = 16;
 // ceil(p/s) elements before a plane, and the unmasked loads of the last vector up to 16 elements past it.
 constexpr int64_t kPhaseSlack = 2 * kVecLanes;
 
-int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+constexpr int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // The geometry every tap shares: a tap at offset u = d - p (d = dy or dx) reads phase u mod s at offset
 // floor(u / s); the offsets run from lo = floor(-p / s) to hi = floor(p / s).
 struct PhaseGeometry {
   int64_t s, p, lo, hi;
-  int64_t offsets() const { return hi - lo + 1; }
+  constexpr int64_t offsets() const { return hi - lo + 1; }
 };
 
-PhaseGeometry geometry(int64_t K, int64_t stride) {
+constexpr PhaseGeometry geometry(int64_t K, int64_t stride) {
   const int64_t p = K / 2;
   return PhaseGeometry{stride, p, floor_div(-p, stride), floor_div(p, stride)};
 }
@@ -124,10 +125,14 @@ constexpr int64_t kPrefetchRows = 8;
 // pair of masked loads, no loop over the row and no memset call. For GhostNet's 28x28 and 14x14 maps the general
 // loops spent most of their time on loop control and memset calls (a third of the 14x14 stride-2 convolution's
 // time on a Zen 5 VM, bench/NOTES.md entry 62).
+// Each phase row is stored as a whole vector, unmasked (Wo <= 16): its lanes past Wo (zeros, from the masked loads)
+// land on the next phase row, which is stored after it and overwrites them, or, for a plane's last row, in the slack
+// after the plane (kPhaseSlack), which only lanes never stored read. Rows of at most 16 columns take one load.
 template <typename RowAt>
 void split_narrow_rows(int64_t W, int64_t Wo, int64_t rows, int64_t first, float* phases, int64_t stride_f,
                        RowAt&& row_at) {
-  const __mmask16 m_lo = lane_range(0, W), m_hi = lane_range(0, W - kVecLanes), m_out = lane_range(0, Wo);
+  const __mmask16 m_lo = lane_range(0, W), m_hi = lane_range(0, W - kVecLanes);
+  const bool two_loads = W > kVecLanes;
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int a = 0; a < 2; ++a) {
@@ -135,12 +140,12 @@ void split_narrow_rows(int64_t W, int64_t Wo, int64_t rows, int64_t first, float
       float* d0 = phases + (2 * a) * stride_f + t * Wo;
       __m512 e = _mm512_setzero_ps(), o = e;
       if (const auto* src = row_at(2 * (t + first) + a)) {
-        const __m512 lo = load_f32(m_lo, src), hi = load_f32(m_hi, src + kVecLanes);
+        const __m512 lo = load_f32(m_lo, src), hi = two_loads ? load_f32(m_hi, src + kVecLanes) : _mm512_setzero_ps();
         e = _mm512_permutex2var_ps(lo, even, hi);
         o = _mm512_permutex2var_ps(lo, odd, hi);
       }
-      _mm512_mask_storeu_ps(d0, m_out, e);
-      _mm512_mask_storeu_ps(d0 + stride_f, m_out, o);
+      _mm512_storeu_ps(d0, e);
+      _mm512_storeu_ps(d0 + stride_f, o);
     }
   }
 }
@@ -204,15 +209,52 @@ void split_phases(const E* x, int64_t H, int64_t W, int64_t Ho, int64_t Wo, cons
   }
 }
 
+// The column-mask index of each of the K*K taps (offset index into a vector's masks; -1: the centre column's offset,
+// no mask), known at compile time so that the unrolled tap loop has no select between a masked and a plain load.
+template <int K, int S>
+constexpr std::array<int, K * K> tap_mask_index() {
+  constexpr PhaseGeometry g = geometry(K, S);
+  std::array<int, K * K> m{};
+  for (int dy = 0; dy < K; ++dy) {
+    for (int dx = 0; dx < K; ++dx) {
+      const int64_t jo = floor_div(dx - K / 2, S);
+      m[dy * K + dx] = jo == 0 ? -1 : static_cast<int>(jo - g.lo);
+    }
+  }
+  return m;
+}
+
+// Per tap, where its phase plane's row 0 starts for output vector 0 (phases: the S*S phase planes, stride_f floats
+// apart, row 0 at the first output row's offset lo; pitch Wo). The same for every plane split into the same scratch,
+// so computed once per call rather than once per plane (on GhostNet's 7x7 outputs this setup was a large part of a
+// plane's 4 vectors of taps).
+template <int K, int S>
+struct TapBases {
+  const float* base[K * K];
+  TapBases(const float* phases, int64_t stride_f, int64_t Wo) {
+    constexpr int P = K / 2;
+    constexpr PhaseGeometry g = geometry(K, S);
+    for (int dy = 0; dy < K; ++dy) {
+      const int64_t u = dy - P, a = u - S * floor_div(u, S), io = floor_div(u, S);
+      for (int dx = 0; dx < K; ++dx) {
+        const int64_t v = dx - P, b = v - S * floor_div(v, S), jo = floor_div(v, S);
+        base[dy * K + dx] = phases + (a * S + b) * stride_f + (io - g.lo) * Wo + jo;
+      }
+    }
+  }
+};
+
 // Output vectors [v0, v0 + V) of a plane (16 consecutive outputs each) into acc: bias plus the K*K taps, each tap
 // one load per vector (masked where its column offset would wrap into the neighbouring row) and one multiply-add by
 // the tap's weight. The V accumulators are independent, so their multiply-adds overlap: with one accumulator per
 // vector, a vector's K*K multiply-adds formed one dependency chain, and the 5x5 stride-2 convolutions on 14x14
 // maps ran at about a quarter of the multiply-add rate (bench/NOTES.md, entry 62).
 constexpr int kTapVectors = 4;
-template <int K, int V>
-inline void taps_vectors(const float* const* base, const int64_t* mask_index, const float* w, __m512 bias,
-                         const uint16_t* colmask, int64_t n_off, int64_t v0, __m512* acc) {
+template <int K, int S, int V>
+inline void taps_vectors(const TapBases<K, S>& tb, const float* w, __m512 bias, const uint16_t* colmask,
+                         int64_t v0, __m512* acc) {
+  constexpr std::array<int, K * K> mask_index = tap_mask_index<K, S>();
+  constexpr int64_t n_off = geometry(K, S).offsets();
   const uint16_t* cm[V];
 #pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
@@ -224,34 +266,18 @@ inline void taps_vectors(const float* const* base, const int64_t* mask_index, co
     const __m512 wt = _mm512_set1_ps(w[t]);
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
-      const float* src = base[t] + (v0 + v) * kVecLanes;
+      const float* src = tb.base[t] + (v0 + v) * kVecLanes;
       const __m512 xv = mask_index[t] < 0 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(cm[v][mask_index[t]], src);
       acc[v] = _mm512_fmadd_ps(xv, wt, acc[v]);
     }
   }
 }
 
-// The n outputs of channel c from its phase planes (phases, stride_f floats apart, row 0 at the first output row's
-// offset lo), written to out; returns their sum (after the activation) when `sum` is set, else 0.
+// The n outputs of channel c from its phase planes (tb), written to out; returns their sum (after the activation)
+// when `sum` is set, else 0.
 template <typename E, int K, int S, Act A>
-float plane_taps(const DepthwiseAvx512Params& p, int64_t c, const float* phases, int64_t stride_f, E* out, int64_t n,
-                 bool sum) {
-  constexpr int P = K / 2;
-  const PhaseGeometry g = geometry(K, S);
-  const int64_t n_off = g.offsets();
+float plane_taps(const DepthwiseAvx512Params& p, int64_t c, const TapBases<K, S>& tb, E* out, int64_t n, bool sum) {
   const float* w = p.w + c * K * K;
-  // Per tap: where its phase plane's row 0 starts (the output vector's offset is added below) and which column
-  // mask it needs (offset index; the centre column's offset needs none).
-  const float* base[K * K];
-  int64_t mask_index[K * K];
-  for (int dy = 0; dy < K; ++dy) {
-    const int64_t u = dy - P, a = u - S * floor_div(u, S), io = floor_div(u, S);
-    for (int dx = 0; dx < K; ++dx) {
-      const int64_t v = dx - P, b = v - S * floor_div(v, S), jo = floor_div(v, S);
-      base[dy * K + dx] = phases + (a * S + b) * stride_f + (io - g.lo) * p.Wo + jo;
-      mask_index[dy * K + dx] = jo == 0 ? -1 : jo - g.lo;
-    }
-  }
   const __m512 bias = _mm512_set1_ps(p.b[c]);
   __m512 total = _mm512_setzero_ps();
   const auto finish = [&](__m512 acc, int64_t q0) {
@@ -265,14 +291,14 @@ float plane_taps(const DepthwiseAvx512Params& p, int64_t c, const float* phases,
   int64_t v0 = 0;
   for (; v0 + kTapVectors <= vectors; v0 += kTapVectors) {
     __m512 acc[kTapVectors];
-    taps_vectors<K, kTapVectors>(base, mask_index, w, bias, p.colmask, n_off, v0, acc);
+    taps_vectors<K, S, kTapVectors>(tb, w, bias, p.colmask, v0, acc);
     for (int v = 0; v < kTapVectors; ++v) finish(acc[v], (v0 + v) * kVecLanes);
   }
   __m512 acc[kTapVectors];
   switch (vectors - v0) {
-    case 3: taps_vectors<K, 3>(base, mask_index, w, bias, p.colmask, n_off, v0, acc); break;
-    case 2: taps_vectors<K, 2>(base, mask_index, w, bias, p.colmask, n_off, v0, acc); break;
-    case 1: taps_vectors<K, 1>(base, mask_index, w, bias, p.colmask, n_off, v0, acc); break;
+    case 3: taps_vectors<K, S, 3>(tb, w, bias, p.colmask, v0, acc); break;
+    case 2: taps_vectors<K, S, 2>(tb, w, bias, p.colmask, v0, acc); break;
+    case 1: taps_vectors<K, S, 1>(tb, w, bias, p.colmask, v0, acc); break;
     default: break;
   }
   for (int64_t v = 0; v < vectors - v0; ++v) finish(acc[v], (v0 + v) * kVecLanes);
@@ -280,19 +306,20 @@ float plane_taps(const DepthwiseAvx512Params& p, int64_t c, const float* phases,
 }
 
 template <typename E, int K, int S, Act A>
-void plane(const DepthwiseAvx512Params& p, int64_t pl, float* scratch) {
+void plane(const DepthwiseAvx512Params& p, int64_t pl, float* phases, const TapBases<K, S>& tb) {
   const PhaseGeometry g = geometry(K, S);
   const int64_t stride_f = phase_floats(p), n = p.Ho * p.Wo;
-  float* phases = scratch + kPhaseSlack;
   split_phases<E, S>(static_cast<const E*>(p.x) + pl * p.H * p.W, p.H, p.W, p.Ho, p.Wo, g, phases, stride_f);
   E* out = static_cast<E*>(p.out) + pl * n;
-  const float total = plane_taps<E, K, S, A>(p, pl % p.C, phases, stride_f, out, n, p.plane_sums != nullptr);
+  const float total = plane_taps<E, K, S, A>(p, pl % p.C, tb, out, n, p.plane_sums != nullptr);
   if (p.plane_sums != nullptr) p.plane_sums[pl] = total;
 }
 
 template <typename E, int K, int S, Act A>
 void planes(const DepthwiseAvx512Params& p, int64_t begin, int64_t end, float* scratch) {
-  for (int64_t pl = begin; pl < end; ++pl) plane<E, K, S, A>(p, pl, scratch);
+  float* phases = scratch + kPhaseSlack;
+  const TapBases<K, S> tb(phases, phase_floats(p), p.Wo);
+  for (int64_t pl = begin; pl < end; ++pl) plane<E, K, S, A>(p, pl, phases, tb);
 }
 
 // avx512_depthwise_band's phase planes: the phase rows of output rows [o0, o0 + bo) from a float plane `in` that
@@ -345,7 +372,8 @@ float band(const DepthwiseAvx512Params& p, const DepthwiseBand& b, float* scratc
   float* phases = scratch + kPhaseSlack;
   const int64_t r0 = std::max<int64_t>(0, b.in_row0), r1 = std::min<int64_t>(p.H, b.in_row0 + b.in_rows);
   split_band_phases<S>(b.in + (r0 - b.in_row0) * p.W, r0, r1, p.W, b.o0, bo, p.Wo, g, phases, stride_f);
-  return plane_taps<E, K, S, A>(p, b.c, phases, stride_f, static_cast<E*>(b.out), bo * p.Wo, b.want_sum);
+  return plane_taps<E, K, S, A>(p, b.c, TapBases<K, S>(phases, stride_f, p.Wo), static_cast<E*>(b.out), bo * p.Wo,
+                                b.want_sum);
 }
 
 // Calls fn(E{}, K, S, A) with the element type, kernel size, stride and activation as compile-time constants
