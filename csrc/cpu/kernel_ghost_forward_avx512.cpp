@@ -703,7 +703,7 @@ struct OutputMap {
 // One work item: images [n0, n0 + g), primary channels [c0, c1) and their cheap channels, own rows [r0, r1).
 template <typename T, Act A>
 void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
-              void* scratch) {
+              void* scratch, bool panel_packed = false) {
   using elem = typename T::elem;
   using out_elem = typename T::out_elem;
   const int64_t C = p.C, H = p.H, W = p.W, HW = H * W, I = p.I, M = p.M, K = p.K, pad = K / 2;
@@ -728,7 +728,7 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
     it.PA = PA;
     it.P = g * PA;
     if constexpr (T::pairs) {
-      pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
+      if (!panel_packed) pack_bf16_pairs(x, C, HW, n0, g, a0 * W, PA, panel);
       if constexpr (T::amx) {  // zero rows up to whole tiles (junk there times the zero weights could be NaN)
         const int64_t words = (C + 1) / 2;
         std::memset(panel + words * it.P, 0, (avx512_amx_words(C) - words) * it.P * sizeof(uint32_t));
@@ -736,7 +736,7 @@ void run_item(const ForwardAvx512Params& p, int64_t n0, int64_t g, int64_t c0, i
       it.b = panel;
       it.ldb = it.P;
     } else if constexpr (T::widen) {
-      pack_bf16_widened(x, C, HW, n0, g, a0 * W, PA, reinterpret_cast<float*>(panel));
+      if (!panel_packed) pack_bf16_widened(x, C, HW, n0, g, a0 * W, PA, reinterpret_cast<float*>(panel));
       it.b = panel;
       it.ldb = it.P;
     } else if (g == 1) {
@@ -887,8 +887,10 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
 }
 
 void avx512_forward_region(const ForwardAvx512Params& p, int64_t n, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
-                           void* scratch) {
-  with_types(p, [&](auto t, auto a) { run_item<decltype(t), decltype(a)::value>(p, n, 1, c0, c1, r0, r1, scratch); });
+                           void* scratch, bool panel_packed) {
+  with_types(p, [&](auto t, auto a) {
+    run_item<decltype(t), decltype(a)::value>(p, n, 1, c0, c1, r0, r1, scratch, panel_packed);
+  });
 }
 
 void avx512_depthwise_taps(const float* centre, float* dst, int64_t n, int64_t W, int64_t K, const float* w,
@@ -901,7 +903,7 @@ GK_AVX512_REGION_END
 #else
 // Never called: avx512_forward_available() is false.
 void avx512_forward_items(const ForwardAvx512Params&, int64_t, int64_t, void*) {}
-void avx512_forward_region(const ForwardAvx512Params&, int64_t, int64_t, int64_t, int64_t, int64_t, void*) {}
+void avx512_forward_region(const ForwardAvx512Params&, int64_t, int64_t, int64_t, int64_t, int64_t, void*, bool) {}
 void avx512_depthwise_taps(const float*, float*, int64_t, int64_t, int64_t, const float*, const uint16_t*) {}
 #endif
 

@@ -110,8 +110,10 @@ void avx512_forward_items(const ForwardAvx512Params& p, int64_t begin, int64_t e
 // Runs one item that the caller cut itself: image n, primary channels [c0, c1) with their cheap channels, own rows
 // [r0, r1), r1 - r0 <= p.B (the halo rows its cheap half needs are computed too). p.G must be 1; groups, blocks and
 // bands are not read. scratch: avx512_forward_scratch_words(p) words, as for avx512_forward_items.
+// panel_packed: the previous call on this scratch had the same p.x, n, r0 and r1 (only the channels differ), so the
+// x panel it packed there (bfloat16: channel pairs) is reused instead of packed again; ignored where x is not packed.
 void avx512_forward_region(const ForwardAvx512Params& p, int64_t n, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
-                           void* scratch);
+                           void* scratch, bool panel_packed = false);
 
 // The cheap half's stencil on its own, for the train-mode BatchNorm passes (launch_bn_z1_passes.cpp):
 // dst[q] = sum_{dy,dx} w[dy*K+dx] * plane(q + (dy-p)*W + dx-p) for q in [0, n), no bias, no activation. `centre` is a

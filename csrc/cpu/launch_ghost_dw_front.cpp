@@ -178,6 +178,9 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
     float* dw_scratch = scratch.data() + dw_at;
     ForwardAvx512Params u = g;
     u.out = planes;
+    // The (image, band) whose x panel this thread's scratch holds: consecutive units of a band (tile fastest) pack
+    // bfloat16 x into channel pairs once, not once per 6-channel tile.
+    int64_t packed_n = -1, packed_band = -1;
     for (int64_t unit = begin; unit < end; ++unit) {
       // unit -> (image, band, tile), tile fastest: a thread's consecutive units read the same rows of x from L2.
       const int64_t n = unit / (f.bands * f.tiles), band = (unit / f.tiles) % f.bands, tile = unit % f.tiles;
@@ -189,7 +192,8 @@ at::Tensor ghost_dw_front(const at::Tensor& x, const at::Tensor& w_primary, cons
       u.out_primary_shift = -c0;
       u.out_cheap_shift = cb - c0 * M;
       u.out_pixel_shift = -rows.r0 * W;
-      avx512_forward_region(u, n, c0, c1, rows.r0, rows.r1, scratch.data());
+      avx512_forward_region(u, n, c0, c1, rows.r0, rows.r1, scratch.data(), n == packed_n && band == packed_band);
+      packed_n = n, packed_band = band;
       const auto run_band = [&](int64_t channel, const float* plane) {
         DepthwiseBand b{};
         b.c = channel;
