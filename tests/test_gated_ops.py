@@ -66,6 +66,8 @@ GATE_CASES = {  # (n, c, h, w, o, kh, kv)
     # The AVX-512 kernel's 1x1 conv takes as many images as fit 128 pooled pixels side by side (launch_dfc_gate.cpp):
     # 17 images of 3x3 maps are groups of 14 and 3; an odd C pads its last channel pair.
     "ragged-image-groups-odd-c": (17, 7, 7, 7, 13, 5, 5),
+    # More than 256 input channels: the 1x1 conv's GEMM sums K in blocks (bfloat16: 151 channel pairs).
+    "k-blocked-gemm": (1, 301, 4, 4, 10, 3, 3),
 }
 
 
