@@ -85,6 +85,16 @@ class EndToEndRunner:
         self._onnx.clear()
         self._openvino.clear()
 
+    def _close_peers_of(self, case: EndToEndCase) -> None:
+        """Close the OpenVINO model compiled for `case` (one per model, resolution, batch and dtype: no later case
+        reuses it). Kept open, the compiled models of earlier cases (each with its own executor and memory) were
+        still there when later ones were timed, and OpenVINO's last case of a full CPU run (ghostnetv2_100,
+        bfloat16, batch 8) measured 40 ms against 16 ms alone (bench/NOTES.md entry 63)."""
+        key = (case.model, case.resolution, case.batch, case.config.dtype)
+        peer = self._openvino.pop(key, None)
+        if peer is not None:
+            peer.close()
+
     def base_model(self, name: str) -> torch.nn.Module:
         if name not in self._models:
             self._models[name] = build_model(name)
@@ -184,6 +194,7 @@ class EndToEndRunner:
                 rec["inference_precision"] = self.peer_precision[(case.model, case.batch, case.config.name)]
             records[provider] = rec
         timed = self.time_steps(steps, [(x,) for x in inputs])
+        self._close_peers_of(case)
         for provider, rec in records.items():
             result = timed.get(provider)
             if isinstance(result, Exception):
