@@ -188,10 +188,31 @@ def _e2e(results: dict, model: str) -> tuple[list[dict], str | None]:
     return [r for r in recs if (r["dtype"], r["memory_format"]) == (dtype, fmt)], _config(dtype, fmt)
 
 
-def _provider_order(results: dict, providers: Iterable[str]) -> list[str]:
-    listed = list(results["settings"].get("end_to_end_providers") or [])
-    present = set(providers)
-    return [p for p in listed if p in present] + sorted(present - set(listed))
+def _provider_rank(provider: str) -> tuple[int, str]:
+    """Column order of the end-to-end table: eager, fuse(model), + freeze, the ONNX peers, torch.compile, fuse(model)
+    + compile, fuse(model, blocks=False), then anything else; fused backends by name. A fixed order, not the latest
+    run's provider list: in a file that merges runs, a provider that the latest run did not time would otherwise move
+    to the end."""
+    if provider == "eager":
+        return 0, ""
+    if provider in ("onnxruntime", "openvino"):
+        return (3 if provider == "onnxruntime" else 4), ""
+    if provider == "compile":
+        return 5, ""
+    if provider.startswith("fused-"):
+        backend = provider.removeprefix("fused-").split("+")[0].split("-")[0]
+        if provider.endswith("+compile"):
+            return 6, backend
+        if provider.endswith("-frozen"):
+            return 2, backend
+        if provider.endswith("-modules"):
+            return 7, backend
+        return 1, backend
+    return 8, provider
+
+
+def _provider_order(providers: Iterable[str]) -> list[str]:
+    return sorted(set(providers), key=lambda p: (_provider_rank(p), p))
 
 
 def end_to_end_table(results: dict, model: str = MODEL) -> str | None:
@@ -200,7 +221,7 @@ def end_to_end_table(results: dict, model: str = MODEL) -> str | None:
     recs, config = _e2e(results, model)
     if not recs:
         return None
-    providers = _provider_order(results, {r["provider"] for r in recs})
+    providers = _provider_order(r["provider"] for r in recs)
     backends = _fused_backends(providers)
     by = {(r["batch"], r["provider"]): r for r in recs}
     rows = []
