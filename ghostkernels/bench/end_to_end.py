@@ -87,9 +87,10 @@ class EndToEndRunner:
 
     def _close_peers_of(self, case: EndToEndCase) -> None:
         """Close the OpenVINO model compiled for `case` (one per model, resolution, batch and dtype: no later case
-        reuses it). Kept open, the compiled models of earlier cases (each with its own executor and memory) were
-        still there when later ones were timed, and OpenVINO's last case of a full CPU run (ghostnetv2_100,
-        bfloat16, batch 8) measured 40 ms against 16 ms alone (bench/NOTES.md entry 63)."""
+        reuses it), so that finished cases' compiled models (each with its executor and memory) are not still held
+        while later cases are timed. (It was suspected of OpenVINO's 40 ms, against 16-17 ms alone, in the last
+        case of a full CPU run, ghostnetv2_100 bfloat16 batch 8; that stayed after this change, cause not found:
+        bench/NOTES.md entry 63.)"""
         key = (case.model, case.resolution, case.batch, case.config.dtype)
         peer = self._openvino.pop(key, None)
         if peer is not None:
