@@ -76,14 +76,12 @@ void pool_row_pair(const elem* r0, const elem* r1, float* out, int64_t Wg) {
   }
 }
 
-// Where image n's plane of pooled row `row` starts in p.pooled (in 4-byte elements), and the row stride of its group.
-struct PooledAt {
-  int64_t offset, ld;
-};
-PooledAt pooled_at(const DfcGateAvx512Params& p, int64_t n, int64_t row) {
+// Where image n's plane of pooled row `row` starts in p.pooled, in 4-byte elements (its group's rows are
+// gn * Hg*Wg apart).
+int64_t pooled_offset(const DfcGateAvx512Params& p, int64_t n, int64_t row) {
   const int64_t G = plane_floats(p), rows = avx512_gate_pooled_rows(p);
   const int64_t n0 = n / p.Gi * p.Gi, gn = imin(p.Gi, p.N - n0);
-  return {n0 * rows * G + row * gn * G + (n - n0) * G, gn * G};
+  return n0 * rows * G + row * gn * G + (n - n0) * G;
 }
 
 template <typename elem>
@@ -93,7 +91,7 @@ void pool_planes(const DfcGateAvx512Params& p, int64_t begin, int64_t end) {
   for (int64_t plane = begin; plane < end; ++plane) {
     const int64_t n = plane / p.C, c = plane % p.C;
     const elem* src = x + plane * HW;
-    float* dst = static_cast<float*>(p.pooled) + pooled_at(p, n, c).offset;
+    float* dst = static_cast<float*>(p.pooled) + pooled_offset(p, n, c);
     for (int64_t y = 0; y < p.Hg; ++y) pool_row_pair(src + 2 * y * p.W, src + (2 * y + 1) * p.W, dst + y * p.Wg, p.Wg);
   }
 }
@@ -109,7 +107,7 @@ void pool_plane_pairs(const DfcGateAvx512Params& p, int64_t begin, int64_t end, 
     const int64_t n = unit / rows, k = unit % rows;
     const uint16_t* a = x + (n * p.C + 2 * k) * HW;
     const bool pair = 2 * k + 1 < p.C;
-    uint32_t* dst = static_cast<uint32_t*>(p.pooled) + pooled_at(p, n, k).offset;
+    uint32_t* dst = static_cast<uint32_t*>(p.pooled) + pooled_offset(p, n, k);
     for (int64_t y = 0; y < p.Hg; ++y) {
       pool_row_pair(a + 2 * y * p.W, a + (2 * y + 1) * p.W, lo, Wg);
       if (pair) pool_row_pair(a + HW + 2 * y * p.W, a + HW + (2 * y + 1) * p.W, hi, Wg);

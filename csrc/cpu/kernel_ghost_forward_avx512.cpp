@@ -9,9 +9,10 @@
 // Numerics: float32 accumulation throughout; each z1 is a sum over input channels in channel order with fused
 // multiply-adds (bfloat16: two products per step, exact in float, then one rounding), like a blocked GEMM, except
 // on the dot tiles (an image's last HW % 16 pixels where that is 1-4, float32 and the bf16 dot product): 16
-// lane-wise partial sums in channel order, then a fixed tree. Which pixels those are depends only on the image size, never on the work items, so
-// results do not depend on the cut or the thread count. The depthwise sum adds the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding
-// (the tests hold them to the dtype's tolerances against a float64 reference).
+// lane-wise partial sums in channel order, then a fixed tree. Which pixels those are depends only on the image
+// size, never on the work items, so results do not depend on the cut or the thread count. The depthwise sum adds
+// the k*k taps row by row to b2. Results differ from eager's oneDNN convolutions only by rounding (the tests hold
+// them to the dtype's tolerances against a float64 reference).
 #include "kernel_ghost_forward_avx512.h"
 
 #include <cmath>
