@@ -283,9 +283,11 @@ def test_non_cpu_tensors_are_refused(seed):
 # ---------------------------------------------------------------------------------------------------------------
 
 # (n, c, h, w): images smaller than a kernel, widths that end mid-vector or span several vectors, tall and wide;
-# widths of 32 and 33 (the stride-2 phase split takes a one-load-pair path up to 32 columns).
+# widths of 32 and 33 (the stride-2 phase split takes a one-load-pair path up to 32 columns). Small maps run on the
+# lanes kernel (16 channels per item): channel counts of one, two and three groups, the last one partial.
 DW_SHAPES = [(1, 3, 1, 1), (2, 5, 2, 3), (1, 4, 7, 7), (2, 3, 14, 14), (1, 2, 15, 17), (1, 2, 33, 31),
-             (2, 4, 16, 16), (1, 3, 5, 40), (1, 3, 40, 5), (1, 2, 9, 32), (1, 2, 6, 33)]
+             (2, 4, 16, 16), (1, 3, 5, 40), (1, 3, 40, 5), (1, 2, 9, 32), (1, 2, 6, 33),
+             (2, 17, 7, 7), (1, 40, 14, 14), (1, 33, 6, 9), (2, 16, 12, 15)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=gt.dtype_name)
@@ -305,6 +307,28 @@ def test_depthwise_matches_float64_reference(shape, k, stride, dtype, seed, monk
         got = torch.ops.ghostkernels._depthwise_conv2d(x, wt, b, stride, act)
         gt.assert_close_to_reference(got, expected, DEPTHWISE_TOL[dtype],
                                      f"depthwise {shape} k{k} s{stride} {act} {gt.dtype_name(dtype)} ({kernel})")
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=gt.dtype_name)
+@pytest.mark.parametrize("stride", (1, 2))
+@pytest.mark.parametrize("k", (3, 5, 7))
+@pytest.mark.parametrize("shape", [(2, 17, 7, 7), (1, 40, 14, 14), (1, 33, 6, 9), (3, 5, 3, 2), (1, 20, 30, 29)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_lanes_kernel_equals_plane_kernel(shape, k, stride, dtype, seed, monkeypatch):
+    """The small-map lanes kernel adds the same terms in the same order as the plane kernel: equal bit for bit."""
+    if not gt.cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512")
+    gen = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = torch.randn(*shape, generator=gen).to(dtype)
+    wt = (torch.randn(c, 1, k, k, generator=gen) * 1.2 / k).to(dtype)
+    b = torch.randn(c, generator=gen).to(dtype)
+    act = ACTS[seed % len(ACTS)]
+    got = {}
+    for lanes in ("1", "0"):
+        monkeypatch.setenv("GHOSTKERNELS_CPU_DEPTHWISE_LANES", lanes)
+        got[lanes] = torch.ops.ghostkernels._depthwise_conv2d(x, wt, b, stride, act)
+    assert torch.equal(got["1"], got["0"]), f"lanes and plane kernels differ: {shape} k{k} s{stride} {act}"
 
 
 def test_depthwise_opcheck(seed):

@@ -169,34 +169,12 @@ void avx512_transpose(int64_t rows, int64_t cols, const float* src, int64_t lds,
     for (int64_t c0 = 0; c0 < cols; c0 += kLanes) {
       const int64_t nc = imin(kLanes, cols - c0);
       const __mmask16 in_lanes = lane_range(0, nc);
-      __m512 r[16], t[16], u[16];
+      __m512 r[16];
       for (int i = 0; i < 16; ++i) {
         r[i] = i < nr ? _mm512_maskz_loadu_ps(in_lanes, src + (r0 + i) * lds + c0) : _mm512_setzero_ps();
       }
-      // Per 128-bit lane L: t[2i] = [r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]], t[2i+1] the same for 4L+2, 4L+3.
-      for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-      }
-      // u[4g + j], lane L: column 4L + j of rows 4g .. 4g+3.
-      for (int g = 0; g < 4; ++g) {
-        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-      }
-      // Output row 4L + j = lane L of u[j], u[4 + j], u[8 + j], u[12 + j].
-      for (int j = 0; j < 4; ++j) {
-        const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
-        const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
-        const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
-        const __m512 out[4] = {_mm512_shuffle_f32x4(v0, w0, 0x88), _mm512_shuffle_f32x4(v0, w0, 0xDD),
-                               _mm512_shuffle_f32x4(v1, w1, 0x88), _mm512_shuffle_f32x4(v1, w1, 0xDD)};
-        for (int L = 0; L < 4; ++L) {
-          const int64_t c = 4 * L + j;
-          if (c < nc) _mm512_mask_storeu_ps(dst + (c0 + c) * ldd + r0, out_lanes, out[L]);
-        }
-      }
+      transpose_16x16(r);
+      for (int64_t c = 0; c < nc; ++c) _mm512_mask_storeu_ps(dst + (c0 + c) * ldd + r0, out_lanes, r[c]);
     }
   }
 }

@@ -10,10 +10,13 @@
 #include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "kernel_depthwise_avx512.h"
+#include "kernel_depthwise_lanes_avx512.h"
 #include "util_aten_act.h"
 #include "util_bf16_widen.h"
 #include "util_float_weights.h"
@@ -46,6 +49,13 @@ void check_depthwise_inputs(const char* op, const char* what, const at::Tensor& 
 
 namespace {
 
+// GHOSTKERNELS_CPU_DEPTHWISE_LANES (read at every call): "0" runs small maps on the plane kernel too, as before the
+// lanes kernel existed (the tests compare the two bit for bit; a benchmark can alternate them in one process).
+bool lanes_enabled() {
+  const char* v = std::getenv("GHOSTKERNELS_CPU_DEPTHWISE_LANES");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 at::Tensor depthwise_avx512(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride, Act act,
                             at::Tensor* plane_sums) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(2);
@@ -67,6 +77,18 @@ at::Tensor depthwise_avx512(const at::Tensor& x, const at::Tensor& w, const at::
   p.plane_sums = plane_sums != nullptr ? sums.mutable_data_ptr<float>() : nullptr;
   p.C = C, p.H = H, p.W = W, p.K = K, p.stride = stride, p.Ho = Ho, p.Wo = Wo;
   p.act = static_cast<int>(act);
+  if (lanes_enabled() && avx512_depthwise_lanes_applies(p)) {
+    // Small maps: 16 channels in the lanes (kernel_depthwise_lanes_avx512.h), items of 16 planes.
+    const int64_t scratch_floats = avx512_depthwise_lanes_scratch_floats(p);
+    const int64_t grain = std::max<int64_t>(1, (32 * 1024) / (16 * H * W * x.element_size()));
+    at::parallel_for(0, avx512_depthwise_lanes_items(p, N), grain, [&](int64_t begin, int64_t end) {
+      thread_local std::vector<float> scratch;
+      if (static_cast<int64_t>(scratch.size()) < scratch_floats) scratch.resize(scratch_floats);
+      avx512_depthwise_lanes(p, N, begin, end, scratch.data());
+    });
+    if (plane_sums != nullptr) *plane_sums = sums;
+    return out;
+  }
   p.colmask = cached_masks(true, K, stride, Ho, Wo);
   const int64_t scratch_floats = avx512_depthwise_scratch_floats(p);
   // A plane is a few microseconds of work for 7x7 and 14x14 images; grains of ~32 KB of input keep the

@@ -75,14 +75,16 @@ inline __m512 load_f32(const uint16_t* src) {
 // v rounded to bfloat16 (to nearest even; NaN stays a quiet NaN), the 16 words in a 256-bit vector. Integer
 // arithmetic rather than AVX-512 BF16's vcvtneps2bf16, so that the bfloat16 kernels also run on AVX-512 CPUs
 // without BF16 (Ice Lake, Zen 3); the two differ only for denormal inputs, which that instruction flushes to zero.
-inline __m256i round_to_bf16(__m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
+// round_to_bf16_hi: the same rounding, each bfloat16 left in the upper half of its 32-bit lane (the lower half
+// zero), i.e. the rounded value as a float32 bit pattern; two such vectors pack into pairs with a shift and an or.
+inline __m512i round_to_bf16_hi(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v), hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  __m512i r = _mm512_and_si512(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), hi);
   const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40)));
-  return _mm512_cvtepi32_epi16(r);
+  return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(bits, hi), _mm512_set1_epi32(0x400000)));
 }
+inline __m256i round_to_bf16(__m512 v) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_hi(v), 16)); }
 
 // Stores the lanes `mask` of v to float32 memory, or to bfloat16 memory rounding to nearest even.
 inline void store_f32(float* dst, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(dst, mask, v); }
@@ -113,6 +115,40 @@ inline __m512 exp_v(__m512 z) {
 inline __m512 sigmoid_v(__m512 z) {
   const __m512 one = _mm512_set1_ps(1.f);
   return _mm512_div_ps(one, _mm512_add_ps(one, exp_v(_mm512_sub_ps(_mm512_setzero_ps(), z))));
+}
+
+// Transposes the 16 x 16 floats of r in place (afterwards r[j] lane i is what r[i] lane j was): four rounds of 16
+// shuffles (pairs of rows, then quads within 128-bit lanes, then 128-bit lanes across rows in two). Callers index r
+// with constants only (loops fully unrolled), so that it stays in registers: a runtime index puts it on the stack.
+inline void transpose_16x16(__m512 (&r)[16]) {
+  __m512 t[16];
+  // t[2i], 128-bit lane L: r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]; t[2i+1] the same for 4L+2, 4L+3.
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4g + j], 128-bit lane L: column 4L + j of rows 4g .. 4g + 3.
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) {
+    r[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  // Column 4L + j = 128-bit lane L of r[j], r[4 + j], r[8 + j], r[12 + j], gathered in two rounds of 128-bit shuffles.
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 v0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
+    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
+    t[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    t[8 + j] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
 }  // namespace
