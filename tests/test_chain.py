@@ -251,6 +251,20 @@ def test_chain_matches_its_steps_in_float64():
     torch.testing.assert_close(torch.ops.ghostkernels.chain(x, tensors, program), want, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 17, 7, 7), (1, 33, 4, 4), (3, 16, 5, 7), (1, 20, 17, 3),
+                                   (2, 5, 16, 16)], ids=lambda s: "x".join(map(str, s)))
+def test_mean_hw_step_matches_float64_mean(shape, dtype):
+    """The global average pool alone (AVX-512 plane sums where the CPU has them): planes shorter than, equal to and
+    longer than a vector, ragged groups of 16 planes."""
+    x = (torch.randn(*shape, dtype=torch.float64) + 0.5).to(dtype)
+    got = torch.ops.ghostkernels.chain(x, [], [CHAIN_OPCODES["mean_hw"]])
+    want = x.double().mean((2, 3))
+    tol = {torch.float32: 2e-6, torch.bfloat16: 8e-3}[dtype]  # float accumulation; bfloat16 rounds the mean
+    assert got.dtype == dtype and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+
+
 def test_chain_opcheck():
     tensors, program = _small_program(1)
     torch.library.opcheck(torch.ops.ghostkernels.chain.default, (torch.randn(2, 3, 10, 12), tensors, program),

@@ -30,6 +30,7 @@
 
 #include "entry_points.h"
 #include "kernel_gemv_avx512.h"
+#include "kernel_plane_sums_avx512.h"
 #include "util_bf16_bits.h"
 #include "util_kernel_choice.h"
 
@@ -117,7 +118,15 @@ void squeeze_excite_avx512(at::Tensor& y, const at::Tensor& sums, const at::Tens
   const at::Tensor rwc = rw.contiguous(), rbc = rb.contiguous(), ewc = ew.contiguous(), ebc = eb.contiguous();
   raw_t* yp = static_cast<raw_t*>(y.data_ptr());
   std::vector<float> mean(N * C), hidden(N * R), pre(N * C);
-  plane_means<raw_t, float>(yp, sums, N * C, HW, mean.data());
+  if (sums.defined()) {
+    plane_means<raw_t, float>(yp, sums, N * C, HW, mean.data());
+  } else {
+    // kernel_plane_sums_avx512.h: the loop of plane_means spent most of a 7x7 plane's time outside its adds.
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b0, int64_t b1) {
+      cpu::avx512_plane_sums(kBf16, yp, HW, b0, b1, mean.data());
+    });
+    for (float& m : mean) m /= static_cast<float>(HW);
+  }
 
   cpu::GemvAvx512Params reduce{};
   reduce.bf16 = false;
@@ -161,7 +170,7 @@ void squeeze_excite_(at::Tensor& y, const at::Tensor& sums, const at::Tensor& rw
   const bool same_type = rw.scalar_type() == t && rb.scalar_type() == t && ew.scalar_type() == t &&
                          eb.scalar_type() == t;
   if ((t == at::kFloat || t == at::kBFloat16) && same_type &&
-      use_avx512_kernel(cpu_kernel_knob(), avx512_gemv_available(t == at::kBFloat16),
+      use_avx512_kernel(cpu_kernel_knob(), avx512_gemv_available(t == at::kBFloat16) && avx512_plane_sums_available(),
                         [] { return std::string("this CPU lacks AVX-512 F/BW/VL/DQ"); })) {
     if (t == at::kFloat) {
       squeeze_excite_avx512<float>(y, sums, rw, rb, ew, eb);
